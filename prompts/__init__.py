@@ -1,0 +1,1 @@
+"""MCP prompt templates, one Markdown file each."""

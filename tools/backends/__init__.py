@@ -1,0 +1,1 @@
+"""Where a job runs: local subprocess or Hugging Face Jobs."""

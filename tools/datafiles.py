@@ -1,0 +1,76 @@
+"""Finding data files and counting their rows, without judging their contents.
+
+The inspector decides whether rows are good; this module only answers "which files,
+how many rows, what hash" quickly enough for a preflight on every call.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import sha256_file
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class DataFile(BaseModel):
+    path: str  # workspace-relative
+    format: str  # jsonl | json | parquet
+    rows: int | None  # None when the file cannot be counted (the inspector says why)
+    size: int
+    sha256: str
+    note: str | None = None
+
+
+def list_data_files(folder: Path) -> list[Path]:
+    """Data files directly in ``folder``, sorted by name; hidden files are skipped."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def count_rows(path: Path) -> tuple[int | None, str | None]:
+    """Rows in a data file, or None and why when it cannot be counted cheaply."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            with open(path, "rb") as handle:
+                return sum(1 for line in handle if line.strip()), None
+        if suffix == ".json":
+            import orjson
+
+            data = orjson.loads(path.read_bytes())
+            if isinstance(data, list):
+                return len(data), None
+            if isinstance(data, dict):
+                return 1, None
+            return None, "not a JSON array or object"
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows, None
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        return None, f"unreadable: {type(exc).__name__}"
+    raise TunestepError("data_format", f"unsupported data file type '{suffix}'", path=str(path))
+
+
+def describe(path: Path, shown: str) -> DataFile:
+    rows, note = count_rows(path)
+    return DataFile(
+        path=shown,
+        format=path.suffix.lower().lstrip("."),
+        rows=rows,
+        size=path.stat().st_size,
+        sha256=sha256_file(path),
+        note=note,
+    )
+
+
+def batch_step(name: str, pattern: str) -> int | None:
+    """The step number a batch folder name encodes, or None when it is not a batch."""
+    match = re.match(pattern, name)
+    return int(match.group(1)) if match else None

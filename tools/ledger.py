@@ -1,0 +1,177 @@
+"""The ledger: every fact that must survive, in one SQLite file.
+
+``.tunestep/state.sqlite`` in WAL mode. Steps, hold-out pins, drafts, used approval
+nonces, jobs, cached inspections and an audit trail. Files that people read (plan,
+CSV, Markdown, PNG) are views written from it. Each migration below runs once, in
+order, inside a transaction; ``PRAGMA user_version`` records how far a file has come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.workspace import Workspace
+
+LEDGER_FILE = "state.sqlite"
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE validation_pins (
+        path TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        pinned_at REAL NOT NULL
+    );
+    CREATE TABLE steps (
+        step INTEGER PRIMARY KEY,
+        batch TEXT NOT NULL UNIQUE,
+        draft_id TEXT,
+        job_id TEXT,
+        digest TEXT,
+        mode TEXT,
+        datasets TEXT NOT NULL DEFAULT '[]',
+        model_path TEXT,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        recorded_at REAL NOT NULL
+    );
+    CREATE TABLE drafts (
+        draft_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        batch TEXT,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        draft_id TEXT NOT NULL REFERENCES drafts(draft_id),
+        backend TEXT NOT NULL,
+        status TEXT NOT NULL,
+        pid INTEGER,
+        external_id TEXT,
+        url TEXT,
+        log_path TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        exit_code INTEGER,
+        result TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE approvals (
+        nonce TEXT PRIMARY KEY,
+        draft_id TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        used_at REAL NOT NULL
+    );
+    CREATE TABLE inspections (
+        cache_key TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        report TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL DEFAULT 'ok',
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_action ON audit(action);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: we open transactions ourselves with BEGIN IMMEDIATE, so a
+    # writer takes the lock up front instead of failing half-way on upgrade.
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to the current schema; returns the version it is at now."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise TunestepError(
+            "ledger_too_new",
+            f"the ledger has schema {version}; this tunestep knows up to {SCHEMA_VERSION}",
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with transaction(conn):
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number + 1}")
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: all of it lands, or none of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def open_ledger(ws: Workspace) -> Iterator[sqlite3.Connection]:
+    """The workspace's ledger, created and migrated on first use."""
+    ws.state_dir.mkdir(exist_ok=True)
+    conn = _connect(str(ws.state_dir / LEDGER_FILE))
+    try:
+        migrate(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def audit(
+    conn: sqlite3.Connection,
+    action: str,
+    target: str | None = None,
+    *,
+    outcome: str = "ok",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record one audit event. Callers pass names and digests, never secret values."""
+    conn.execute(
+        "INSERT INTO audit(at, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), action, target, outcome, dumps(detail or {})),
+    )
+
+
+def trained_batches(conn: sqlite3.Connection) -> set[str]:
+    return {row["batch"] for row in conn.execute("SELECT batch FROM steps")}

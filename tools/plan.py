@@ -1,0 +1,190 @@
+"""The plan: YAML front matter of ``.specs/training/plan.md``, read into one typed model.
+
+Defaults are the reference run plan's (DESIGN §2), so a workspace without a plan still
+works, with a note saying so. Unknown keys and wrong types are errors naming the key:
+a typo in a hyperparameter must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.workspace import Workspace
+
+PLAN_PATH = ".specs/training/plan.md"
+FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    """Where things live, relative to the workspace root."""
+
+    train: str = "datasets/processed_webdev_coding/train.jsonl"
+    validation: str = "datasets/processed_webdev_coding/validation.jsonl"
+    incremental: str = "datasets/incremental"
+    mapped: str = "datasets/processed_webdev_coding_mapped"
+    merged: str = "datasets/processed_webdev_coding/merged_train.jsonl"
+    tokenized: str = "datasets/tokenized"
+    models: str = "models"
+    logs: str = "logs"
+    plots: str = ".specs/plots"
+    run_plan: str = ".specs/training/run_plan_preparation.md"
+
+
+class Training(_Section):
+    per_device_train_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    resume_learning_rate: float = Field(1e-5, gt=0)
+    num_train_epochs: float = Field(3, gt=0)
+    max_length: int = Field(2048, ge=16)
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "fp16"
+    save_total_limit: int = Field(3, ge=1)
+    seed: int = 42
+
+
+class Lora(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class Job(_Section):
+    backend: Literal["local", "hf-jobs"] = "local"
+    flavor: str = "a10g-large"
+    timeout: str = "2h"
+    secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"])
+    image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+
+
+class Hub(_Section):
+    """Hub ids. Everything is private unless the plan says otherwise, explicitly."""
+
+    model_id: str | None = None
+    dataset_repo: str | None = None
+    push: bool = False
+    private: bool = True
+    trackio_space_id: str | None = None
+
+
+class Data(_Section):
+    merge_strategy: Literal["list", "file"] = "list"
+    dedup: bool = True
+    replay_fraction: float = Field(0.0, ge=0, le=1)
+    batch_pattern: str = r"^batch_\d+_(\d+)$"
+
+    @field_validator("batch_pattern")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if compiled.groups != 1:
+            raise ValueError("needs exactly one group capturing the step number")
+        return value
+
+
+class Samples(_Section):
+    n: int = Field(20, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class Plan(_Section):
+    """The plan's front matter. Every key has the reference run plan's default."""
+
+    model: str = "Qwen/Qwen3-0.6B"
+    model_name: str = "qwen3_webdev"
+    mode: Literal["full", "lora"] = "full"
+    grade_pattern: str = r"(?i)grade\s*[:=]\s*(\d+(?:\.\d+)?)"
+    trackio_project: str = "tunestep"
+    paths: Paths = Field(default_factory=Paths)
+    training: Training = Field(default_factory=Training)
+    lora: Lora = Field(default_factory=Lora)
+    job: Job = Field(default_factory=Job)
+    hub: Hub = Field(default_factory=Hub)
+    data: Data = Field(default_factory=Data)
+    samples: Samples = Field(default_factory=Samples)
+
+    @field_validator("grade_pattern")
+    @classmethod
+    def _grade_group(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if compiled.groups < 1:
+            raise ValueError("needs a group capturing the grade")
+        return value
+
+    @property
+    def model_link(self) -> str:
+        """The workspace path of the latest-checkpoint link, ``models/<name>``."""
+        return f"{self.paths.models}/{self.model_name}"
+
+
+class LoadedPlan(BaseModel):
+    plan: Plan
+    source: str | None  # workspace-relative path, or None when defaults were used
+    sha256: str
+    notes: list[str] = Field(default_factory=list)
+
+
+def parse_plan_text(text: str, shown_path: str = PLAN_PATH) -> Plan:
+    """Parse a plan document (front matter + Markdown body) into a Plan."""
+    match = FRONT_MATTER.match(text.lstrip("\ufeff"))
+    if match is None:
+        return Plan()
+    try:
+        data = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark is not None else None  # +1 for 1-based, +1 for '---'
+        raise TunestepError("plan_yaml", f"front matter is not valid YAML: {exc}",
+                            path=shown_path, line=line) from None
+    if not isinstance(data, dict):
+        raise TunestepError("plan_yaml", "front matter must be a mapping of keys",
+                            path=shown_path)
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        rule = "plan_unknown_key" if first["type"] == "extra_forbidden" else "plan_bad_value"
+        detail = "unknown key" if rule == "plan_unknown_key" else first["msg"]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise TunestepError(rule, f"plan key '{key}': {detail}{more}", path=shown_path) from None
+
+
+def load_plan(ws: Workspace) -> LoadedPlan:
+    """Load the workspace's plan; a missing plan means defaults plus a note."""
+    path: Path = ws.resolve(PLAN_PATH)
+    if not path.is_file():
+        plan = Plan()
+        digest = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
+        return LoadedPlan(plan=plan, source=None, sha256=digest,
+                          notes=[f"no {PLAN_PATH}: using the reference defaults"])
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TunestepError("plan_encoding", "the plan is not UTF-8", path=PLAN_PATH) from None
+    plan = parse_plan_text(text)
+    return LoadedPlan(plan=plan, source=PLAN_PATH, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def render_plan_document(plan: Plan, body: str = "") -> str:
+    """A plan document: the given plan as front matter, then a Markdown body."""
+    front = yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
+    return f"---\n{front}---\n{body}"

@@ -1,0 +1,251 @@
+"""check_batch: is everything in place for the next step? A report, never a crash."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from tunestep.tools import ledger
+from tunestep.tools.datafiles import DataFile, batch_step, count_rows, describe, list_data_files
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import sha256_file
+from tunestep.tools.hf_token import token_status
+from tunestep.tools.model_store import CheckpointStatus, inspect_store
+from tunestep.tools.plan import LoadedPlan, load_plan
+from tunestep.tools.workspace import Workspace, check_relative
+
+
+class Problem(BaseModel):
+    code: str
+    severity: Literal["error", "warning", "info"]
+    message: str
+    path: str | None = None
+
+
+class ValidationStatus(BaseModel):
+    path: str
+    present: bool
+    sha256: str | None = None
+    size: int | None = None
+    rows: int | None = None
+    pinned_sha256: str | None = None
+    pinned_at: float | None = None
+    newly_pinned: bool = False
+    changed: bool = False
+
+
+class BatchInfo(BaseModel):
+    name: str
+    step: int
+    path: str
+    trained: bool
+
+
+class PreflightReport(BaseModel):
+    """The answer to "can the next step start?", with what to do when it cannot."""
+
+    batch: str | None
+    step: int | None
+    batch_path: str | None
+    ready: bool
+    problems: list[Problem]
+    files: list[DataFile]
+    validation: ValidationStatus
+    checkpoint: CheckpointStatus
+    hf_token_available: bool
+    hf_token_source: str | None
+    batches: list[BatchInfo]
+    plan_source: str | None
+    next_actions: list[str] = Field(default_factory=list)
+
+
+def discover_batches(ws: Workspace, loaded: LoadedPlan, trained: set[str]) -> list[BatchInfo]:
+    """Batch folders in step order; folders whose name is not a batch are ignored."""
+    folder = ws.resolve(loaded.plan.paths.incremental)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        step = batch_step(child.name, loaded.plan.data.batch_pattern)
+        if step is None or not child.is_dir():
+            continue
+        found.append(BatchInfo(name=child.name, step=step, path=ws.relative(child),
+                               trained=child.name in trained))
+    return sorted(found, key=lambda b: (b.step, b.name))
+
+
+def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
+    """Pin the hold-out set on first sight; report any later change. Never writes it."""
+    path = ws.resolve(rel)
+    if not path.is_file():
+        return ValidationStatus(path=rel, present=False)
+    digest = sha256_file(path)
+    size = path.stat().st_size
+    rows, _ = count_rows(path)
+    pin = conn.execute(
+        "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
+    ).fetchone()
+    status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
+    if pin is None:
+        now = time.time()
+        with ledger.transaction(conn):
+            conn.execute(
+                "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
+                " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
+            ledger.audit(conn, "validation.pin", rel, detail={"sha256": digest, "rows": rows})
+        return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
+                                         "newly_pinned": True})
+    return status.model_copy(update={"pinned_sha256": pin["sha256"],
+                                     "pinned_at": pin["pinned_at"],
+                                     "changed": pin["sha256"] != digest})
+
+
+def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
+    """The hold-out status, raising when it is missing or changed (for tools that need it)."""
+    status = check_validation(ws, conn, rel)
+    if not status.present:
+        raise TunestepError("validation_missing", "the hold-out set is missing", path=rel)
+    if status.changed:
+        raise TunestepError(
+            "validation_changed",
+            f"the hold-out set changed since it was pinned "
+            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]})", path=rel)
+    return status
+
+
+def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
+    """Preflight for a step: the batch, the hold-out set, the checkpoint and the HF token."""
+    loaded = load_plan(ws)
+    plan = loaded.plan
+    problems: list[Problem] = [Problem(code="plan_defaults", severity="info", message=note)
+                               for note in loaded.notes]
+    actions: list[str] = []
+    with ledger.open_ledger(ws) as conn:
+        trained = ledger.trained_batches(conn)
+        batches = discover_batches(ws, loaded, trained)
+        chosen, files = _choose_batch(ws, plan.paths.incremental, plan.data.batch_pattern,
+                                      batch, batches, problems)
+        validation = check_validation(ws, conn, plan.paths.validation)
+    _validation_problems(validation, problems)
+
+    link = ws.resolve_model_store(plan.model_link)
+    checkpoint = inspect_store(link, plan.model_link)
+    if not checkpoint.exists or not checkpoint.target_exists:
+        problems.append(Problem(
+            code="checkpoint_missing", severity="error" if trained else "warning",
+            message="no checkpoint at the model link: sync the model store"
+            + ("" if trained else " (a first step can start from the base model)"),
+            path=plan.model_link))
+        actions.append(f"sync the model store so that {plan.model_link} points at the "
+                       "latest checkpoint")
+    elif checkpoint.latest is None:
+        problems.append(Problem(code="checkpoint_empty", severity="warning",
+                                message="the model store holds no checkpoint yet",
+                                path=plan.model_link))
+
+    token = token_status()
+    if not token.available:
+        problems.append(Problem(
+            code="hf_token_missing", severity="warning",
+            message="no Hugging Face token in the environment or token file: needed for "
+                    "hf-jobs and Hub pushes, not for local jobs"))
+
+    for data_file in files:
+        if data_file.rows is None:
+            problems.append(Problem(code="file_unreadable", severity="error",
+                                    message=f"cannot count rows: {data_file.note}",
+                                    path=data_file.path))
+    ready = not any(p.severity == "error" for p in problems)
+    if chosen is not None and ready:
+        actions.insert(0, f"run_inspector(path='{chosen.path}')")
+    return PreflightReport(
+        batch=chosen.name if chosen else None,
+        step=chosen.step if chosen else None,
+        batch_path=chosen.path if chosen else None,
+        ready=ready,
+        problems=problems,
+        files=files,
+        validation=validation,
+        checkpoint=checkpoint,
+        hf_token_available=token.available,
+        hf_token_source=token.source,
+        batches=batches,
+        plan_source=loaded.source,
+        next_actions=actions,
+    )
+
+
+def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | None,
+                  batches: list[BatchInfo], problems: list[Problem],
+                  ) -> tuple[BatchInfo | None, list[DataFile]]:
+    if named is not None:
+        check_relative(named)
+        if "/" in named.strip("/"):
+            raise TunestepError("batch_name", "give the batch folder's name, not a path",
+                                path=named)
+        chosen = next((b for b in batches if b.name == named), None)
+        if chosen is None:
+            step = batch_step(named, pattern)
+            problems.append(Problem(
+                code="batch_missing", severity="error",
+                message="no such batch folder" if step is not None
+                else f"'{named}' does not match the batch pattern {pattern}",
+                path=f"{incremental}/{named}"))
+            return None, []
+        if chosen.trained:
+            problems.append(Problem(code="batch_already_trained", severity="warning",
+                                    message="the ledger records this batch as trained",
+                                    path=chosen.path))
+    else:
+        chosen = next((b for b in batches if not b.trained), None)
+        if chosen is None:
+            problems.append(Problem(
+                code="batch_missing", severity="error",
+                message="no untrained batch folder: drop the next batch into "
+                        f"{incremental}/", path=incremental))
+            return None, []
+    _report_gaps(batches, chosen, problems)
+    folder = ws.resolve(chosen.path)
+    files = [describe(p, ws.relative(p)) for p in list_data_files(folder)]
+    if not files:
+        problems.append(Problem(code="batch_empty", severity="error",
+                                message="the batch folder holds no .jsonl, .json or .parquet file",
+                                path=chosen.path))
+    elif all((f.rows or 0) == 0 for f in files if f.rows is not None) and any(
+            f.rows == 0 for f in files):
+        problems.append(Problem(code="batch_empty", severity="error",
+                                message="the batch's data files hold no rows", path=chosen.path))
+    return chosen, files
+
+
+def _report_gaps(batches: list[BatchInfo], chosen: BatchInfo, problems: list[Problem]) -> None:
+    steps = [b.step for b in batches if b.step < chosen.step]
+    expected = set(range(1, chosen.step))
+    missing = sorted(expected - set(steps))
+    if missing:
+        problems.append(Problem(code="batch_gap", severity="info",
+                                message=f"no batch folder for step(s) {missing} before "
+                                        f"step {chosen.step}", path=chosen.path))
+
+
+def _validation_problems(validation: ValidationStatus, problems: list[Problem]) -> None:
+    if not validation.present:
+        problems.append(Problem(code="validation_missing", severity="error",
+                                message="the hold-out validation set is missing",
+                                path=validation.path))
+    elif validation.changed:
+        problems.append(Problem(
+            code="validation_changed", severity="error",
+            message=f"the hold-out set changed since it was pinned: pinned sha256 "
+                    f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
+                    "tunestep never writes it.", path=validation.path))
+
+
+def batch_folder(ws: Workspace, batch: str) -> Path:
+    """The folder of a named batch (used by tools that take a batch name)."""
+    loaded = load_plan(ws)
+    check_relative(batch)
+    return ws.resolve(f"{loaded.plan.paths.incremental}/{batch}", must_exist=True)

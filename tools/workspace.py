@@ -1,0 +1,115 @@
+"""The workspace root and the one rule every path obeys: it resolves inside the root.
+
+The assistant writes every path argument, so a path is refused when it is absolute,
+climbs with ``..``, holds a NUL or control character, or passes through a link that
+points out of the workspace. The single exception is reading through the model-store
+link (``models/<name>`` -> e.g. ``~/.openclaw/models/qwen3_webdev``), which only a
+job writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel, ConfigDict
+from tunestep.tools.errors import TunestepError
+
+WORKSPACE_ENV = "TUNESTEP_WORKSPACE"
+STATE_DIR = ".tunestep"
+
+
+class Workspace(BaseModel):
+    """An opened workspace: its resolved root folder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def resolve(self, relative: str | Path, *, must_exist: bool = False) -> Path:
+        """Resolve a workspace-relative path, refusing anything that lands outside."""
+        return resolve_inside(self.root, relative, must_exist=must_exist)
+
+    def resolve_model_store(self, relative: str | Path) -> Path:
+        """Resolve ``models/<name>``; the link may point outside, into the model store."""
+        link = resolve_inside(self.root, relative, allow_final_link=True)
+        return link
+
+    def relative(self, path: Path) -> str:
+        """The workspace-relative POSIX form of a path inside the workspace."""
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def open_workspace(path: str | Path | None = None) -> Workspace:
+    """The workspace from the argument, else ``TUNESTEP_WORKSPACE``, else the current folder."""
+    chosen = path or os.environ.get(WORKSPACE_ENV) or os.getcwd()
+    root = Path(chosen).expanduser()
+    if not root.is_dir():
+        raise TunestepError(
+            "workspace_missing", "the workspace folder does not exist", path=str(root)
+        )
+    return Workspace(root=root.resolve())
+
+
+def check_relative(relative: str | Path) -> PurePosixPath:
+    """Reject the shapes of path that are never allowed, before touching the disk."""
+    text = str(relative)
+    if not text or text.strip() == "":
+        raise TunestepError("path_empty", "an empty path was given")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise TunestepError(
+            "path_control_char", "the path holds a NUL or control character", path=repr(text)
+        )
+    pure = PurePosixPath(text.replace("\\", "/"))
+    if pure.is_absolute() or Path(text).is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise TunestepError(
+            "path_absolute", "give a path relative to the workspace, not an absolute one",
+            path=text,
+        )
+    if ".." in pure.parts:
+        raise TunestepError("path_escape", "'..' is not allowed in workspace paths", path=text)
+    return pure
+
+
+def resolve_inside(
+    root: Path,
+    relative: str | Path,
+    *,
+    must_exist: bool = False,
+    allow_final_link: bool = False,
+) -> Path:
+    """Resolve ``relative`` under ``root``; links that lead outside are refused.
+
+    With ``allow_final_link`` the last component may be a link pointing anywhere (the
+    model store); every folder above it must still be inside.
+    """
+    pure = check_relative(relative)
+    candidate = root.joinpath(*pure.parts) if pure.parts != (".",) else root
+    if allow_final_link:
+        parent = candidate.parent.resolve()
+        _require_inside(root, parent, str(relative))
+        resolved = parent / candidate.name
+    else:
+        resolved = candidate.resolve()
+        _require_inside(root, resolved, str(relative))
+    if must_exist and not resolved.exists():
+        raise TunestepError("path_missing", "no such file or folder", path=str(relative))
+    return resolved
+
+
+def _require_inside(root: Path, resolved: Path, shown: str) -> None:
+    try:
+        resolved.relative_to(root)
+    except ValueError:
+        raise TunestepError(
+            "path_escape",
+            "the path leads outside the workspace (through '..' or a link)",
+            path=shown,
+        ) from None

@@ -1,0 +1,114 @@
+"""The MCP server: each tool is a thin view of one domain function in tunestep.tools.
+
+Tools parse nothing and decide nothing: they open the workspace given at launch, call
+the domain function, and turn a TunestepError into a ToolError whose message starts
+with the error code, so the model reads what to fix. Heavy libraries load inside the
+domain functions, never here, so ``tools/list`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel
+
+from tunestep.tools import preflight
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.workspace import Workspace, open_workspace
+
+log = logging.getLogger("tunestep.server")
+
+T = TypeVar("T")
+
+INSTRUCTIONS = """\
+tunestep prepares one incremental fine-tuning step at a time. Work in this order:
+check_batch (preflight) -> run_inspector -> apply_mapping when the status is
+NEEDS_MAPPING -> draft_job. Then STOP: only the human operator can approve a draft, by
+running `tunestep approve DRAFT_ID` in their own terminal and pasting the token to you.
+Never claim an approval you were not given; submit_job refuses anything else."""
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False,
+                            idempotent_hint=True, open_world_hint=False)
+
+
+class ServerConfig(BaseModel):
+    """What the server is launched with; never read from inside the workspace."""
+
+    workspace: Path | None = None
+    operator_keys: list[Path] = []
+
+
+def tool_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn the caller-fixable TunestepError into the ToolError the model reads."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except TunestepError as exc:
+            raise ToolError(str(exc)) from None
+
+    return wrapper
+
+
+async def run_with_progress(ctx: Context | None, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run a long domain function in a worker thread, relaying its progress to the client."""
+
+    def progress(done: int, total: int | None, message: str) -> None:
+        if ctx is not None:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    call = functools.partial(tool_errors(fn), progress=progress, **kwargs)
+    return await anyio.to_thread.run_sync(call)
+
+
+def error_code(result: Any) -> str | None:
+    """The tunestep code of a failed tool call (the SDK prefixes 'Error executing tool X: ')."""
+    if not getattr(result, "is_error", False) or not result.content:
+        return None
+    text = result.content[0].text
+    _, _, rest = text.partition(": ") if text.startswith("Error executing tool") else ("", "", text)
+    return rest.split(":", 1)[0]
+
+
+def build_server(config: ServerConfig | None = None) -> MCPServer:
+    """The tunestep MCP server for one workspace."""
+    config = config or ServerConfig()
+    server = MCPServer(name="tunestep", title="tunestep", instructions=INSTRUCTIONS,
+                       version=_version())
+
+    def workspace() -> Workspace:
+        return open_workspace(config.workspace)
+
+    @server.tool(title="Preflight the next batch", annotations=READ_ONLY)
+    @tool_errors
+    def check_batch(batch: str | None = None) -> preflight.PreflightReport:
+        """Preflight for the next fine-tuning step, before anything is run.
+
+        Finds the next untrained batch under datasets/incremental/ (or the one named),
+        lists its data files with row counts and sha256, checks that the hold-out
+        validation set is present and unchanged since it was first pinned, that the
+        latest checkpoint is reachable through the model-store link, and whether a
+        Hugging Face token is available (never its value). `ready` is true when no
+        problem has severity 'error'; `next_actions` says what to do next.
+        """
+        return preflight.check_batch(workspace(), batch)
+
+    return server
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunestep")
+    except PackageNotFoundError:
+        return "0"

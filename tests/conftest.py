@@ -1,0 +1,69 @@
+"""Shared fixtures: sample workspaces, a tiny model, and a recognizable fake token."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tunestep.tools.sample_workspace import build_sample_workspace
+from tunestep.tools.workspace import Workspace, open_workspace
+
+# Shaped like a real token so any leak scan would find it; never valid anywhere.
+FAKE_TOKEN = "hf_tunestepFAKEtoken0123456789abcdefSECRET"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "real_formats"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No test sees the developer's HF token, config dir or network."""
+    home = tmp_path_factory.mktemp("home")
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_WORKSPACE",
+                 "TUNESTEP_OPERATOR_KEYS", "TUNESTEP_OPERATOR_PASSPHRASE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRACKIO_DIR", str(home / "trackio"))
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def sample_ws(tmp_path) -> Workspace:
+    build_sample_workspace(tmp_path / "ws")
+    return open_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tunestep.tools.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(out)
+    return out
+
+
+@pytest.fixture
+def fake_token(monkeypatch) -> str:
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    return FAKE_TOKEN
+
+
+def scan_for(needle: str, *roots: Path) -> list[Path]:
+    """Every file under ``roots`` (links not followed twice) whose bytes hold ``needle``."""
+    hits, seen = [], set()
+    data = needle.encode()
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root, followlinks=True):
+            for name in files:
+                path = Path(dirpath) / name
+                real = path.resolve()
+                if real in seen or not real.is_file():
+                    continue
+                seen.add(real)
+                if data in real.read_bytes():
+                    hits.append(path)
+    return hits

@@ -1,0 +1,56 @@
+"""The MCP surface: in-memory client for behaviour, one real stdio subprocess for the wire."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tunestep.server.app import ServerConfig, build_server, error_code
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_tools_have_annotations_and_output_schema(sample_ws):
+    async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    tool = tools["check_batch"]
+    assert tool.annotations.read_only_hint is True
+    assert tool.annotations.open_world_hint is False
+    assert tool.output_schema and "ready" in tool.output_schema["properties"]
+    assert "hold-out" in tool.description
+
+
+async def test_check_batch_returns_structured_report(sample_ws):
+    async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+        result = await client.call_tool("check_batch", {})
+    assert not result.is_error
+    assert result.structured_content["batch"] == "batch_100_01"
+    assert result.structured_content["ready"] is True
+
+
+async def test_caller_errors_come_back_as_tool_errors_with_the_code(sample_ws):
+    async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+        result = await client.call_tool("check_batch", {"batch": "../../etc"})
+    assert result.is_error
+    assert error_code(result) == "path_escape"
+
+
+async def test_stdio_subprocess_lists_tools_and_answers(sample_ws):
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "tunestep.server", "--workspace", str(sample_ws.root)],
+        env={**os.environ})
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            result = await client.call_tool("check_batch", {})
+    assert "check_batch" in names
+    assert result.structured_content["ready"] is True

@@ -1,0 +1,1 @@
+"""run_inspector: every row checked, streamed."""

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,7 +20,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
-from tunestep.tools import preflight
+from tunestep.tools import draft as drafts
+from tunestep.tools import job_control, preflight, submit
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace, open_workspace
 
@@ -37,6 +38,14 @@ Never claim an approval you were not given; submit_job refuses anything else."""
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                             idempotent_hint=True, open_world_hint=False)
+WRITES_DERIVED = ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                 idempotent_hint=True, open_world_hint=False)
+STARTS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                             idempotent_hint=False, open_world_hint=True)
+STOPS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                            idempotent_hint=True, open_world_hint=True)
+REMOTE_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
+                              idempotent_hint=True, open_world_hint=True)
 
 
 class ServerConfig(BaseModel):
@@ -88,6 +97,12 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     def workspace() -> Workspace:
         return open_workspace(config.workspace)
 
+    def trusted_keys() -> dict:
+        from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
+
+        ensure_keys_outside_workspace(config.operator_keys, workspace().root)
+        return load_trusted_keys(config.operator_keys)
+
     @server.tool(title="Preflight the next batch", annotations=READ_ONLY)
     @tool_errors
     def check_batch(batch: str | None = None) -> preflight.PreflightReport:
@@ -101,6 +116,61 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         problem has severity 'error'; `next_actions` says what to do next.
         """
         return preflight.check_batch(workspace(), batch)
+
+    @server.tool(title="Draft a training job", annotations=WRITES_DERIVED)
+    @tool_errors
+    def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,
+                  backend: Literal["local", "hf-jobs"] = "local", flavor: str | None = None,
+                  timeout: str | None = None,
+                  overrides: dict[str, float | int | str] | None = None) -> drafts.JobDraft:
+        """Prepare the complete job for a batch; it does NOT start anything.
+
+        Returns the job payload (model, resume point, datasets with sha256,
+        hyperparameters, LoRA settings, outputs; for hf-jobs the exact submission with
+        secrets by name), its digest and draft_id, a time and cost estimate with
+        warnings, and writes the human-readable run plan. The same inputs give the same
+        draft_id. Next: show the operator the summary and the `approve_command`; only the
+        operator can approve, in their own terminal. Never claim an approval.
+        """
+        request = drafts.DraftRequest(batch=batch, mode=mode, backend=backend, flavor=flavor,
+                                      timeout=timeout, overrides=overrides or {})
+        return drafts.draft_job(workspace(), request)
+
+    @server.tool(title="Submit an approved job", annotations=STARTS_JOB)
+    @tool_errors
+    def submit_job(draft_id: str, approval_token: str) -> submit.JobHandle:
+        """Start the job of a draft the operator approved; refuses anything else.
+
+        `approval_token` is the string the operator got from `tunestep approve DRAFT_ID`
+        and pasted to you; do not invent, alter or reuse one. A refusal names its reason
+        (approval_missing, approval_bad_signature, approval_expired, approval_replayed,
+        draft_stale, ...). A stale draft must be drafted and approved again.
+        """
+        return submit.submit_job(workspace(), draft_id, approval_token, trusted_keys())
+
+    @server.tool(title="Job status", annotations=REMOTE_READ)
+    @tool_errors
+    def job_status(job_id: str) -> job_control.JobStatus:
+        """Where a job is now (running, succeeded, failed, cancelled, lost), with its result."""
+        return job_control.job_status(workspace(), job_id)
+
+    @server.tool(title="Job logs", annotations=REMOTE_READ)
+    @tool_errors
+    def job_logs(job_id: str, tail: int = 50) -> job_control.JobLogs:
+        """The last `tail` lines (1-5000) of a job's output."""
+        return job_control.job_logs(workspace(), job_id, tail)
+
+    @server.tool(title="Cancel a job", annotations=STOPS_JOB)
+    @tool_errors
+    def cancel_job(job_id: str) -> job_control.JobStatus:
+        """Stop a running job. Stopping spends nothing, so it needs no approval."""
+        return job_control.cancel_job(workspace(), job_id)
+
+    @server.tool(title="Recent jobs", annotations=READ_ONLY)
+    @tool_errors
+    def list_jobs(limit: int = 20) -> job_control.JobList:
+        """The most recent jobs of this workspace, newest first."""
+        return job_control.list_jobs(workspace(), limit)
 
     return server
 

@@ -74,6 +74,137 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.ready else EXIT_PROBLEM
 
 
+def _trusted_key_paths(args: argparse.Namespace) -> list[Path]:
+    from tunestep.tools.approval import trusted_key_paths_from_env
+
+    keys = [Path(p).expanduser().resolve() for p in (args.operator_key or [])]
+    return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
+
+
+@command("draft")
+def cmd_draft(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.draft import DraftRequest, draft_job
+
+    overrides = {}
+    for item in args.set or []:
+        key, _, raw = item.partition("=")
+        overrides[key] = _number(raw)
+    request = DraftRequest(batch=args.batch, mode=args.mode, backend=args.backend,
+                           flavor=args.flavor, timeout=args.timeout, overrides=overrides)
+    _show(args, console, draft_job(_workspace(args), request))
+    return EXIT_OK
+
+
+def _number(raw: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+@command("operator")
+def cmd_operator(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.operator import init_operator
+
+    passphrase = _passphrase(confirm=True)
+    info = init_operator(args.name, passphrase, args.config_dir)
+    _show(args, console, info)
+    if not args.json:
+        console.print("\nGive the server the public key, e.g. in the MCP client config:\n"
+                      f"  tunestep serve --operator-key {info.public_key_path}")
+    return EXIT_OK
+
+
+def _passphrase(confirm: bool = False) -> bytes:
+    import getpass
+
+    from tunestep.tools.operator import passphrase_from_env
+
+    env = passphrase_from_env()
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise TunestepError("passphrase_missing", "no terminal to ask for the passphrase: set "
+                            "TUNESTEP_OPERATOR_PASSPHRASE for automation")
+    first = getpass.getpass("operator key passphrase: ").encode()
+    if confirm and getpass.getpass("again: ").encode() != first:
+        raise TunestepError("passphrase_mismatch", "the two passphrases differ")
+    return first
+
+
+@command("approve")
+def cmd_approve(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.server.render import render
+    from tunestep.tools.operator import private_key_path, review_draft, sign_draft
+
+    ws = _workspace(args)
+    draft = review_draft(ws, args.draft_id)
+    err = Console(stderr=True, highlight=False)
+    render(err, draft, as_json=False)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
+                                "draft and pass --yes")
+        answer = input(f"Approve {draft.draft_id} (about ${draft.estimate.usd:.2f})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            err.print("not approved")
+            return EXIT_PROBLEM
+    grant = sign_draft(ws, draft, name=args.name, key_path=private_key_path(args.name, args.key),
+                       passphrase=_passphrase(), ttl=args.ttl)
+    err.print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
+    print(grant.token)  # alone on the last line of stdout, for copy or a pipe
+    return EXIT_OK
+
+
+@command("submit")
+def cmd_submit(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.approval import load_trusted_keys
+    from tunestep.tools.submit import submit_job
+
+    token = args.token if args.token != "-" else sys.stdin.readline().strip()
+    trusted = load_trusted_keys(_trusted_key_paths(args))
+    _show(args, console, submit_job(_workspace(args), args.draft_id, token, trusted))
+    return EXIT_OK
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.job_control import job_status, list_jobs, wait_for_job
+
+    ws = _workspace(args)
+    if args.job_id is None:
+        _show(args, console, list_jobs(ws))
+        return EXIT_OK
+    if args.wait:
+        status = wait_for_job(ws, args.job_id, timeout=args.wait)
+    else:
+        status = job_status(ws, args.job_id)
+    _show(args, console, status)
+    return EXIT_OK if status.status != "failed" else EXIT_PROBLEM
+
+
+@command("logs")
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.job_control import job_logs
+
+    logs = job_logs(_workspace(args), args.job_id, args.tail)
+    if args.json:
+        _show(args, console, logs)
+    else:
+        print("\n".join(logs.lines))
+    return EXIT_OK
+
+
+@command("cancel")
+def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.job_control import cancel_job
+
+    _show(args, console, cancel_job(_workspace(args), args.job_id))
+    return EXIT_OK
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.demo import run_demo
@@ -104,6 +235,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", parents=[common], help="preflight the next batch")
     p.add_argument("batch", nargs="?", help="batch folder name (default: next untrained)")
+    p = sub.add_parser("draft", parents=[common], help="draft the job for a batch")
+    p.add_argument("batch", nargs="?")
+    p.add_argument("--mode", choices=["full", "lora"])
+    p.add_argument("--backend", choices=["local", "hf-jobs"], default="local")
+    p.add_argument("--flavor")
+    p.add_argument("--timeout")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hyperparameter (repeatable)")
+
+    p = sub.add_parser("operator", parents=[common], help="operator key management")
+    op = p.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
+    p = op.add_parser("init", parents=[common], help="create the operator's Ed25519 key pair")
+    p.add_argument("--name", default="operator")
+    p.add_argument("--config-dir", type=Path, help="default: $XDG_CONFIG_HOME/tunestep/operator")
+
+    p = sub.add_parser("approve", parents=[common], help="review a stored draft and sign it")
+    p.add_argument("draft_id")
+    p.add_argument("--name", default="operator", help="operator name (key file name)")
+    p.add_argument("--key", type=Path, help="private key path (default: the config dir)")
+    p.add_argument("--ttl", default="1h", help="how long the token stays valid (default 1h)")
+    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
+
+    p = sub.add_parser("submit", parents=[common], help="submit an approved draft")
+    p.add_argument("draft_id")
+    p.add_argument("token", help="the approval token, or - to read it from stdin")
+    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY")
+
+    p = sub.add_parser("status", parents=[common], help="a job's status, or the recent jobs")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the job to end")
+
+    p = sub.add_parser("logs", parents=[common], help="the tail of a job's log")
+    p.add_argument("job_id")
+    p.add_argument("--tail", type=int, default=50)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a running job")
+    p.add_argument("job_id")
+
     p = sub.add_parser("demo", help="run the whole path on a sample workspace and tiny model")
     p.add_argument("--path", default=".demo", help="folder for the demo workspace and store")
     return parser

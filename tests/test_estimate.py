@@ -1,0 +1,65 @@
+import pytest
+
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.estimate import (
+    FLAVORS,
+    estimate_job,
+    format_duration,
+    model_params,
+    parse_duration,
+)
+
+BASE = dict(model="Qwen/Qwen3-0.6B", mode="full", train_tokens=100_000, rows=300, epochs=3,
+            batch_size=2, grad_accum=1, precision="fp16", timeout="2h")
+
+
+def test_durations_round_trip():
+    assert parse_duration("2h") == 7200
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("45s") == 45 and parse_duration("90") == 90
+    assert format_duration(5400) == "1h30m" and format_duration(600) == "10m"
+    for bad in ("", "2x", "h", "-1h"):
+        with pytest.raises(TunestepError):
+            parse_duration(bad)
+
+
+def test_faster_hardware_is_quicker_and_cost_follows_price():
+    t4 = estimate_job(flavor="t4-medium", **BASE)
+    a100 = estimate_job(flavor="a100-large", **BASE)
+    assert a100.tokens_per_second > t4.tokens_per_second
+    assert a100.minutes < t4.minutes
+    assert t4.usd == pytest.approx(0.60 * -(-t4.minutes // 1) / 60, abs=0.01)
+    assert t4.total_tokens == 300_000 and t4.optimizer_steps == 450
+
+
+def test_live_prices_replace_the_table():
+    est = estimate_job(flavor="a10g-large", prices={"a10g-large": 3.0}, **BASE)
+    assert est.usd_per_hour == 3.0
+
+
+def test_warnings_for_timeout_precision_and_memory():
+    t4 = estimate_job(flavor="t4-medium", **{**BASE, "precision": "bf16", "timeout": "1m"})
+    assert any("no bf16" in w for w in t4.warnings)
+    assert any("timeout" in w for w in t4.warnings)
+    big = estimate_job(flavor="t4-small", **{**BASE, "model": "Qwen/Qwen3-4B"})
+    assert any("GB" in w for w in big.warnings)
+    lora = estimate_job(flavor="t4-small", **{**BASE, "model": "Qwen/Qwen3-4B", "mode": "lora"})
+    assert not any("GB" in w for w in lora.warnings)
+    assert lora.minutes < big.minutes
+
+
+def test_suggested_timeout_has_margin():
+    est = estimate_job(flavor="t4-medium", **{**BASE, "train_tokens": 5_000_000})
+    assert parse_duration(est.suggested_timeout) >= est.minutes * 60 * 1.3
+
+
+def test_unknown_flavor_lists_known_ones():
+    with pytest.raises(TunestepError) as err:
+        estimate_job(flavor="tpu-v9", **BASE)
+    assert err.value.code == "unknown_flavor" and "a10g-large" in err.value.message
+
+
+def test_params_from_local_config(tiny_model_dir):
+    assert 1e4 < model_params(str(tiny_model_dir)) < 1e7
+    assert model_params("Qwen/Qwen3-0.6B") == 0.6e9
+    assert set(FLAVORS) >= {"t4-medium", "a10g-large", "h200"}

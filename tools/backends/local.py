@@ -1,0 +1,151 @@
+"""The local backend: the job script as a detached process on this machine.
+
+``start`` launches a small supervisor in its own session (so the job outlives the MCP
+server that started it). The supervisor runs the job script, streams its output to the
+job's log, and records the outcome in the ledger: exit code, the script's
+``TUNESTEP_RESULT`` summary, and on success the step itself. A cancel sends SIGTERM to
+the whole process group; the supervisor records it as cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from tunestep.tools import ledger
+from tunestep.tools.workspace import Workspace, open_workspace
+
+RESULT_PREFIX = "TUNESTEP_RESULT "
+SCRIPT_NAME = "train_sft.py"
+# Variables a local job never needs; the token is passed on only when the job pushes.
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_OPERATOR_PASSPHRASE")
+
+
+def job_dir(ws: Workspace, job_id: str) -> Path:
+    return ws.state_dir / "jobs" / job_id
+
+
+def start(ws: Workspace, job_id: str, *, pass_token: bool = False) -> int:
+    """Launch the supervisor for a prepared job folder; returns its pid."""
+    folder = job_dir(ws, job_id)
+    env = {k: v for k, v in os.environ.items() if pass_token or k not in SECRET_ENV}
+    env.setdefault("TRACKIO_DIR", str(ws.state_dir / "trackio"))
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(folder / "output.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tunestep.tools.backends.local", str(ws.root), job_id],
+            cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE jobs SET pid = ?, status = 'running', started_at = ?,"
+                     " log_path = ? WHERE job_id = ?",
+                     (proc.pid, time.time(), ws.relative(folder / "output.log"), job_id))
+    return proc.pid
+
+
+def is_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child if it ended
+        if finished:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by another server process): probe instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().split(b") ", 1)[1][:1] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def cancel(pid: int | None) -> bool:
+    """SIGTERM the job's process group; True when there was something to stop."""
+    if not is_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    return True
+
+
+def supervise(root: str, job_id: str) -> int:
+    """Run in the detached process: the job script, then the outcome into the ledger."""
+    ws = open_workspace(root)
+    folder = job_dir(ws, job_id)
+    cancelled = False
+
+    def on_term(signum, frame):  # forward the cancel to the script, then record it
+        nonlocal cancelled
+        cancelled = True
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    result: dict = {}
+    command = [sys.executable, str(folder / SCRIPT_NAME), "--config", str(folder / "job.json"),
+               "--root", str(ws.root)]
+    child = subprocess.Popen(command, cwd=ws.root, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert child.stdout is not None
+    for raw in child.stdout:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+        if raw.startswith(RESULT_PREFIX.encode()):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                result = orjson.loads(raw[len(RESULT_PREFIX):])
+    code = child.wait()
+    status = "cancelled" if cancelled else ("succeeded" if code == 0 else "failed")
+    record_outcome(ws, job_id, status, code, result)
+    return code
+
+
+def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | None,
+                   result: dict) -> None:
+    """The job's end, and on success the step, in one transaction."""
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE jobs SET status = ?, exit_code = ?, ended_at = ?, result = ?"
+                     " WHERE job_id = ?",
+                     (status, exit_code, time.time(), ledger.dumps(result), job_id))
+        job = conn.execute("SELECT draft_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        ledger.audit(conn, "job.end", job_id, outcome=status,
+                     detail={"exit_code": exit_code, "draft_id": job["draft_id"]})
+        if status == "succeeded":
+            record_step(conn, job_id, job["draft_id"], result)
+
+
+def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
+    draft = conn.execute("SELECT digest, payload FROM drafts WHERE draft_id = ?",
+                         (draft_id,)).fetchone()
+    payload = ledger.loads(draft["payload"])
+    config = payload["job_config"]
+    datasets = [*config["train_files"], config["eval_file"]]
+    conn.execute(
+        "INSERT OR REPLACE INTO steps(step, batch, draft_id, job_id, digest, mode, datasets,"
+        " model_path, metrics, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (config["step"], config["batch"], draft_id, job_id, draft["digest"], config["mode"],
+         ledger.dumps(datasets), result.get("model_path"),
+         ledger.dumps({k: v for k, v in result.items() if k != "model_path"}), time.time()))
+    ledger.audit(conn, "step.record", config["batch"],
+                 detail={"step": config["step"], "job_id": job_id,
+                         "model_path": result.get("model_path")})
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(sys.argv[1], sys.argv[2]))

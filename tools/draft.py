@@ -1,0 +1,320 @@
+"""draft_job: everything a job will do, fixed in one payload with one digest.
+
+A draft is computed from the request, the plan and the files as they are now. It is
+stored in the ledger and rendered as the run plan for the operator. Nothing in it
+depends on the clock, so the same inputs give the same digest and the same id; at
+submit time the draft is computed again from its stored request, and any difference
+(a dataset edited, the checkpoint moved, the plan changed, the job script changed)
+makes it stale.
+
+The digest covers what runs: the request, the job config, every file's sha256 and the
+remote submission. It leaves out the estimate, which depends on live prices.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunestep.tools import ledger
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.estimate import Estimate, estimate_job, parse_duration
+from tunestep.tools.hashing import sha256_file, sha256_json
+from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.plan import Plan, load_plan
+from tunestep.tools.preflight import PreflightReport, check_batch
+from tunestep.tools.workspace import Workspace
+
+JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+JOB_FILES = ("train_sft.py", "sft_data.py", "qwen3_training.jinja")
+HF_MOUNT = "/tunestep/step"
+HF_OUTPUT_ROOT = "/tmp/tunestep"
+# Hyperparameters the assistant may override per draft, and their types.
+OVERRIDABLE = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int,
+               "learning_rate": float, "num_train_epochs": float, "max_length": int,
+               "seed": int, "save_total_limit": int, "precision": str, "max_steps": int,
+               "lora_r": int, "lora_alpha": int, "lora_dropout": float}
+
+
+class DraftRequest(BaseModel):
+    """What the caller asked for; stored so the draft can be recomputed at submit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"] = "train"
+    batch: str | None = None
+    mode: Literal["full", "lora"] | None = None
+    backend: Literal["local", "hf-jobs"] = "local"
+    flavor: str | None = None
+    timeout: str | None = None
+    overrides: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class FileRef(BaseModel):
+    role: Literal["train", "eval", "script", "tokenized"]
+    path: str  # workspace-relative (job scripts: their name in the bundle)
+    sha256: str
+    rows: int | None = None
+
+
+class HfSubmission(BaseModel):
+    """The exact Hugging Face Jobs request, secrets by name only."""
+
+    image: str
+    command: list[str]
+    flavor: str
+    timeout_seconds: int
+    labels: dict[str, str]
+    secrets: list[str]
+    dataset_repo: str
+    bundle: dict[str, str]  # name in the bundle -> workspace path (or job file)
+
+
+class JobDraft(BaseModel):
+    draft_id: str
+    digest: str
+    kind: Literal["train"]
+    batch: str
+    step: int
+    backend: Literal["local", "hf-jobs"]
+    request: DraftRequest
+    job_config: dict[str, Any]
+    files: list[FileRef]
+    submission: HfSubmission | None
+    estimate: Estimate
+    warnings: list[str]
+    run_plan: str
+    approve_command: str
+
+
+def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
+    """Compute the draft, store it in the ledger and write the run plan for the operator."""
+    from tunestep.tools.run_plan import write_run_plan
+
+    report = check_batch(ws, request.batch)
+    draft = build_draft(ws, request, report)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (draft.draft_id, draft.digest, draft.kind, draft.batch,
+             draft.model_dump_json(), time.time()))
+        ledger.audit(conn, "draft.create", draft.draft_id,
+                     detail={"digest": draft.digest, "batch": draft.batch,
+                             "backend": draft.backend, "kind": draft.kind})
+    write_run_plan(ws, draft, report)
+    return draft
+
+
+def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
+    with ledger.open_ledger(ws) as conn:
+        row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+                           (draft_id,)).fetchone()
+    if row is None:
+        raise TunestepError("draft_unknown", f"no draft '{draft_id}' in this workspace's ledger")
+    return JobDraft.model_validate_json(row["payload"])
+
+
+def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
+    """The stored draft's request drafted again now: a different digest means stale."""
+    return build_draft(ws, stored.request, check_batch(ws, stored.batch))
+
+
+def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -> JobDraft:
+    """The draft for the request against the workspace as it is now (no writes)."""
+    from tunestep.tools.merge import step_datasets
+
+    plan = load_plan(ws).plan
+    errors = [p for p in report.problems if p.severity == "error"]
+    if errors or report.batch is None:
+        listed = "; ".join(f"{p.code}: {p.message}" for p in errors) or "no batch"
+        raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}")
+    _check_overrides(request.overrides)
+    data = step_datasets(ws, report.batch)
+    mode = request.mode or plan.mode
+    backend = request.backend
+    flavor = request.flavor or ("local" if backend == "local" else plan.job.flavor)
+    if backend == "hf-jobs" and flavor == "local":
+        raise TunestepError("draft_bad_flavor", "hf-jobs needs a hardware flavor, not 'local'")
+    timeout = request.timeout or plan.job.timeout
+    parse_duration(timeout)
+
+    files = [FileRef(role="train", path=f.path, sha256=f.sha256, rows=f.rows)
+             for f in data.train_files]
+    files.append(FileRef(role="eval", path=plan.paths.validation,
+                         sha256=report.validation.sha256 or "", rows=report.validation.rows))
+    files += [FileRef(role="script", path=name, sha256=sha256_file(JOBS_DIR / name))
+              for name in JOB_FILES]
+    start = _starting_point(ws, plan, mode)
+    config = _job_config(plan, request, report, files, mode, start, backend,
+                         data.tokenized_dir)
+    submission = None
+    if backend == "hf-jobs":
+        submission = _hf_submission(plan, request, report, files, flavor, timeout, config)
+    rows = sum(f.rows or 0 for f in files if f.role == "train")
+    estimate = estimate_job(
+        model=start["base_model"], mode=mode, flavor=flavor,
+        train_tokens=_train_tokens(ws, files), rows=rows,
+        epochs=config["hyperparameters"]["num_train_epochs"],
+        batch_size=config["hyperparameters"]["per_device_train_batch_size"],
+        grad_accum=config["hyperparameters"]["gradient_accumulation_steps"],
+        precision=config["hyperparameters"]["precision"], timeout=timeout)
+    body = {"kind": request.kind, "request": request.model_dump(mode="json"),
+            "job_config": config, "files": [f.model_dump() for f in files],
+            "submission": submission.model_dump() if submission else None,
+            "workspace": str(ws.root)}
+    digest = sha256_json(body)
+    draft_id = f"draft-{digest[:12]}"
+    config["draft_id"] = draft_id
+    return JobDraft(
+        draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
+        step=report.step, backend=backend, request=request, job_config=config, files=files,
+        submission=submission, estimate=estimate,
+        warnings=list(estimate.warnings) + start["warnings"],
+        run_plan=plan.paths.run_plan,
+        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}")
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        kind = OVERRIDABLE.get(key)
+        if kind is None:
+            raise TunestepError("draft_bad_override", f"'{key}' cannot be overridden; allowed: "
+                                f"{', '.join(sorted(OVERRIDABLE))}")
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TunestepError("draft_bad_override",
+                                f"'{key}' must be {kind.__name__}, got {value!r}")
+
+
+def _starting_point(ws: Workspace, plan: Plan, mode: str) -> dict[str, Any]:
+    """Base model, what to resume from, and whether this counts as resuming."""
+    store = ws.resolve_model_store(plan.model_link)
+    latest = latest_checkpoint(store) if store.is_dir() else None
+    kind = checkpoint_kind(latest) if latest else None
+    base = plan.model
+    warnings: list[str] = []
+    is_base = latest is not None and Path(base).exists() and latest.resolve() == Path(
+        base).resolve()
+    if latest is None or is_base:
+        return {"base_model": base, "resume_from": None, "warnings": warnings}
+    if mode == "full":
+        if kind == "lora":
+            raise TunestepError("checkpoint_mode_mismatch",
+                                "the latest checkpoint is a LoRA adapter: draft with mode "
+                                "'lora', or point the model link at a full model",
+                                path=plan.model_link)
+        return {"base_model": base, "resume_from": str(latest), "warnings": warnings}
+    if kind == "lora":
+        import orjson
+
+        adapter = orjson.loads((latest / "adapter_config.json").read_bytes())
+        adapter_base = adapter.get("base_model_name_or_path") or base
+        return {"base_model": adapter_base, "resume_from": str(latest), "warnings": warnings}
+    # LoRA on top of a fully fine-tuned checkpoint: that checkpoint is the new base.
+    return {"base_model": str(latest), "resume_from": None, "warnings": warnings}
+
+
+def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: bool) -> dict:
+    t = plan.training
+    if mode == "lora":
+        lr = plan.lora.learning_rate
+    else:
+        lr = t.resume_learning_rate if resuming else t.learning_rate
+    hp = {"per_device_train_batch_size": t.per_device_train_batch_size,
+          "gradient_accumulation_steps": t.gradient_accumulation_steps,
+          "learning_rate": lr, "num_train_epochs": t.num_train_epochs,
+          "max_length": t.max_length, "seed": t.seed, "save_total_limit": t.save_total_limit,
+          "precision": t.precision if request.backend == "hf-jobs" else "auto",
+          "max_steps": -1}
+    hp.update({k: v for k, v in request.overrides.items() if not k.startswith("lora_")})
+    return hp
+
+
+def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
+                files: list[FileRef], mode: str, start: dict, backend: str,
+                tokenized_dir: str | None) -> dict[str, Any]:
+    """The job script's config (contract in tools/jobs/train_sft.py)."""
+    remote = backend == "hf-jobs"
+    batch = report.batch
+
+    def data_path(ref: FileRef) -> str:
+        return f"data/{Path(ref.path).name}" if remote else ref.path
+
+    out = HF_OUTPUT_ROOT if remote else None
+
+    def output(rel: str) -> str:
+        return f"{out}/{rel}" if out else rel
+
+    lora = None
+    if mode == "lora":
+        lora = {"r": request.overrides.get("lora_r", plan.lora.r),
+                "alpha": request.overrides.get("lora_alpha", plan.lora.alpha),
+                "dropout": request.overrides.get("lora_dropout", plan.lora.dropout),
+                "target_modules": plan.lora.target_modules}
+    train = [f for f in files if f.role == "train"]
+    evals = next(f for f in files if f.role == "eval")
+    return {
+        "schema": 1, "draft_id": None, "step": report.step, "batch": batch, "mode": mode,
+        "base_model": start["base_model"],
+        "resume_from": (plan.hub.model_id if remote and start["resume_from"]
+                        else start["resume_from"]),
+        "train_files": [{"path": data_path(f), "sha256": f.sha256} for f in train],
+        "eval_file": {"path": data_path(evals), "sha256": evals.sha256},
+        "tokenized_dir": None if remote else tokenized_dir,
+        "hyperparameters": _hyperparameters(plan, request, mode,
+                                            resuming=start["resume_from"] is not None),
+        "lora": lora,
+        "outputs": {
+            "model_store": output("store/" + plan.model_name) if remote else plan.model_link,
+            "model_name": plan.model_name,
+            "metrics_csv": output(f"{plan.paths.logs}/metrics_step_{batch}.csv"),
+            "train_log": output(f"{plan.paths.logs}/train.log"),
+            "samples_md": output(f"{plan.paths.logs}/samples_step_{batch}.md"),
+            "plots_dir": output(plan.paths.plots),
+            "history_json": output(f"{plan.paths.logs}/steps_history.json"),
+        },
+        "samples": {"n": plan.samples.n, "max_new_tokens": plan.samples.max_new_tokens},
+        "grade_pattern": plan.grade_pattern,
+        "trackio": {"project": plan.trackio_project, "space_id": plan.hub.trackio_space_id,
+                    "dir": None if remote else ".tunestep/trackio"},
+        "hub": {"model_id": plan.hub.model_id, "private": plan.hub.private,
+                "push": plan.hub.push or (remote and plan.hub.model_id is not None)},
+    }
+
+
+def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
+                   files: list[FileRef], flavor: str, timeout: str,
+                   config: dict) -> HfSubmission:
+    if not plan.hub.dataset_repo:
+        raise TunestepError("plan_missing_key", "hf-jobs needs hub.dataset_repo in the plan: "
+                            "the private dataset repo that carries each step's bundle")
+    bundle = {name: f"job:{name}" for name in JOB_FILES}
+    bundle.update({f"data/{Path(f.path).name}": f.path for f in files
+                   if f.role in ("train", "eval")})
+    if len(bundle) != len(JOB_FILES) + sum(f.role in ("train", "eval") for f in files):
+        raise TunestepError("bundle_name_clash", "two data files share a name; rename one")
+    return HfSubmission(
+        image=plan.job.image,
+        command=["uv", "run", f"{HF_MOUNT}/train_sft.py", "--config", f"{HF_MOUNT}/job.json",
+                 "--root", HF_MOUNT],
+        flavor=flavor, timeout_seconds=parse_duration(timeout),
+        labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),
+                "tunestep-kind": request.kind},
+        secrets=list(plan.job.secrets), dataset_repo=plan.hub.dataset_repo, bundle=bundle)
+
+
+def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:
+    """Exact token count of the training files, from the (cached) inspector."""
+    from tunestep.tools.inspector import run_inspector
+
+    total = 0
+    for ref in files:
+        if ref.role == "train":
+            report = run_inspector(ws, ref.path, tokens=True)
+            total += report.stats.total_tokens or 0
+    return total

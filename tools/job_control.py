@@ -1,0 +1,184 @@
+"""Job status, logs and cancel, for both backends, from the ledger outwards.
+
+The ledger is the record; a status call refreshes it from the backend (a local process
+that vanished without recording its end is marked ``lost``; an HF job's stage is asked
+of the Hub, and on completion its pushed outputs are fetched into the workspace and the
+step is recorded).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunestep.tools import ledger
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.workspace import Workspace
+
+TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
+HF_STAGES = {"COMPLETED": "succeeded", "ERROR": "failed", "CANCELED": "cancelled",
+             "DELETED": "cancelled"}
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    draft_id: str
+    backend: str
+    status: str
+    terminal: bool
+    pid: int | None = None
+    external_id: str | None = None
+    url: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    log_path: str | None = None
+    result: dict[str, Any] = {}
+
+
+class JobLogs(BaseModel):
+    job_id: str
+    lines: list[str]
+    total_lines: int | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+
+
+def _row(ws: Workspace, job_id: str):
+    with ledger.open_ledger(ws) as conn:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise TunestepError("job_unknown", f"no job '{job_id}' in this workspace's ledger")
+    return row
+
+
+def _status(row) -> JobStatus:
+    return JobStatus(
+        job_id=row["job_id"], draft_id=row["draft_id"], backend=row["backend"],
+        status=row["status"], terminal=row["status"] in TERMINAL, pid=row["pid"],
+        external_id=row["external_id"], url=row["url"], exit_code=row["exit_code"],
+        started_at=row["started_at"], ended_at=row["ended_at"], log_path=row["log_path"],
+        result=ledger.loads(row["result"]) or {})
+
+
+def job_status(ws: Workspace, job_id: str) -> JobStatus:
+    """Where the job is now: running, succeeded, failed, cancelled or lost."""
+    row = _row(ws, job_id)
+    if row["status"] not in TERMINAL:
+        if row["backend"] == "local":
+            _refresh_local(ws, row)
+        else:
+            _refresh_hf(ws, row)
+        row = _row(ws, job_id)
+    return _status(row)
+
+
+def _refresh_local(ws: Workspace, row) -> None:
+    from tunestep.tools.backends import local
+
+    # The supervisor records its own end; re-read in case it just did.
+    if (row["status"] == "running" and not local.is_alive(row["pid"])
+            and _row(ws, row["job_id"])["status"] == "running"):
+        local.record_outcome(ws, row["job_id"], "lost", None,
+                             {"error": "the job process ended without recording an outcome"})
+
+
+def _hf_api():
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.hf_token import read_token
+
+    return hf_jobs.hub_api(read_token())
+
+
+def _split_external(external_id: str) -> tuple[str | None, str]:
+    namespace, _, job = external_id.rpartition("/")
+    return namespace or None, job
+
+
+def _refresh_hf(ws: Workspace, row) -> None:
+    from tunestep.tools.backends import hf_jobs, local
+
+    namespace, job = _split_external(row["external_id"])
+    api = _hf_api()
+    remote = hf_jobs.hf_job_status(api, job, namespace=namespace)
+    status = HF_STAGES.get(remote.stage)
+    if status is None:
+        return
+    result = ledger.loads(row["result"]) or {}
+    if status == "succeeded":
+        outputs = hf_jobs.fetch_job_outputs(
+            api, result["repo"], hf_jobs.output_path(row["draft_id"]), ws.root)
+        result["outputs"] = [f.name for f in outputs.files]
+        summary = next((f for f in outputs.files if f.name == "tunestep_result.json"), None)
+        if summary is not None:
+            result.update(ledger.loads(summary.local_path.read_text()))
+    local.record_outcome(ws, row["job_id"], status, None, result)
+
+
+def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
+    """The last ``tail`` lines of the job's output."""
+    if tail < 1 or tail > 5000:
+        raise TunestepError("bad_argument", "tail must be between 1 and 5000 lines")
+    row = _row(ws, job_id)
+    if row["backend"] == "hf-jobs":
+        from tunestep.tools.backends import hf_jobs
+
+        namespace, job = _split_external(row["external_id"])
+        logs = hf_jobs.hf_job_logs(_hf_api(), job, tail, namespace=namespace)
+        return JobLogs(job_id=job_id, lines=logs.lines)
+    path = ws.resolve(row["log_path"]) if row["log_path"] else None
+    if path is None or not path.is_file():
+        return JobLogs(job_id=job_id, lines=[], total_lines=0)
+    count = 0
+    last: deque[str] = deque(maxlen=tail)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            count += 1
+            last.append(line.rstrip("\n"))
+    return JobLogs(job_id=job_id, lines=list(last), total_lines=count)
+
+
+def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
+    """Stop a running job. Stopping spends nothing, so it needs no approval."""
+    row = _row(ws, job_id)
+    if row["status"] in TERMINAL:
+        return _status(row)
+    if row["backend"] == "local":
+        from tunestep.tools.backends import local
+
+        if not local.cancel(row["pid"]):
+            local.record_outcome(ws, job_id, "cancelled", None, {"note": "was not running"})
+    else:
+        from tunestep.tools.backends import hf_jobs
+
+        namespace, job = _split_external(row["external_id"])
+        hf_jobs.hf_job_cancel(_hf_api(), job, namespace=namespace)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        ledger.audit(conn, "job.cancel", job_id)
+    return wait_for_job(ws, job_id, timeout=30) if row["backend"] == "local" else job_status(
+        ws, job_id)
+
+
+def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,
+                 on_poll=None) -> JobStatus:
+    """Poll until the job ends or ``timeout`` seconds pass; returns the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = job_status(ws, job_id)
+        if on_poll is not None:
+            on_poll(status)
+        if status.terminal or time.monotonic() >= deadline:
+            return status
+        time.sleep(poll)
+
+
+def list_jobs(ws: Workspace, limit: int = 20) -> JobList:
+    with ledger.open_ledger(ws) as conn:
+        rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
+                            (limit,)).fetchall()
+    return JobList(jobs=[_status(r) for r in rows])

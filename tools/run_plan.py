@@ -1,0 +1,111 @@
+"""The run plan: the draft as a document the operator reads before approving.
+
+Rewritten by every draft_job at ``.specs/training/run_plan_preparation.md`` (the plan
+document of the reference workflow). It is a view of the stored draft; the approval
+itself always re-reads the ledger, never this file.
+"""
+
+from __future__ import annotations
+
+from tunestep.tools.atomic import atomic_write_text
+from tunestep.tools.draft import JobDraft
+from tunestep.tools.preflight import PreflightReport
+from tunestep.tools.workspace import Workspace
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
+    cfg, est = draft.job_config, draft.estimate
+    hp = cfg["hyperparameters"]
+    resume = cfg["resume_from"] or "nothing (fresh start from the base model)"
+    problems = "\n".join(f"- {p.severity}: `{p.code}` {p.message}" for p in report.problems)
+    v = report.validation
+    preflight = "\n".join([
+        f"1. Batch: `{report.batch_path}` (step {report.step}), "
+        f"{sum(f.rows or 0 for f in report.files)} rows in {len(report.files)} file(s).",
+        f"2. Hold-out set: `{v.path}`, {v.rows} rows, sha256 `{v.sha256}` "
+        f"({'unchanged since pinned' if not v.changed else 'CHANGED'}). Never written.",
+        f"3. Checkpoint: `{report.checkpoint.link}` -> latest `{report.checkpoint.latest}`.",
+        f"4. HF token: {'available' if report.hf_token_available else 'not found'} "
+        "(its value is never stored; jobs get it as the secret `HF_TOKEN` at submit time).",
+    ])
+    data = _table(["role", "file", "rows", "sha256"],
+                  [[f.role, f"`{f.path}`", str(f.rows if f.rows is not None else ""),
+                    f"`{f.sha256[:16]}`"] for f in draft.files])
+    hyper = _table(["key", "value"], [[k, f"`{v}`"] for k, v in hp.items()])
+    lora = ""
+    if cfg["lora"]:
+        lora = "\nLoRA: " + ", ".join(f"{k} `{v}`" for k, v in cfg["lora"].items()) + "\n"
+    submission = ""
+    if draft.submission:
+        s = draft.submission
+        submission = (
+            "\n## Hugging Face Jobs submission\n\n"
+            f"- flavor `{s.flavor}`, timeout {s.timeout_seconds} s, image `{s.image}`\n"
+            f"- command `{' '.join(s.command)}`\n"
+            f"- bundle: one commit to the private dataset repo `{s.dataset_repo}` under "
+            f"`steps/{draft.draft_id}/`, mounted read-only at the exact commit\n"
+            f"- labels {s.labels} (plus `tunestep-draft`)\n"
+            f"- secrets by name: {', '.join(s.secrets)}\n")
+    warnings = "\n".join(f"- {w}" for w in draft.warnings) or "- none"
+    o = cfg["outputs"]
+    return f"""# Run plan: step {draft.step}, batch {draft.batch}
+
+Draft `{draft.draft_id}`, digest `{draft.digest}`.
+Backend **{draft.backend}**, mode **{cfg['mode']}**. Nothing runs until the operator approves.
+
+## Preflight
+
+{preflight}
+
+{problems}
+
+## Datasets
+
+{data}
+
+## Training
+
+- Model: `{cfg['base_model']}`
+- Resume from: `{resume}`
+{lora}
+{hyper}
+
+## Hardware and estimate
+
+- Flavor `{est.flavor}`; {est.total_tokens} training tokens ({est.train_tokens} x {est.epochs:g}
+  epochs), {est.optimizer_steps} optimizer steps.
+- About **{est.minutes:g} min** and **${est.usd:.2f}** (${est.usd_per_hour:g}/h). Method:
+  {est.method}.
+- Timeout {est.timeout_seconds} s; suggested {est.suggested_timeout} (estimate + 30 %).
+- Memory needed about {est.memory_needed_gb:g} GB.
+
+Warnings:
+{warnings}
+{submission}
+## Outputs
+
+- metrics CSV `{o['metrics_csv']}`, log `{o['train_log']}`, samples `{o['samples_md']}`
+- plots in `{o['plots_dir']}`; new model version in `{o['model_store']}/versions/`, then
+  `latest` moves to it
+
+## How to approve
+
+The operator reviews the stored draft and signs it in their own terminal:
+
+```
+{draft.approve_command}
+```
+
+and pastes the token printed on the last line to the assistant, which calls
+`submit_job(draft_id="{draft.draft_id}", approval_token=...)`.
+"""
+
+
+def write_run_plan(ws: Workspace, draft: JobDraft, report: PreflightReport) -> None:
+    atomic_write_text(ws.resolve(draft.run_plan), render_run_plan(draft, report))

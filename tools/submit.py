@@ -1,0 +1,174 @@
+"""submit_job: the only door to a job, and it opens only for the operator's signature.
+
+Order of checks (each refusal is an audit event and a TunestepError whose code names
+the reason): the token verifies against a key given at launch (approval.verify_approval:
+missing, malformed, untrusted key, bad signature, audience, action, expiry); the draft
+exists; the token names this draft, this workspace and the stored digest; the draft
+recomputed now has the same digest (else stale); the nonce was never used. The nonce
+row and the job row are written in one transaction before the backend is called, so
+two concurrent submits of one token give exactly one job.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sqlite3
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel
+
+from tunestep.tools import ledger
+from tunestep.tools.approval import ApprovalClaims, verify_approval
+from tunestep.tools.atomic import atomic_write_bytes
+from tunestep.tools.draft import JOBS_DIR, JobDraft, load_draft, recompute
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import canonical_json
+from tunestep.tools.workspace import Workspace
+
+
+class JobHandle(BaseModel):
+    job_id: str
+    draft_id: str
+    backend: str
+    status: str
+    pid: int | None = None
+    external_id: str | None = None
+    url: str | None = None
+    log_path: str | None = None
+    next_actions: list[str] = []
+
+
+def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
+               trusted: dict[str, Ed25519PublicKey]) -> JobHandle:
+    """Start the approved draft's job, or refuse with the reason."""
+    try:
+        claims = verify_approval(approval_token or "", trusted)
+        draft = _approved_draft(ws, draft_id, claims)
+        job_id = f"job-{secrets.token_hex(6)}"
+        _claim_nonce(ws, draft, claims, job_id)
+    except TunestepError as exc:
+        _audit_refusal(ws, draft_id, exc)
+        raise
+    return _start(ws, draft, job_id)
+
+
+def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
+    stored = load_draft(ws, draft_id)
+    if claims.draft_id != draft_id:
+        raise TunestepError("approval_wrong_draft",
+                            f"the token approves {claims.draft_id}, not {draft_id}")
+    if claims.workspace != str(ws.root):
+        raise TunestepError("approval_wrong_draft", "the token was signed for another workspace")
+    if claims.digest != stored.digest:
+        raise TunestepError("approval_wrong_draft",
+                            "the token approves another version of this draft (digest differs)")
+    now = recompute(ws, stored)
+    if now.digest != stored.digest:
+        changed = _what_changed(stored, now)
+        raise TunestepError("draft_stale", f"the draft no longer matches the workspace "
+                            f"({changed}); draft again and ask the operator for a new approval")
+    return stored
+
+
+def _what_changed(old: JobDraft, new: JobDraft) -> str:
+    before = {(f.role, f.path): f.sha256 for f in old.files}
+    after = {(f.role, f.path): f.sha256 for f in new.files}
+    files = sorted(path for key, path in {*before, *after}
+                   if before.get((key, path)) != after.get((key, path)))
+    if files:
+        return "changed files: " + ", ".join(files)
+    return "the plan, the checkpoint or the job settings changed"
+
+
+def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id: str) -> None:
+    with ledger.open_ledger(ws) as conn:
+        try:
+            with ledger.transaction(conn):
+                conn.execute(
+                    "INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
+                    " VALUES (?, ?, ?, 'starting', ?)",
+                    (job_id, draft.draft_id, draft.backend, time.time()))
+                conn.execute(
+                    "INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (claims.nonce, draft.draft_id, claims.kid, claims.op, job_id, time.time()))
+                ledger.audit(conn, "job.submit", job_id,
+                             detail={"draft_id": draft.draft_id, "digest": draft.digest,
+                                     "operator": claims.op, "kid": claims.kid,
+                                     "backend": draft.backend})
+        except sqlite3.IntegrityError:
+            raise TunestepError("approval_replayed",
+                                "this approval token was already used; each token starts "
+                                "one job") from None
+
+
+def _audit_refusal(ws: Workspace, draft_id: str, exc: TunestepError) -> None:
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        ledger.audit(conn, "job.submit", draft_id, outcome="refused",
+                     detail={"code": exc.code})
+
+
+def _start(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
+    try:
+        if draft.backend == "local":
+            return _start_local(ws, draft, job_id)
+        return _start_hf(ws, draft, job_id)
+    except Exception as exc:
+        code = exc.code if isinstance(exc, TunestepError) else "backend_failed"
+        with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            conn.execute("UPDATE jobs SET status = 'failed', ended_at = ?, result = ?"
+                         " WHERE job_id = ?",
+                         (time.time(), ledger.dumps({"error": code}), job_id))
+            ledger.audit(conn, "job.start", job_id, outcome="failed", detail={"code": code})
+        if isinstance(exc, TunestepError):
+            raise
+        raise TunestepError("backend_failed",
+                            f"the backend could not start the job: {type(exc).__name__}") from exc
+
+
+def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
+    from tunestep.tools.backends import local
+
+    folder = local.job_dir(ws, job_id)
+    folder.mkdir(parents=True)
+    for ref in draft.files:
+        if ref.role == "script":
+            shutil.copyfile(JOBS_DIR / ref.path, folder / ref.path)
+    atomic_write_bytes(folder / "job.json", canonical_json(draft.job_config))
+    pid = local.start(ws, job_id, pass_token=bool(draft.job_config["hub"]["push"]))
+    return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="local", status="running",
+                     pid=pid, log_path=ws.relative(folder / "output.log"),
+                     next_actions=[f"job_status(job_id='{job_id}')",
+                                   f"job_logs(job_id='{job_id}')"])
+
+
+def _start_hf(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.hf_token import read_token
+
+    sub = draft.submission
+    assert sub is not None  # an hf-jobs draft always has one
+    token = read_token()
+    if not token:
+        raise TunestepError("hf_token_missing", "no Hugging Face token: log in with `hf auth "
+                            "login` or set HF_TOKEN in the server's environment")
+    files: dict = {"job.json": canonical_json(draft.job_config)}
+    for name, source in sub.bundle.items():
+        files[name] = (JOBS_DIR / source.removeprefix("job:") if source.startswith("job:")
+                       else ws.resolve(source))
+    api = hf_jobs.hub_api(token)
+    revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id, files)
+    ref = hf_jobs.submit_hf_job(
+        api, repo_id=sub.dataset_repo, revision=revision, draft_id=draft.draft_id,
+        flavor=sub.flavor, timeout_seconds=sub.timeout_seconds, labels=sub.labels,
+        image=sub.image, command=sub.command, secret_names=sub.secrets, token=token)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE jobs SET status = 'running', external_id = ?, url = ?,"
+                     " started_at = ?, result = ? WHERE job_id = ?",
+                     (f"{ref.namespace}/{ref.job_id}", ref.url, time.time(),
+                      ledger.dumps({"revision": revision, "repo": sub.dataset_repo}), job_id))
+    return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="hf-jobs",
+                     status="running", external_id=ref.job_id, url=ref.url,
+                     next_actions=[f"job_status(job_id='{job_id}')"])

@@ -1,0 +1,699 @@
+"""Hugging Face Jobs backend: run an approved step's exact bytes on HF infrastructure.
+
+Pure functions over an ``HfApi``; the caller builds it with ``hub_api(token)`` at submit
+time (token from ``huggingface_hub.get_token()``), and nothing here stores or logs the
+token. Every Hub failure becomes a ``TunestepError`` whose message has the token removed.
+
+How a step reaches the job, and why (checked against huggingface_hub 2.4 source):
+
+1. ``upload_step_bundle`` commits the whole bundle (job script, sibling modules,
+   ``job.json``, data files) to a **private** dataset repo in **one** commit, under
+   ``steps/<draft_id>/``, and returns the commit sha.
+2. ``submit_hf_job`` calls ``HfApi.run_job`` with the uv image and a read-only dataset
+   ``Volume(type="dataset", source=repo, revision=<commit sha>, path="steps/<draft_id>",
+   mount_path="/tunestep/step")``; the default command is
+   ``uv run /tunestep/step/train_sft.py --config /tunestep/step/job.json``.
+   Because the revision is a commit sha (a branch name is refused), the job sees exactly
+   the committed bytes, whatever is pushed to the repo later.
+
+   Not ``run_uv_job``: given a local script path it uploads the script to a storage
+   bucket over the xet protocol, and it raises for a ``.py`` path that does not exist
+   locally, so it cannot point at a file inside a mounted volume. Both call the same
+   ``POST /api/jobs/<namespace>`` endpoint; ``run_job`` with the uv image is the same job.
+   Nor ``hf download`` inside the job: the mounted volume needs no token in the command.
+
+The job learns where it is from environment variables (``TUNESTEP_*``, see
+``job_environment``) and pushes its outputs back to ``outputs/<draft_id>/`` in the same
+repo, with the ``HF_TOKEN`` secret; ``fetch_job_outputs`` downloads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi, Volume, constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from pydantic import BaseModel, ConfigDict
+
+from tunestep.tools.atomic import atomic_open
+from tunestep.tools.errors import TunestepError
+
+try:  # huggingface_hub 2.x speaks httpx2; 1.x spoke httpx
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    import httpx as _httpx  # type: ignore[no-redef]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UV_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+STEP_MOUNT_PATH = "/tunestep/step"
+STEPS_PREFIX = "steps"
+OUTPUTS_PREFIX = "outputs"
+DEFAULT_SCRIPT = "train_sft.py"
+DEFAULT_CONFIG = "job.json"
+# Secrets whose value tunestep knows how to supply: the Hub token, read at submit time.
+SUPPORTED_SECRETS = frozenset({"HF_TOKEN"})
+TERMINAL_STAGES = frozenset({"COMPLETED", "CANCELED", "ERROR", "DELETED"})
+MAX_OUTPUT_BYTES = 1 << 30
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_FLAVOR_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Hub access tokens: scrubbed from any text we pass on, even when it is not "our" token.
+_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+_UNIT_PER_HOUR = {"second": 3600, "minute": 60, "hour": 1}
+
+
+# --------------------------------------------------------------------------- models
+
+
+class HfJobRef(BaseModel):
+    """A submitted job: where to find it. Never carries secrets or environment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    namespace: str
+    url: str
+    stage: str
+    message: str | None = None
+    flavor: str | None = None
+    created_at: datetime | None = None
+    repo_id: str
+    revision: str
+
+
+class HfJobStatus(BaseModel):
+    """Where a job is now; ``terminal`` once it can no longer change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    namespace: str
+    url: str
+    stage: str
+    message: str | None = None
+    terminal: bool
+    flavor: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    running_seconds: int | None = None
+
+
+class HfJobLogs(BaseModel):
+    """The job's log lines available now (the last ``tail`` when given)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    lines: list[str]
+    tail: int | None = None
+
+
+class HfOutputFile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path_in_repo: str
+    name: str  # relative to the outputs prefix; also the path under dest_dir
+    local_path: Path
+    size: int
+    sha256: str
+
+
+class HfJobOutputs(BaseModel):
+    """What a job pushed back, downloaded from one pinned commit of the repo."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repo_id: str
+    revision: str
+    prefix: str
+    dest_dir: Path
+    files: list[HfOutputFile]
+    skipped: list[str] = []
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def hub_api(token: str | None = None, *, endpoint: str | None = None) -> HfApi:
+    """An ``HfApi`` for tunestep's calls, endpoint from ``HF_ENDPOINT`` read now.
+
+    huggingface_hub reads ``HF_ENDPOINT`` once at import; reading it here and passing it
+    explicitly keeps every request pointed where the environment says at call time.
+    """
+    base = endpoint or os.environ.get("HF_ENDPOINT", "").strip() or constants.ENDPOINT
+    return HfApi(endpoint=base.rstrip("/"), token=token, library_name="tunestep")
+
+
+def step_path(draft_id: str) -> str:
+    """``steps/<draft_id>``: where a draft's bundle lives in the repo."""
+    return f"{STEPS_PREFIX}/{_check_id(draft_id, 'draft id')}"
+
+
+def output_path(draft_id: str) -> str:
+    """``outputs/<draft_id>``: where the job pushes its results back."""
+    return f"{OUTPUTS_PREFIX}/{_check_id(draft_id, 'draft id')}"
+
+
+def step_command(
+    script: str = DEFAULT_SCRIPT, config: str = DEFAULT_CONFIG, mount_path: str = STEP_MOUNT_PATH
+) -> list[str]:
+    """The default job command: ``uv run <mount>/<script> --config <mount>/<config>``.
+
+    ``uv run`` reads the script's PEP 723 header and installs its dependencies first.
+    """
+    return ["uv", "run", f"{mount_path}/{script}", "--config", f"{mount_path}/{config}"]
+
+
+def job_environment(repo_id: str, draft_id: str, revision: str) -> dict[str, str]:
+    """Environment the job script reads to find its bundle and where to push outputs."""
+    return {
+        "TUNESTEP_DRAFT_ID": draft_id,
+        "TUNESTEP_STEP_DIR": STEP_MOUNT_PATH,
+        "TUNESTEP_BUNDLE_REPO": repo_id,
+        "TUNESTEP_BUNDLE_REVISION": revision,
+        "TUNESTEP_OUTPUT_REPO": repo_id,
+        "TUNESTEP_OUTPUT_PATH": output_path(draft_id),
+    }
+
+
+def _check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or ".." in value:
+        raise TunestepError(
+            "hf_bad_argument", f"{what} must be 1-128 characters [A-Za-z0-9._-], no '..'"
+        )
+    return value
+
+
+def _check_repo_id(repo_id: str) -> str:
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
+        raise TunestepError("hf_bad_argument", "repo id must look like 'namespace/name'")
+    return repo_id
+
+
+def _check_relative(path: str, what: str, code: str = "hf_bad_argument") -> PurePosixPath:
+    """A relative POSIX path with no '..', '.', empty or hidden-drive parts."""
+    pure = PurePosixPath(path)
+    if (
+        not path
+        or "\\" in path
+        or "\x00" in path
+        or pure.is_absolute()
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise TunestepError(code, f"{what} {path!r} is not a safe relative path")
+    return pure
+
+
+def _scrub(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _HF_TOKEN_RE.sub("hf_***", text)
+
+
+def _api_token(api: HfApi) -> str | None:
+    return api.token if isinstance(api.token, str) else None
+
+
+@contextlib.contextmanager
+def _hub_errors(
+    action: str, *secrets: str | None, not_found: str = "hf_not_found"
+) -> Iterator[None]:
+    """Turn huggingface_hub failures into TunestepErrors, the token scrubbed out.
+
+    ``from None`` drops the original exception chain: it holds the request, and we would
+    rather lose a debugging detail than ever print a header.
+    """
+    try:
+        yield
+    except TunestepError:
+        raise
+    except LocalTokenNotFoundError:
+        raise TunestepError(
+            "hf_token_missing", f"{action}: no Hugging Face token; run `hf auth login`"
+        ) from None
+    except RepositoryNotFoundError as exc:
+        raise TunestepError(
+            "hf_repo_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
+        ) from None
+    except RevisionNotFoundError as exc:
+        raise TunestepError(
+            "hf_revision_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
+        ) from None
+    except RemoteEntryNotFoundError as exc:
+        raise TunestepError(
+            "hf_file_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
+        ) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        code = not_found if status == 404 else "hf_hub_error"
+        detail = exc.server_message or _first_line(exc)
+        raise TunestepError(
+            code, _scrub(f"{action}: Hub answered HTTP {status}: {detail}", *secrets)
+        ) from None
+    except (_httpx.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
+        raise TunestepError(
+            "hf_hub_unreachable",
+            _scrub(f"{action}: cannot reach the Hub ({type(exc).__name__})", *secrets),
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def _read_bundle(files: Mapping[str, Path | bytes]) -> dict[str, bytes]:
+    if not files:
+        raise TunestepError("hf_bad_argument", "a step bundle needs at least one file")
+    contents: dict[str, bytes] = {}
+    for name, source in files.items():
+        _check_relative(name, "bundle file name")
+        if isinstance(source, bytes | bytearray):
+            contents[name] = bytes(source)
+            continue
+        try:
+            contents[name] = Path(source).read_bytes()
+        except OSError as exc:
+            raise TunestepError(
+                "hf_bundle_unreadable", f"cannot read bundle file: {exc.strerror}", path=str(source)
+            ) from None
+    return contents
+
+
+def _ensure_private_dataset(api: HfApi, repo_id: str) -> None:
+    """Create the dataset repo private, or refuse one that already exists and is public.
+
+    ``create_repo(exist_ok=True)`` ignores ``private`` for an existing repo, so an
+    existing public repo would otherwise receive the training data.
+    """
+    token = _api_token(api)
+    with _hub_errors(f"create dataset repo {repo_id}", token):
+        api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
+    with _hub_errors(f"check dataset repo {repo_id}", token):
+        info = api.dataset_info(repo_id)
+    if info.private is not True:
+        raise TunestepError(
+            "hf_repo_public",
+            f"dataset repo {repo_id} is not private; tunestep will not upload step data to it",
+        )
+
+
+def upload_step_bundle(
+    api: HfApi, repo_id: str, draft_id: str, files: Mapping[str, Path | bytes]
+) -> str:
+    """Upload a step's bundle to a private dataset repo in one commit; return its sha.
+
+    ``files`` maps a relative name (e.g. ``train_sft.py``, ``job.json``,
+    ``data/train.jsonl``) to a local path or the exact bytes to send; each lands at
+    ``steps/<draft_id>/<name>``. The repo is created private if missing; an existing
+    public repo is refused (``hf_repo_public``). Pass the returned sha to
+    ``submit_hf_job`` so the job runs exactly these bytes.
+    """
+    _check_repo_id(repo_id)
+    prefix = step_path(draft_id)
+    contents = _read_bundle(files)  # read once: the commit carries what was read here
+    _ensure_private_dataset(api, repo_id)
+    operations = [
+        CommitOperationAdd(path_in_repo=f"{prefix}/{name}", path_or_fileobj=data)
+        for name, data in sorted(contents.items())
+    ]
+    with _hub_errors(f"commit step bundle to {repo_id}", _api_token(api)):
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=f"tunestep: step bundle {draft_id}",
+            repo_type="dataset",
+        )
+    logger.info("committed %d bundle files for %s to %s", len(operations), draft_id, repo_id)
+    return info.oid
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise TunestepError("hf_bad_argument", "job labels must be strings")
+        if not (_LABEL_RE.fullmatch(key) and _LABEL_RE.fullmatch(value)):
+            raise TunestepError(
+                "hf_bad_argument",
+                f"job label {key!r}: keys and values must be 1-100 characters [A-Za-z0-9_-]",
+            )
+    return dict(labels)
+
+
+def _label_value(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:100]
+
+
+def _job_secrets(secret_names: list[str], token: str | None) -> dict[str, str]:
+    unknown = sorted(set(secret_names) - SUPPORTED_SECRETS)
+    if unknown:
+        raise TunestepError(
+            "hf_secret_unsupported",
+            f"tunestep can only supply the secret(s) {sorted(SUPPORTED_SECRETS)}; not {unknown}",
+        )
+    if secret_names and not token:
+        raise TunestepError(
+            "hf_token_missing", "the job needs HF_TOKEN but no Hugging Face token was found"
+        )
+    return {name: token for name in secret_names if token}
+
+
+def _check_submit_args(
+    repo_id: str, revision: str, flavor: str, timeout_seconds: int, command: list[str]
+) -> None:
+    _check_repo_id(repo_id)
+    if not isinstance(revision, str) or not _COMMIT_RE.fullmatch(revision):
+        raise TunestepError(
+            "hf_revision_unpinned",
+            "the bundle revision must be a 40-hex commit sha, so the job runs the approved bytes",
+        )
+    if not isinstance(flavor, str) or not _FLAVOR_RE.fullmatch(flavor):
+        raise TunestepError("hf_bad_argument", f"unknown hardware flavor {flavor!r}")
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int):
+        raise TunestepError("hf_bad_argument", "timeout must be a whole number of seconds")
+    if not 0 < timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise TunestepError("hf_bad_argument", "timeout must be between 1 second and 7 days")
+    if not command or not all(isinstance(part, str) and part for part in command):
+        raise TunestepError("hf_bad_argument", "the job command must be a list of strings")
+
+
+def _job_env(
+    repo_id: str, draft_id: str, revision: str, extra: Mapping[str, str] | None, token: str | None
+) -> dict[str, str]:
+    env = dict(extra or {})
+    for name, value in env.items():
+        if not _ENV_NAME_RE.fullmatch(name) or not isinstance(value, str):
+            raise TunestepError("hf_bad_argument", f"bad environment variable {name!r}")
+        # Environment is stored and shown in clear by the Hub; secrets are not.
+        if token and token in value:
+            raise TunestepError(
+                "hf_secret_in_env", f"environment variable {name} would expose the token"
+            )
+    env.update(job_environment(repo_id, draft_id, revision))
+    return env
+
+
+def submit_hf_job(
+    api: HfApi,
+    *,
+    repo_id: str,
+    revision: str,
+    draft_id: str,
+    flavor: str,
+    timeout_seconds: int,
+    labels: Mapping[str, str] | None = None,
+    image: str = DEFAULT_UV_IMAGE,
+    command: list[str] | None = None,
+    secret_names: list[str] | None = None,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+) -> HfJobRef:
+    """Start an HF Job that runs the bundle committed at ``revision`` (a commit sha).
+
+    Mounts ``steps/<draft_id>`` of the dataset repo at that commit, read-only, at
+    ``/tunestep/step`` and runs ``command`` (default ``step_command()``) in ``image``
+    on ``flavor`` for at most ``timeout_seconds``. Each name in ``secret_names`` (only
+    ``HF_TOKEN``) is sent as a job secret with the value ``token``; the token is sent
+    nowhere else and is not in the result. Labels get ``tunestep-draft=<draft_id>``.
+    ``namespace`` defaults to the token's user.
+    """
+    _check_id(draft_id, "draft id")
+    command = list(command) if command is not None else step_command()
+    _check_submit_args(repo_id, revision, flavor, timeout_seconds, command)
+    if constants.HF_DEBUG:
+        # With HF_DEBUG set, huggingface_hub logs each request body as a curl command, and
+        # it redacts OAuth fields but not job secrets: the token would land in the log.
+        raise TunestepError(
+            "hf_debug_enabled",
+            "HF_DEBUG is set: huggingface_hub would log the job's secret values; unset it",
+        )
+    job_labels = _check_labels({**(labels or {}), "tunestep-draft": _label_value(draft_id)})
+    secrets = _job_secrets(list(secret_names or []), token)
+    volume = Volume(
+        type="dataset",
+        source=repo_id,
+        mount_path=STEP_MOUNT_PATH,
+        revision=revision,
+        read_only=True,
+        path=step_path(draft_id),
+    )
+    with _hub_errors(f"submit job for {draft_id}", token, _api_token(api)):
+        job = api.run_job(
+            image=image,
+            command=command,
+            env=_job_env(repo_id, draft_id, revision, env, token),
+            secrets=secrets or None,
+            flavor=flavor,
+            timeout=timeout_seconds,
+            name=f"tunestep-{_label_value(draft_id)}"[:100],
+            labels=job_labels,
+            volumes=[volume],
+            namespace=namespace,
+        )
+    logger.info("submitted HF job %s for draft %s on %s", job.id, draft_id, flavor)
+    return HfJobRef(
+        job_id=job.id,
+        namespace=job.owner.name,
+        url=job.url,
+        stage=str(_stage(job.status.stage)),
+        message=job.status.message,
+        flavor=str(job.flavor) if job.flavor else None,
+        created_at=job.created_at,
+        repo_id=repo_id,
+        revision=revision,
+    )
+
+
+def _stage(stage: Any) -> str:
+    return getattr(stage, "value", stage)
+
+
+def _status_of(job: Any) -> HfJobStatus:
+    stage = str(_stage(job.status.stage))
+    durations = getattr(job, "durations", None)
+    return HfJobStatus(
+        job_id=job.id,
+        namespace=job.owner.name,
+        url=job.url,
+        stage=stage,
+        message=job.status.message,
+        terminal=stage in TERMINAL_STAGES,
+        flavor=str(_stage(job.flavor)) if job.flavor else None,
+        created_at=job.created_at,
+        started_at=getattr(job, "started_at", None),
+        finished_at=getattr(job, "finished_at", None),
+        running_seconds=durations.running_secs if durations else None,
+    )
+
+
+def hf_job_status(api: HfApi, job_id: str, *, namespace: str | None = None) -> HfJobStatus:
+    """The job's current stage (SCHEDULING, RUNNING, COMPLETED, CANCELED, ERROR, DELETED)."""
+    _check_id(job_id, "job id")
+    with _hub_errors(f"inspect job {job_id}", _api_token(api), not_found="hf_job_not_found"):
+        job = api.inspect_job(job_id=job_id, namespace=namespace)
+    return _status_of(job)
+
+
+def hf_job_logs(
+    api: HfApi, job_id: str, tail: int | None = 200, *, namespace: str | None = None
+) -> HfJobLogs:
+    """The job's log lines available now, without waiting; the last ``tail`` if given.
+
+    Any Hub token that shows up in a line (a script that printed one) is masked.
+    """
+    _check_id(job_id, "job id")
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+        raise TunestepError("hf_bad_argument", "tail must be a positive number of lines")
+    token = _api_token(api)
+    with _hub_errors(f"fetch logs of job {job_id}", token, not_found="hf_job_not_found"):
+        lines = [
+            _scrub(line, token)
+            for line in api.fetch_job_logs(
+                job_id=job_id, namespace=namespace, follow=False, tail=tail
+            )
+        ]
+    return HfJobLogs(job_id=job_id, lines=lines, tail=tail)
+
+
+def hf_job_cancel(api: HfApi, job_id: str, *, namespace: str | None = None) -> HfJobStatus:
+    """Ask the Hub to cancel the job, then report its stage as the Hub now sees it."""
+    _check_id(job_id, "job id")
+    with _hub_errors(f"cancel job {job_id}", _api_token(api), not_found="hf_job_not_found"):
+        api.cancel_job(job_id=job_id, namespace=namespace)
+    logger.info("cancel requested for HF job %s", job_id)
+    return hf_job_status(api, job_id, namespace=namespace)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _output_entries(
+    api: HfApi, repo_id: str, prefix: str, revision: str
+) -> list[tuple[str, str, int]]:
+    """(path in repo, name under prefix, size) for every file under ``prefix``."""
+    from huggingface_hub.hf_api import RepoFile
+
+    with _hub_errors(f"list outputs in {repo_id}", _api_token(api)):
+        try:
+            tree = list(
+                api.list_repo_tree(
+                    repo_id,
+                    path_in_repo=prefix,
+                    recursive=True,
+                    revision=revision,
+                    repo_type="dataset",
+                )
+            )
+        except RemoteEntryNotFoundError:
+            return []  # the prefix folder does not exist: the job has not pushed yet
+    entries = []
+    for item in tree:
+        if not isinstance(item, RepoFile) or not item.path.startswith(f"{prefix}/"):
+            continue
+        name = item.path[len(prefix) + 1 :]
+        # Names come from the Hub, written by the job: untrusted, like any archive member.
+        _check_relative(name, "output file name", "hf_output_unsafe_name")
+        entries.append((item.path, name, int(item.size)))
+    if sum(size for _, _, size in entries) > MAX_OUTPUT_BYTES:
+        raise TunestepError(
+            "hf_outputs_too_large", f"outputs under {prefix} exceed {MAX_OUTPUT_BYTES} bytes"
+        )
+    return sorted(entries)
+
+
+def _inside(dest_dir: Path, name: str) -> Path:
+    """``dest_dir/name``, refusing a name that a symlink already there would lead outside."""
+    target = dest_dir.joinpath(*PurePosixPath(name).parts)
+    if not target.resolve().is_relative_to(dest_dir.resolve()):
+        raise TunestepError(
+            "hf_output_unsafe_name", f"output {name!r} would be written outside {dest_dir}"
+        )
+    return target
+
+
+def _copy_hashed(source: Path, target: Path) -> str:
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
+        while chunk := reader.read(1 << 20):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()
+
+
+def _allowed(name: str, allow: Sequence[str] | None) -> bool:
+    if allow is None:
+        return True
+    return any(name == entry or (entry.endswith("/") and name.startswith(entry)) for entry in allow)
+
+
+def fetch_job_outputs(
+    api: HfApi,
+    repo_id: str,
+    prefix: str,
+    dest_dir: Path,
+    *,
+    revision: str | None = None,
+    allow: Sequence[str] | None = None,
+) -> HfJobOutputs:
+    """Download the files a job pushed under ``prefix`` (e.g. ``outputs/<draft_id>``).
+
+    Files land at ``dest_dir/<name relative to prefix>``, each written atomically; all are
+    read from one commit (``revision``, default the current head), so a push in progress
+    never yields a mix. Nothing pushed yet gives an empty list. With ``allow`` (exact
+    names, or folders ending in ``/`` such as ``"logs/"``), any other name is not
+    downloaded and is listed in ``skipped``: pass it when ``dest_dir`` holds files a job
+    must never replace (the workspace root holds the plan and the hold-out set).
+    """
+    _check_repo_id(repo_id)
+    prefix = str(_check_relative(prefix.strip("/"), "outputs prefix"))
+    dest_dir = Path(dest_dir)
+    token = _api_token(api)
+    with _hub_errors(f"resolve {repo_id}", token):
+        sha = api.dataset_info(repo_id, revision=revision or "main").sha
+    if not sha:
+        raise TunestepError("hf_hub_error", f"the Hub gave no commit for {repo_id}")
+    files, skipped = [], []
+    with tempfile.TemporaryDirectory(prefix="tunestep-hf-") as cache:
+        for path_in_repo, name, size in _output_entries(api, repo_id, prefix, sha):
+            if not _allowed(name, allow):
+                skipped.append(name)
+                continue
+            with _hub_errors(f"download {path_in_repo}", token):
+                local = api.hf_hub_download(
+                    repo_id, path_in_repo, repo_type="dataset", revision=sha, cache_dir=cache
+                )
+            target = _inside(dest_dir, name)
+            files.append(
+                HfOutputFile(
+                    path_in_repo=path_in_repo,
+                    name=name,
+                    local_path=target,
+                    size=size,
+                    sha256=_copy_hashed(Path(local), target),
+                )
+            )
+    if skipped:
+        logger.warning("not fetched (outside the allowed outputs): %s", ", ".join(skipped))
+    return HfJobOutputs(
+        repo_id=repo_id,
+        revision=sha,
+        prefix=prefix,
+        dest_dir=dest_dir,
+        files=files,
+        skipped=skipped,
+    )
+
+
+# --------------------------------------------------------------------------- prices
+
+
+def hardware_prices(api: HfApi) -> dict[str, float] | None:
+    """USD per hour for each Jobs hardware flavor, from the Hub; None when unreachable.
+
+    Prices are advisory (for cost estimates), so any failure gives None and the caller
+    falls back to its own table.
+    """
+    try:
+        with _hub_errors("list jobs hardware", _api_token(api)):
+            hardware = api.list_jobs_hardware()
+    except TunestepError as exc:
+        logger.info("hardware prices unavailable: %s", exc.message)
+        return None
+    prices: dict[str, float] = {}
+    for item in hardware:
+        factor = _UNIT_PER_HOUR.get(str(item.unit_label).lower())
+        if factor is None:
+            continue  # an unknown billing unit: better no price than a wrong one
+        prices[item.name] = round(item.unit_cost_micro_usd * factor / 1_000_000, 6)
+    return prices

@@ -114,7 +114,6 @@ SIGNATURE_BYTES = 64
 KEY_ENV_VAR = "TUNESTEP_OPERATOR_KEYS"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_DRAFT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 _TTL_RE = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -160,12 +160,14 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
 
 @command("submit")
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.approval import load_trusted_keys
+    from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
     from tunestep.tools.submit import submit_job
 
+    ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()
-    trusted = load_trusted_keys(_trusted_key_paths(args))
-    _show(args, console, submit_job(_workspace(args), args.draft_id, token, trusted))
+    paths = _trusted_key_paths(args)
+    ensure_keys_outside_workspace(paths, ws.root)
+    _show(args, console, submit_job(ws, args.draft_id, token, load_trusted_keys(paths)))
     return EXIT_OK
 
 

@@ -111,13 +111,39 @@ def _refresh_hf(ws: Workspace, row) -> None:
         return
     result = ledger.loads(row["result"]) or {}
     if status == "succeeded":
-        outputs = hf_jobs.fetch_job_outputs(
-            api, result["repo"], hf_jobs.output_path(row["draft_id"]), ws.root)
-        result["outputs"] = [f.name for f in outputs.files]
-        summary = next((f for f in outputs.files if f.name == "tunestep_result.json"), None)
-        if summary is not None:
-            result.update(ledger.loads(summary.local_path.read_text()))
+        result.update(_fetch_outputs(ws, api, row, result["repo"]))
     local.record_outcome(ws, row["job_id"], status, None, result)
+
+
+def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
+    """Download what the job pushed into the job folder, then copy the known outputs in.
+
+    Only the plan's log and plot folders are copied into the workspace: a job must not
+    be able to overwrite the plan, a dataset or the hold-out set by pushing a file.
+    """
+    import shutil
+
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.backends.local import job_dir
+    from tunestep.tools.plan import load_plan
+
+    paths = load_plan(ws).plan.paths
+    allowed = [f"{paths.logs}/", f"{paths.plots}/"]
+    staging = job_dir(ws, row["job_id"]) / "outputs"
+    outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
+                                        staging, allow=[*allowed, "tunestep_result.json"])
+    summary: dict = {"outputs": []}
+    for item in outputs.files:
+        if item.name == "tunestep_result.json":
+            summary.update(ledger.loads(item.local_path.read_text()) or {})
+            continue
+        target = ws.resolve(item.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.fetch")
+        shutil.copyfile(item.local_path, temp)
+        temp.replace(target)
+        summary["outputs"].append(item.name)
+    return summary
 
 
 def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:

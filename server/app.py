@@ -9,6 +9,7 @@ domain functions, never here, so ``tools/list`` answers at once.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
+from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
 from tunestep.tools import job_control, preflight, submit
 from tunestep.tools.errors import TunestepError
@@ -79,6 +81,19 @@ async def run_with_progress(ctx: Context | None, fn: Callable[..., T], /, **kwar
     return await anyio.to_thread.run_sync(call)
 
 
+def tool(server: MCPServer, title: str, annotations: ToolAnnotations) -> Callable:
+    """Register a domain-calling function as a tool: docstring as description, errors mapped."""
+
+    def register(fn: Callable[..., T]) -> Callable[..., T]:
+        # Async tools map their errors inside run_with_progress, in the worker thread.
+        wrapped = fn if inspect.iscoroutinefunction(fn) else tool_errors(fn)
+        server.add_tool(wrapped, title=title, annotations=annotations,
+                        description=inspect.cleandoc(fn.__doc__ or ""))
+        return fn
+
+    return register
+
+
 def error_code(result: Any) -> str | None:
     """The tunestep code of a failed tool call (the SDK prefixes 'Error executing tool X: ')."""
     if not getattr(result, "is_error", False) or not result.content:
@@ -103,8 +118,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         ensure_keys_outside_workspace(config.operator_keys, workspace().root)
         return load_trusted_keys(config.operator_keys)
 
-    @server.tool(title="Preflight the next batch", annotations=READ_ONLY)
-    @tool_errors
+    @tool(server, "Preflight the next batch", READ_ONLY)
     def check_batch(batch: str | None = None) -> preflight.PreflightReport:
         """Preflight for the next fine-tuning step, before anything is run.
 
@@ -117,8 +131,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         """
         return preflight.check_batch(workspace(), batch)
 
-    @server.tool(title="Draft a training job", annotations=WRITES_DERIVED)
-    @tool_errors
+    @tool(server, "Draft a training job", WRITES_DERIVED)
     def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,
                   backend: Literal["local", "hf-jobs"] = "local", flavor: str | None = None,
                   timeout: str | None = None,
@@ -136,8 +149,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                                       timeout=timeout, overrides=overrides or {})
         return drafts.draft_job(workspace(), request)
 
-    @server.tool(title="Submit an approved job", annotations=STARTS_JOB)
-    @tool_errors
+    @tool(server, "Submit an approved job", STARTS_JOB)
     def submit_job(draft_id: str, approval_token: str) -> submit.JobHandle:
         """Start the job of a draft the operator approved; refuses anything else.
 
@@ -148,30 +160,28 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         """
         return submit.submit_job(workspace(), draft_id, approval_token, trusted_keys())
 
-    @server.tool(title="Job status", annotations=REMOTE_READ)
-    @tool_errors
+    @tool(server, "Job status", REMOTE_READ)
     def job_status(job_id: str) -> job_control.JobStatus:
         """Where a job is now (running, succeeded, failed, cancelled, lost), with its result."""
         return job_control.job_status(workspace(), job_id)
 
-    @server.tool(title="Job logs", annotations=REMOTE_READ)
-    @tool_errors
+    @tool(server, "Job logs", REMOTE_READ)
     def job_logs(job_id: str, tail: int = 50) -> job_control.JobLogs:
         """The last `tail` lines (1-5000) of a job's output."""
         return job_control.job_logs(workspace(), job_id, tail)
 
-    @server.tool(title="Cancel a job", annotations=STOPS_JOB)
-    @tool_errors
+    @tool(server, "Cancel a job", STOPS_JOB)
     def cancel_job(job_id: str) -> job_control.JobStatus:
         """Stop a running job. Stopping spends nothing, so it needs no approval."""
         return job_control.cancel_job(workspace(), job_id)
 
-    @server.tool(title="Recent jobs", annotations=READ_ONLY)
-    @tool_errors
+    @tool(server, "Recent jobs", READ_ONLY)
     def list_jobs(limit: int = 20) -> job_control.JobList:
         """The most recent jobs of this workspace, newest first."""
         return job_control.list_jobs(workspace(), limit)
 
+    register_prompts(server)
+    register_resources(server, workspace)
     return server
 
 

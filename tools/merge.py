@@ -1,0 +1,723 @@
+"""The rows a step trains on: the ordered file list, or one merged file.
+
+A step's data is the base training set, then every batch up to the current one in step
+order, each from its mapped folder (``<paths.mapped>/<batch>/``) when apply_mapping wrote
+one, else from the batch folder itself. Every source must be READY per the inspector. The
+hold-out set is never a source, and a row equal to a hold-out row (whitespace-normalized)
+refuses the whole step: training on it would make the validation numbers lie.
+
+Two ways to hand that data to the job (``data.merge_strategy``):
+
+- ``list`` (default): the job gets the source files and their sha256. Nothing is copied,
+  so nothing can be dropped: duplicates are reported, replay is refused.
+- ``file``: ``merge_datasets`` writes ``paths.merged`` (JSONL, atomically) plus a manifest
+  beside it: every source with its sha256 and row range in the output, the duplicates
+  dropped (``data.dedup``), the replay sample. The job gets that one file.
+
+Replay (``data.replay_fraction``, strategy ``file`` only): 0 means off, the step trains on
+everything up to the current batch. Above 0 the step trains on its own batch in full plus
+that share of the earlier rows (base + earlier batches, after dedup), sampled with
+``training.seed``: the earlier steps already trained on those, replay keeps some of them in
+view against forgetting. The first batch has nothing earlier; it trains on base + itself.
+.specs/data_pipeline.md is the long form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+from tunestep.tools import ledger
+from tunestep.tools.atomic import atomic_open, atomic_write_bytes
+from tunestep.tools.datafiles import list_data_files
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import canonical_json, sha256_file, sha256_json
+from tunestep.tools.plan import LoadedPlan, Plan, load_plan
+from tunestep.tools.preflight import BatchInfo, discover_batches, pinned_validation
+from tunestep.tools.workspace import Workspace, check_relative
+
+Progress = Callable[[int, int | None, str], None]
+Strategy = Literal["list", "file"]
+
+STRATEGIES: tuple[str, ...] = ("list", "file")
+BASE_PART = "base"  # the part name of the base training set (batch names match a pattern)
+MANIFEST_VERSION = 1
+SHOWN = 100  # rows listed in a result; the manifest lists every one
+MAPPING_MANIFEST = "manifest.json"  # apply_mapping's own record, not data
+
+
+class RowRef(BaseModel):
+    path: str  # workspace-relative
+    line: int  # 1-based: the line in a JSONL file, the element of a JSON array, the Parquet row
+
+
+class DuplicateRow(RowRef):
+    duplicate_of: RowRef
+
+
+class SourceFile(BaseModel):
+    """One file of the step's data, in training order."""
+
+    path: str
+    sha256: str
+    rows: int
+    part: str  # "base" or the batch name
+    step: int  # 0 for the base set
+    origin: Literal["base", "original", "mapped"]
+    selected: list[int] | None = None  # 0-based rows kept (strategy file); None: all rows
+
+
+class TrainFile(BaseModel):
+    """A file the job reads, as the job config lists it."""
+
+    path: str
+    sha256: str
+    rows: int
+
+
+class TokenizedFile(BaseModel):
+    path: str
+    sha256: str
+    size: int
+
+
+class ReplayInfo(BaseModel):
+    mode: Literal["off", "nothing_earlier", "sampled"]
+    fraction: float
+    seed: int
+    earlier_rows: int = 0  # earlier rows after dedup, the population sampled from
+    sampled_rows: int = 0
+
+
+class HoldoutInfo(BaseModel):
+    path: str
+    sha256: str
+    rows: int
+
+
+class StepDatasets(BaseModel):
+    """What a step trains on, and how it reaches the job (draft_job's input)."""
+
+    batch: str
+    step: int
+    strategy: Strategy
+    sources: list[SourceFile]
+    train_files: list[TrainFile]  # list: the sources; file: the merged file
+    rows: int  # rows the job trains on
+    dedup: bool
+    duplicate_count: int
+    duplicates_dropped: bool  # only the merged file can drop rows
+    duplicates: list[DuplicateRow]
+    replay: ReplayInfo
+    holdout: HoldoutInfo
+    digest: str  # over sources, their hashes and selections, hold-out, options
+    merged: str | None = None  # strategy file: the merged file, fresh for this digest
+    tokenized_dir: str | None = None  # a tokenized dataset matching these rows, if any
+    tokenized_key: str | None = None
+    tokenized_files: list[TokenizedFile] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class MergeSource(BaseModel):
+    path: str
+    sha256: str
+    part: str
+    origin: str
+    rows_in: int
+    rows_out: int
+    first_line: int | None = None  # 1-based lines of the merged output; None when empty
+    last_line: int | None = None
+
+
+class MergeResult(BaseModel):
+    batch: str
+    step: int
+    strategy: Strategy
+    cached: bool  # the merged file already matched; nothing was written
+    rows: int
+    output: str | None = None
+    output_sha256: str | None = None
+    manifest: str | None = None
+    train_files: list[TrainFile]
+    sources: list[MergeSource]
+    duplicate_count: int
+    duplicates_dropped: bool
+    duplicates: list[DuplicateRow]
+    replay: ReplayInfo
+    holdout: HoldoutInfo
+    notes: list[str] = Field(default_factory=list)
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------
+# Reading rows
+
+
+def read_rows(path: Path, shown: str, data: bytes | None = None) -> list[tuple[int, Any]]:
+    """(1-based line or element, parsed row) for every row of a data file.
+
+    JSONL lines are split as Python's text mode splits them (universal newlines) and blank
+    lines skipped, exactly as the job's loader does, so row *i* here is row *i* there.
+    """
+    raw = path.read_bytes() if data is None else data
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(pa.BufferReader(raw))
+        return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise TunestepError("data_encoding", "the data file is not UTF-8", path=shown) from None
+    if suffix == ".json":
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise TunestepError("data_json", f"invalid JSON: {exc}", path=shown) from None
+        if isinstance(value, dict):
+            return [(1, value)]
+        if not isinstance(value, list):
+            raise TunestepError("data_json", "a .json data file must hold an array or object",
+                                path=shown)
+        return [(i + 1, row) for i, row in enumerate(value)]
+    rows = []
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, orjson.loads(line)))
+        except orjson.JSONDecodeError as exc:
+            raise TunestepError("data_json", f"invalid JSON: {exc}", path=shown,
+                                line=number) from None
+    return rows
+
+
+def _text(value: Any, normalize: bool) -> Any:
+    if isinstance(value, str):
+        return " ".join(value.split()) if normalize else value
+    return canonical_json(value)
+
+
+def row_key(row: Any, *, normalize: bool) -> Any:
+    """What makes two rows the same training example: roles and contents, nothing else.
+
+    Other keys (ids, metadata) are left out because the job's loader drops them too. With
+    ``normalize`` runs of whitespace count as one space (the hold-out comparison).
+    """
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if isinstance(messages, list):
+        # A tuple of strings: hashable, exact, and far cheaper than serialising each row.
+        return tuple((m.get("role"), _text(m.get("content"), normalize))
+                     if isinstance(m, dict) else _text(m, normalize) for m in messages)
+    return _text(row, normalize)
+
+
+# ---------------------------------------------------------------------------------------
+# Which sources
+
+
+class _Source(BaseModel):
+    part: str
+    step: int
+    origin: Literal["base", "original", "mapped"]
+    inspect: str  # what the inspector is asked about (a folder or the base file)
+    files: list[str]
+
+
+def _choose(batches: list[BatchInfo], named: str | None, incremental: str) -> BatchInfo:
+    if named is not None:
+        check_relative(named)
+        if "/" in named.strip("/"):
+            raise TunestepError("batch_name", "give the batch folder's name, not a path",
+                                path=named)
+        chosen = next((b for b in batches if b.name == named), None)
+        if chosen is None:
+            raise TunestepError("batch_missing", "no such batch folder (or its name does not "
+                                "match data.batch_pattern)", path=f"{incremental}/{named}")
+        return chosen
+    chosen = next((b for b in batches if not b.trained), None)
+    if chosen is None:
+        raise TunestepError("batch_missing", "no untrained batch folder: name a batch, or drop "
+                            f"the next one into {incremental}/", path=incremental)
+    return chosen
+
+
+def _sources(ws: Workspace, plan: Plan, batches: list[BatchInfo],
+             chosen: BatchInfo) -> list[_Source]:
+    base = plan.paths.train
+    if not ws.resolve(base).is_file():
+        raise TunestepError("train_missing", "the base training set is missing", path=base)
+    found = [_Source(part=BASE_PART, step=0, origin="base", inspect=base, files=[base])]
+    order = (chosen.step, chosen.name)
+    for info in batches:
+        if (info.step, info.name) > order:
+            continue
+        mapped = f"{plan.paths.mapped}/{info.name}"
+        mapped_dir = ws.resolve(mapped)
+        origin: Literal["original", "mapped"] = "mapped" if mapped_dir.is_dir() else "original"
+        folder_rel = mapped if origin == "mapped" else info.path
+        folder = ws.resolve(folder_rel)
+        files = [f"{folder_rel}/{p.name}" for p in list_data_files(folder)
+                 if not (origin == "mapped" and p.name == MAPPING_MANIFEST)]
+        if not files:
+            raise TunestepError("batch_empty", "the folder holds no .jsonl, .json or .parquet "
+                                "file", path=folder_rel)
+        found.append(_Source(part=info.name, step=info.step, origin=origin,
+                             inspect=folder_rel, files=files))
+    return found
+
+
+READY_MEMO = "ready_memo.json"  # under .tunestep/: READY verdicts by everything they depend on
+READY_MEMO_SIZE = 2000
+
+
+def _folder_hashes(ws: Workspace, rel: str) -> list[list[str]]:
+    """(name, sha256) of every visible file in a folder (or of the file itself)."""
+    path = ws.resolve(rel)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [[p.name, sha256_file(p)] for p in files]
+
+
+class _ReadyMemo:
+    """Skips the inspector for a source it already found READY with the same inputs.
+
+    The inspector's own cache keys each batch by every earlier batch too (its cross-batch
+    duplicate check), so asking it about all fifty sources of step 50 hashes ~1,300 files.
+    Here each file is hashed once per call, and the key covers what the verdict depends
+    on: the source's files (and, when mapped, the original batch), every earlier source,
+    the hold-out set, the plan and the inspector's version. Only READY is remembered:
+    a refusal always carries the inspector's fresh findings.
+    """
+
+    def __init__(self, ws: Workspace, plan_sha256: str, holdout_sha256: str) -> None:
+        self.path = ws.state_dir / READY_MEMO
+        try:
+            from tunestep.tools.inspector import INSPECTOR_VERSION
+        except ImportError:
+            INSPECTOR_VERSION = None
+        self.base = {"inspector": INSPECTOR_VERSION, "plan": plan_sha256,
+                     "holdout": holdout_sha256}
+        self.entries: dict[str, float] = {}
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, AttributeError):
+            self.entries = dict(orjson.loads(self.path.read_bytes()))
+        self.chain: list[str] = []
+        self.changed = False
+
+    def key(self, ws: Workspace, source: _Source, original: str | None) -> str:
+        own = _folder_hashes(ws, source.inspect)
+        if original is not None:
+            own.append(["original", sha256_json(_folder_hashes(ws, original))])
+        key = sha256_json({**self.base, "path": source.inspect, "files": own,
+                           "earlier": self.chain})
+        self.chain.append(key)
+        return key
+
+    def add(self, key: str) -> None:
+        self.entries[key] = time.time()
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        newest = sorted(self.entries.items(), key=lambda kv: kv[1])[-READY_MEMO_SIZE:]
+        with contextlib.suppress(OSError):  # a cache: failing to keep it costs time only
+            atomic_write_bytes(self.path, orjson.dumps(dict(newest)))
+
+
+def _inspect(ws: Workspace, path: str) -> Any:
+    """The inspector's report on a folder or file (a seam the tests replace)."""
+    from tunestep.tools.inspector import run_inspector
+
+    return run_inspector(ws, path)
+
+
+def _require_ready(ws: Workspace, source: _Source, mapped_root: str) -> None:
+    report = _inspect(ws, source.inspect)
+    status = getattr(report, "status", None)
+    if status == "READY":
+        return
+    errors = list(getattr(report, "errors", []) or [])
+    count = getattr(report, "error_count", len(errors))
+    listed = "; ".join(
+        f"{getattr(e, 'file', None) or source.inspect}:{getattr(e, 'line', None) or '-'} "
+        f"{getattr(e, 'code', '')} {getattr(e, 'message', e)}".strip() for e in errors[:5])
+    hint = ""
+    if status == "NEEDS_MAPPING":
+        hint = (f" Apply the inspector's mapping so that {mapped_root}/{source.part}/ holds "
+                "canonical rows; the step then reads that folder.")
+    first = errors[0] if errors else None
+    raise TunestepError(
+        "batch_not_ready",
+        f"{source.inspect} is {status} per the inspector ({count} finding(s))"
+        + (f": {listed}" if listed else "") + "." + hint,
+        path=getattr(first, "file", None) or source.inspect,
+        line=getattr(first, "line", None))
+
+
+# ---------------------------------------------------------------------------------------
+# The selection
+
+
+def _holdout_keys(ws: Workspace, rel: str) -> dict[Any, int]:
+    keys: dict[Any, int] = {}
+    for line, row in read_rows(ws.resolve(rel), rel):
+        keys.setdefault(row_key(row, normalize=True), line)
+    return keys
+
+
+def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None = None,
+                dedup: bool | None = None, loaded: LoadedPlan | None = None,
+                progress: Progress | None = None) -> StepDatasets:
+    """The step's sources and the rows kept from each; reads every row, writes nothing.
+
+    ``train_files`` is filled for strategy ``list``; for ``file`` it is left empty, because
+    the merged file may not exist yet (``step_datasets`` and ``merge_datasets`` fill it).
+    """
+    loaded = loaded or load_plan(ws)
+    plan = loaded.plan
+    strategy = strategy or plan.data.merge_strategy
+    if strategy not in STRATEGIES:
+        raise TunestepError("merge_strategy", f"unknown strategy '{strategy}'; use one of "
+                            f"{', '.join(STRATEGIES)}")
+    dedup = plan.data.dedup if dedup is None else dedup
+    fraction = plan.data.replay_fraction
+    if strategy == "list" and fraction > 0:
+        raise TunestepError(
+            "replay_needs_file",
+            f"data.replay_fraction is {fraction}, but strategy 'list' hands the job whole files "
+            "and cannot sample rows: set data.merge_strategy: file, or the fraction to 0")
+    with ledger.open_ledger(ws) as conn:
+        batches = discover_batches(ws, loaded, ledger.trained_batches(conn))
+        holdout_status = pinned_validation(ws, conn, plan.paths.validation)
+    chosen = _choose(batches, batch, plan.paths.incremental)
+    sources = _sources(ws, plan, batches, chosen)
+    total = len(sources)
+    memo = _ReadyMemo(ws, loaded.sha256, holdout_status.sha256 or "")
+    originals = {b.name: b.path for b in batches}
+    try:
+        for done, source in enumerate(sources):
+            key = memo.key(ws, source,
+                           originals[source.part] if source.origin == "mapped" else None)
+            if key in memo.entries:
+                continue
+            if progress:
+                progress(done, total, f"inspecting {source.inspect}")
+            _require_ready(ws, source, plan.paths.mapped)
+            memo.add(key)
+    finally:
+        memo.save()  # the sources found READY before a refusal stay known
+
+    holdout = _holdout_keys(ws, plan.paths.validation)
+    holdout_info = HoldoutInfo(path=plan.paths.validation, sha256=holdout_status.sha256 or "",
+                               rows=holdout_status.rows or 0)
+    seen: dict[Any, tuple[str, int]] = {}  # key -> first (path, line); a model per row is slow
+    duplicates: list[DuplicateRow] = []
+    leaks: list[tuple[RowRef, int]] = []
+    files: list[SourceFile] = []
+    kept: list[list[int]] = []
+    drop = dedup and strategy == "file"
+    for source in sources:
+        for rel in source.files:
+            path = ws.resolve(rel)
+            data = path.read_bytes()
+            rows = read_rows(path, rel, data)
+            keep = []
+            for index, (line, row) in enumerate(rows):
+                hit = holdout.get(row_key(row, normalize=True))
+                if hit is not None:
+                    leaks.append((RowRef(path=rel, line=line), hit))
+                if dedup:
+                    key = row_key(row, normalize=False)
+                    first = seen.get(key)
+                    if first is not None:
+                        duplicates.append(DuplicateRow(
+                            path=rel, line=line,
+                            duplicate_of=RowRef(path=first[0], line=first[1])))
+                        if drop:
+                            continue
+                    else:
+                        seen[key] = (rel, line)
+                keep.append(index)
+            files.append(SourceFile(path=rel, sha256=hashlib.sha256(data).hexdigest(),
+                                    rows=len(rows), part=source.part, step=source.step,
+                                    origin=source.origin))
+            kept.append(keep)
+    if leaks:
+        shown = ", ".join(f"{r.path}:{r.line} = hold-out line {h}" for r, h in leaks[:10])
+        raise TunestepError(
+            "holdout_leak",
+            f"{len(leaks)} training row(s) equal a hold-out row (whitespace-normalized): "
+            f"{shown}. Remove them from the training data; the hold-out set stays as it is.",
+            path=leaks[0][0].path, line=leaks[0][0].line)
+
+    replay = _replay(files, kept, chosen.name, fraction, plan.training.seed, strategy)
+    for source_file, keep in zip(files, kept, strict=True):
+        if len(keep) != source_file.rows:
+            source_file.selected = keep
+    rows = sum(len(k) for k in kept)
+    digest = sha256_json({
+        "v": MANIFEST_VERSION, "batch": chosen.name, "strategy": strategy, "dedup": dedup,
+        "sources": [[f.path, f.sha256, f.selected] for f in files],
+        "holdout": holdout_info.sha256, "replay": replay.model_dump(),
+    })
+    notes = []
+    if duplicates and not drop:
+        notes.append(f"{len(duplicates)} duplicate row(s) found and kept: strategy 'list' "
+                     "copies nothing; strategy 'file' with data.dedup drops them")
+    train_files = ([TrainFile(path=f.path, sha256=f.sha256, rows=f.rows) for f in files]
+                   if strategy == "list" else [])
+    if progress:
+        progress(total, total, f"{rows} rows from {len(files)} file(s)")
+    return StepDatasets(
+        batch=chosen.name, step=chosen.step, strategy=strategy, sources=files,
+        train_files=train_files, rows=rows, dedup=dedup, duplicate_count=len(duplicates),
+        duplicates_dropped=drop, duplicates=duplicates, replay=replay, holdout=holdout_info,
+        digest=digest, notes=notes)
+
+
+def _replay(files: list[SourceFile], kept: list[list[int]], current: str, fraction: float,
+            seed: int, strategy: str) -> ReplayInfo:
+    """Sample the earlier rows in place (``kept`` is narrowed); current batch untouched."""
+    earlier = [i for i, f in enumerate(files) if f.part != current]
+    has_earlier_batch = any(files[i].part != BASE_PART for i in earlier)
+    if strategy != "file" or fraction == 0:
+        return ReplayInfo(mode="off", fraction=fraction, seed=seed)
+    if not has_earlier_batch:
+        # The first batch: nothing was trained before it, so the base set is new data too.
+        return ReplayInfo(mode="nothing_earlier", fraction=fraction, seed=seed)
+    population = [(i, row) for i in earlier for row in kept[i]]
+    count = round(fraction * len(population))
+    # Sorted positions keep the sampled rows in their original order in the output.
+    chosen = sorted(random.Random(seed).sample(range(len(population)), count))
+    narrowed: dict[int, list[int]] = {i: [] for i in earlier}
+    for position in chosen:
+        file_index, row = population[position]
+        narrowed[file_index].append(row)
+    for i in earlier:
+        kept[i] = narrowed[i]
+    return ReplayInfo(mode="sampled", fraction=fraction, seed=seed,
+                      earlier_rows=len(population), sampled_rows=count)
+
+
+# ---------------------------------------------------------------------------------------
+# The step's file list (draft_job's view)
+
+
+def step_datasets(ws: Workspace, batch: str | None = None, *, max_length: int | None = None,
+                  progress: Progress | None = None) -> StepDatasets:
+    """The step's ordered training files with their sha256, per the plan's strategy.
+
+    Strategy ``file`` requires a merged file that is fresh for the current sources and
+    options (run ``merge_datasets`` first). ``tokenized_dir`` names a tokenized dataset
+    made by ``preprocess`` that matches these rows, the tokenizer and ``max_length``
+    (default: the plan's); None when there is none, and the job then tokenizes itself.
+    """
+    loaded = load_plan(ws)
+    step = select_rows(ws, batch, loaded=loaded, progress=progress)
+    if step.strategy == "file":
+        merged = _fresh_merge(ws, loaded.plan, step)
+        if merged is None:
+            raise TunestepError(
+                "merge_stale", "strategy 'file': the merged file is missing or was made from "
+                "other data or options; run merge_datasets first", path=loaded.plan.paths.merged)
+        step.merged = loaded.plan.paths.merged
+        step.train_files = [TrainFile(path=step.merged, sha256=merged["output"]["sha256"],
+                                      rows=merged["output"]["rows"])]
+    from tunestep.tools.preprocess import find_tokenized
+
+    found = find_tokenized(ws, loaded.plan, step, max_length)
+    if found is not None:
+        step.tokenized_dir, step.tokenized_key, step.tokenized_files = found
+    return step
+
+
+# ---------------------------------------------------------------------------------------
+# The merged file
+
+
+def manifest_path(merged: Path) -> Path:
+    """``merged_train.jsonl`` -> ``merged_train.manifest.json`` beside it."""
+    return merged.with_name(f"{merged.stem}.manifest.json")
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _fresh_merge(ws: Workspace, plan: Plan, step: StepDatasets) -> dict | None:
+    """The manifest when the merged file on disk is exactly the one these rows give."""
+    out = ws.resolve(plan.paths.merged)
+    manifest = _read_manifest(manifest_path(out))
+    if manifest is None or manifest.get("key") != step.digest or not out.is_file():
+        return None
+    if sha256_file(out) != manifest.get("output", {}).get("sha256"):
+        return None  # the file changed (or a crash came between file and manifest)
+    return manifest
+
+
+@contextlib.contextmanager
+def data_lock(ws: Workspace) -> Iterator[None]:
+    """One tunestep data writer at a time per workspace (merge, preprocess).
+
+    Under it, leftovers of a killed writer (hidden temp names) are known to be stale and
+    can be removed.
+    """
+    ws.state_dir.mkdir(exist_ok=True)
+    with open(ws.state_dir / "data.lock", "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): single-writer is then the caller's duty
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def remove_leftovers(folder: Path, name: str) -> list[str]:
+    """Temp files/folders a killed atomic write of ``name`` left in ``folder``."""
+    import shutil
+
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        stale = (entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp")) or \
+            entry.name.startswith(f".{name}.old-")
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def merge_datasets(ws: Workspace, batch: str | None = None, strategy: str | None = None,
+                   dedup: bool | None = None, progress: Progress | None = None) -> MergeResult:
+    """Prepare the step's training data per strategy: the file list, or one merged file.
+
+    ``list``: nothing is written; the result lists the files and hashes the job gets.
+    ``file``: writes the merged JSONL and its manifest atomically (an unchanged merge is a
+    cache hit and writes nothing). Refuses a batch that is not READY and any row equal to a
+    hold-out row.
+    """
+    started = time.monotonic()
+    loaded = load_plan(ws)
+    plan = loaded.plan
+    step = select_rows(ws, batch, strategy=strategy, dedup=dedup, loaded=loaded,
+                       progress=progress)
+    shown = step.duplicates[:SHOWN]
+    if step.strategy == "list":
+        sources = [MergeSource(path=f.path, sha256=f.sha256, part=f.part, origin=f.origin,
+                               rows_in=f.rows, rows_out=f.rows) for f in step.sources]
+        result = MergeResult(
+            batch=step.batch, step=step.step, strategy="list", cached=False, rows=step.rows,
+            train_files=step.train_files, sources=sources,
+            duplicate_count=step.duplicate_count, duplicates_dropped=False, duplicates=shown,
+            replay=step.replay, holdout=step.holdout, notes=step.notes,
+            seconds=time.monotonic() - started)
+        return result  # nothing written, so nothing to audit
+
+    out = ws.resolve(plan.paths.merged)
+    protected = {ws.resolve(f.path) for f in step.sources} | {ws.resolve(plan.paths.validation)}
+    if out in protected:
+        raise TunestepError("merge_target", "paths.merged points at a source or the hold-out "
+                            "set; it must be a file of its own", path=plan.paths.merged)
+    with data_lock(ws):
+        remove_leftovers(out.parent, out.name)
+        remove_leftovers(out.parent, manifest_path(out).name)
+        manifest = _fresh_merge(ws, plan, step)
+        cached = manifest is not None
+        if manifest is None:
+            manifest = _write_merged(ws, out, step, progress)
+    sources = [MergeSource(**{k: s[k] for k in MergeSource.model_fields})
+               for s in manifest["sources"]]
+    train = TrainFile(path=plan.paths.merged, sha256=manifest["output"]["sha256"],
+                      rows=manifest["output"]["rows"])
+    result = MergeResult(
+        batch=step.batch, step=step.step, strategy="file", cached=cached,
+        rows=train.rows, output=train.path, output_sha256=train.sha256,
+        manifest=ws.relative(manifest_path(out)), train_files=[train], sources=sources,
+        duplicate_count=step.duplicate_count, duplicates_dropped=step.duplicates_dropped,
+        duplicates=shown, replay=step.replay, holdout=step.holdout, notes=step.notes,
+        seconds=time.monotonic() - started)
+    if not cached:
+        _audit(ws, result, step.digest)
+    return result
+
+
+def _write_merged(ws: Workspace, out: Path, step: StepDatasets,
+                  progress: Progress | None) -> dict:
+    """Write the merged JSONL, then its manifest; each atomically."""
+    digest = hashlib.sha256()
+    sources = []
+    selected_lines: dict[str, list[int]] = {}
+    written = 0
+    total = len(step.sources)
+    with atomic_open(out, "wb") as handle:
+        for done, source in enumerate(step.sources):
+            if progress:
+                progress(done, total, f"merging {source.path}")
+            path = ws.resolve(source.path)
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != source.sha256:
+                raise TunestepError("data_changed", "the file changed while merging; run the "
+                                    "merge again", path=source.path)
+            rows = read_rows(path, source.path, data)
+            chosen = range(len(rows)) if source.selected is None else source.selected
+            chunk = b"".join(orjson.dumps(rows[i][1]) + b"\n" for i in chosen)
+            handle.write(chunk)
+            digest.update(chunk)
+            count = len(chosen)
+            if step.replay.mode == "sampled" and source.part != step.batch:
+                selected_lines[source.path] = [rows[i][0] for i in chosen]
+            sources.append({
+                "path": source.path, "sha256": source.sha256, "part": source.part,
+                "step": source.step, "origin": source.origin, "rows_in": source.rows,
+                "rows_out": count, "first_line": written + 1 if count else None,
+                "last_line": written + count if count else None})
+            written += count
+    if progress:
+        progress(total, total, f"wrote {written} rows to {ws.relative(out)}")
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "key": step.digest,
+        "batch": step.batch,
+        "step": step.step,
+        "strategy": "file",
+        "output": {"path": ws.relative(out), "sha256": digest.hexdigest(), "rows": written},
+        "sources": sources,
+        "dedup": {"enabled": step.dedup,
+                  "dropped": [d.model_dump() for d in step.duplicates]},
+        "replay": {**step.replay.model_dump(), "selected": selected_lines},
+        "holdout": step.holdout.model_dump(),
+    }
+    atomic_write_bytes(manifest_path(out),
+                       orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return manifest
+
+
+def _audit(ws: Workspace, result: MergeResult, digest: str) -> None:
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        ledger.audit(conn, "merge.write", result.output, detail={
+            "batch": result.batch, "rows": result.rows, "sha256": result.output_sha256,
+            "digest": digest,
+            "duplicates": result.duplicate_count, "replay": result.replay.mode})

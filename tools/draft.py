@@ -133,7 +133,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -
         listed = "; ".join(f"{p.code}: {p.message}" for p in errors) or "no batch"
         raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}")
     _check_overrides(request.overrides)
-    data = step_datasets(ws, report.batch)
+    data = step_datasets(ws, report.batch,
+                         max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]
     mode = request.mode or plan.mode
     backend = request.backend
     flavor = request.flavor or ("local" if backend == "local" else plan.job.flavor)
@@ -146,6 +147,9 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -
              for f in data.train_files]
     files.append(FileRef(role="eval", path=plan.paths.validation,
                          sha256=report.validation.sha256 or "", rows=report.validation.rows))
+    if backend == "local":  # a remote job tokenizes itself; locally it may reuse this
+        files += [FileRef(role="tokenized", path=f.path, sha256=f.sha256)
+                  for f in data.tokenized_files]
     files += [FileRef(role="script", path=name, sha256=sha256_file(JOBS_DIR / name))
               for name in JOB_FILES]
     start = _starting_point(ws, plan, mode)
@@ -243,7 +247,7 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
     batch = report.batch
 
     def data_path(ref: FileRef) -> str:
-        return f"data/{Path(ref.path).name}" if remote else ref.path
+        return bundle_name(ref, files) if remote else ref.path
 
     out = HF_OUTPUT_ROOT if remote else None
 
@@ -294,10 +298,7 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
         raise TunestepError("plan_missing_key", "hf-jobs needs hub.dataset_repo in the plan: "
                             "the private dataset repo that carries each step's bundle")
     bundle = {name: f"job:{name}" for name in JOB_FILES}
-    bundle.update({f"data/{Path(f.path).name}": f.path for f in files
-                   if f.role in ("train", "eval")})
-    if len(bundle) != len(JOB_FILES) + sum(f.role in ("train", "eval") for f in files):
-        raise TunestepError("bundle_name_clash", "two data files share a name; rename one")
+    bundle.update({bundle_name(f, files): f.path for f in files if f.role in ("train", "eval")})
     return HfSubmission(
         image=plan.job.image,
         command=["uv", "run", f"{HF_MOUNT}/train_sft.py", "--config", f"{HF_MOUNT}/job.json",
@@ -306,6 +307,14 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
         labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),
                 "tunestep-kind": request.kind},
         secrets=list(plan.job.secrets), dataset_repo=plan.hub.dataset_repo, bundle=bundle)
+
+
+def bundle_name(ref: FileRef, files: list[FileRef]) -> str:
+    """A data file's name in an HF Jobs bundle: its position keeps same-named files apart."""
+    if ref.role == "eval":
+        return "data/validation.jsonl"
+    index = [f for f in files if f.role == "train"].index(ref)
+    return f"data/train_{index:03d}_{Path(ref.path).name}"
 
 
 def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:

@@ -14,10 +14,13 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace
 
 PLAN_PATH = ".specs/training/plan.md"
+# The C loader when libyaml is there: the plan is read on every tool call.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 
@@ -147,7 +150,7 @@ def parse_plan_text(text: str, shown_path: str = PLAN_PATH) -> Plan:
     if match is None:
         return Plan()
     try:
-        data = yaml.safe_load(match.group(1)) or {}
+        data = yaml.load(match.group(1), Loader=_SafeLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None  # +1 for 1-based, +1 for '---'

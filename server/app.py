@@ -23,7 +23,8 @@ from pydantic import BaseModel
 
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
-from tunestep.tools import job_control, preflight, submit
+from tunestep.tools import job_control, merge, preflight, submit
+from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace, open_workspace
 
@@ -130,6 +131,34 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         problem has severity 'error'; `next_actions` says what to do next.
         """
         return preflight.check_batch(workspace(), batch)
+
+    @tool(server, "Merge the step's training data", WRITES_DERIVED)
+    async def merge_datasets(batch: str | None = None,
+                             strategy: Literal["list", "file"] | None = None,
+                             dedup: bool | None = None,
+                             ctx: Context | None = None) -> merge.MergeResult:
+        """Assemble the step's training data: base train, then every batch up to this one.
+
+        Strategy 'list' (the plan's default) only lists the ordered files with sha256;
+        'file' writes one merged JSONL (optional exact dedup, replay of earlier data)
+        with a manifest of every source and its row range. Refuses a batch that is not
+        READY, and any row equal to a hold-out row. Same inputs again: a no-op.
+        """
+        return await run_with_progress(ctx, merge.merge_datasets, ws=workspace(), batch=batch,
+                                       strategy=strategy, dedup=dedup)
+
+    @tool(server, "Tokenize the step's data", WRITES_DERIVED)
+    async def preprocess(batch: str | None = None, max_length: int | None = None,
+                         ctx: Context | None = None) -> preprocessing.PreprocessResult:
+        """Tokenize the step's training data with the model's chat template, ahead of a job.
+
+        Writes datasets/tokenized/<batch>/ (input_ids, attention_mask, labels masked to
+        the assistant turns) and reports tokens, truncated rows and padding waste. Cached
+        by the content of every input, the tokenizer and max_length: a hit returns at once.
+        The job uses a matching tokenized dataset when present.
+        """
+        return await run_with_progress(ctx, preprocessing.preprocess, ws=workspace(),
+                                       batch=batch, max_length=max_length)
 
     @tool(server, "Draft a training job", WRITES_DERIVED)
     def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,

@@ -81,6 +81,35 @@ def _trusted_key_paths(args: argparse.Namespace) -> list[Path]:
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
 
 
+@command("merge")
+def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.merge import merge_datasets
+
+    _show(args, console, merge_datasets(_workspace(args), args.batch, args.strategy, args.dedup,
+                                        progress=_progress(console, args)))
+    return EXIT_OK
+
+
+@command("preprocess")
+def cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.preprocess import preprocess
+
+    _show(args, console, preprocess(_workspace(args), args.batch, args.max_length,
+                                    progress=_progress(console, args)))
+    return EXIT_OK
+
+
+def _progress(console: Console, args: argparse.Namespace):
+    """A progress callback printing to stderr (never into --json output)."""
+    err = Console(stderr=True, highlight=False)
+
+    def report(done: int, total: int | None, message: str) -> None:
+        if not args.json and err.is_terminal:
+            err.print(f"  {message} ({done}{f'/{total}' if total else ''})")
+
+    return report
+
+
 @command("draft")
 def cmd_draft(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.draft import DraftRequest, draft_job
@@ -237,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", parents=[common], help="preflight the next batch")
     p.add_argument("batch", nargs="?", help="batch folder name (default: next untrained)")
+    p = sub.add_parser("merge", parents=[common], help="assemble the step's training data")
+    p.add_argument("batch", nargs="?")
+    p.add_argument("--strategy", choices=["list", "file"])
+    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None)
+
+    p = sub.add_parser("preprocess", parents=[common], help="tokenize the step's data")
+    p.add_argument("batch", nargs="?")
+    p.add_argument("--max-length", type=int)
+
     p = sub.add_parser("draft", parents=[common], help="draft the job for a batch")
     p.add_argument("batch", nargs="?")
     p.add_argument("--mode", choices=["full", "lora"])

@@ -15,17 +15,21 @@ import secrets
 import shutil
 import sqlite3
 import time
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from tunestep.tools import ledger
-from tunestep.tools.approval import ApprovalClaims, verify_approval
 from tunestep.tools.atomic import atomic_write_bytes
 from tunestep.tools.draft import JOBS_DIR, JobDraft, load_draft, recompute
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json
 from tunestep.tools.workspace import Workspace
+
+if TYPE_CHECKING:  # cryptography loads at the first submit, not at server start
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from tunestep.tools.approval import ApprovalClaims
 
 
 class JobHandle(BaseModel):
@@ -43,6 +47,8 @@ class JobHandle(BaseModel):
 def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
                trusted: dict[str, Ed25519PublicKey]) -> JobHandle:
     """Start the approved draft's job, or refuse with the reason."""
+    from tunestep.tools.approval import verify_approval
+
     try:
         claims = verify_approval(approval_token or "", trusted)
         draft = _approved_draft(ws, draft_id, claims)

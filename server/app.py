@@ -23,7 +23,8 @@ from pydantic import BaseModel
 
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
-from tunestep.tools import job_control, merge, preflight, submit
+from tunestep.tools import inspector, job_control, merge, preflight, submit
+from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace, open_workspace
@@ -131,6 +132,46 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         problem has severity 'error'; `next_actions` says what to do next.
         """
         return preflight.check_batch(workspace(), batch)
+
+    @tool(server, "Inspect a dataset", READ_ONLY)
+    async def run_inspector(path: str, tokens: bool = False, max_errors: int = 100,
+                            ctx: Context | None = None) -> inspector.InspectionReport:
+        """Validate every row of a data file or folder inside the workspace.
+
+        Detects the format (chat messages, ShareGPT, Alpaca, prompt/completion, text,
+        typed content parts) and reports READY (canonical chat, no errors),
+        NEEDS_MAPPING (a known foreign format; `suggested_mapping` is included) or
+        INVALID, with line-numbered findings (the first `max_errors` listed, all
+        counted), stats, duplicates within the input and against earlier batches, and
+        leakage into the hold-out set. `tokens=true` adds exact token counts with the
+        plan model's tokenizer. Cached by content: an unchanged input costs one hash.
+        """
+        return await run_with_progress(ctx, inspector.run_inspector, ws=workspace(), path=path,
+                                       tokens=tokens, max_errors=max_errors)
+
+    @tool(server, "Map a foreign format to chat", WRITES_DERIVED)
+    async def apply_mapping(source: str, mapping: inspector.MappingSpec | None = None,
+                            ctx: Context | None = None) -> mappings.MappingResult:
+        """Write `source` as canonical chat JSONL into the plan's *_mapped/ folder.
+
+        `mapping` is a declarative MappingSpec (never code); leave it out to use the
+        inspector's suggested mapping, or edit that suggestion and pass it. The originals
+        and the hold-out set are never written; the output folder gets a manifest with
+        every dropped row and why. The same source and spec again is a no-op. Run
+        run_inspector on the output afterwards: it should say READY.
+        """
+        ws = workspace()
+
+        def apply(progress) -> mappings.MappingResult:
+            spec = mapping
+            if spec is None:
+                suggestion = mappings.suggest_mapping(ws, source, progress=progress)
+                if suggestion.mapping is None:
+                    raise TunestepError("mapping_none", suggestion.reason, path=source)
+                spec = suggestion.mapping
+            return mappings.apply_mapping(ws, source, spec, progress=progress)
+
+        return await run_with_progress(ctx, apply)
 
     @tool(server, "Merge the step's training data", WRITES_DERIVED)
     async def merge_datasets(batch: str | None = None,

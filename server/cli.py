@@ -81,6 +81,37 @@ def _trusted_key_paths(args: argparse.Namespace) -> list[Path]:
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
 
 
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.inspector import run_inspector
+
+    report = run_inspector(_workspace(args), args.path, tokens=args.tokens,
+                           max_errors=args.max_errors, progress=_progress(console, args))
+    _show(args, console, report)
+    return EXIT_OK if report.status == "READY" else EXIT_PROBLEM
+
+
+@command("map")
+def cmd_map(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.inspector import MappingSpec
+    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+
+    ws = _workspace(args)
+    if args.spec:
+        try:
+            spec = MappingSpec.model_validate_json(Path(args.spec).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise TunestepError("mapping_spec_invalid", f"cannot read the spec: {exc}",
+                                path=args.spec) from None
+    else:
+        suggestion = suggest_mapping(ws, args.source)
+        if suggestion.mapping is None:
+            raise TunestepError("mapping_none", suggestion.reason, path=args.source)
+        spec = suggestion.mapping
+    _show(args, console, apply_mapping(ws, args.source, spec, progress=_progress(console, args)))
+    return EXIT_OK
+
+
 @command("merge")
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.merge import merge_datasets
@@ -266,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", parents=[common], help="preflight the next batch")
     p.add_argument("batch", nargs="?", help="batch folder name (default: next untrained)")
+    p = sub.add_parser("inspect", parents=[common], help="validate every row of a dataset")
+    p.add_argument("path", help="a data file or folder inside the workspace")
+    p.add_argument("--tokens", action="store_true", help="count tokens with the plan's model")
+    p.add_argument("--max-errors", type=int, default=100)
+
+    p = sub.add_parser("map", parents=[common], help="map a foreign format into *_mapped/")
+    p.add_argument("source")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--spec", help="a MappingSpec JSON file")
+    how.add_argument("--suggested", action="store_true", help="the inspector's suggestion")
+
     p = sub.add_parser("merge", parents=[common], help="assemble the step's training data")
     p.add_argument("batch", nargs="?")
     p.add_argument("--strategy", choices=["list", "file"])

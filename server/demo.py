@@ -1,28 +1,134 @@
 """`tunestep demo`: the real path on a sample workspace and a tiny local model.
 
-Everything the operator and the assistant would do, in order, printed as it goes.
+Plays both parts, labelled: the assistant (the MCP tools' domain functions) and the
+operator (a demo key, `tunestep approve`). Two steps: the first batch as it comes, the
+second after mapping it from ShareGPT, resuming from the first step's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tunestep.server.render import render
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.errors import TunestepError
+
+MARKER = ".tunestep-demo"
+DEMO_PASSPHRASE = b"demo-only-passphrase"
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    root = Path(args.path).resolve() / "workspace"
+    from tunestep.tools.approval import create_operator_key, load_trusted_keys
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.workspace import open_workspace
+
+    base = _fresh_folder(Path(args.path))
     console.rule("[bold]tunestep demo")
-    console.print(f"building a sample workspace at {root}")
-    build_sample_workspace(root)
-    ws = open_workspace(root)
-    console.rule("1. check_batch")
-    report = check_batch(ws)
-    render(console, report, as_json=False)
-    return 0 if report.ready else 1
+    console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")
+    build_sample_workspace(base / "workspace", store=base / "model-store", with_model=True)
+    ws = open_workspace(base / "workspace")
+    key = create_operator_key("demo-operator", DEMO_PASSPHRASE, base / "operator-DEMO-ONLY")
+    trusted = load_trusted_keys([key.public_key_path])
+    console.print(f"[yellow]demo operator key[/] {key.private_key_path} (passphrase in the "
+                  "source: for the demo only)")
+
+    first = _step(console, ws, trusted, key.private_key_path, "batch_100_01", number=1)
+    second = _step(console, ws, trusted, key.private_key_path, "batch_100_02", number=2)
+    ok = first == "succeeded" and second == "succeeded"
+    console.rule("[bold]done" if ok else "[bold red]a step failed")
+    plan_dir = ws.root / ".specs"
+    console.print(f"metrics  {ws.root / 'logs'}/metrics_step_*.csv\n"
+                  f"samples  {ws.root / 'logs'}/samples_step_*.md\n"
+                  f"plots    {plan_dir / 'plots'}/*.png\n"
+                  f"ledger   {ws.state_dir / 'state.sqlite'}\n"
+                  f"model    {ws.root / 'models/qwen3_webdev'} -> latest")
+    return 0 if ok else 1
+
+
+def _fresh_folder(path: Path) -> Path:
+    """The demo folder, emptied if an earlier demo made it; anything else is left alone."""
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise TunestepError("demo_folder_in_use", "the folder exists and was not made by "
+                                "the demo; choose another --path", path=str(path))
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("made by `tunestep demo`; safe to delete\n")
+    return path
+
+
+def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int) -> str:
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.operator import review_draft, sign_draft
+    from tunestep.tools.preflight import check_batch
+    from tunestep.tools.submit import submit_job
+
+    console.rule(f"[bold]step {number}: {batch}")
+    console.print("[cyan]assistant[/] check_batch")
+    report = check_batch(ws, batch)
+    console.print(f"  ready={report.ready}, {sum(f.rows or 0 for f in report.files)} rows, "
+                  f"hold-out {'unchanged' if not report.validation.changed else 'CHANGED'}, "
+                  f"checkpoint {Path(report.checkpoint.latest or '-').name}")
+    folder = report.batch_path
+    console.print(f"[cyan]assistant[/] run_inspector {folder}")
+    inspection = run_inspector(ws, folder)
+    console.print(f"  {inspection.status}: {inspection.summary}")
+    if inspection.status == "NEEDS_MAPPING":
+        suggestion = suggest_mapping(ws, folder)
+        console.print(f"[cyan]assistant[/] apply_mapping (suggested: "
+                      f"{suggestion.mapping.source_format if suggestion.mapping else '-'})")
+        mapped = apply_mapping(ws, folder, suggestion.mapping)
+        console.print(f"  {mapped.rows_out}/{mapped.rows_in} rows -> {mapped.output}")
+        inspection = run_inspector(ws, mapped.output)
+        console.print(f"[cyan]assistant[/] run_inspector {mapped.output}\n  "
+                      f"{inspection.summary}")
+    console.print("[cyan]assistant[/] draft_job")
+    draft = draft_job(ws, DraftRequest(batch=batch))
+    est = draft.estimate
+    resume = draft.job_config["resume_from"]
+    console.print(f"  {draft.draft_id}: {draft.job_config['mode']} fine-tune, "
+                  f"lr {draft.job_config['hyperparameters']['learning_rate']:g}, "
+                  f"resume from {Path(resume).name if resume else 'the base model'}, "
+                  f"~{est.minutes:g} min, ${est.usd:.2f}")
+    console.print(f"  run plan: {ws.root / draft.run_plan}")
+    console.print(f"[magenta]operator[/] {draft.approve_command} --yes")
+    reviewed = review_draft(ws, draft.draft_id)
+    grant = sign_draft(ws, reviewed, name="demo-operator", key_path=key_path,
+                       passphrase=DEMO_PASSPHRASE, ttl="15m")
+    console.print(f"  token {grant.token[:24]}… (pasted to the assistant)")
+    console.print("[cyan]assistant[/] submit_job")
+    handle = submit_job(ws, draft.draft_id, grant.token, trusted)
+    console.print(f"  {handle.job_id} started (pid {handle.pid})")
+    status = _wait(console, ws, handle.job_id)
+    console.print(f"  {handle.job_id}: [bold]{status.status}[/]")
+    if status.status != "succeeded":
+        from tunestep.tools.job_control import job_logs
+
+        console.print("\n".join(job_logs(ws, handle.job_id, 30).lines))
+        return status.status
+    result = status.result
+    before, after = result.get("metrics_before", {}), result.get("metrics_after", {})
+    console.print(f"  eval loss {result.get('final_eval_loss')}, grade exact "
+                  f"{before.get('grade_exact')} -> {after.get('grade_exact')}, "
+                  f"model {result.get('model_path')}")
+    return status.status
+
+
+def _wait(console: Console, ws, job_id: str):
+    from tunestep.tools.job_control import wait_for_job
+
+    columns = [TextColumn("  training"), BarColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def on_poll(status) -> None:
+            bar.update(task, description=status.status)
+
+        return wait_for_job(ws, job_id, timeout=900, poll=1.0, on_poll=on_poll)

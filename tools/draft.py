@@ -265,7 +265,7 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
     return {
         "schema": 1, "draft_id": None, "step": report.step, "batch": batch, "mode": mode,
         "base_model": start["base_model"],
-        "resume_from": (plan.hub.model_id if remote and start["resume_from"]
+        "resume_from": (f"hf://{plan.hub.model_id}" if remote and start["resume_from"]
                         else start["resume_from"]),
         "train_files": [{"path": data_path(f), "sha256": f.sha256} for f in train],
         "eval_file": {"path": data_path(evals), "sha256": evals.sha256},
@@ -324,6 +324,6 @@ def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:
     total = 0
     for ref in files:
         if ref.role == "train":
-            report = run_inspector(ws, ref.path, tokens=True)
-            total += report.stats.total_tokens or 0
+            tokens = run_inspector(ws, ref.path, tokens=True).stats.tokens
+            total += tokens.total_tokens if tokens else 0
     return total

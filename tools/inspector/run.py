@@ -1,0 +1,336 @@
+"""run_inspector: is this batch trainable as it is, mappable, or broken, and where exactly.
+
+Bad data never raises: it becomes findings in the report. Only a caller's mistake raises
+TunestepError (a path outside the workspace or missing, an unsupported file type, a Hub
+id while offline).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunestep.tools import ledger
+from tunestep.tools.datafiles import DATA_SUFFIXES, batch_step, list_data_files
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import sha256_file
+from tunestep.tools.inspector import leakage, verdict
+from tunestep.tools.inspector.engine import Engine, Progress, Source
+from tunestep.tools.inspector.reader import container_of
+from tunestep.tools.inspector.refs import reference_set
+from tunestep.tools.inspector.report import (
+    Duplicates,
+    InspectionReport,
+    Leakage,
+    TokenStats,
+    cache_key,
+    cached_report,
+    store_report,
+)
+from tunestep.tools.inspector.stats import percentiles
+from tunestep.tools.plan import Plan, load_plan
+from tunestep.tools.workspace import Workspace
+
+MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder
+HUB_PREFIX = "hf://datasets/"
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class Context:
+    """What a scan compares against, and which of it the input itself contains."""
+
+    holdout: tuple[Path, str, str] | None = None  # (path, shown, sha256)
+    train: tuple[Path, str, str] | None = None
+    references: list[tuple[Path, str, str]] = field(default_factory=list)
+    holdout_note: str | None = None
+
+
+def run_inspector(ws: Workspace, path: str, tokens: bool = False, max_errors: int = 100,
+                  progress: Progress | None = None) -> InspectionReport:
+    """Check every row of a data file or folder; say READY, NEEDS_MAPPING or INVALID.
+
+    ``path`` is workspace-relative (a .jsonl/.json/.parquet file or a folder of them), or
+    ``hf://datasets/<owner>/<name>[:<split>]`` to stream a Hub dataset when online. With
+    ``tokens`` every row is tokenized with the plan model's tokenizer and chat template.
+    ``progress(done_rows, total_or_None, message)`` is called every few thousand rows.
+    """
+    plan = load_plan(ws).plan
+    if path.startswith(HUB_PREFIX):
+        return _inspect_hub(ws, plan, path, tokens, max_errors, progress)
+    target = ws.resolve(path, must_exist=True)
+    shown = ws.relative(target) or "."
+    sources = data_sources(ws, plan, target)
+    context = comparison_context(ws, plan, target, sources)
+    identity = None
+    if tokens:
+        from tunestep.tools.inspector.tokens import tokenizer_identity
+
+        identity = tokenizer_identity(ws, plan.model)
+    key = cache_key({
+        "path": shown,
+        "files": [[s.shown, s.sha256] for s in sources],
+        "holdout": context.holdout[1:] if context.holdout else None,
+        "train": context.train[1:] if context.train else None,
+        "references": [list(r[1:]) for r in context.references],
+        "plan": _plan_settings(plan),
+        "max_errors": max_errors,
+        "tokens": {"tokenizer": identity, "max_length": plan.training.max_length}
+        if tokens else None,
+    })
+    found = _cache_lookup(ws, key)
+    if found is not None:
+        return found
+    report = inspect_sources(ws, plan, shown, sources, context, tokens=tokens,
+                             max_errors=max_errors, progress=progress)
+    report.cache_key = key
+    _cache_store(ws, key, report)
+    return report
+
+
+def _plan_settings(plan: Plan) -> dict:
+    return {"grade_pattern": plan.grade_pattern, "batch_pattern": plan.data.batch_pattern,
+            "train": plan.paths.train, "validation": plan.paths.validation,
+            "incremental": plan.paths.incremental, "mapped": plan.paths.mapped,
+            "model": plan.model}
+
+
+def _cache_lookup(ws: Workspace, key: str) -> InspectionReport | None:
+    try:
+        with ledger.open_ledger(ws) as conn:
+            return cached_report(conn, key)
+    except (sqlite3.Error, OSError):  # no usable ledger: inspect without the cache
+        return None
+
+
+def _cache_store(ws: Workspace, key: str, report: InspectionReport) -> None:
+    try:
+        with ledger.open_ledger(ws) as conn:
+            store_report(conn, key, report)
+    except (sqlite3.Error, OSError):
+        pass  # the cache is an optimisation; the report stands without it
+
+
+def data_sources(ws: Workspace, plan: Plan, target: Path) -> list[Source]:
+    """The data files a path names: the file itself, or the files of the folder."""
+    if target.is_dir():
+        mapped = ws.resolve(plan.paths.mapped)
+        files = [p for p in list_data_files(target)
+                 if not (p.name == MAPPING_MANIFEST and _inside(p, mapped))]
+    elif target.suffix.lower() in DATA_SUFFIXES:
+        files = [target]
+    else:
+        raise TunestepError("data_format", f"unsupported data file type '{target.suffix}': "
+                                           "give a .jsonl, .json or .parquet file or a folder",
+                            path=ws.relative(target))
+    return [Source(shown=ws.relative(p), path=p, container=container_of(p),
+                   sha256=sha256_file(p)) for p in files]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def comparison_context(ws: Workspace, plan: Plan, target: Path,
+                       sources: list[Source]) -> Context:
+    """The hold-out set, the base train set and the earlier batches this input is checked
+    against; a file the input itself contains is never compared with itself."""
+    own = {s.path.resolve() for s in sources if s.path}
+    context = Context()
+    holdout = _file(ws, plan.paths.validation)
+    if holdout is not None and holdout[0] in own:
+        context.holdout_note = "the input is (or holds) the hold-out set itself"
+    elif holdout is not None:
+        context.holdout = holdout
+    else:
+        context.holdout_note = f"no hold-out set at {plan.paths.validation}"
+    train = _file(ws, plan.paths.train)
+    if train is not None and train[0] not in own:
+        context.train = train
+        context.references.append(train)
+    step = _step_of(target, plan.data.batch_pattern)
+    if step is not None:
+        context.references.extend(f for f in _earlier_batches(ws, plan, step)
+                                  if f[0] not in own)
+    return context
+
+
+def _file(ws: Workspace, rel: str) -> tuple[Path, str, str] | None:
+    try:
+        path = ws.resolve(rel)
+    except TunestepError:
+        return None
+    if not path.is_file():
+        return None
+    return path.resolve(), ws.relative(path), sha256_file(path)
+
+
+def _step_of(target: Path, pattern: str) -> int | None:
+    """The batch step a path belongs to: its own name, else its folder's name."""
+    for name in (target.name, target.stem, target.parent.name):
+        step = batch_step(name, pattern)
+        if step is not None:
+            return step
+    return None
+
+
+def _earlier_batches(ws: Workspace, plan: Plan, step: int) -> list[tuple[Path, str, str]]:
+    try:
+        folder = ws.resolve(plan.paths.incremental)
+    except TunestepError:
+        return []
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in sorted(folder.iterdir()):
+        number = batch_step(child.name, plan.data.batch_pattern)
+        if number is None or number >= step or not child.is_dir():
+            continue
+        for path in list_data_files(child):
+            found.append((path.resolve(), ws.relative(path), sha256_file(path)))
+    return found
+
+
+def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source],
+                    context: Context, *, tokens: bool, max_errors: int,
+                    progress: Progress | None) -> InspectionReport:
+    """Scan ``sources`` and build the report (no cache involved)."""
+    holdout_index = None
+    if context.holdout is not None:
+        path, held_shown, sha = context.holdout
+        train_path, train_sha = (context.train[0], context.train[2]) if context.train \
+            else (None, None)
+        holdout_index = leakage.holdout_index(path, held_shown, sha, train_path, train_sha)
+    references = [reference_set(p, s, sha) for p, s, sha in context.references]
+    counter = None
+    identity = None
+    if tokens:
+        from tunestep.tools.inspector.tokens import TokenCounter, load_tokenizer
+
+        tokenizer, identity = load_tokenizer(ws, plan.model)
+        counter = TokenCounter(tokenizer, plan.training.max_length)
+    engine = Engine(mode="inspect", max_errors=max_errors, grade_pattern=plan.grade_pattern,
+                    holdout=holdout_index, references=references, tokens=counter,
+                    progress=progress)
+    engine.run(sources)
+    in_input, of_earlier = engine.resolve_duplicates()
+    overlap_rows, ignored = engine.resolve_overlaps() if engine.holdout else (0, 0)
+    verdict.file_findings(engine)
+    if not sources:
+        engine.findings.add(0, None, "no_data_files",
+                            "the folder holds no .jsonl, .json or .parquet file")
+    decided = verdict.decide(engine)
+    token_stats = _token_stats(engine, plan, identity, counter) if tokens else None
+    stats = engine.stats.summary(token_stats)
+    listed, truncated = engine.findings.listed([s.shown for s in sources] or [shown])
+    leak = Leakage(holdout=context.holdout[1] if context.holdout else None,
+                   checked=holdout_index is not None, exact=engine.holdout_exact,
+                   overlap_rows=overlap_rows, ignored_boilerplate_grams=ignored +
+                   (holdout_index.ignored_grams if holdout_index else 0),
+                   note=(holdout_index.note if holdout_index else context.holdout_note))
+    report = InspectionReport(
+        path=shown, status=decided.status, summary="", files=decided.files, errors=listed,
+        error_count=engine.findings.error_count, warning_count=engine.findings.warning_count,
+        counts=dict(sorted(engine.findings.counts.items())), truncated=truncated,
+        stats=stats,
+        duplicates=Duplicates(in_input=in_input, of_earlier=of_earlier,
+                              compared_with=[r[1] for r in context.references]),
+        leakage=leak, suggested_mapping=decided.spec, mapping_preview=decided.preview)
+    report.summary = _summary(report)
+    report.next_actions = _next_actions(report, plan, decided.spec_note, tokens)
+    return report
+
+
+def _token_stats(engine: Engine, plan: Plan, identity: str | None, counter) -> TokenStats:
+    stats = engine.stats
+    total = sum(stats.row_tokens)
+    return TokenStats(
+        tokenizer=f"{plan.model} ({identity})", per_row=percentiles(stats.row_tokens),
+        per_assistant_part=percentiles(stats.assistant_tokens),
+        over_max_length=engine.findings.counts.get("over_max_length", 0),
+        max_length=plan.training.max_length, total_tokens=total,
+        rendering=counter.note or "chat template (each role sequence rendered once)")
+
+
+def _summary(report: InspectionReport) -> str:
+    formats_seen = sorted({f.format for f in report.files})
+    rows = sum(f.rows for f in report.files)
+    return (f"{report.path}: {report.status}: {rows:,} rows in {len(report.files)} file(s) "
+            f"({', '.join(formats_seen) or 'no data'}); {report.error_count:,} error(s), "
+            f"{report.warning_count:,} warning(s)")
+
+
+def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
+                  tokens: bool) -> list[str]:
+    actions: list[str] = []
+    target = f"{plan.paths.mapped}/{_output_name(report.path)}/"
+    preview = report.mapping_preview
+    if report.status == "READY":
+        actions.append("the data is READY: continue with the step (merge and draft the job)")
+        if not tokens:
+            actions.append(f"run_inspector(path='{report.path}', tokens=True) counts tokens "
+                           "for the cost estimate and checks max_length")
+    elif report.status == "NEEDS_MAPPING":
+        dropped = f"; it drops {preview.rows_dropped} row(s)" if preview and \
+            preview.rows_dropped else ""
+        actions.append(f"apply_mapping(source='{report.path}', mapping=suggested_mapping) "
+                       f"writes canonical chat to {target}{dropped}; then inspect that folder")
+    else:
+        if report.suggested_mapping is not None and preview is not None:
+            actions.append(
+                f"fix the rows listed in the source, or apply_mapping(source='{report.path}', "
+                f"mapping=suggested_mapping) to repair: it keeps about {preview.rows_out} of "
+                f"{preview.rows_in} rows, and its manifest lists every row dropped")
+        elif spec_note:
+            actions.append(f"no mapping can fix this: {spec_note}")
+        if report.counts.get("preference_data"):
+            actions.append("preference (chosen/rejected) data belongs to DPO-style training; "
+                           "give this step SFT conversations instead")
+    if report.counts.get("over_max_length"):
+        longest = report.stats.tokens.per_row.max if report.stats.tokens and \
+            report.stats.tokens.per_row else None
+        actions.append(f"raise training.max_length in the plan (the longest row has "
+                       f"{longest} tokens) or remove the rows marked over_max_length")
+    if report.counts.get("holdout_overlap"):
+        actions.append("review the rows marked holdout_overlap: they share wording with the "
+                       "hold-out set, which would inflate validation scores")
+    if report.truncated:
+        actions.append("more findings exist than are listed; counts holds every one (raise "
+                       "max_errors to list more)")
+    return actions
+
+
+def _output_name(shown: str) -> str:
+    path = Path(shown)
+    return path.stem if path.suffix.lower() in DATA_SUFFIXES else path.name
+
+
+def _inspect_hub(ws: Workspace, plan: Plan, path: str, tokens: bool, max_errors: int,
+                 progress: Progress | None) -> InspectionReport:
+    """A Hub dataset, streamed with ``datasets``; never cached (no content hash)."""
+    spec = path[len(HUB_PREFIX):]
+    dataset, _, split = spec.partition(":")
+    if not HUB_ID.match(dataset):
+        raise TunestepError("hub_id", "give hf://datasets/<owner>/<name>[:<split>]", path=path)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise TunestepError("hub_offline", f"cannot stream {dataset} from the Hub: "
+                                           "HF_HUB_OFFLINE is set; download it into the "
+                                           "workspace and inspect the files", path=path)
+    source = Source(shown=path, path=None, container="hub", hub=(dataset, split or "train"))
+    try:
+        return inspect_sources(ws, plan, path, [source], Context(
+            holdout_note="Hub datasets are not compared with the hold-out set"),
+            tokens=tokens, max_errors=max_errors, progress=progress)
+    except TunestepError:
+        raise
+    except Exception as exc:  # network and dataset-resolution failures
+        raise TunestepError("hub_unavailable", f"cannot stream {dataset}: "
+                                               f"{type(exc).__name__}: {str(exc)[:200]}",
+                            path=path) from None

@@ -78,7 +78,7 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
     folder = report.batch_path
     console.print(f"[cyan]assistant[/] run_inspector {folder}")
     inspection = run_inspector(ws, folder)
-    console.print(f"  {inspection.status}: {inspection.summary}")
+    console.print(f"  {inspection.summary}")
     if inspection.status == "NEEDS_MAPPING":
         suggestion = suggest_mapping(ws, folder)
         console.print(f"[cyan]assistant[/] apply_mapping (suggested: "

@@ -151,8 +151,12 @@ def build_sample_workspace(
         store_path = Path(store) if store else root.parent / f"{root.name}-model-store"
         base_model = str(_build_first_checkpoint(store_path / "qwen3_webdev", seed))
         settings.setdefault("model", base_model)
-        settings.setdefault("training", {}).setdefault("max_length", 512)
-        settings.setdefault("samples", {"n": 20, "max_new_tokens": 24})
+        # A tiny random model learns only with a large step size; the real plan keeps 2e-5.
+        training = settings.setdefault("training", {})
+        training.setdefault("max_length", 512)
+        training.setdefault("learning_rate", 3e-3)
+        training.setdefault("resume_learning_rate", 1e-3)
+        settings.setdefault("samples", {"n": 20, "max_new_tokens": 64})
         link = root / "models/qwen3_webdev"
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from pydantic import BaseModel
+
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
 

@@ -246,13 +246,10 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
     remote = backend == "hf-jobs"
     batch = report.batch
 
+    # Remotely, --root is a writable scratch folder (the job pushes what it writes there
+    # back to the bundle repo) and the data is read from the read-only bundle mount.
     def data_path(ref: FileRef) -> str:
-        return bundle_name(ref, files) if remote else ref.path
-
-    out = HF_OUTPUT_ROOT if remote else None
-
-    def output(rel: str) -> str:
-        return f"{out}/{rel}" if out else rel
+        return f"{HF_MOUNT}/{bundle_name(ref, files)}" if remote else ref.path
 
     lora = None
     if mode == "lora":
@@ -274,13 +271,13 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
                                             resuming=start["resume_from"] is not None),
         "lora": lora,
         "outputs": {
-            "model_store": output("store/" + plan.model_name) if remote else plan.model_link,
+            "model_store": f"store/{plan.model_name}" if remote else plan.model_link,
             "model_name": plan.model_name,
-            "metrics_csv": output(f"{plan.paths.logs}/metrics_step_{batch}.csv"),
-            "train_log": output(f"{plan.paths.logs}/train.log"),
-            "samples_md": output(f"{plan.paths.logs}/samples_step_{batch}.md"),
-            "plots_dir": output(plan.paths.plots),
-            "history_json": output(f"{plan.paths.logs}/steps_history.json"),
+            "metrics_csv": f"{plan.paths.logs}/metrics_step_{batch}.csv",
+            "train_log": f"{plan.paths.logs}/train.log",
+            "samples_md": f"{plan.paths.logs}/samples_step_{batch}.md",
+            "plots_dir": plan.paths.plots,
+            "history_json": f"{plan.paths.logs}/steps_history.json",
         },
         "samples": {"n": plan.samples.n, "max_new_tokens": plan.samples.max_new_tokens},
         "grade_pattern": plan.grade_pattern,
@@ -297,12 +294,16 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
     if not plan.hub.dataset_repo:
         raise TunestepError("plan_missing_key", "hf-jobs needs hub.dataset_repo in the plan: "
                             "the private dataset repo that carries each step's bundle")
+    if not plan.hub.model_id:
+        raise TunestepError("plan_missing_key", "hf-jobs needs hub.model_id in the plan: the "
+                            "job's container is discarded, so the model must be pushed there "
+                            "(privately) for the next step to resume from")
     bundle = {name: f"job:{name}" for name in JOB_FILES}
     bundle.update({bundle_name(f, files): f.path for f in files if f.role in ("train", "eval")})
     return HfSubmission(
         image=plan.job.image,
         command=["uv", "run", f"{HF_MOUNT}/train_sft.py", "--config", f"{HF_MOUNT}/job.json",
-                 "--root", HF_MOUNT],
+                 "--root", HF_OUTPUT_ROOT],
         flavor=flavor, timeout_seconds=parse_duration(timeout),
         labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),
                 "tunestep-kind": request.kind},

@@ -131,10 +131,10 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     allowed = [f"{paths.logs}/", f"{paths.plots}/"]
     staging = job_dir(ws, row["job_id"]) / "outputs"
     outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
-                                        staging, allow=[*allowed, "tunestep_result.json"])
+                                        staging, allow=[*allowed, "result.json"])
     summary: dict = {"outputs": []}
     for item in outputs.files:
-        if item.name == "tunestep_result.json":
+        if item.name == "result.json":
             summary.update(ledger.loads(item.local_path.read_text()) or {})
             continue
         target = ws.resolve(item.name)

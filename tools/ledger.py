@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
 from tunestep.tools import ledger
 from tunestep.tools.datafiles import DataFile, batch_step, count_rows, describe, list_data_files
 from tunestep.tools.errors import TunestepError

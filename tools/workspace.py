@@ -13,6 +13,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict
+
 from tunestep.tools.errors import TunestepError
 
 WORKSPACE_ENV = "TUNESTEP_WORKSPACE"

@@ -38,6 +38,8 @@ def start(ws: Workspace, job_id: str, *, pass_token: bool = False) -> int:
     env = {k: v for k, v in os.environ.items() if pass_token or k not in SECRET_ENV}
     env.setdefault("TRACKIO_DIR", str(ws.state_dir / "trackio"))
     env["PYTHONUNBUFFERED"] = "1"
+    # Idle OpenMP threads spin; on a small shared machine they cost more than they give.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
     with open(folder / "output.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunestep.tools.backends.local", str(ws.root), job_id],

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hub_stub import fake_hub  # noqa: F401  (a fixture every test module may use)
 
 from tunestep.tools.sample_workspace import build_sample_workspace
 from tunestep.tools.workspace import Workspace, open_workspace
@@ -67,3 +68,40 @@ def scan_for(needle: str, *roots: Path) -> list[Path]:
                 if data in real.read_bytes():
                     hits.append(path)
     return hits
+
+
+@pytest.fixture
+def model_ws(tmp_path, tiny_model_dir, monkeypatch) -> Workspace:
+    """A sample workspace whose model store holds the tiny model as its first checkpoint."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")
+    build_sample_workspace(tmp_path / "ws", store=store, with_model=True)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny jobs: spinning threads only cost
+    return open_workspace(tmp_path / "ws")
+
+
+class Operator:
+    """A test operator: a real key pair outside the workspace, and a way to approve."""
+
+    def __init__(self, folder: Path, name: str = "tester") -> None:
+        from tunestep.tools.approval import create_operator_key, load_trusted_keys
+
+        self.name = name
+        self.passphrase = b"test passphrase"
+        self.info = create_operator_key(name, self.passphrase, folder)
+        self.trusted = load_trusted_keys([self.info.public_key_path])
+
+    def approve(self, ws: Workspace, draft_id: str, ttl: str = "1h") -> str:
+        from tunestep.tools.operator import review_draft, sign_draft
+
+        grant = sign_draft(ws, review_draft(ws, draft_id), name=self.name,
+                           key_path=self.info.private_key_path, passphrase=self.passphrase,
+                           ttl=ttl)
+        return grant.token
+
+
+@pytest.fixture
+def operator(tmp_path) -> Operator:
+    return Operator(tmp_path / "operator-keys")

@@ -253,6 +253,8 @@ class TokenCounter:
         self.shapes: dict[tuple, list | None] = {}
         self.assembled = 0
         self.assembling = True
+        self._pool = None
+        self._inflight = None
         self.note: str | None = None
         markers = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
         markers |= {"<think>", "</think>", "<tool_response>", "</tool_response>"}
@@ -261,14 +263,29 @@ class TokenCounter:
 
     def add(self, key: Any, messages: list, roles: tuple, contents: tuple,
             tools: Any = None) -> list | None:
+        """Queue a row; a full batch goes to the tokenizer in the background and the
+        previous batch's results come back (tokenizing overlaps the scan)."""
         self.pending.append((key, messages, roles, contents, tools))
-        return self.flush() if len(self.pending) >= BATCH else None
+        if len(self.pending) < BATCH:
+            return None
+        done = self._collect()
+        self._submit()
+        return done
 
     def flush(self) -> list[tuple[Any, int | None, list[int], str | None]]:
         """(key, row tokens or None, assistant part tokens, template error) per row."""
+        done = self._collect()
+        self._submit()
+        done.extend(self._collect())
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        return done
+
+    def _submit(self) -> None:
         batch, self.pending = self.pending, []
         if not batch:
-            return []
+            return
         texts: list[str] = []
         rendered: list[tuple[Any, list[tuple[int, int]] | None, str | None]] = []
         for key, messages, roles, contents, tools in batch:
@@ -279,7 +296,20 @@ class TokenCounter:
                 continue
             texts.append(text)
             rendered.append((key, spans, None))
-        encodings = iter(self.backend.encode_batch(texts, add_special_tokens=False))
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # encode_batch releases the GIL: the scan goes on while Rust tokenizes.
+        future = self._pool.submit(self.backend.encode_batch, texts, add_special_tokens=False)
+        self._inflight = (rendered, future)
+
+    def _collect(self) -> list[tuple[Any, int | None, list[int], str | None]]:
+        if self._inflight is None:
+            return []
+        rendered, future = self._inflight
+        self._inflight = None
+        encodings = iter(future.result())
         out = []
         for key, spans, error in rendered:
             if error is not None:

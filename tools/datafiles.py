@@ -26,12 +26,23 @@ class DataFile(BaseModel):
     note: str | None = None
 
 
-def list_data_files(folder: Path) -> list[Path]:
-    """Data files directly in ``folder``, sorted by name; hidden files are skipped."""
-    return sorted(
+def list_data_files(folder: Path, root: Path | None = None) -> list[Path]:
+    """Data files directly in ``folder``, sorted by name; hidden files are skipped.
+
+    With ``root`` (the workspace root), a listed file that is a link resolving outside it
+    is refused (``path_escape``): naming the folder must not read what the link points at.
+    """
+    files = sorted(
         p for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not p.name.startswith(".")
     )
+    if root is not None:
+        for path in files:
+            if not path.resolve().is_relative_to(root):
+                shown = path.relative_to(root) if path.is_relative_to(root) else path.name
+                raise TunestepError("path_escape", "a data file in the folder is a link "
+                                    "leading outside the workspace", path=str(shown))
+    return files
 
 
 def count_rows(path: Path) -> tuple[int | None, str | None]:

@@ -268,7 +268,7 @@ def _sources(ws: Workspace, plan: Plan, batches: list[BatchInfo],
         origin: Literal["original", "mapped"] = "mapped" if mapped_dir.is_dir() else "original"
         folder_rel = mapped if origin == "mapped" else info.path
         folder = ws.resolve(folder_rel)
-        files = [f"{folder_rel}/{p.name}" for p in list_data_files(folder)
+        files = [f"{folder_rel}/{p.name}" for p in list_data_files(folder, ws.root)
                  if not (origin == "mapped" and p.name == MAPPING_MANIFEST)]
         if not files:
             raise TunestepError("batch_empty", "the folder holds no .jsonl, .json or .parquet "

@@ -210,7 +210,7 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
             return None, []
     _report_gaps(batches, chosen, problems)
     folder = ws.resolve(chosen.path)
-    files = [describe(p, ws.relative(p)) for p in list_data_files(folder)]
+    files = [describe(p, ws.relative(p)) for p in list_data_files(folder, ws.root)]
     if not files:
         problems.append(Problem(code="batch_empty", severity="error",
                                 message="the batch folder holds no .jsonl, .json or .parquet file",

@@ -216,8 +216,7 @@ def find_tokenized(ws: Workspace, plan: Plan, step: StepDatasets, max_length: in
                    ) -> tuple[str, str, list[TokenizedFile]] | None:
     """(folder, key, files) of a tokenized dataset matching this step, else None."""
     max_length = max_length or plan.training.max_length
-    root = ws.resolve(plan.paths.tokenized)
-    folder = root / step.batch
+    folder = ws.resolve(f"{plan.paths.tokenized}/{step.batch}")
     record = _read_json(folder / CACHE_FILE)
     if record is None:
         return None
@@ -504,7 +503,7 @@ def preprocess(ws: Workspace, batch: str | None = None, max_length: int | None =
     fingerprint = tokenizer_fingerprint(folder_src)
     key = step_key(step, fingerprint, max_length)
     root = ws.resolve(plan.paths.tokenized)
-    out = root / step.batch
+    out = ws.resolve(f"{plan.paths.tokenized}/{step.batch}")  # a link out is refused
 
     with data_lock(ws):
         _sweep(root)

@@ -118,7 +118,7 @@ def data_sources(ws: Workspace, plan: Plan, target: Path) -> list[Source]:
     """The data files a path names: the file itself, or the files of the folder."""
     if target.is_dir():
         mapped = ws.resolve(plan.paths.mapped)
-        files = [p for p in list_data_files(target)
+        files = [p for p in list_data_files(target, ws.root)
                  if not (p.name == MAPPING_MANIFEST and _inside(p, mapped))]
     elif target.suffix.lower() in DATA_SUFFIXES:
         files = [target]
@@ -193,7 +193,7 @@ def _earlier_batches(ws: Workspace, plan: Plan, step: int) -> list[tuple[Path, s
         number = batch_step(child.name, plan.data.batch_pattern)
         if number is None or number >= step or not child.is_dir():
             continue
-        for path in list_data_files(child):
+        for path in list_data_files(child, ws.root):
             found.append((path.resolve(), ws.relative(path), sha256_file(path)))
     return found
 

@@ -70,12 +70,21 @@ def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> Job
     if claims.digest != stored.digest:
         raise TunestepError("approval_wrong_draft",
                             "the token approves another version of this draft (digest differs)")
+    _refuse_used_nonce(ws, claims.nonce)  # cheap and clearer first; the insert still decides
     now = recompute(ws, stored)
     if now.digest != stored.digest:
         changed = _what_changed(stored, now)
         raise TunestepError("draft_stale", f"the draft no longer matches the workspace "
                             f"({changed}); draft again and ask the operator for a new approval")
     return stored
+
+
+def _refuse_used_nonce(ws: Workspace, nonce: str) -> None:
+    with ledger.open_ledger(ws) as conn:
+        used = conn.execute("SELECT 1 FROM approvals WHERE nonce = ?", (nonce,)).fetchone()
+    if used:
+        raise TunestepError("approval_replayed", "this approval token was already used; each "
+                            "token starts one job")
 
 
 def _what_changed(old: JobDraft, new: JobDraft) -> str:

@@ -33,6 +33,7 @@ def render(console: Console, result: BaseModel, as_json: bool) -> None:
         # print() not console.print(): JSON must reach a pipe byte-exact, unwrapped.
         print(result.model_dump_json(indent=2))
         return
+    register_domain_renderers()
     for kind in type(result).__mro__:
         if kind in _RENDERERS:
             _RENDERERS[kind](console, result)
@@ -81,3 +82,84 @@ def render_preflight(console: Console, report: PreflightReport) -> None:
         console.print(problems_table(report.problems))
     for action in report.next_actions:
         console.print(f"next: {action}")
+
+
+def _status_style(status: str) -> str:
+    return {"READY": "bold green", "NEEDS_MAPPING": "bold yellow", "INVALID": "bold red",
+            "succeeded": "bold green", "running": "cyan", "failed": "bold red",
+            "cancelled": "yellow", "lost": "bold red"}.get(status, "bold")
+
+
+def render_inspection(console: Console, report) -> None:
+    console.print(f"[{_status_style(report.status)}]{report.summary}[/]"
+                  + ("  [dim](cached)[/]" if report.cached else ""))
+    files = Table("file", "format", "rows", "status", title="Files", title_justify="left")
+    for f in report.files:
+        files.add_row(f.path, f.format, str(f.rows), f.status)
+    console.print(files)
+    if report.errors:
+        table = Table("severity", "where", "code", "message", title=f"Findings "
+                      f"({report.error_count} errors, {report.warning_count} warnings)",
+                      title_justify="left")
+        for e in report.errors:
+            table.add_row(f"[{SEVERITY_STYLE.get(e.severity, '')}]{e.severity}[/]",
+                          f"{e.file}:{e.line or '-'}", e.code, e.message)
+        console.print(table)
+    for action in report.next_actions:
+        console.print(f"next: {action}")
+
+
+def render_draft(console: Console, draft) -> None:
+    cfg, est = draft.job_config, draft.estimate
+    hp = cfg["hyperparameters"]
+    console.print(f"[bold]{draft.draft_id}[/]  step {draft.step} ({draft.batch}), "
+                  f"{cfg['mode']} fine-tune on [bold]{draft.backend}[/]")
+    console.print(f"digest   {draft.digest}")
+    console.print(f"model    {cfg['base_model']}"
+                  + (f"\nresume   {cfg['resume_from']}" if cfg["resume_from"] else ""))
+    console.print(f"train    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
+                  f"batch {hp['per_device_train_batch_size']}x"
+                  f"{hp['gradient_accumulation_steps']}, max_length {hp['max_length']}")
+    files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
+    for f in draft.files:
+        files.add_row(f.role, f.path, "" if f.rows is None else str(f.rows), f.sha256[:16])
+    console.print(files)
+    console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
+                  f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
+                  f"{est.suggested_timeout}")
+    for warning in draft.warnings:
+        console.print(f"[yellow]warning[/] {warning}")
+    console.print(f"approve  {draft.approve_command}")
+
+
+def render_job(console: Console, status) -> None:
+    console.print(f"{status.job_id}  [{_status_style(status.status)}]{status.status}[/]  "
+                  f"({status.backend}, draft {status.draft_id})")
+    if status.url:
+        console.print(f"url      {status.url}")
+    if status.log_path:
+        console.print(f"log      {status.log_path}")
+    result = status.result or {}
+    if "model_path" in result:
+        console.print(f"model    {result['model_path']}")
+    if "final_eval_loss" in result:
+        console.print(f"eval     loss {result.get('eval_loss_before')} -> "
+                      f"{result['final_eval_loss']}")
+
+
+def render_job_list(console: Console, jobs) -> None:
+    table = Table("job", "status", "backend", "draft", title="Jobs", title_justify="left")
+    for j in jobs.jobs:
+        table.add_row(j.job_id, f"[{_status_style(j.status)}]{j.status}[/]", j.backend,
+                      j.draft_id)
+    console.print(table)
+
+
+def register_domain_renderers() -> None:
+    """Bind the views above to their result types (imported lazily: heavy modules)."""
+    from tunestep.tools.draft import JobDraft
+    from tunestep.tools.inspector import InspectionReport
+    from tunestep.tools.job_control import JobList, JobStatus
+
+    _RENDERERS.update({InspectionReport: render_inspection, JobDraft: render_draft,
+                       JobStatus: render_job, JobList: render_job_list})

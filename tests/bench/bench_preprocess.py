@@ -79,7 +79,7 @@ def forget(ws: Workspace, batch: str, files: list[str]) -> None:
             shutil.rmtree(root / preprocess.PARTS_DIR / part["part_key"], ignore_errors=True)
 
 
-def throughput(work: Path, model: Path, rows: int, repeats: int = 5) -> None:
+def throughput(work: Path, model: Path, rows: int, repeats: int = 5) -> dict:
     from transformers import AutoTokenizer
 
     from tunestep.tools.jobs import sft_data
@@ -119,9 +119,11 @@ def throughput(work: Path, model: Path, rows: int, repeats: int = 5) -> None:
           f"({rate['shared'] / rate['bare']:.2f}x bare): the shared per-row function")
     print(f"  batched apply_chat_template     {rate['batched']:12,.0f} tokens/s "
           f"({rate['batched'] / rate['bare']:.2f}x bare; what batching it would give)")
+    return {"rows": result.rows, "tokens": result.tokens, "preprocess_tok_s": rate["ours"],
+            "bare_tok_s": rate["bare"], "repeats": repeats}
 
 
-def growth(work: Path, model: Path, batches: int) -> None:
+def growth(work: Path, model: Path, batches: int) -> dict:
     ws = make_ws(work / "growth", model, base=200, batches=batches, rows=100)
     first, last = "batch_100_01", f"batch_100_{batches:02d}"
     before_last = f"batch_100_{batches - 1:02d}"
@@ -163,6 +165,8 @@ def growth(work: Path, model: Path, batches: int) -> None:
           f"({sd50 / sd1:.2f}x)")
     print(f"  preprocess again, step {batches - 1}                    {hit:7.3f} s "
           f"(cached: {cached.cached})")
+    return {"batches": batches, "step_last_s": step_last, "step1_cold_s": cold1,
+            "step1_warm_s": statistics.median(warm1)}
 
 
 def main() -> None:

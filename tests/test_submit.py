@@ -177,7 +177,8 @@ def test_cancel_stops_a_running_job_without_moving_latest(model_ws, operator):
     while "training" not in "\n".join(job_logs(ws, handle.job_id, 200).lines):
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(0.5)
-    status = cancel_job(ws, handle.job_id)
+    cancel_job(ws, handle.job_id)  # waits a little; a loaded machine may need longer
+    status = wait_for_job(ws, handle.job_id, timeout=180)
     assert status.status == "cancelled" and status.terminal
     store = ws.resolve_model_store("models/qwen3_webdev")
     assert latest_checkpoint(store).name == "0000_base"

@@ -205,7 +205,8 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,
                   backend: Literal["local", "hf-jobs"] = "local", flavor: str | None = None,
                   timeout: str | None = None,
-                  overrides: dict[str, float | int | str] | None = None) -> drafts.JobDraft:
+                  overrides: dict[str, float | int | str] | None = None,
+                  kind: Literal["train", "inspect"] = "train") -> drafts.JobDraft:
         """Prepare the complete job for a batch; it does NOT start anything.
 
         Returns the job payload (model, resume point, datasets with sha256,
@@ -214,9 +215,15 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         warnings, and writes the human-readable run plan. The same inputs give the same
         draft_id. Next: show the operator the summary and the `approve_command`; only the
         operator can approve, in their own terminal. Never claim an approval.
+
+        `kind="inspect"` drafts the inspector as a Hugging Face Job instead (backend
+        "hf-jobs" only; flavor cpu-basic and timeout 15m by default; no mode or
+        overrides): it costs money, so it is approved like training. Locally,
+        run_inspector is free and needs no draft.
         """
-        request = drafts.DraftRequest(batch=batch, mode=mode, backend=backend, flavor=flavor,
-                                      timeout=timeout, overrides=overrides or {})
+        request = drafts.DraftRequest(kind=kind, batch=batch, mode=mode, backend=backend,
+                                      flavor=flavor, timeout=timeout,
+                                      overrides=overrides or {})
         return drafts.draft_job(workspace(), request)
 
     @tool(server, "Submit an approved job", STARTS_JOB)

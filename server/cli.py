@@ -149,8 +149,9 @@ def cmd_draft(args: argparse.Namespace, console: Console) -> int:
     for item in args.set or []:
         key, _, raw = item.partition("=")
         overrides[key] = _number(raw)
-    request = DraftRequest(batch=args.batch, mode=args.mode, backend=args.backend,
-                           flavor=args.flavor, timeout=args.timeout, overrides=overrides)
+    request = DraftRequest(kind=args.kind, batch=args.batch, mode=args.mode,
+                           backend=args.backend, flavor=args.flavor, timeout=args.timeout,
+                           overrides=overrides)
     _show(args, console, draft_job(_workspace(args), request))
     return EXIT_OK
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch", nargs="?")
     p.add_argument("--mode", choices=["full", "lora"])
     p.add_argument("--backend", choices=["local", "hf-jobs"], default="local")
+    p.add_argument("--kind", choices=["train", "inspect"], default="train",
+                   help="inspect: the inspector as an HF Job (needs --backend hf-jobs)")
     p.add_argument("--flavor")
     p.add_argument("--timeout")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -110,6 +110,8 @@ def render_inspection(console: Console, report) -> None:
 
 
 def render_draft(console: Console, draft) -> None:
+    if draft.kind == "inspect":
+        return render_inspect_draft(console, draft)
     cfg, est = draft.job_config, draft.estimate
     hp = cfg["hyperparameters"]
     console.print(f"[bold]{draft.draft_id}[/]  step {draft.step} ({draft.batch}), "
@@ -127,6 +129,23 @@ def render_draft(console: Console, draft) -> None:
     console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
                   f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
                   f"{est.suggested_timeout}")
+    for warning in draft.warnings:
+        console.print(f"[yellow]warning[/] {warning}")
+    console.print(f"approve  {draft.approve_command}")
+
+
+def render_inspect_draft(console: Console, draft) -> None:
+    est, sub = draft.estimate, draft.submission
+    console.print(f"[bold]{draft.draft_id}[/]  remote inspection of "
+                  f"{draft.job_config['path']} (step {draft.step}) on [bold]{draft.backend}[/]")
+    console.print(f"digest   {draft.digest}")
+    files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
+    for f in draft.files:
+        files.add_row(f.role, f.path, "" if f.rows is None else str(f.rows), f.sha256[:16])
+    console.print(files)
+    console.print(f"estimate {est.rows} rows, ~{est.minutes:g} min, [bold]${est.usd:.4f}[/] "
+                  f"on {est.flavor} (at most ${est.max_usd:.4f}); timeout "
+                  f"{sub.timeout_seconds} s")
     for warning in draft.warnings:
         console.print(f"[yellow]warning[/] {warning}")
     console.print(f"approve  {draft.approve_command}")

@@ -3,7 +3,8 @@
 The ledger is the record; a status call refreshes it from the backend (a local process
 that vanished without recording its end is marked ``lost``; an HF job's stage is asked
 of the Hub, and on completion its pushed outputs are fetched into the workspace and the
-step is recorded).
+step is recorded; a remote inspection's report is fetched into its job folder instead,
+and no step is recorded).
 """
 
 from __future__ import annotations
@@ -110,9 +111,51 @@ def _refresh_hf(ws: Workspace, row) -> None:
     if status is None:
         return
     result = ledger.loads(row["result"]) or {}
-    if status == "succeeded":
+    if status == "succeeded" and _draft_kind(ws, row["draft_id"]) == "inspect":
+        fetched = _fetch_inspection(ws, api, row, result["repo"])
+        if "error" in fetched:
+            status = "failed"
+        result.update(fetched)
+    elif status == "succeeded":
         result.update(_fetch_outputs(ws, api, row, result["repo"]))
     local.record_outcome(ws, row["job_id"], status, None, result)
+
+
+def _draft_kind(ws: Workspace, draft_id: str) -> str | None:
+    with ledger.open_ledger(ws) as conn:
+        found = conn.execute("SELECT kind FROM drafts WHERE draft_id = ?",
+                             (draft_id,)).fetchone()
+    return found["kind"] if found else None
+
+
+def _fetch_inspection(ws: Workspace, api, row, repo: str) -> dict:
+    """A remote inspection's report, fetched into its job folder (nothing else is taken).
+
+    The job pushed ``result.json``, an InspectionReport; it lands at
+    ``.tunestep/jobs/<job_id>/result.json`` and its verdict goes into the job's result.
+    """
+    from pydantic import ValidationError
+
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.backends.local import job_dir
+    from tunestep.tools.inspector import InspectionReport
+
+    folder = job_dir(ws, row["job_id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
+                                        folder, allow=["result.json"])
+    item = next((f for f in outputs.files if f.name == "result.json"), None)
+    if item is None:
+        return {"error": "the job completed without pushing its report (result.json)"}
+    try:
+        report = InspectionReport.model_validate_json(item.local_path.read_bytes())
+    except ValidationError:
+        return {"error": "the pushed result.json is not an inspection report",
+                "report_path": ws.relative(item.local_path)}
+    return {"kind": "inspect", "report_path": ws.relative(item.local_path),
+            "inspected": report.path, "status": report.status, "summary": report.summary,
+            "error_count": report.error_count, "warning_count": report.warning_count,
+            "counts": report.counts, "outputs_revision": outputs.revision}
 
 
 def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:

@@ -120,7 +120,11 @@ def supervise(root: str, job_id: str) -> int:
 
 def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | None,
                    result: dict) -> None:
-    """The job's end, and on success the step, in one transaction."""
+    """The job's end, and on success of a training draft the step, in one transaction.
+
+    Only a ``train`` draft makes a step: an inspection (or any other kind) that succeeds
+    records its outcome and nothing else.
+    """
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         conn.execute("UPDATE jobs SET status = ?, exit_code = ?, ended_at = ?, result = ?"
                      " WHERE job_id = ?",
@@ -128,7 +132,9 @@ def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | Non
         job = conn.execute("SELECT draft_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         ledger.audit(conn, "job.end", job_id, outcome=status,
                      detail={"exit_code": exit_code, "draft_id": job["draft_id"]})
-        if status == "succeeded":
+        draft = conn.execute("SELECT kind FROM drafts WHERE draft_id = ?",
+                             (job["draft_id"],)).fetchone()
+        if status == "succeeded" and draft is not None and draft["kind"] == "train":
             record_step(conn, job_id, job["draft_id"], result)
 
 

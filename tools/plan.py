@@ -24,6 +24,13 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 
+def _regex(value: str) -> re.Pattern:
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,11 +97,7 @@ class Data(_Section):
     @field_validator("batch_pattern")
     @classmethod
     def _one_group(cls, value: str) -> str:
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        if compiled.groups != 1:
+        if _regex(value).groups != 1:
             raise ValueError("needs exactly one group capturing the step number")
         return value
 
@@ -123,11 +126,7 @@ class Plan(_Section):
     @field_validator("grade_pattern")
     @classmethod
     def _grade_group(cls, value: str) -> str:
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        if compiled.groups < 1:
+        if _regex(value).groups < 1:
             raise ValueError("needs a group capturing the grade")
         return value
 

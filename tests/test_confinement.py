@@ -174,6 +174,10 @@ def cases() -> list[Case]:
     for tool in BATCH_TOOLS:
         for name, value, codes, setup in BAD_BATCHES:
             table.append(Case(f"{tool}-{name}", tool, {"batch": value}, codes, setup))
+    for name, value, codes, setup in BAD_BATCHES:  # the remote inspector's draft
+        table.append(Case(f"draft_job-inspect-{name}", "draft_job",
+                          {"batch": value, "kind": "inspect", "backend": "hf-jobs"},
+                          codes, setup))
     table += [
         # Next-batch discovery: the lowest untrained batch is a link out.
         *[Case(f"{tool}-next-batch-is-link", tool, {}, ESCAPE, LINK_EARLIER_BATCH)

@@ -163,7 +163,7 @@ def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
         row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
                            (draft_id,)).fetchone()
     if row is None:
-        raise TunestepError("draft_unknown", f"no draft '{draft_id}' in this workspace's ledger")
+        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in this workspace's ledger")
     return JobDraft.model_validate_json(row["payload"])
 
 

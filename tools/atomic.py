@@ -7,8 +7,12 @@ then fsync the folder so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,14 +62,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_directory(path: Path) -> Iterator[Path]:
     """Build a folder under a temp name; on clean exit it takes the place of ``path``.
 
-    An existing ``path`` is moved aside first and removed only after the new one is in
-    place, so a crash leaves either the old folder or the new one at ``path``.
+    An existing folder at ``path`` is swapped with the new one in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so a crash leaves either the old folder or the new one
+    at ``path``. Where the exchange is not supported the old folder is moved aside first
+    and removed after the new one is in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
+            # One step: ``path`` is the new folder and ``tmp`` holds the old one.
+            _fsync_dir(path.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # Without an atomic exchange there is a moment with nothing at ``path``; the old
+        # folder is then at ``.<name>.old-<pid>`` until the new one is in place.
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -77,3 +90,34 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the platform or filesystem cannot."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))

@@ -20,6 +20,11 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace
 
 TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
+# submit_job records a job as 'starting' (with its approval) and then starts it: a local
+# job within a second, a remote one once its bundle is uploaded. A job still 'starting'
+# this long after it was recorded lost the process that submitted it (killed between the
+# two); without this it would stay 'starting' for ever.
+STARTING_GRACE_S = {"local": 120.0, "hf-jobs": 3600.0}
 HF_STAGES = {"COMPLETED": "succeeded", "ERROR": "failed", "CANCELED": "cancelled",
              "DELETED": "cancelled"}
 
@@ -70,13 +75,26 @@ def _status(row) -> JobStatus:
 def job_status(ws: Workspace, job_id: str) -> JobStatus:
     """Where the job is now: running, succeeded, failed, cancelled or lost."""
     row = _row(ws, job_id)
-    if row["status"] not in TERMINAL:
+    if row["status"] == "starting":  # nothing to ask a backend yet: no pid, no remote id
+        _settle_starting(ws, row)
+        row = _row(ws, job_id)
+    elif row["status"] not in TERMINAL:
         if row["backend"] == "local":
             _refresh_local(ws, row)
         else:
             _refresh_hf(ws, row)
         row = _row(ws, job_id)
     return _status(row)
+
+
+def _settle_starting(ws: Workspace, row) -> None:
+    from tunestep.tools.backends import local
+
+    grace = STARTING_GRACE_S.get(row["backend"], max(STARTING_GRACE_S.values()))
+    if time.time() - row["created_at"] > grace:
+        local.record_outcome(ws, row["job_id"], "lost", None, {
+            "error": "the submitting process ended before the job was started; draft "
+                     "and approve the step again"})
 
 
 def _refresh_local(ws: Workspace, row) -> None:

@@ -35,6 +35,7 @@ from tunestep.tools.inspector.reader import (
     iter_hub,
     iter_rows,
     line_issue,
+    universal_lines,
 )
 from tunestep.tools.inspector.refs import ReferenceSet, content_text
 from tunestep.tools.inspector.rules import (
@@ -240,7 +241,17 @@ class Engine:
         mask = PROGRESS_EVERY - 1
         blank = 0
         first_chat = 0
+        shift = 0  # lines that lone carriage returns added before this one
         for number, raw in chain(((1, first),), enumerate(handle, 2)):
+            cr = raw.find(b"\r")
+            if cr >= 0 and cr != len(raw) - 1 and (cr != len(raw) - 2 or raw[-1] != 10):
+                # A lone \r ends a line for the job's loader (text mode): so here too.
+                added, blanks = self._cut_line(state, number + shift, raw,
+                                               handle.peek(1) == b"")
+                shift += added
+                blank += blanks
+                continue
+            number += shift
             try:
                 row = loads(raw)
             except decode_error:
@@ -292,6 +303,27 @@ class Engine:
         if blank:
             self._file_issue(state, ReadIssue("blank_lines", f"{blank} blank line(s) "
                                                              "skipped", row=False), 0)
+
+    def _cut_line(self, state: FileState, number: int, raw: bytes,
+                  at_end: bool) -> tuple[int, int]:
+        """The lines a lone \\r cuts ``raw`` into, each down the slow path.
+
+        Returns (lines added, blank lines skipped).
+        """
+        lines = universal_lines(raw)
+        blank = 0
+        for index, piece in enumerate(lines):
+            try:
+                row = orjson.loads(piece)
+            except orjson.JSONDecodeError:
+                if piece.strip():
+                    last = at_end and index == len(lines) - 1
+                    self._row(state, number + index, line_issue(piece, last))
+                else:
+                    blank += 1
+                continue
+            self._row(state, number + index, row)
+        return len(lines) - 1, blank
 
     # --- one row, the slow path ---------------------------------------------------------
 

@@ -5,8 +5,9 @@ the stream, in its place, so the inspector reports it with its line and goes on.
 opened read-only; nothing here writes.
 
 - JSONL is read line by line in binary (a 10 MB line costs 10 MB, a 1 GB file does not
-  cost 1 GB). A UTF-8 BOM is skipped with a warning, CRLF is fine (JSON whitespace), blank
-  lines are skipped and counted, invalid UTF-8 and invalid JSON are reported per line.
+  cost 1 GB), lines ending where text mode ends them (``\n``, ``\r\n`` or a lone ``\r``),
+  as the job's loader reads them. A UTF-8 BOM is skipped with a warning, blank lines are
+  skipped and counted, invalid UTF-8 and invalid JSON are reported per line.
 - JSON has no line structure to stream by, so a .json file is parsed whole (orjson); the
   line of each array element is found by a scan that skips strings.
 - Parquet is read in record batches; its "line" is the 1-based row number.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +25,8 @@ import orjson
 
 BOM = b"\xef\xbb\xbf"
 # Past this size a .json file's element lines are not mapped (the scan is Python-speed);
-# findings then give the 1-based element number instead.
+# findings then give the 1-based element number instead, as they do for an array whose
+# elements share lines.
 JSON_LINE_MAP_LIMIT = 128 << 20
 PARQUET_BATCH = 2048
 
@@ -63,28 +66,54 @@ def array_issue() -> ReadIssue:
                                     "object per line (or rename it to .json)")
 
 
+def universal_lines(raw: bytes) -> list[bytes]:
+    """One binary line (cut at ``\n``) cut where universal newlines cut it.
+
+    The job's loader reads JSONL in text mode, where a lone ``\r`` ends a line too; so
+    does ``merge.read_rows``. Cutting the same way keeps every line number the same as
+    theirs, and a row that only parses when a lone ``\r`` is taken for JSON whitespace
+    is not READY here when the job could not read it.
+    """
+    if b"\r" not in raw:
+        return [raw]
+    end = b"\n" if raw.endswith(b"\n") else b""
+    body = raw[:len(raw) - len(end)]
+    if end and body.endswith(b"\r"):
+        body, end = body[:-1], b"\r\n"
+    pieces = body.split(b"\r")
+    lines = [piece + b"\r" for piece in pieces[:-1]]
+    if pieces[-1] or end:  # "abc\r" at the end of the file is one line, not two
+        lines.append(pieces[-1] + end)
+    return lines
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line, row) pairs; ``row`` is a ReadIssue where the line could not be read."""
     blank = 0
+    number = 0
     with open(path, "rb") as handle:
         first = True
-        for number, raw in enumerate(handle, 1):
-            if first:
-                first = False
-                if raw.startswith(BOM):
-                    raw = raw[len(BOM):]
-                    yield number, ReadIssue("bom", "the file starts with a UTF-8 byte order "
-                                                   "mark; it is ignored", row=False)
-                if raw.lstrip().startswith(b"["):
-                    yield number, array_issue()
-                    return
-            try:
-                yield number, orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                if not raw.strip():
-                    blank += 1
-                    continue
-                yield number, line_issue(raw, handle.peek(1) == b"")
+        for chunk in handle:
+            lines = universal_lines(chunk)
+            for index, raw in enumerate(lines):
+                number += 1
+                if first:
+                    first = False
+                    if raw.startswith(BOM):
+                        raw = raw[len(BOM):]
+                        yield number, ReadIssue("bom", "the file starts with a UTF-8 byte "
+                                                       "order mark; it is ignored", row=False)
+                    if raw.lstrip().startswith(b"["):
+                        yield number, array_issue()
+                        return
+                try:
+                    yield number, orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    if not raw.strip():
+                        blank += 1
+                        continue
+                    is_last = index == len(lines) - 1 and handle.peek(1) == b""
+                    yield number, line_issue(raw, is_last)
     if blank:
         yield 0, ReadIssue("blank_lines", f"{blank} blank line(s) skipped", row=False)
 
@@ -103,7 +132,11 @@ def iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         return
     if isinstance(value, list):
         lines = element_lines(data) if len(data) <= JSON_LINE_MAP_LIMIT else None
-        if lines is None or len(lines) != len(value):
+        # A line names one row only when no two rows start on it; a compact array (all of
+        # it on one line) is numbered by element instead. apply_mapping drops rows by this
+        # number: one shared by two rows would drop both.
+        if lines is None or len(lines) != len(value) or any(
+                later <= earlier for earlier, later in pairwise(lines)):
             lines = list(range(1, len(value) + 1))
         yield from zip(lines, value, strict=True)
     else:

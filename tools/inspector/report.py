@@ -18,7 +18,7 @@ from tunestep.tools import ledger
 from tunestep.tools.hashing import sha256_json
 from tunestep.tools.inspector.spec import MappingSpec
 
-INSPECTOR_VERSION = "1"  # bump when a rule changes what a report says
+INSPECTOR_VERSION = "2"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path
 
 Status = Literal["READY", "NEEDS_MAPPING", "INVALID"]

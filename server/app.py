@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -28,8 +27,6 @@ from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace, open_workspace
-
-log = logging.getLogger("tunestep.server")
 
 T = TypeVar("T")
 

@@ -54,3 +54,22 @@ async def test_stdio_subprocess_lists_tools_and_answers(sample_ws):
             result = await client.call_tool("check_batch", {})
     assert "check_batch" in names
     assert result.structured_content["ready"] is True
+
+
+async def test_long_tools_report_progress(sample_ws):
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+        result = await client.call_tool(
+            "run_inspector", {"path": "datasets/incremental/batch_100_02"},
+            progress_callback=on_progress)
+        mapped = await client.call_tool(
+            "apply_mapping", {"source": "datasets/incremental/batch_100_02"},
+            progress_callback=on_progress)
+    assert result.structured_content["status"] == "NEEDS_MAPPING"
+    assert mapped.structured_content["rows_out"] == 100
+    assert seen and all(isinstance(p, int | float) for p, _, _ in seen)
+    assert any(m for _, _, m in seen)

@@ -32,6 +32,7 @@ from tunestep.tools.inspector.reader import (
     BOM,
     ReadIssue,
     array_issue,
+    is_blank,
     iter_hub,
     iter_rows,
     line_issue,
@@ -255,10 +256,10 @@ class Engine:
             try:
                 row = loads(raw)
             except decode_error:
-                if raw.strip():
-                    slow(state, number, line_issue(raw, handle.peek(1) == b""))
-                else:
+                if is_blank(raw):
                     blank += 1
+                else:
+                    slow(state, number, line_issue(raw, handle.peek(1) == b""))
                 continue
             try:
                 messages = row["messages"]
@@ -316,11 +317,11 @@ class Engine:
             try:
                 row = orjson.loads(piece)
             except orjson.JSONDecodeError:
-                if piece.strip():
+                if is_blank(piece):
+                    blank += 1
+                else:
                     last = at_end and index == len(lines) - 1
                     self._row(state, number + index, line_issue(piece, last))
-                else:
-                    blank += 1
                 continue
             self._row(state, number + index, row)
         return len(lines) - 1, blank

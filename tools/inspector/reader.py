@@ -43,6 +43,16 @@ def container_of(path: Path) -> str:
     return path.suffix.lower().lstrip(".")
 
 
+def is_blank(raw: bytes) -> bool:
+    """Blank as the job's loader (``str.strip``) sees it: whitespace only, Unicode's too."""
+    if not raw.strip():
+        return True
+    try:
+        return not raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
+
+
 def line_issue(raw: bytes, is_last: bool) -> ReadIssue:
     """Why a JSONL line did not parse: bad UTF-8, a stray array, or bad JSON."""
     try:
@@ -109,7 +119,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield number, orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    if not raw.strip():
+                    if is_blank(raw):
                         blank += 1
                         continue
                     is_last = index == len(lines) - 1 and handle.peek(1) == b""

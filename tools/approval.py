@@ -101,6 +101,7 @@ from pydantic import (
     field_validator,
 )
 
+from tunestep.tools.atomic import fsync_dir
 from tunestep.tools.errors import TunestepError
 
 TOKEN_PREFIX = "tsa1"
@@ -242,15 +243,6 @@ def _check_ttl(seconds: int) -> None:
 # --------------------------------------------------------------------------- key files
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` atomically, with ``mode`` from the start, never replacing.
 
@@ -276,7 +268,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _key_paths(config_dir: Path, name: str) -> tuple[Path, Path]:

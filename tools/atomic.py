@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import IO
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
     # Not every platform lets you open a directory; where it fails there is nothing to sync.
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -42,7 +43,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -74,7 +75,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         yield tmp
         if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
             # One step: ``path`` is the new folder and ``tmp`` holds the old one.
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             shutil.rmtree(tmp, ignore_errors=True)
             return
         # Without an atomic exchange there is a moment with nothing at ``path``; the old
@@ -84,7 +85,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

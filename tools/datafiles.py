@@ -82,6 +82,15 @@ def describe(path: Path, shown: str) -> DataFile:
     )
 
 
+def check_batch_name(name: str) -> None:
+    """A batch is named by its folder name: never a path, never anything outside."""
+    from tunestep.tools.workspace import check_relative
+
+    check_relative(name)
+    if "/" in name.strip("/") or "\\" in name:
+        raise TunestepError("batch_name", "give the batch folder's name, not a path", path=name)
+
+
 def batch_step(name: str, pattern: str) -> int | None:
     """The step number a batch folder name encodes, or None when it is not a batch."""
     match = re.match(pattern, name)

@@ -38,12 +38,12 @@ from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
 from tunestep.tools.atomic import atomic_open, atomic_write_bytes
-from tunestep.tools.datafiles import list_data_files
+from tunestep.tools.datafiles import check_batch_name, list_data_files
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json, sha256_file, sha256_json
 from tunestep.tools.plan import LoadedPlan, Plan, load_plan
 from tunestep.tools.preflight import BatchInfo, discover_batches, pinned_validation
-from tunestep.tools.workspace import Workspace, check_relative
+from tunestep.tools.workspace import Workspace
 
 Progress = Callable[[int, int | None, str], None]
 Strategy = Literal["list", "file"]
@@ -237,10 +237,7 @@ class _Source(BaseModel):
 
 def _choose(batches: list[BatchInfo], named: str | None, incremental: str) -> BatchInfo:
     if named is not None:
-        check_relative(named)
-        if "/" in named.strip("/"):
-            raise TunestepError("batch_name", "give the batch folder's name, not a path",
-                                path=named)
+        check_batch_name(named)
         chosen = next((b for b in batches if b.name == named), None)
         if chosen is None:
             raise TunestepError("batch_missing", "no such batch folder (or its name does not "

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
-from tunestep.tools.datafiles import DataFile, batch_step, count_rows, describe, list_data_files
+from tunestep.tools.datafiles import (
+    DataFile,
+    batch_step,
+    check_batch_name,
+    count_rows,
+    describe,
+    list_data_files,
+)
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hf_token import token_status
 from tunestep.tools.model_store import CheckpointStatus, inspect_store
 from tunestep.tools.plan import LoadedPlan, load_plan
-from tunestep.tools.workspace import Workspace, check_relative
+from tunestep.tools.workspace import Workspace
 
 
 class Problem(BaseModel):
@@ -183,10 +189,7 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
                   batches: list[BatchInfo], problems: list[Problem],
                   ) -> tuple[BatchInfo | None, list[DataFile]]:
     if named is not None:
-        check_relative(named)
-        if "/" in named.strip("/"):
-            raise TunestepError("batch_name", "give the batch folder's name, not a path",
-                                path=named)
+        check_batch_name(named)
         chosen = next((b for b in batches if b.name == named), None)
         if chosen is None:
             step = batch_step(named, pattern)
@@ -244,9 +247,3 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem]) 
                     f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
                     "tunestep never writes it.", path=validation.path))
 
-
-def batch_folder(ws: Workspace, batch: str) -> Path:
-    """The folder of a named batch (used by tools that take a batch name)."""
-    loaded = load_plan(ws)
-    check_relative(batch)
-    return ws.resolve(f"{loaded.plan.paths.incremental}/{batch}", must_exist=True)

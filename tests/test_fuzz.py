@@ -519,15 +519,8 @@ def test_a_compact_json_array_loses_no_row_to_its_neighbours_drop(fuzz_ws):
                                                                rows[2]["messages"]]
 
 
-# Known gaps, each a file the inspector calls READY that the job's own loader refuses. They
-# are marked xfail(strict): the day the loader reads them, these fail and the mark goes.
-
-
-@pytest.mark.xfail(strict=True, raises=sft_data.DataError,
-                   reason="tools/jobs/sft_data.py _iter_file opens data as 'utf-8', not "
-                          "'utf-8-sig': a BOM (an inspector warning only) fails the job")
 @pytest.mark.parametrize("container", ["jsonl", "json"])
-def test_known_gap_a_bom_file_is_ready_but_the_job_refuses_it(fuzz_ws, container):
+def test_a_bom_file_is_ready_and_the_job_reads_it(fuzz_ws, container):
     rows = [{"messages": [{"role": "user", "content": f"q {i}"},
                           {"role": "assistant", "content": "Grade: 5"}]} for i in range(2)]
     data = (b"".join(orjson.dumps(r) + b"\n" for r in rows) if container == "jsonl"
@@ -536,6 +529,10 @@ def test_known_gap_a_bom_file_is_ready_but_the_job_refuses_it(fuzz_ws, container
     assert run_inspector(fuzz_ws, BATCH).status == "READY"
     assert len(merge.read_rows(fuzz_ws.resolve(shown), shown)) == 2
     assert len(sft_data.load_chat_rows([fuzz_ws.resolve(shown)])) == 2
+
+
+# Known gaps, each a file the inspector calls READY that the job's own loader refuses. They
+# are marked xfail(strict): the day the loader reads them, these fail and the mark goes.
 
 
 @pytest.mark.xfail(strict=True, raises=sft_data.DataError,

@@ -66,9 +66,17 @@ def _normalise_row(obj: object, where: str) -> dict:
 
 def _iter_file(path: Path) -> Iterable[tuple[object, str]]:
     """Yield (object, 'file:line') for a JSONL file, or a .json file holding a list."""
+    try:
+        yield from _iter_decoded(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start})") from None
+
+
+def _iter_decoded(path: Path) -> Iterable[tuple[object, str]]:
+    # utf-8-sig: a byte-order mark is only an inspector warning, so the job must read it.
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
         if not isinstance(data, list):
@@ -76,7 +84,7 @@ def _iter_file(path: Path) -> Iterable[tuple[object, str]]:
         for i, obj in enumerate(data):
             yield obj, f"{path}[{i}]"
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -12,7 +12,6 @@ two concurrent submits of one token give exactly one job.
 from __future__ import annotations
 
 import secrets
-import shutil
 import sqlite3
 import time
 from typing import TYPE_CHECKING
@@ -148,9 +147,9 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
 
     folder = local.job_dir(ws, job_id)
     folder.mkdir(parents=True)
-    for ref in draft.files:
+    for ref in draft.files:  # whole files or none: a killed submit leaves nothing half-copied
         if ref.role == "script":
-            shutil.copyfile(JOBS_DIR / ref.path, folder / ref.path)
+            atomic_write_bytes(folder / ref.path, (JOBS_DIR / ref.path).read_bytes())
     atomic_write_bytes(folder / "job.json", canonical_json(draft.job_config))
     pid = local.start(ws, job_id, pass_token=bool(draft.job_config["hub"]["push"]))
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="local", status="running",

@@ -50,9 +50,10 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
     # stdout is the protocol channel in stdio mode: logs go to stderr only.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    keys = list(args.operator_key or [])
-    env_keys = os.environ.get("TUNESTEP_OPERATOR_KEYS", "")
-    keys += [Path(p) for p in env_keys.split(os.pathsep) if p]
+    from tunestep.tools.approval import load_trusted_keys
+
+    keys = _trusted_key_paths(args)
+    load_trusted_keys(keys)  # a wrong key path fails now, not at the first submit
     workspace = args.workspace or os.environ.get("TUNESTEP_WORKSPACE")
     server = build_server(ServerConfig(workspace=workspace, operator_keys=keys))
     if args.transport == "stdio":

@@ -99,3 +99,8 @@ def test_cli_exit_codes(sample_ws, capsys):
         cli(["check", "--no-such-flag"])
     except SystemExit as exc:
         assert exc.code == 2
+
+
+def test_serve_refuses_an_unreadable_operator_key_at_start(sample_ws, tmp_path, capsys):
+    code = cli(["serve", "-w", str(sample_ws.root), "--operator-key", str(tmp_path / "nope.pem")])
+    assert code == 1 and "operator_key_invalid" in capsys.readouterr().err

@@ -11,8 +11,9 @@ from hub_stub import fake_hub  # noqa: F401  (a fixture every test module may us
 from tunestep.tools.sample_workspace import build_sample_workspace
 from tunestep.tools.workspace import Workspace, open_workspace
 
-# Shaped like a real token so any leak scan would find it; never valid anywhere.
-FAKE_TOKEN = "hf_tunestepFAKEtoken0123456789abcdefSECRET"
+# Shaped like a real token so any leak scan would find it; never valid anywhere. Built at
+# run time so the repository itself holds nothing that looks like a token.
+FAKE_TOKEN = "hf_" + "tunestepFAKEtoken0123456789abcdefSECRET"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "real_formats"
 

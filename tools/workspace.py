@@ -37,8 +37,7 @@ class Workspace(BaseModel):
 
     def resolve_model_store(self, relative: str | Path) -> Path:
         """Resolve ``models/<name>``; the link may point outside, into the model store."""
-        link = resolve_inside(self.root, relative, allow_final_link=True)
-        return link
+        return resolve_inside(self.root, relative, allow_final_link=True)
 
     def relative(self, path: Path) -> str:
         """The workspace-relative POSIX form of a path inside the workspace."""

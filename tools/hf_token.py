@@ -2,7 +2,8 @@
 
 The locations mirror huggingface_hub's own lookup (env first, then the token file),
 so the report matches what ``get_token()`` will find at submit time. Only
-``read_token`` returns the value, and only the submit path calls it.
+``read_token`` returns the value, and only the calls that talk to the Hub use it
+(submit_job, and status, logs and cancel of an HF job), never to store or print it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def token_status() -> TokenStatus:
 
 
 def read_token() -> str | None:
-    """The token value, for the one place that sends it: a job's secrets at submit time."""
+    """The token value, for the Hub calls that need it; never stored, logged or returned."""
     from huggingface_hub import get_token
 
     return get_token()

@@ -13,14 +13,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from tunestep.tools.errors import TunestepError
 
+if TYPE_CHECKING:  # rich loads only for commands that print to a person
+    from rich.console import Console
+
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
-Command = Callable[[argparse.Namespace, Console], int]
+Command = Callable[[argparse.Namespace, "Console"], int]
 _COMMANDS: dict[str, Command] = {}
 
 
@@ -133,6 +135,8 @@ def cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
 
 def _progress(console: Console, args: argparse.Namespace):
     """A progress callback printing to stderr (never into --json output)."""
+    from rich.console import Console
+
     err = Console(stderr=True, highlight=False)
 
     def report(done: int, total: int | None, message: str) -> None:
@@ -198,6 +202,8 @@ def _passphrase(confirm: bool = False) -> bytes:
 
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
+    from rich.console import Console
+
     from tunestep.server.render import render
     from tunestep.tools.operator import private_key_path, review_draft, sign_draft
 
@@ -365,25 +371,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(stderr=False, highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False)
+    args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args, console)
+        if args.command == "serve":  # stdout is the protocol there: no console, no rich
+            return cmd_serve(args, None)
+        from rich.console import Console
+
+        return _COMMANDS[args.command](args, Console(highlight=False, soft_wrap=True))
     except TunestepError as exc:
-        err.print(f"[bold red]error[/] {exc}", markup=True, highlight=False)
+        _error("error", str(exc))
         return EXIT_PROBLEM
     except KeyboardInterrupt:
-        err.print("interrupted")
+        _error("interrupted", "")
         return 130
     except Exception as exc:  # the last line of defence: no traceback at the user
         logging.getLogger("tunestep").debug("unexpected failure", exc_info=True)
-        err.print(f"[bold red]internal error[/] {type(exc).__name__}: {exc} "
-                  "(set TUNESTEP_DEBUG=1 for the traceback; please report it)")
+        _error("internal error", f"{type(exc).__name__}: {exc} (set TUNESTEP_DEBUG=1 for the "
+               "traceback; please report it)")
         if os.environ.get("TUNESTEP_DEBUG"):
             raise
         return EXIT_PROBLEM
+
+
+def _error(label: str, message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    # escape: messages name things like messages[0].role, which rich would eat as markup.
+    Console(stderr=True, highlight=False).print(f"[bold red]{label}[/] {escape(message)}")
 
 
 if __name__ == "__main__":

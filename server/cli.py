@@ -172,10 +172,10 @@ def _number(raw: str) -> int | float | str:
 
 @command("operator")
 def cmd_operator(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.operator import init_operator
+    from tunestep.tools.approval import create_operator_key
 
     passphrase = _passphrase(confirm=True)
-    info = init_operator(args.name, passphrase, args.config_dir)
+    info = create_operator_key(args.name, passphrase, args.config_dir)
     _show(args, console, info)
     if not args.json:
         console.print("\nGive the server the public key, e.g. in the MCP client config:\n"

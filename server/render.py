@@ -122,13 +122,21 @@ def render_draft(console: Console, draft) -> None:
     console.print(f"train    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
                   f"batch {hp['per_device_train_batch_size']}x"
                   f"{hp['gradient_accumulation_steps']}, max_length {hp['max_length']}")
+    _draft_files(console, draft)
+    console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
+                  f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
+                  f"{est.suggested_timeout}")
+    _draft_warnings_and_approval(console, draft)
+
+
+def _draft_files(console: Console, draft) -> None:
     files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
     for f in draft.files:
         files.add_row(f.role, f.path, "" if f.rows is None else str(f.rows), f.sha256[:16])
     console.print(files)
-    console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
-                  f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
-                  f"{est.suggested_timeout}")
+
+
+def _draft_warnings_and_approval(console: Console, draft) -> None:
     for warning in draft.warnings:
         console.print(f"[yellow]warning[/] {warning}")
     console.print(f"approve  {draft.approve_command}")
@@ -139,16 +147,11 @@ def render_inspect_draft(console: Console, draft) -> None:
     console.print(f"[bold]{draft.draft_id}[/]  remote inspection of "
                   f"{draft.job_config['path']} (step {draft.step}) on [bold]{draft.backend}[/]")
     console.print(f"digest   {draft.digest}")
-    files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
-    for f in draft.files:
-        files.add_row(f.role, f.path, "" if f.rows is None else str(f.rows), f.sha256[:16])
-    console.print(files)
+    _draft_files(console, draft)
     console.print(f"estimate {est.rows} rows, ~{est.minutes:g} min, [bold]${est.usd:.4f}[/] "
                   f"on {est.flavor} (at most ${est.max_usd:.4f}); timeout "
                   f"{sub.timeout_seconds} s")
-    for warning in draft.warnings:
-        console.print(f"[yellow]warning[/] {warning}")
-    console.print(f"approve  {draft.approve_command}")
+    _draft_warnings_and_approval(console, draft)
 
 
 def render_job(console: Console, status) -> None:

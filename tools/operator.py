@@ -1,4 +1,4 @@
-"""The operator's side: create a key, review a stored draft, sign it.
+"""The operator's side: review a stored draft and sign it (keys: approval.create_operator_key).
 
 CLI only. No MCP tool reaches this module: the assistant can never sign. The review
 always starts from the draft stored in the ledger (not from anything the assistant
@@ -14,8 +14,6 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.approval import (
-    OperatorKeyInfo,
-    create_operator_key,
     default_operator_dir,
     load_private_key,
     parse_ttl,
@@ -40,11 +38,6 @@ class ApprovalGrant(BaseModel):
 def passphrase_from_env() -> bytes | None:
     value = os.environ.get(PASSPHRASE_ENV)
     return value.encode() if value else None
-
-
-def init_operator(name: str, passphrase: bytes, config_dir: Path | None = None
-                  ) -> OperatorKeyInfo:
-    return create_operator_key(name, passphrase, config_dir)
 
 
 def private_key_path(name: str, key: Path | None = None) -> Path:

@@ -26,7 +26,7 @@ from tunestep.tools import inspector, job_control, merge, preflight, submit
 from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.workspace import Workspace, find_workspace
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                        version=_version())
 
     def workspace() -> Workspace:
-        return open_workspace(config.workspace)
+        return find_workspace(config.workspace)
 
     def trusted_keys() -> dict:
         from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys

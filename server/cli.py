@@ -35,9 +35,9 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _workspace(args: argparse.Namespace):
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.workspace import find_workspace
 
-    return open_workspace(args.workspace)
+    return find_workspace(args.workspace)
 
 
 def _show(args: argparse.Namespace, console: Console, result) -> None:
@@ -53,10 +53,12 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     # stdout is the protocol channel in stdio mode: logs go to stderr only.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from tunestep.tools.approval import load_trusted_keys
+    from tunestep.tools.workspace import find_workspace
 
     keys = _trusted_key_paths(args)
     load_trusted_keys(keys)  # a wrong key path fails now, not at the first submit
-    workspace = args.workspace or os.environ.get("TUNESTEP_WORKSPACE")
+    # A missing or wrong workspace fails now too, not at every tool call.
+    workspace = find_workspace(args.workspace).root
     server = build_server(ServerConfig(workspace=workspace, operator_keys=keys))
     if args.transport == "stdio":
         server.run("stdio")
@@ -173,20 +175,34 @@ def _number(raw: str) -> int | float | str:
 @command("operator")
 def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.approval import create_operator_key
+    from tunestep.tools.operator import check_new_passphrase, remember_default
 
-    passphrase = _passphrase(confirm=True)
+    passphrase = _passphrase(confirm=True, new=True)
+    check_new_passphrase(passphrase)
     info = create_operator_key(args.name, passphrase, args.config_dir)
+    is_default = remember_default(info.name, info.private_key_path.parent)
     _show(args, console, info)
     if not args.json:
         console.print("\nGive the server the public key, e.g. in the MCP client config:\n"
-                      f"  tunestep serve --operator-key {info.public_key_path}")
+                      f"  tunestep serve --operator-key {_quote(info.public_key_path)}")
+        if is_default:
+            console.print(f"`tunestep approve DRAFT_ID` signs with this key ({info.name}) "
+                          "unless you pass --name.")
+        else:
+            console.print(f"Sign with it: tunestep approve DRAFT_ID --name {info.name}")
     return EXIT_OK
 
 
-def _passphrase(confirm: bool = False) -> bytes:
+def _quote(value) -> str:
+    import shlex
+
+    return shlex.quote(str(value))
+
+
+def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
     import getpass
 
-    from tunestep.tools.operator import passphrase_from_env
+    from tunestep.tools.operator import MIN_PASSPHRASE, passphrase_from_env
 
     env = passphrase_from_env()
     if env is not None:
@@ -194,7 +210,13 @@ def _passphrase(confirm: bool = False) -> bytes:
     if not sys.stdin.isatty():
         raise TunestepError("passphrase_missing", "no terminal to ask for the passphrase: set "
                             "TUNESTEP_OPERATOR_PASSPHRASE for automation")
-    first = getpass.getpass("operator key passphrase: ").encode()
+    prompt = (f"new passphrase for the operator key (at least {MIN_PASSPHRASE} characters): "
+              if new else "operator key passphrase: ")
+    first = getpass.getpass(prompt).encode()
+    if new:
+        from tunestep.tools.operator import check_new_passphrase
+
+        check_new_passphrase(first)  # before asking again: say it at once
     if confirm and getpass.getpass("again: ").encode() != first:
         raise TunestepError("passphrase_mismatch", "the two passphrases differ")
     return first
@@ -205,22 +227,28 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     from rich.console import Console
 
     from tunestep.server.render import render
-    from tunestep.tools.operator import private_key_path, review_draft, sign_draft
+    from tunestep.tools.operator import find_operator_key, review_draft, sign_draft
 
+    # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
+    key = find_operator_key(args.name, args.key, args.config_dir)
     ws = _workspace(args)
     draft = review_draft(ws, args.draft_id)
     err = Console(stderr=True, highlight=False)
-    render(err, draft, as_json=False)
+    render(err, draft, as_json=False, approving=True)
     if not args.yes:
         if not sys.stdin.isatty():
             raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
                                 "draft and pass --yes")
-        answer = input(f"Approve {draft.draft_id} (about ${draft.estimate.usd:.2f})? [y/N] ")
+        answer = input(f"Approve {draft.draft_id} (about ${draft.estimate.usd:.2f}) with key "
+                       f"{key.name}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             err.print("not approved")
             return EXIT_PROBLEM
-    grant = sign_draft(ws, draft, name=args.name, key_path=private_key_path(args.name, args.key),
+    grant = sign_draft(ws, draft, name=key.name, key_path=key.path,
                        passphrase=_passphrase(), ttl=args.ttl)
+    if args.json:
+        print(grant.model_dump_json(indent=2))
+        return EXIT_OK
     err.print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
     print(grant.token)  # alone on the last line of stdout, for copy or a pipe
     return EXIT_OK
@@ -282,88 +310,123 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(args, console)
 
 
+WORKSPACE_HELP = ("the workspace root (default: $TUNESTEP_WORKSPACE, else the current folder); "
+                  "a workspace holds .specs/training/plan.md, .tunestep/ or "
+                  "datasets/incremental/")
+BATCH_HELP = ("a batch folder name under datasets/incremental/, e.g. batch_100_03 "
+              "(default: the next untrained batch)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", "-w", help="workspace root (default: "
-                        "$TUNESTEP_WORKSPACE or the current folder)")
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--workspace", "-w", metavar="DIR", help=WORKSPACE_HELP)
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true",
+                         help="print the result as JSON (the model the MCP tool returns)")
+    common = [where, as_json]
 
     parser = argparse.ArgumentParser(
         prog="tunestep", description="Prepare incremental fine-tuning steps; the operator "
         "alone approves a job.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", parents=[common], help="run the MCP server")
-    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p = sub.add_parser("serve", parents=[where], help="run the MCP server",
+                       description="Run the MCP server for one workspace (stdio by default).")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio (default) or streamable HTTP")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow binding to an address other than loopback")
     p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
                    help="trusted operator public key (repeatable); also "
                    "$TUNESTEP_OPERATOR_KEYS")
 
-    p = sub.add_parser("check", parents=[common], help="preflight the next batch")
-    p.add_argument("batch", nargs="?", help="batch folder name (default: next untrained)")
-    p = sub.add_parser("inspect", parents=[common], help="validate every row of a dataset")
-    p.add_argument("path", help="a data file or folder inside the workspace")
+    p = sub.add_parser("check", parents=common, help="preflight the next batch")
+    p.add_argument("batch", nargs="?", help=BATCH_HELP)
+    p = sub.add_parser("inspect", parents=common, help="validate every row of a dataset")
+    p.add_argument("path", help="a data file or folder inside the workspace (relative, or "
+                   "absolute inside it), e.g. datasets/incremental/batch_100_03")
     p.add_argument("--tokens", action="store_true", help="count tokens with the plan's model")
-    p.add_argument("--max-errors", type=int, default=100)
+    p.add_argument("--max-errors", type=int, default=100, metavar="N",
+                   help="list at most N findings (all are counted; default 100)")
 
-    p = sub.add_parser("map", parents=[common], help="map a foreign format into *_mapped/")
-    p.add_argument("source")
+    p = sub.add_parser("map", parents=common, help="map a foreign format into *_mapped/")
+    p.add_argument("source", help="the data file or folder to map, e.g. "
+                   "datasets/incremental/batch_100_02")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--spec", help="a MappingSpec JSON file")
+    how.add_argument("--spec", metavar="FILE",
+                     help="a MappingSpec JSON file (see .specs/inspector_rules.md)")
     how.add_argument("--suggested", action="store_true", help="the inspector's suggestion")
 
-    p = sub.add_parser("merge", parents=[common], help="assemble the step's training data")
-    p.add_argument("batch", nargs="?")
-    p.add_argument("--strategy", choices=["list", "file"])
-    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None)
+    p = sub.add_parser("merge", parents=common, help="assemble the step's training data")
+    p.add_argument("batch", nargs="?", help=BATCH_HELP)
+    p.add_argument("--strategy", choices=["list", "file"],
+                   help="list the files (default from the plan) or write one merged file")
+    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop exact duplicate rows (default from the plan)")
 
-    p = sub.add_parser("preprocess", parents=[common], help="tokenize the step's data")
-    p.add_argument("batch", nargs="?")
-    p.add_argument("--max-length", type=int)
+    p = sub.add_parser("preprocess", parents=common, help="tokenize the step's data")
+    p.add_argument("batch", nargs="?", help=BATCH_HELP)
+    p.add_argument("--max-length", type=int, metavar="TOKENS",
+                   help="truncate rows to this many tokens (default: the plan's)")
 
-    p = sub.add_parser("draft", parents=[common], help="draft the job for a batch")
-    p.add_argument("batch", nargs="?")
-    p.add_argument("--mode", choices=["full", "lora"])
-    p.add_argument("--backend", choices=["local", "hf-jobs"], default="local")
+    p = sub.add_parser("draft", parents=common, help="draft the job for a batch")
+    p.add_argument("batch", nargs="?", help=BATCH_HELP)
+    p.add_argument("--mode", choices=["full", "lora"], help="default: the plan's mode")
+    p.add_argument("--backend", choices=["local", "hf-jobs"], default="local",
+                   help="where the job runs (default local)")
     p.add_argument("--kind", choices=["train", "inspect"], default="train",
                    help="inspect: the inspector as an HF Job (needs --backend hf-jobs)")
-    p.add_argument("--flavor")
-    p.add_argument("--timeout")
+    p.add_argument("--flavor", metavar="FLAVOR", help="hf-jobs hardware, e.g. a10g-large, "
+                   "t4-medium (default: the plan's job.flavor)")
+    p.add_argument("--timeout", metavar="DURATION", help="job timeout, e.g. 2h or 90m "
+                   "(default: the plan's job.timeout)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a hyperparameter (repeatable)")
+                   help="override a hyperparameter, e.g. learning_rate=1e-5 (repeatable)")
 
-    p = sub.add_parser("operator", parents=[common], help="operator key management")
+    p = sub.add_parser("operator", help="operator key management")
     op = p.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
-    p = op.add_parser("init", parents=[common], help="create the operator's Ed25519 key pair")
-    p.add_argument("--name", default="operator")
-    p.add_argument("--config-dir", type=Path, help="default: $XDG_CONFIG_HOME/tunestep/operator")
+    p = op.add_parser("init", help="create the operator's Ed25519 key pair",
+                      description="Create your key pair once; the private key is "
+                      "passphrase-encrypted (at least 12 characters), mode 0600.")
+    p.add_argument("--name", default="operator",
+                   help="key name, also the operator name in approvals (default operator)")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="where the keys go (default $XDG_CONFIG_HOME/tunestep/operator)")
+    p.add_argument("--json", action="store_true", help="print where the keys went as JSON")
 
-    p = sub.add_parser("approve", parents=[common], help="review a stored draft and sign it")
-    p.add_argument("draft_id")
-    p.add_argument("--name", default="operator", help="operator name (key file name)")
-    p.add_argument("--key", type=Path, help="private key path (default: the config dir)")
+    p = sub.add_parser("approve", parents=common, help="review a stored draft and sign it")
+    p.add_argument("draft_id", help="the draft to approve, e.g. draft-3f9a0c1d2e4b (from "
+                   "tunestep draft or the assistant)")
+    p.add_argument("--name", help="which operator key signs (default: the only key, or the "
+                   "one operator init made the default)")
+    p.add_argument("--key", type=Path, metavar="PATH",
+                   help="a private key file instead of one from the key folder")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
     p.add_argument("--ttl", default="1h", help="how long the token stays valid (default 1h)")
     p.add_argument("--yes", action="store_true", help="skip the confirmation question")
 
-    p = sub.add_parser("submit", parents=[common], help="submit an approved draft")
-    p.add_argument("draft_id")
+    p = sub.add_parser("submit", parents=common, help="submit an approved draft")
+    p.add_argument("draft_id", help="the approved draft, e.g. draft-3f9a0c1d2e4b")
     p.add_argument("token", help="the approval token, or - to read it from stdin")
-    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY")
+    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
+                   help="trusted operator public key (repeatable); also "
+                   "$TUNESTEP_OPERATOR_KEYS")
 
-    p = sub.add_parser("status", parents=[common], help="a job's status, or the recent jobs")
-    p.add_argument("job_id", nargs="?")
+    p = sub.add_parser("status", parents=common, help="a job's status, or the recent jobs")
+    p.add_argument("job_id", nargs="?", help="the job, e.g. job-5b1c2d3e4f60 (default: list "
+                   "the recent jobs)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the job to end")
 
-    p = sub.add_parser("logs", parents=[common], help="the tail of a job's log")
-    p.add_argument("job_id")
-    p.add_argument("--tail", type=int, default=50)
+    p = sub.add_parser("logs", parents=common, help="the tail of a job's log")
+    p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
+    p.add_argument("--tail", type=int, default=50, metavar="LINES",
+                   help="how many of the last lines (1-5000, default 50)")
 
-    p = sub.add_parser("cancel", parents=[common], help="cancel a running job")
-    p.add_argument("job_id")
+    p = sub.add_parser("cancel", parents=common, help="cancel a running job")
+    p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
 
     p = sub.add_parser("demo", help="run the whole path on a sample workspace and tiny model")
     p.add_argument("--path", default=".demo", help="folder for the demo workspace and store")

@@ -28,7 +28,9 @@ def renderer(kind: type) -> Callable:
     return register
 
 
-def render(console: Console, result: BaseModel, as_json: bool) -> None:
+def render(console: Console, result: BaseModel, as_json: bool, *,
+           approving: bool = False) -> None:
+    """Print ``result``; ``approving``: the screen `tunestep approve` shows before signing."""
     if as_json:
         # print() not console.print(): JSON must reach a pipe byte-exact, unwrapped.
         print(result.model_dump_json(indent=2))
@@ -36,7 +38,10 @@ def render(console: Console, result: BaseModel, as_json: bool) -> None:
     register_domain_renderers()
     for kind in type(result).__mro__:
         if kind in _RENDERERS:
-            _RENDERERS[kind](console, result)
+            if approving and _RENDERERS[kind] is render_draft:
+                render_draft(console, result, approving=True)
+            else:
+                _RENDERERS[kind](console, result)
             return
     render_generic(console, result)
 
@@ -109,9 +114,9 @@ def render_inspection(console: Console, report) -> None:
         console.print(f"next: {action}")
 
 
-def render_draft(console: Console, draft) -> None:
+def render_draft(console: Console, draft, approving: bool = False) -> None:
     if draft.kind == "inspect":
-        return render_inspect_draft(console, draft)
+        return render_inspect_draft(console, draft, approving)
     cfg, est = draft.job_config, draft.estimate
     hp = cfg["hyperparameters"]
     console.print(f"[bold]{draft.draft_id}[/]  step {draft.step} ({draft.batch}), "
@@ -126,7 +131,7 @@ def render_draft(console: Console, draft) -> None:
     console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
                   f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
                   f"{est.suggested_timeout}")
-    _draft_warnings_and_approval(console, draft)
+    _draft_warnings_and_approval(console, draft, approving)
 
 
 def _draft_files(console: Console, draft) -> None:
@@ -136,13 +141,14 @@ def _draft_files(console: Console, draft) -> None:
     console.print(files)
 
 
-def _draft_warnings_and_approval(console: Console, draft) -> None:
+def _draft_warnings_and_approval(console: Console, draft, approving: bool) -> None:
     for warning in draft.warnings:
         console.print(f"[yellow]warning[/] {warning}")
-    console.print(f"approve  {draft.approve_command}")
+    if not approving:  # on the approval screen the operator is running this already
+        console.print(f"approve  {draft.approve_command}")
 
 
-def render_inspect_draft(console: Console, draft) -> None:
+def render_inspect_draft(console: Console, draft, approving: bool = False) -> None:
     est, sub = draft.estimate, draft.submission
     console.print(f"[bold]{draft.draft_id}[/]  remote inspection of "
                   f"{draft.job_config['path']} (step {draft.step}) on [bold]{draft.backend}[/]")
@@ -151,7 +157,7 @@ def render_inspect_draft(console: Console, draft) -> None:
     console.print(f"estimate {est.rows} rows, ~{est.minutes:g} min, [bold]${est.usd:.4f}[/] "
                   f"on {est.flavor} (at most ${est.max_usd:.4f}); timeout "
                   f"{sub.timeout_seconds} s")
-    _draft_warnings_and_approval(console, draft)
+    _draft_warnings_and_approval(console, draft, approving)
 
 
 def render_job(console: Console, status) -> None:

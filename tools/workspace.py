@@ -18,6 +18,10 @@ from tunestep.tools.errors import TunestepError
 
 WORKSPACE_ENV = "TUNESTEP_WORKSPACE"
 STATE_DIR = ".tunestep"
+# What makes a folder a workspace (any one): the plan, the ledger folder, or the default
+# batch folder of a workspace that has no plan yet. Checked before anything is written, so
+# a command run in the wrong folder leaves no ledger behind (.specs/layout.md).
+WORKSPACE_MARKERS = (".specs/training/plan.md", STATE_DIR, "datasets/incremental")
 
 
 class Workspace(BaseModel):
@@ -56,6 +60,32 @@ def open_workspace(path: str | Path | None = None) -> Workspace:
             "workspace_missing", "the workspace folder does not exist", path=str(root)
         )
     return Workspace(root=root.resolve())
+
+
+def is_workspace(root: Path) -> bool:
+    return any((Path(root) / marker).exists() for marker in WORKSPACE_MARKERS)
+
+
+def find_workspace(path: str | Path | None = None) -> Workspace:
+    """``open_workspace``, refusing a folder that is not a workspace (nothing is written).
+
+    The CLI and the server use this: a command run in the wrong folder must not create
+    a ledger there. ``open_workspace`` stays lenient for callers that build one.
+    """
+    source = "--workspace" if path else (WORKSPACE_ENV if os.environ.get(WORKSPACE_ENV)
+                                         else "the current folder")
+    try:
+        ws = open_workspace(path)
+    except TunestepError as exc:
+        raise TunestepError(exc.code, f"{exc.message} (from {source}); give the workspace "
+                            f"with --workspace DIR or {WORKSPACE_ENV}", path=exc.path) from None
+    if not is_workspace(ws.root):
+        raise TunestepError(
+            "workspace_not_found",
+            f"{ws.root} (from {source}) is not a tunestep workspace: it has none of "
+            f"{', '.join(WORKSPACE_MARKERS)}; give the workspace with --workspace DIR or "
+            f"{WORKSPACE_ENV}=DIR")
+    return ws
 
 
 def check_relative(relative: str | Path) -> PurePosixPath:

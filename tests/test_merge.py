@@ -160,7 +160,7 @@ def test_file_writes_rows_in_order_with_a_manifest(ws):
     ranges = [(s["path"], s["first_line"], s["last_line"]) for s in manifest["sources"]]
     assert ranges[0] == (TRAIN, 1, 30) and ranges[-1][1:] == (51, 60)
     assert all(s["sha256"] for s in manifest["sources"])
-    assert manifest["replay"]["mode"] == "off" and manifest["dedup"]["dropped"] == []
+    assert manifest["replay"]["mode"] == "fresh_start" and manifest["dedup"]["dropped"] == []
     assert manifest["holdout"]["path"] == HOLDOUT
     # The hold-out set is never a source.
     assert HOLDOUT not in [s["path"] for s in manifest["sources"]]
@@ -310,7 +310,13 @@ def test_a_refused_batch_is_asked_again_every_time(ws, inspector):
 # Replay
 
 
-def test_replay_samples_earlier_rows_with_the_seed(ws):
+@pytest.fixture
+def resuming(monkeypatch):
+    """A trained checkpoint to resume from (the replay regime samples only then)."""
+    monkeypatch.setattr(merge, "resumes", lambda ws, plan: plan.data.regime != "from_base")
+
+
+def test_replay_samples_earlier_rows_with_the_seed(ws, resuming):
     set_plan(ws, merge_strategy="file", replay_fraction=0.25)
     result = merge.merge_datasets(ws, "batch_10_03")
     # Earlier: base 30 + batch 1 + batch 2 = 50 rows; a quarter of them, then batch 3 whole.
@@ -334,19 +340,69 @@ def test_replay_samples_earlier_rows_with_the_seed(ws):
     assert orjson.loads((ws.root / MANIFEST).read_bytes())["replay"]["selected"] != selected
 
 
-def test_replay_leaves_the_first_batch_whole_and_needs_strategy_file(ws):
+def test_replay_leaves_the_first_batch_and_a_fresh_start_whole(ws, monkeypatch):
     set_plan(ws, merge_strategy="file", replay_fraction=0.5)
     first = merge.merge_datasets(ws, "batch_10_01")
     assert first.replay.mode == "nothing_earlier" and first.rows == 40
-    with pytest.raises(TunestepError) as err:
-        merge.merge_datasets(ws, "batch_10_03", strategy="list")
-    assert err.value.code == "replay_needs_file"
+    fresh = merge.merge_datasets(ws, "batch_10_03")  # no trained checkpoint in this store
+    assert fresh.replay.mode == "fresh_start" and fresh.rows == 60
 
 
-def test_replay_one_is_the_full_cumulative_set(ws):
+def test_replay_one_is_the_full_cumulative_set(ws, resuming):
     set_plan(ws, merge_strategy="file", replay_fraction=1.0)
     full = merge.merge_datasets(ws, "batch_10_03")
     assert full.replay.sampled_rows == 50 and full.rows == 60
+
+
+def _grade_of(row: dict) -> str:
+    import re
+
+    return re.search(r"(?i)grade\s*[:=]\s*(\d+)", row["messages"][-1]["content"]).group(1)
+
+
+@pytest.mark.parametrize("strategy", ["list", "file"])
+def test_each_regime_trains_its_row_counts(ws, resuming, strategy):
+    """replay: new batch + a stratified share of earlier rows; cumulative and from_base:
+    every row (from_base does not resume, so the replay regime's sampling is off too)."""
+    set_plan(ws, merge_strategy=strategy, replay_fraction=0.4, regime="replay")
+    replay = merge.step_datasets(ws, "batch_10_03", write=True)
+    assert (replay.replay.mode, replay.replay.earlier_rows, replay.replay.sampled_rows) == \
+        ("sampled", 50, 20)
+    assert replay.rows == 30 and sum(f.rows for f in replay.train_files) == 30
+    per_source = {f.part: len(f.selected) if f.selected is not None else f.rows
+                  for f in replay.sources}
+    # Stratified: each source keeps about 0.4 of its rows (30 -> 12, 10 -> 4, 10 -> 4).
+    assert per_source == {"base": 12, "batch_10_01": 4, "batch_10_02": 4, "batch_10_03": 10}
+    if strategy == "list":
+        # The sample is a file of its own; the new batch goes to the job untouched.
+        assert replay.replay_file == "datasets/processed_webdev_coding/replay/batch_10_03.jsonl"
+        assert replay.train_files[0].path == replay.replay_file
+        sample = jsonl_rows(ws.root / replay.replay_file)
+        assert len(sample) == 20
+        manifest = orjson.loads(
+            (ws.root / "datasets/processed_webdev_coding/replay/batch_10_03.manifest.json"
+             ).read_bytes())
+        assert sum(s["rows_out"] for s in manifest["sources"]) == 20
+        # Grades keep their shares in the base set's sample (largest remainder per stratum).
+        base = jsonl_rows(ws.root / TRAIN)
+        chosen = [base[line - 1] for line in manifest["sources"][0]["lines"]]
+        for grade in {_grade_of(r) for r in base}:
+            share = sum(_grade_of(r) == grade for r in base) * 0.4
+            assert abs(sum(_grade_of(r) == grade for r in chosen) - share) < 1.0 + 1e-9
+        # Without write, a changed sample file is refused, not silently used.
+        (ws.root / replay.replay_file).write_bytes(b"")
+        with pytest.raises(TunestepError) as err:
+            merge.step_datasets(ws, "batch_10_03")
+        assert err.value.code == "replay_stale"
+    for regime in ("cumulative", "from_base"):
+        set_plan(ws, regime=regime)
+        if strategy == "file":
+            merge.merge_datasets(ws, "batch_10_03")
+        every = merge.step_datasets(ws, "batch_10_03", write=True)
+        assert every.replay.mode == "off" and every.rows == 60
+        assert regime in every.replay.reason
+    originals = digests(ws, TRAIN, HOLDOUT)
+    assert originals == digests(ws, TRAIN, HOLDOUT)
 
 
 # ---------------------------------------------------------------------------------------

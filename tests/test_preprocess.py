@@ -199,9 +199,10 @@ def test_truncation_is_counted_and_cut_away_assistants_are_refused(ws, tiny_mode
     assert not (ws.root / TOKENIZED / "batch_10_01").exists()
 
 
-def test_strategy_file_tokenizes_the_merged_rows(tmp_path, tiny_model_dir):
+def test_strategy_file_tokenizes_the_merged_rows(tmp_path, tiny_model_dir, monkeypatch):
     from datasets import load_from_disk
 
+    monkeypatch.setattr(merge, "resumes", lambda ws, plan: True)  # replay samples when resuming
     ws = make_ws(tmp_path / "ws", tiny_model_dir,
                  data={"merge_strategy": "file", "replay_fraction": 0.3})
     merged = merge.merge_datasets(ws, "batch_10_03")

@@ -119,6 +119,16 @@ class InspectEstimate(BaseModel):
     warnings: list[str]
 
 
+class SourceUse(BaseModel):
+    """How many rows of one source the step trains, and why (the run plan's data table)."""
+
+    part: str  # "base" or the batch name
+    path: str
+    rows: int  # rows in the source
+    trained: int  # rows of it the job trains on
+    why: str
+
+
 class JobDraft(BaseModel):
     draft_id: str
     digest: str
@@ -134,14 +144,20 @@ class JobDraft(BaseModel):
     warnings: list[str]
     run_plan: str
     approve_command: str
+    regime: str | None = None  # train drafts: data.regime, and what it made of the sources
+    sources: list[SourceUse] = Field(default_factory=list)
 
 
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
-    """Compute the draft, store it in the ledger and write the run plan for the operator."""
+    """Compute the draft, store it in the ledger and write the run plan for the operator.
+
+    Derived data the step needs (a replay sample's file, the merged file of strategy
+    ``file``) is written here when missing; a recompute (approve, submit) only checks it.
+    """
     from tunestep.tools.run_plan import write_run_plan
 
     report = check_batch(ws, request.batch)
-    draft = build_draft(ws, request, report)
+    draft = build_draft(ws, request, report, write=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         conn.execute(
             "INSERT OR IGNORE INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
@@ -172,8 +188,10 @@ def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
     return build_draft(ws, stored.request, check_batch(ws, stored.batch))
 
 
-def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -> JobDraft:
-    """The draft for the request against the workspace as it is now (no writes)."""
+def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *,
+                write: bool = False) -> JobDraft:
+    """The draft for the request against the workspace as it is now (no writes unless
+    ``write``: then the step's derived data files are written when missing)."""
     from tunestep.tools.merge import step_datasets
 
     if request.kind == "inspect":
@@ -184,7 +202,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -
         listed = "; ".join(f"{p.code}: {p.message}" for p in errors) or "no batch"
         raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}")
     _check_overrides(request.overrides)
-    data = step_datasets(ws, report.batch,
+    data = step_datasets(ws, report.batch, write=write,
                          max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]
     mode = request.mode or plan.mode
     backend = request.backend
@@ -203,7 +221,11 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -
                   for f in data.tokenized_files]
     files += [FileRef(role="script", path=name, sha256=sha256_file(JOBS_DIR / name))
               for name in JOB_FILES]
-    start = _starting_point(ws, plan, mode)
+    if plan.data.regime == "from_base":  # every row from the base model: nothing compounds
+        start = {"base_model": plan.model, "resume_from": None, "warnings": [
+            "regime from_base: the step retrains from the base model on every row"]}
+    else:
+        start = _starting_point(ws, plan, mode)
     config = _job_config(plan, request, report, files, mode, start, backend,
                          data.tokenized_dir)
     submission = None
@@ -230,7 +252,27 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport) -
         submission=submission, estimate=estimate,
         warnings=list(estimate.warnings) + start["warnings"],
         run_plan=plan.paths.run_plan,
-        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}")
+        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}",
+        regime=plan.data.regime, sources=source_uses(data))
+
+
+def source_uses(data) -> list[SourceUse]:
+    """Rows trained per source, and the reason, from the step's selection."""
+    uses = []
+    for f in data.sources:
+        trained = f.rows if f.selected is None else len(f.selected)
+        if f.part == data.batch:
+            why = "the new batch, in full"
+        elif data.replay.mode == "sampled":
+            why = f"replay sample ({data.replay.fraction:g}, by source and grade)"
+        else:
+            why = data.replay.reason
+        if f.selected is not None and trained < f.rows and data.duplicates_dropped and \
+                not (data.replay.mode == "sampled" and f.part != data.batch):
+            why += f"; {f.rows - trained} duplicate(s) dropped"
+        uses.append(SourceUse(part=f.part, path=f.path, rows=f.rows, trained=trained,
+                              why=why))
+    return uses
 
 
 def _check_overrides(overrides: dict[str, Any]) -> None:

@@ -14,11 +14,19 @@ Two ways to hand that data to the job (``data.merge_strategy``):
   beside it: every source with its sha256 and row range in the output, the duplicates
   dropped (``data.dedup``), the replay sample. The job gets that one file.
 
-Replay (``data.replay_fraction``, strategy ``file`` only): 0 means off, the step trains on
-everything up to the current batch. Above 0 the step trains on its own batch in full plus
-that share of the earlier rows (base + earlier batches, after dedup), sampled with
-``training.seed``: the earlier steps already trained on those, replay keeps some of them in
-view against forgetting. The first batch has nothing earlier; it trains on base + itself.
+The regime (``data.regime``) decides which rows a step trains on:
+
+- ``replay`` (default): when the step resumes from trained weights, the new batch in full
+  plus ``data.replay_fraction`` of the earlier rows (base + earlier batches, after dedup),
+  sampled per stratum (source x grade) with ``training.seed``, so each source and each
+  grade keeps its share: the earlier steps already trained on those rows, and replaying a
+  sample keeps them in view against forgetting without giving them 3 more epochs each
+  step. A fresh start (nothing trained to resume from) or the first batch trains on
+  everything. Strategy ``file`` puts the sample into the merged file; strategy ``list``
+  writes it as one file of its own under ``paths.replay`` (``<batch>.jsonl`` plus a
+  manifest) and hands the job that file and the new batch's files, untouched.
+- ``cumulative``: every row again, from the previous weights (the old behaviour).
+- ``from_base``: every row, from the base model (draft_job sets no resume point).
 .specs/data_pipeline.md is the long form.
 """
 
@@ -28,6 +36,7 @@ import contextlib
 import hashlib
 import io
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,12 +50,14 @@ from tunestep.tools.atomic import atomic_open, atomic_write_bytes
 from tunestep.tools.datafiles import check_batch_name, list_data_files
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json, sha256_file, sha256_json
+from tunestep.tools.model_store import trained_checkpoint
 from tunestep.tools.plan import LoadedPlan, Plan, load_plan
 from tunestep.tools.preflight import BatchInfo, discover_batches, pinned_validation
 from tunestep.tools.workspace import Workspace
 
 Progress = Callable[[int, int | None, str], None]
 Strategy = Literal["list", "file"]
+Regime = Literal["replay", "cumulative", "from_base"]
 
 STRATEGIES: tuple[str, ...] = ("list", "file")
 BASE_PART = "base"  # the part name of the base training set (batch names match a pattern)
@@ -91,11 +102,16 @@ class TokenizedFile(BaseModel):
 
 
 class ReplayInfo(BaseModel):
-    mode: Literal["off", "nothing_earlier", "sampled"]
+    # off: regime cumulative/from_base; nothing_earlier: the first batch; fresh_start:
+    # nothing trained to resume from; sampled: the earlier rows were sampled.
+    mode: Literal["off", "nothing_earlier", "fresh_start", "sampled"]
     fraction: float
     seed: int
+    regime: Regime = "replay"
     earlier_rows: int = 0  # earlier rows after dedup, the population sampled from
     sampled_rows: int = 0
+    strata: int = 0  # (source, grade) groups sampled from
+    reason: str = ""  # why the step trains the rows it trains, in one sentence
 
 
 class HoldoutInfo(BaseModel):
@@ -121,6 +137,7 @@ class StepDatasets(BaseModel):
     holdout: HoldoutInfo
     digest: str  # over sources, their hashes and selections, hold-out, options
     merged: str | None = None  # strategy file: the merged file, fresh for this digest
+    replay_file: str | None = None  # strategy list + sampled replay: the sample's own file
     tokenized_dir: str | None = None  # a tokenized dataset matching these rows, if any
     tokenized_key: str | None = None
     tokenized_files: list[TokenizedFile] = Field(default_factory=list)
@@ -374,13 +391,24 @@ def _holdout_keys(ws: Workspace, rel: str) -> dict[Any, int]:
     return keys
 
 
+def resumes(ws: Workspace, plan: Plan) -> bool:
+    """Whether a step would start from trained weights (not the base model)."""
+    if plan.data.regime == "from_base":
+        return False
+    store = ws.resolve_model_store(plan.model_link)
+    return trained_checkpoint(store, plan.model) is not None
+
+
 def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None = None,
                 dedup: bool | None = None, loaded: LoadedPlan | None = None,
-                progress: Progress | None = None) -> StepDatasets:
+                progress: Progress | None = None,
+                resuming: bool | None = None) -> StepDatasets:
     """The step's sources and the rows kept from each; reads every row, writes nothing.
 
-    ``train_files`` is filled for strategy ``list``; for ``file`` it is left empty, because
-    the merged file may not exist yet (``step_datasets`` and ``merge_datasets`` fill it).
+    ``train_files`` is filled for strategy ``list`` (whole files; a sampled replay's file is
+    added by ``step_datasets``); for ``file`` it is left empty, because the merged file may
+    not exist yet (``step_datasets`` and ``merge_datasets`` fill it). ``resuming`` (default:
+    asked of the model store) decides whether the replay regime samples.
     """
     loaded = loaded or load_plan(ws)
     plan = loaded.plan
@@ -390,11 +418,9 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
                             f"{', '.join(STRATEGIES)}")
     dedup = plan.data.dedup if dedup is None else dedup
     fraction = plan.data.replay_fraction
-    if strategy == "list" and fraction > 0:
-        raise TunestepError(
-            "replay_needs_file",
-            f"data.replay_fraction is {fraction}, but strategy 'list' hands the job whole files "
-            "and cannot sample rows: set data.merge_strategy: file, or the fraction to 0")
+    if resuming is None:
+        resuming = resumes(ws, plan)
+    grade_re = re.compile(plan.grade_pattern)
     with ledger.open_ledger(ws) as conn:
         batches = discover_batches(ws, loaded, ledger.trained_batches(conn))
         holdout_status = pinned_validation(ws, conn, plan.paths.validation)
@@ -424,6 +450,7 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     leaks: list[tuple[RowRef, int]] = []
     files: list[SourceFile] = []
     kept: list[list[int]] = []
+    grades: list[list[str | None]] = []  # per file, per row: the stratum's grade
     drop = dedup and strategy == "file"
     for source in sources:
         for rel in source.files:
@@ -431,6 +458,8 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
             data = path.read_bytes()
             rows = read_rows(path, rel, data)
             keep = []
+            grades.append([_grade(row, grade_re) for _, row in rows]
+                          if source.part != chosen.name else [])
             for index, (line, row) in enumerate(rows):
                 hit = holdout.get(row_key(row, normalize=True))
                 if hit is not None:
@@ -459,7 +488,8 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
             f"{shown}. Remove them from the training data; the hold-out set stays as it is.",
             path=leaks[0][0].path, line=leaks[0][0].line)
 
-    replay = _replay(files, kept, chosen.name, fraction, plan.training.seed, strategy)
+    replay = _replay(files, kept, grades, chosen.name, fraction, plan.training.seed,
+                     plan.data.regime, resuming)
     for source_file, keep in zip(files, kept, strict=True):
         if len(keep) != source_file.rows:
             source_file.selected = keep
@@ -473,7 +503,8 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     if duplicates and not drop:
         notes.append(f"{len(duplicates)} duplicate row(s) found and kept: strategy 'list' "
                      "copies nothing; strategy 'file' with data.dedup drops them")
-    train_files = ([TrainFile(path=f.path, sha256=f.sha256, rows=f.rows) for f in files]
+    train_files = ([TrainFile(path=f.path, sha256=f.sha256, rows=f.rows) for f in files
+                    if not (replay.mode == "sampled" and f.part != chosen.name)]
                    if strategy == "list" else [])
     if progress:
         progress(total, total, f"{rows} rows from {len(files)} file(s)")
@@ -484,28 +515,74 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
         digest=digest, notes=notes)
 
 
-def _replay(files: list[SourceFile], kept: list[list[int]], current: str, fraction: float,
-            seed: int, strategy: str) -> ReplayInfo:
-    """Sample the earlier rows in place (``kept`` is narrowed); current batch untouched."""
+def _grade(row: Any, pattern: re.Pattern) -> str | None:
+    """The grade in a row's last assistant answer (a replay stratum), or None."""
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            found = pattern.search(str(message.get("content") or ""))
+            return found.group(1) if found else None
+    return None
+
+
+def _shares(total: int, sizes: dict) -> dict:
+    """``total`` split over groups in proportion to their sizes, by the largest remainder
+    (ties in key order), so the parts add up to ``total`` exactly."""
+    whole = sum(sizes.values())
+    if whole == 0:
+        return dict.fromkeys(sizes, 0)
+    keys = sorted(sizes)
+    exact = {k: total * sizes[k] / whole for k in keys}
+    take = {k: int(exact[k]) for k in keys}
+    rest = total - sum(take.values())
+    for k in sorted(keys, key=lambda k: (-(exact[k] - take[k]), keys.index(k)))[:rest]:
+        take[k] += 1
+    return take
+
+
+def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[str | None]],
+            current: str, fraction: float, seed: int, regime: str,
+            resuming: bool) -> ReplayInfo:
+    """Sample the earlier rows in place (``kept`` is narrowed); current batch untouched.
+
+    Stratified in two levels, each rounded by the largest remainder: the sample's size,
+    round(fraction x earlier rows), is shared out over the sources by their size, then each
+    source's share over its grades; rows are then drawn within each (source, grade) group
+    with one seeded generator, in a fixed group order.
+    """
     earlier = [i for i, f in enumerate(files) if f.part != current]
-    has_earlier_batch = any(files[i].part != BASE_PART for i in earlier)
-    if strategy != "file" or fraction == 0:
-        return ReplayInfo(mode="off", fraction=fraction, seed=seed)
-    if not has_earlier_batch:
+    population = sum(len(kept[i]) for i in earlier)
+    info = {"fraction": fraction, "seed": seed, "regime": regime, "earlier_rows": population}
+    if regime == "cumulative":
+        return ReplayInfo(mode="off", **info, reason="regime cumulative: every row again, "
+                          "from the previous weights")
+    if regime == "from_base":
+        return ReplayInfo(mode="off", **info, reason="regime from_base: every row, from the "
+                          "base model")
+    if not any(files[i].part != BASE_PART for i in earlier):
         # The first batch: nothing was trained before it, so the base set is new data too.
-        return ReplayInfo(mode="nothing_earlier", fraction=fraction, seed=seed)
-    population = [(i, row) for i in earlier for row in kept[i]]
-    count = round(fraction * len(population))
-    # Sorted positions keep the sampled rows in their original order in the output.
-    chosen = sorted(random.Random(seed).sample(range(len(population)), count))
-    narrowed: dict[int, list[int]] = {i: [] for i in earlier}
-    for position in chosen:
-        file_index, row = population[position]
-        narrowed[file_index].append(row)
+        return ReplayInfo(mode="nothing_earlier", **info,
+                          reason="the first batch: the base set is new data too, every row")
+    if not resuming:
+        return ReplayInfo(mode="fresh_start", **info, reason="no trained checkpoint to "
+                          "resume from: a fresh start trains every row")
+    count = round(fraction * population)
+    per_source = _shares(count, {i: len(kept[i]) for i in earlier})
+    rng = random.Random(seed)
+    strata = 0
     for i in earlier:
-        kept[i] = narrowed[i]
-    return ReplayInfo(mode="sampled", fraction=fraction, seed=seed,
-                      earlier_rows=len(population), sampled_rows=count)
+        groups: dict[str, list[int]] = {}
+        for row in kept[i]:
+            groups.setdefault(grades[i][row] or "", []).append(row)
+        strata += len(groups)
+        take = _shares(per_source[i], {g: len(rows) for g, rows in groups.items()})
+        chosen = [row for g in sorted(groups) for row in rng.sample(groups[g], take[g])]
+        kept[i] = sorted(chosen)  # the sampled rows keep their original order
+    return ReplayInfo(mode="sampled", **info, sampled_rows=count, strata=strata,
+                      reason=f"resuming: the new batch in full plus {fraction:g} of the "
+                      f"{population} earlier rows ({count}), stratified by source and grade")
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,18 +590,30 @@ def _replay(files: list[SourceFile], kept: list[list[int]], current: str, fracti
 
 
 def step_datasets(ws: Workspace, batch: str | None = None, *, max_length: int | None = None,
-                  progress: Progress | None = None) -> StepDatasets:
+                  progress: Progress | None = None, write: bool = False) -> StepDatasets:
     """The step's ordered training files with their sha256, per the plan's strategy.
 
     Strategy ``file`` requires a merged file that is fresh for the current sources and
-    options (run ``merge_datasets`` first). ``tokenized_dir`` names a tokenized dataset
-    made by ``preprocess`` that matches these rows, the tokenizer and ``max_length``
-    (default: the plan's); None when there is none, and the job then tokenizes itself.
+    options (``write`` writes it, as merge_datasets does). Strategy ``list`` with a sampled
+    replay hands the job the sample's own file: ``write`` writes it when it is missing or
+    differs (the draft does); without ``write`` a missing or different one is
+    ``replay_stale``.
+    ``tokenized_dir`` names a tokenized dataset made by ``preprocess`` that matches these
+    rows, the tokenizer and ``max_length`` (default: the plan's); None when there is none,
+    and the job then tokenizes itself.
     """
     loaded = load_plan(ws)
     step = select_rows(ws, batch, loaded=loaded, progress=progress)
+    if step.strategy == "list" and step.replay.mode == "sampled":
+        replay = replay_file(ws, loaded.plan, step, write=write)
+        step.replay_file = replay.path
+        step.train_files = [replay, *step.train_files]
     if step.strategy == "file":
         merged = _fresh_merge(ws, loaded.plan, step)
+        if merged is None and write:
+            merged, cached = _ensure_merged(ws, loaded.plan, step, progress)
+            if not cached:
+                _audit_merge(ws, loaded.plan.paths.merged, step, merged)
         if merged is None:
             raise TunestepError(
                 "merge_stale", "strategy 'file': the merged file is missing or was made from "
@@ -538,6 +627,72 @@ def step_datasets(ws: Workspace, batch: str | None = None, *, max_length: int | 
     if found is not None:
         step.tokenized_dir, step.tokenized_key, step.tokenized_files = found
     return step
+
+
+# ---------------------------------------------------------------------------------------
+# The replay sample's own file (strategy list)
+
+
+def replay_path(plan: Plan, batch: str) -> str:
+    return f"{plan.paths.replay}/{batch}.jsonl"
+
+
+def _replay_bytes(ws: Workspace, step: StepDatasets) -> tuple[bytes, list[dict]]:
+    """The sampled earlier rows as JSONL, and where each came from (source, lines)."""
+    chunks: list[bytes] = []
+    sources = []
+    for source in step.sources:
+        if source.part == step.batch:
+            continue
+        path = ws.resolve(source.path)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != source.sha256:
+            raise TunestepError("data_changed", "the file changed while sampling; draft "
+                                "again", path=source.path)
+        rows = read_rows(path, source.path, data)
+        chosen = range(len(rows)) if source.selected is None else source.selected
+        chunks += [orjson.dumps(rows[i][1]) + b"\n" for i in chosen]
+        sources.append({"path": source.path, "sha256": source.sha256, "part": source.part,
+                        "rows_in": source.rows, "rows_out": len(chosen),
+                        "lines": [rows[i][0] for i in chosen]})
+    return b"".join(chunks), sources
+
+
+def replay_file(ws: Workspace, plan: Plan, step: StepDatasets, *, write: bool) -> TrainFile:
+    """The replay sample of a strategy-list step as its own JSONL, plus a manifest beside it.
+
+    The originals stay as they are; the sample is a derived file, written atomically and
+    only when it differs. Without ``write`` it must already be there and match.
+    """
+    rel = replay_path(plan, step.batch)
+    out = ws.resolve(rel)
+    data, sources = _replay_bytes(ws, step)
+    sha = hashlib.sha256(data).hexdigest()
+    rows = sum(s["rows_out"] for s in sources)
+    current = sha256_file(out) if out.is_file() else None
+    if current != sha:
+        if not write:
+            raise TunestepError("replay_stale", "the replay sample of this step is missing or "
+                                "was made from other data; draft the step again", path=rel)
+        protected = {ws.resolve(f.path) for f in step.sources} | {
+            ws.resolve(plan.paths.validation)}
+        if out in protected:
+            raise TunestepError("merge_target", "paths.replay points at a source or the "
+                                "hold-out set; it must be a folder of its own", path=rel)
+        with data_lock(ws):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out, data)
+            manifest = {"manifest_version": MANIFEST_VERSION, "key": step.digest,
+                        "batch": step.batch, "output": {"path": rel, "sha256": sha,
+                                                        "rows": rows},
+                        "replay": step.replay.model_dump(), "sources": sources}
+            atomic_write_bytes(manifest_path(out),
+                               orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+        with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            ledger.audit(conn, "merge.write", rel, detail={
+                "batch": step.batch, "rows": rows, "sha256": sha, "digest": step.digest,
+                "replay": step.replay.mode})
+    return TrainFile(path=rel, sha256=sha, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -623,28 +778,23 @@ def merge_datasets(ws: Workspace, batch: str | None = None, strategy: str | None
                        progress=progress)
     shown = step.duplicates[:SHOWN]
     if step.strategy == "list":
+        train_files = step.train_files
+        if step.replay.mode == "sampled":
+            train_files = [replay_file(ws, plan, step, write=True), *train_files]
         sources = [MergeSource(path=f.path, sha256=f.sha256, part=f.part, origin=f.origin,
-                               rows_in=f.rows, rows_out=f.rows) for f in step.sources]
+                               rows_in=f.rows,
+                               rows_out=f.rows if f.selected is None else len(f.selected))
+                   for f in step.sources]
         result = MergeResult(
             batch=step.batch, step=step.step, strategy="list", cached=False, rows=step.rows,
-            train_files=step.train_files, sources=sources,
+            train_files=train_files, sources=sources,
             duplicate_count=step.duplicate_count, duplicates_dropped=False, duplicates=shown,
             replay=step.replay, holdout=step.holdout, notes=step.notes,
             seconds=time.monotonic() - started)
-        return result  # nothing written, so nothing to audit
+        return result  # the whole files are the data; a replay sample audited its own write
 
     out = ws.resolve(plan.paths.merged)
-    protected = {ws.resolve(f.path) for f in step.sources} | {ws.resolve(plan.paths.validation)}
-    if out in protected:
-        raise TunestepError("merge_target", "paths.merged points at a source or the hold-out "
-                            "set; it must be a file of its own", path=plan.paths.merged)
-    with data_lock(ws):
-        remove_leftovers(out.parent, out.name)
-        remove_leftovers(out.parent, manifest_path(out).name)
-        manifest = _fresh_merge(ws, plan, step)
-        cached = manifest is not None
-        if manifest is None:
-            manifest = _write_merged(ws, out, step, progress)
+    manifest, cached = _ensure_merged(ws, plan, step, progress)
     sources = [MergeSource(**{k: s[k] for k in MergeSource.model_fields})
                for s in manifest["sources"]]
     train = TrainFile(path=plan.paths.merged, sha256=manifest["output"]["sha256"],
@@ -659,6 +809,24 @@ def merge_datasets(ws: Workspace, batch: str | None = None, strategy: str | None
     if not cached:
         _audit(ws, result, step.digest)
     return result
+
+
+def _ensure_merged(ws: Workspace, plan: Plan, step: StepDatasets,
+                   progress: Progress | None) -> tuple[dict, bool]:
+    """The merged file's manifest, writing the file first unless it is fresh (cached)."""
+    out = ws.resolve(plan.paths.merged)
+    protected = {ws.resolve(f.path) for f in step.sources} | {ws.resolve(plan.paths.validation)}
+    if out in protected:
+        raise TunestepError("merge_target", "paths.merged points at a source or the hold-out "
+                            "set; it must be a file of its own", path=plan.paths.merged)
+    with data_lock(ws):
+        remove_leftovers(out.parent, out.name)
+        remove_leftovers(out.parent, manifest_path(out).name)
+        manifest = _fresh_merge(ws, plan, step)
+        cached = manifest is not None
+        if manifest is None:
+            manifest = _write_merged(ws, out, step, progress)
+    return manifest, cached
 
 
 def _write_merged(ws: Workspace, out: Path, step: StepDatasets,
@@ -710,6 +878,14 @@ def _write_merged(ws: Workspace, out: Path, step: StepDatasets,
     atomic_write_bytes(manifest_path(out),
                        orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     return manifest
+
+
+def _audit_merge(ws: Workspace, rel: str, step: StepDatasets, manifest: dict) -> None:
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        ledger.audit(conn, "merge.write", rel, detail={
+            "batch": step.batch, "rows": manifest["output"]["rows"],
+            "sha256": manifest["output"]["sha256"], "digest": step.digest,
+            "duplicates": step.duplicate_count, "replay": step.replay.mode})
 
 
 def _audit(ws: Workspace, result: MergeResult, digest: str) -> None:

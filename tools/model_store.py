@@ -45,6 +45,20 @@ def latest_checkpoint(store: Path) -> Path | None:
     return versions[-1] if versions else None
 
 
+def trained_checkpoint(store: Path, base: str) -> Path | None:
+    """The latest checkpoint when it holds trained weights, i.e. a step would resume.
+
+    None when the store has no checkpoint, or when its latest is the base model itself
+    (a fresh store whose first version is the base).
+    """
+    latest = latest_checkpoint(store) if store.is_dir() else None
+    if latest is None:
+        return None
+    if Path(base).exists() and latest.resolve() == Path(base).resolve():
+        return None
+    return latest
+
+
 def list_versions(store: Path) -> list[Path]:
     folder = store / "versions"
     if not folder.is_dir():

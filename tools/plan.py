@@ -50,6 +50,7 @@ class Paths(_Section):
     incremental: str = "datasets/incremental"
     mapped: str = "datasets/processed_webdev_coding_mapped"
     merged: str = "datasets/processed_webdev_coding/merged_train.jsonl"
+    replay: str = "datasets/processed_webdev_coding/replay"  # the replay sample per batch
     tokenized: str = "datasets/tokenized"
     models: str = "models"
     logs: str = "logs"
@@ -130,6 +131,8 @@ class Training(_Section):
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "fp16"
     save_total_limit: int = Field(3, ge=1)
     seed: int = 42
+    # A short warmup keeps the first updates of a resumed model from undoing earlier steps.
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
 
 
 class Lora(_Section):
@@ -161,7 +164,14 @@ class Hub(_Section):
 class Data(_Section):
     merge_strategy: Literal["list", "file"] = "list"
     dedup: bool = True
-    replay_fraction: float = Field(0.0, ge=0, le=1)
+    # replay: the new batch plus a stratified sample of earlier rows (when resuming);
+    # cumulative: every row again, from the previous weights; from_base: every row, from
+    # the base model. See .specs/data_pipeline.md.
+    regime: Literal["replay", "cumulative", "from_base"] = "replay"
+    replay_fraction: float = Field(0.2, ge=0, le=1)
+    # A row longer than training.max_length: drop it, shorten its user turn (the job keeps
+    # the whole answer), or refuse the step.
+    overlong: Literal["drop", "truncate_prompt", "error"] = "truncate_prompt"
     batch_pattern: str = r"^batch_\d+_(\d+)$"
 
     @field_validator("batch_pattern")
@@ -170,6 +180,27 @@ class Data(_Section):
         if _regex(value).groups != 1:
             raise ValueError("needs exactly one group capturing the step number")
         return value
+
+
+# The hold-out metrics the job computes before and after a step (tools/jobs); a gate may
+# name any of them. MAE is the one where lower is better.
+GATE_METRICS = ("grade_within_1", "grade_exact", "grade_mae", "parse_rate", "spearman",
+                "kappa")
+LOWER_IS_BETTER = frozenset({"grade_mae"})
+
+
+class Gate(_Section):
+    """Whether a finished step moves ``latest``: the promotion gate (approval_protocol.md).
+
+    The new version is promoted unless ``metric`` is worse than the previous version's by
+    more than ``max_regression`` (in the metric's own units; negative demands an
+    improvement). With ``require_significance`` the decision rests on the paired
+    comparison's 95 % interval rather than on the point estimate.
+    """
+
+    metric: Literal[GATE_METRICS] = "grade_within_1"  # type: ignore[valid-type]
+    max_regression: float = 0.0
+    require_significance: bool = True
 
 
 class Samples(_Section):
@@ -192,6 +223,7 @@ class Plan(_Section):
     hub: Hub = Field(default_factory=Hub)
     data: Data = Field(default_factory=Data)
     samples: Samples = Field(default_factory=Samples)
+    gate: Gate | None = Field(default_factory=Gate)  # null: every step moves latest
 
     @field_validator("grade_pattern")
     @classmethod

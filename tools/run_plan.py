@@ -37,6 +37,12 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     data = _table(["role", "file", "rows", "sha256"],
                   [[f.role, f"`{f.path}`", str(f.rows if f.rows is not None else ""),
                     f"`{f.sha256[:16]}`"] for f in draft.files])
+    if draft.sources:
+        data += (f"\n\nRegime **{draft.regime}**: rows trained per source, and why.\n\n"
+                 + _table(["source", "rows", "trained", "why"],
+                          [[f"`{u.path}`", str(u.rows), str(u.trained), u.why]
+                           for u in draft.sources]))
+        data += f"\n\n{sum(u.trained for u in draft.sources)} rows trained in all."
     hyper = _table(["key", "value"], [[k, f"`{v}`"] for k, v in hp.items()])
     lora = ""
     if cfg["lora"]:

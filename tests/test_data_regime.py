@@ -1,0 +1,82 @@
+"""data.regime in the draft: which rows of each source a resumed step trains, and why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import orjson
+import pytest
+
+from tunestep.tools import ledger
+from tunestep.tools.draft import DraftRequest, draft_job, load_draft, recompute
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.plan import load_plan, render_plan_document
+from tunestep.tools.preflight import check_batch
+
+TRAIN = "datasets/processed_webdev_coding/train.jsonl"
+REPLAY = "datasets/processed_webdev_coding/replay/batch_100_02.jsonl"
+
+
+def set_data(ws, **data) -> None:
+    plan = load_plan(ws).plan
+    updated = plan.model_copy(update={"data": plan.data.model_copy(update=data)})
+    (ws.root / ".specs/training/plan.md").write_text(render_plan_document(updated))
+
+
+@pytest.fixture
+def resumed_ws(model_ws):
+    """Step 1 trained: a version beside the base, latest on it, the step in the ledger."""
+    store = model_ws.resolve_model_store("models/qwen3_webdev")
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
+    (store / "latest").unlink()
+    os.symlink("versions/0001_batch_100_01", store / "latest")
+    with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO steps(step, batch, recorded_at) VALUES (1, 'batch_100_01', ?)",
+                     (time.time(),))
+    source = "datasets/incremental/batch_100_02"
+    apply_mapping(model_ws, source, suggest_mapping(model_ws, source).mapping)
+    return model_ws
+
+
+def test_replay_is_the_default_when_resuming(resumed_ws):
+    ws = resumed_ws
+    draft = draft_job(ws, DraftRequest())
+    assert draft.batch == "batch_100_02" and draft.regime == "replay"
+    assert draft.job_config["resume_from"].endswith("0001_batch_100_01")
+    # Earlier rows: base 200 + batch 1 100; 0.2 of them, shared by source size.
+    uses = {u.part: (u.rows, u.trained) for u in draft.sources}
+    assert uses == {"base": (200, 40), "batch_100_01": (100, 20), "batch_100_02": (100, 100)}
+    train = [(f.path, f.rows) for f in draft.files if f.role == "train"]
+    assert train[0] == (REPLAY, 60) and train[1][1] == 100 and len(train) == 2
+    assert draft.job_config["train_files"][0]["path"] == REPLAY
+    plan_md = (ws.root / draft.run_plan).read_text()
+    assert "Regime **replay**" in plan_md and "160 rows trained in all" in plan_md
+    assert "replay sample (0.2, by source and grade)" in plan_md
+    # The approval's recompute reads the sample file it wrote and finds it unchanged.
+    assert recompute(ws, load_draft(ws, draft.draft_id)).digest == draft.digest
+    (ws.root / REPLAY).write_bytes(b"{}\n")
+    with pytest.raises(TunestepError) as err:
+        recompute(ws, load_draft(ws, draft.draft_id))
+    assert err.value.code == "replay_stale"
+    manifest = orjson.loads((ws.root / REPLAY.replace(".jsonl", ".manifest.json")).read_bytes())
+    assert [s["rows_out"] for s in manifest["sources"]] == [40, 20]
+
+
+def test_cumulative_and_from_base_train_every_row(resumed_ws):
+    ws = resumed_ws
+    set_data(ws, regime="cumulative")
+    cumulative = draft_job(ws, DraftRequest())
+    assert sum(u.trained for u in cumulative.sources) == 400
+    assert cumulative.job_config["resume_from"].endswith("0001_batch_100_01")
+    assert cumulative.job_config["hyperparameters"]["learning_rate"] == 1e-3  # resume lr
+    set_data(ws, regime="from_base")
+    fresh = draft_job(ws, DraftRequest())
+    assert sum(u.trained for u in fresh.sources) == 400
+    assert fresh.job_config["resume_from"] is None
+    assert fresh.job_config["base_model"] == load_plan(ws).plan.model
+    assert fresh.job_config["hyperparameters"]["learning_rate"] == 3e-3  # the fresh lr
+    assert any("from_base" in w for w in fresh.warnings)
+    assert check_batch(ws).batch == "batch_100_02"

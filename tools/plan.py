@@ -66,6 +66,7 @@ class Paths(_Section):
 PATH_ROLES: dict[str, str] = {
     "paths.train": "input", "paths.validation": "hold-out", "paths.incremental": "input",
     "paths.mapped": "derived output", "paths.merged": "derived output",
+    "paths.replay": "derived output",
     "paths.tokenized": "derived output", "paths.models": "derived output",
     "paths.logs": "report", "paths.plots": "report", "paths.run_plan": "report",
     "plan": "plan", "state": "state",

@@ -20,6 +20,7 @@ from tunestep.tools.approval import (
 from tunestep.tools.draft import DraftRequest, draft_job, load_draft
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.job_control import cancel_job, job_logs, job_status, wait_for_job
+from tunestep.tools.jobs import JOB_FILES
 from tunestep.tools.model_store import latest_checkpoint
 from tunestep.tools.submit import submit_job
 
@@ -216,7 +217,7 @@ def test_hf_jobs_submission_sends_the_approved_bundle(tmp_path, tiny_model_dir, 
     committed = repo.tree(repo.head)
     prefix = f"steps/{draft.draft_id}/"
     names = {p.removeprefix(prefix) for p in committed if p.startswith(prefix)}
-    assert {"train_sft.py", "sft_data.py", "job.json", "data/validation.jsonl"} <= names
+    assert {*JOB_FILES, "job.json", "data/validation.jsonl"} <= names  # every job module
     assert committed[prefix + "data/validation.jsonl"] == (
         ws.root / "datasets/processed_webdev_coding/validation.jsonl").read_bytes()
 

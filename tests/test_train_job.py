@@ -27,7 +27,7 @@ from tunestep.tools.jobs import sft_data, train_sft
 
 fake_hub = hub_stub.fake_hub  # the loopback Hub, for the push test
 
-JOB_SCRIPT = Path(sft_data.__file__).with_name("train_sft.py")
+JOB_SCRIPT = JOB_SCRIPT_PATH = Path(sft_data.__file__).with_name("train_sft.py")
 GRADE_PATTERN = r"(?i)grade\s*[:=]\s*(\d+(?:\.\d+)?)"
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "grade_exact", "grade_within1",
                    "grade_mae", "learning_rate", "tokens", "seconds"]
@@ -281,6 +281,32 @@ def test_parse_grade_and_metrics():
     assert m["grade_within1"] == pytest.approx(2 / 3)
     assert m["grade_mae"] == pytest.approx(0.5)
     assert sft_data.grade_metrics([(None, None)])["grade_mae"] is None
+
+
+def test_job_files_list_every_sibling_the_job_imports():
+    """JOB_FILES is what the draft hashes and the backends ship: a module the job imports
+    but the list lacks would pass here and fail on HF Jobs."""
+    import ast
+
+    from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
+
+    folder = JOB_SCRIPT_PATH.parent
+    shipped = set(JOB_FILES)
+    assert JOB_SCRIPT in shipped and all((folder / name).is_file() for name in shipped)
+    siblings = {p.stem for p in folder.glob("*.py")}
+    for name in (n for n in shipped if n.endswith(".py")):
+        tree = ast.parse((folder / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                assert not mod.startswith("tunestep"), f"{name} imports {mod}"
+                if mod in siblings:
+                    assert f"{mod}.py" in shipped, f"{name} imports {mod}, not in JOB_FILES"
 
 
 # ---------------------------------------------------------------------------- full fine-tune

@@ -37,13 +37,13 @@ from tunestep.tools.estimate import (
     parse_duration,
 )
 from tunestep.tools.hashing import sha256_file, sha256_json
+from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
 from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
 from tunestep.tools.workspace import Workspace
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
-JOB_FILES = ("train_sft.py", "sft_data.py", "qwen3_training.jinja")
 HF_MOUNT = "/tunestep/step"
 HF_OUTPUT_ROOT = "/tmp/tunestep"
 INSPECT_SCRIPT = "inspect_remote.py"
@@ -395,7 +395,7 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
     bundle.update({bundle_name(f, files): f.path for f in files if f.role in ("train", "eval")})
     return HfSubmission(
         image=plan.job.image,
-        command=["uv", "run", f"{HF_MOUNT}/train_sft.py", "--config", f"{HF_MOUNT}/job.json",
+        command=["uv", "run", f"{HF_MOUNT}/{JOB_SCRIPT}", "--config", f"{HF_MOUNT}/job.json",
                  "--root", HF_OUTPUT_ROOT],
         flavor=flavor, timeout_seconds=parse_duration(timeout),
         labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),

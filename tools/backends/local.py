@@ -20,10 +20,11 @@ from pathlib import Path
 import orjson
 
 from tunestep.tools import ledger
+from tunestep.tools.jobs import JOB_SCRIPT
 from tunestep.tools.workspace import Workspace, open_workspace
 
 RESULT_PREFIX = "TUNESTEP_RESULT "
-SCRIPT_NAME = "train_sft.py"
+SCRIPT_NAME = JOB_SCRIPT  # copied into the job folder with the other JOB_FILES
 # Variables a local job never needs; the token is passed on only when the job pushes.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_OPERATOR_PASSPHRASE")
 

@@ -1,1 +1,21 @@
-"""Job-side code: runs the same on this machine and on Hugging Face Jobs; imports no tunestep."""
+"""Job-side code: runs the same on this machine and on Hugging Face Jobs; imports no tunestep.
+
+``JOB_FILES`` is the one list of the training job's files: the draft hashes each (the
+digest covers them), the local backend copies each into the job's folder and an hf-jobs
+bundle carries each beside ``job.json``. A new job module goes here, or the job fails
+where only the listed files travel.
+"""
+
+JOB_SCRIPT = "train_sft.py"
+JOB_FILES = (
+    JOB_SCRIPT,
+    "job_common.py",
+    "job_config.py",
+    "job_data.py",
+    "job_train.py",
+    "job_evaluate.py",
+    "job_report.py",
+    "job_store.py",
+    "sft_data.py",
+    "qwen3_training.jinja",
+)

@@ -1,0 +1,225 @@
+"""The job config: its schema-1 contract, strict validation, and the paths it names.
+
+The contract itself is documented in ``train_sft.py``'s docstring (and ``.specs/job_config.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__:  # tunestep.tools.jobs.<module>: the same files, as a package
+    from .job_common import EXIT_BAD_INPUT, JobError
+else:  # beside the job script (its folder is on sys.path)
+    from job_common import EXIT_BAD_INPUT, JobError
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# ---------------------------------------------------------------------------------------
+# Config
+
+
+_SPEC: dict[str, Any] = {
+    "schema": int, "draft_id": str, "step": int, "batch": str, "mode": str, "base_model": str,
+    "resume_from": (str, type(None)), "train_files": list, "eval_file": dict,
+    "tokenized_dir": (str, type(None)), "hyperparameters": dict, "lora": (dict, type(None)),
+    "outputs": dict, "samples": dict, "grade_pattern": str, "trackio": dict, "hub": dict,
+}
+_NESTED: dict[str, dict[str, Any]] = {
+    "hyperparameters": {
+        "per_device_train_batch_size": int, "gradient_accumulation_steps": int,
+        "learning_rate": (int, float), "num_train_epochs": (int, float),
+        "max_length": (int, type(None)), "seed": int, "save_total_limit": (int, type(None)),
+        "precision": str, "max_steps": int,
+    },
+    "lora": {"r": int, "alpha": (int, float), "dropout": (int, float),
+             "target_modules": (str, list)},
+    "outputs": {
+        "model_store": str, "model_name": str, "metrics_csv": str, "train_log": str,
+        "samples_md": str, "plots_dir": str, "history_json": str,
+    },
+    "samples": {"n": int, "max_new_tokens": int},
+    "trackio": {"project": str, "space_id": (str, type(None)), "dir": (str, type(None))},
+    "hub": {"model_id": (str, type(None)), "private": bool, "push": bool},
+    "eval_file": {"path": str, "sha256": str},
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HF_RESUME = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def _check_keys(obj: dict, spec: dict[str, Any], where: str) -> None:
+    """Exactly the keys of ``spec``, each of the declared type (bool is not an int here)."""
+    unknown = sorted(set(obj) - set(spec))
+    missing = sorted(set(spec) - set(obj))
+    if unknown:
+        raise JobError(f"config: unknown key(s) {unknown} in {where}", EXIT_BAD_INPUT)
+    if missing:
+        raise JobError(f"config: missing key(s) {missing} in {where}", EXIT_BAD_INPUT)
+    for key, types in spec.items():
+        value = obj[key]
+        types = types if isinstance(types, tuple) else (types,)
+        # bool is an int subclass: `true` must not pass where a number is expected
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise JobError(f"config: {where}.{key} must be {names}", EXIT_BAD_INPUT)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise JobError(f"config: {message}", EXIT_BAD_INPUT)
+
+
+def validate_config(cfg: Any) -> dict:
+    """Check the job config against the schema-1 contract; return it unchanged."""
+    _require(isinstance(cfg, dict), "top level must be a JSON object")
+    _check_keys(cfg, _SPEC, "config")
+    for key, spec in _NESTED.items():
+        if cfg[key] is not None:
+            _check_keys(cfg[key], spec, key)
+    _require(cfg["schema"] == 1, f"schema must be 1, got {cfg['schema']}")
+    _require(bool(cfg["draft_id"].strip()), "draft_id must not be empty")
+    _require(cfg["step"] >= 0, "step must be >= 0")
+    _require(bool(_SAFE_TAG.match(cfg["batch"])), "batch must match [A-Za-z0-9][A-Za-z0-9._-]*")
+    _require(cfg["mode"] in ("full", "lora"), "mode must be 'full' or 'lora'")
+    _require(bool(cfg["base_model"].strip()), "base_model must not be empty")
+    resume = cfg["resume_from"]
+    _require(resume is None or (bool(resume.strip()) and
+                                (not resume.startswith("hf://") or bool(_HF_RESUME.match(resume)))),
+             "resume_from must be a path, hf://owner/name[@revision] or null")
+    _require(bool(cfg["train_files"]), "train_files must list at least one file")
+    for i, entry in enumerate(cfg["train_files"]):
+        _require(isinstance(entry, dict), f"train_files[{i}] must be an object")
+        _check_keys(entry, {"path": str, "sha256": str}, f"train_files[{i}]")
+    for where, entry in [*((f"train_files[{i}]", e) for i, e in enumerate(cfg["train_files"])),
+                         ("eval_file", cfg["eval_file"])]:
+        _require(bool(_SHA256.match(entry["sha256"])), f"{where}.sha256 must be 64 lowercase hex")
+    hp = cfg["hyperparameters"]
+    _require(hp["per_device_train_batch_size"] >= 1, "per_device_train_batch_size must be >= 1")
+    _require(hp["gradient_accumulation_steps"] >= 1, "gradient_accumulation_steps must be >= 1")
+    _require(hp["learning_rate"] > 0, "learning_rate must be > 0")
+    _require(hp["num_train_epochs"] > 0, "num_train_epochs must be > 0")
+    _require(hp["max_length"] is None or hp["max_length"] >= 8, "max_length must be >= 8 or null")
+    _require(hp["save_total_limit"] is None or hp["save_total_limit"] >= 1,
+             "save_total_limit must be >= 1 or null")
+    _require(hp["precision"] in PRECISIONS, f"precision must be one of {PRECISIONS}")
+    _require(hp["max_steps"] == -1 or hp["max_steps"] >= 1, "max_steps must be -1 or >= 1")
+    if cfg["mode"] == "lora":
+        _require(cfg["lora"] is not None, "mode 'lora' needs a lora block")
+        lora = cfg["lora"]
+        _require(lora["r"] >= 1, "lora.r must be >= 1")
+        _require(0 <= lora["dropout"] < 1, "lora.dropout must be in [0, 1)")
+        tm = lora["target_modules"]
+        _require(isinstance(tm, str) or all(isinstance(t, str) for t in tm),
+                 "lora.target_modules must be a string or a list of strings")
+    _require(cfg["samples"]["n"] >= 0, "samples.n must be >= 0")
+    _require(cfg["samples"]["max_new_tokens"] >= 1, "samples.max_new_tokens must be >= 1")
+    try:
+        groups = re.compile(cfg["grade_pattern"]).groups
+    except re.error as exc:
+        raise JobError(f"config: grade_pattern is not a valid regex ({exc})",
+                       EXIT_BAD_INPUT) from exc
+    _require(groups >= 1, "grade_pattern needs a capturing group for the number")
+    _require(bool(cfg["trackio"]["project"].strip()), "trackio.project must not be empty")
+    hub = cfg["hub"]
+    _require(not hub["push"] or bool(hub["model_id"]), "hub.push needs hub.model_id")
+    return cfg
+
+
+@dataclass
+class Paths:
+    """Every path the job touches, resolved against --root (the store through its link)."""
+
+    root: Path
+    train_files: list[Path]
+    eval_file: Path
+    tokenized_dir: Path | None
+    resume_from: Path | None
+    resume_hub: str | None  # "owner/name@rev" when resume_from is hf://...
+    base_model: str  # local absolute path if it exists under root, else the hub id as given
+    store: Path
+    metrics_csv: Path
+    train_log: Path
+    samples_md: Path
+    plots_dir: Path
+    history_json: Path
+    trackio_dir: Path | None
+    version_name: str = ""
+
+
+def resolve_paths(cfg: dict, root: Path) -> Paths:
+    root = root.resolve()
+
+    def at_root(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else root / p
+
+    resume_from, resume_hub = None, None
+    if cfg["resume_from"]:
+        if cfg["resume_from"].startswith("hf://"):
+            resume_hub = cfg["resume_from"][len("hf://"):]
+        else:
+            # resolve(): follow `latest` now, so the step records (and loads) one concrete
+            # version even if the pointer moves while this job runs.
+            resume_from = at_root(cfg["resume_from"]).resolve()
+    base_local = at_root(cfg["base_model"])
+    out = cfg["outputs"]
+    # The store is usually the workspace link models/<name>: resolve() writes to its target.
+    store = at_root(out["model_store"]).resolve()
+    return Paths(
+        root=root,
+        train_files=[at_root(f["path"]) for f in cfg["train_files"]],
+        eval_file=at_root(cfg["eval_file"]["path"]),
+        tokenized_dir=at_root(cfg["tokenized_dir"]) if cfg["tokenized_dir"] else None,
+        resume_from=resume_from,
+        resume_hub=resume_hub,
+        base_model=str(base_local.resolve()) if base_local.exists() else cfg["base_model"],
+        store=store,
+        metrics_csv=at_root(out["metrics_csv"]),
+        train_log=at_root(out["train_log"]),
+        samples_md=at_root(out["samples_md"]),
+        plots_dir=at_root(out["plots_dir"]),
+        history_json=at_root(out["history_json"]),
+        trackio_dir=at_root(cfg["trackio"]["dir"]) if cfg["trackio"]["dir"] else None,
+        version_name=f"{cfg['step']:04d}_{cfg['batch']}",
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_inputs(cfg: dict, paths: Paths) -> None:
+    """Refuse to train on anything but the approved bytes."""
+    entries = [*zip(paths.train_files, cfg["train_files"], strict=True),
+               (paths.eval_file, cfg["eval_file"])]
+    for path, entry in entries:
+        if not path.is_file():
+            raise JobError(f"missing data file: {entry['path']}", EXIT_BAD_INPUT)
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise JobError(
+                f"sha256 mismatch for {entry['path']}: expected {entry['sha256'][:12]}…, "
+                f"got {actual[:12]}…; refusing to train on changed data",
+                EXIT_BAD_INPUT,
+            )
+    if paths.tokenized_dir is not None and not paths.tokenized_dir.is_dir():
+        raise JobError(f"tokenized_dir not found: {cfg['tokenized_dir']}", EXIT_BAD_INPUT)
+    if paths.resume_from is not None and not paths.resume_from.is_dir():
+        raise JobError(f"resume_from not found: {cfg['resume_from']}", EXIT_BAD_INPUT)
+    latest = paths.store / "latest"
+    if latest.exists() and not latest.is_symlink():
+        raise JobError(f"{latest} is a real folder, not a link; move it into versions/ first",
+                       EXIT_BAD_INPUT)
+    if (paths.store / "versions" / paths.version_name).exists():
+        raise JobError(
+            f"version {paths.version_name} already exists in the model store; "
+            "a step never overwrites a committed version",
+            EXIT_BAD_INPUT,
+        )
+

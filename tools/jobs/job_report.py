@@ -1,0 +1,149 @@
+"""Reports people read: the metrics CSV, the samples Markdown, the plots, the step history."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+if __package__:  # imported as tunestep.tools.jobs.<module>
+    from .job_common import JobError, atomic_write_bytes, atomic_write_text
+else:  # a sibling of the job script, whose folder is on sys.path
+    from job_common import JobError, atomic_write_bytes, atomic_write_text
+
+
+METRICS_COLUMNS = (
+    "epoch", "step", "train_loss", "eval_loss", "grade_exact", "grade_within1",
+    "grade_mae", "learning_rate", "tokens", "seconds",
+)
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def render_samples_md(cfg: dict, samples: list[dict], before: dict, after: dict) -> str:
+    buf = io.StringIO()
+    w = buf.write
+    w(f"# Samples — step {cfg['step']}, batch {cfg['batch']}\n\n")
+    w(f"Draft `{cfg['draft_id']}`, mode {cfg['mode']}. The first {len(samples)} hold-out "
+      f"prompts, answered greedily (max_new_tokens={cfg['samples']['max_new_tokens']}) "
+      "before and after this step. Grades parsed with the plan's grade pattern.\n\n")
+    w("| | grade exact | within 1 | MAE | parsed |\n|---|---|---|---|---|\n")
+    for name, m in (("before", before), ("after", after)):
+        w(f"| {name} | {_fmt(m['grade_exact'])} | {_fmt(m['grade_within1'])} | "
+          f"{_fmt(m['grade_mae'])} | {m['n_parsed']}/{m['n_reference']} |\n")
+    for i, s in enumerate(samples, start=1):
+        prompt = "\n\n".join(f"[{m['role']}] {m['content']}" for m in s["prompt"])
+        if len(prompt) > 800:
+            prompt = prompt[:800] + " …[truncated]"
+        w(f"\n## Sample {i}\n\n")
+        for label, text, grade in (
+            ("Prompt", prompt, None),
+            ("Reference", s["reference"] or "", s["grade_reference"]),
+            ("Before", s["before"], s["grade_before"]),
+            ("After", s["after"], s["grade_after"]),
+        ):
+            head = f"**{label}**" if label == "Prompt" else f"**{label}** (grade: {_fmt(grade)})"
+            fence = _fence(text)
+            w(f"{head}\n\n{fence}text\n{text}\n{fence}\n\n")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics, plots, history
+
+
+def metrics_csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_COLUMNS})
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_losses(rows: list[dict], batch: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval (hold-out)")):
+        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="loss", title=f"Loss per epoch — batch {batch}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    steps = [h["step"] for h in history]
+
+    def series(key):
+        return [(h["step"], h[key]) for h in history if h.get(key) is not None]
+
+    if pts := series("eval_loss"):
+        ax1.plot(*zip(*pts, strict=True), marker="o", label="eval loss")
+    ax1.set(ylabel="hold-out loss", title="Validation across steps")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    for key, label in (("grade_exact", "grade exact"), ("grade_within1", "within 1")):
+        if pts := series(key):
+            ax2.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax2.set(xlabel="step", ylabel="accuracy", ylim=(-0.05, 1.05))
+    ax2.grid(alpha=0.3)
+    ax3 = ax2.twinx()
+    if pts := series("grade_mae"):
+        ax3.plot(*zip(*pts, strict=True), marker="s", linestyle="--", color="tab:red", label="MAE")
+    ax3.set_ylabel("grade MAE")
+    handles = ax2.get_legend_handles_labels()[0] + ax3.get_legend_handles_labels()[0]
+    if handles:
+        ax2.legend(handles=handles, loc="best")
+    ax2.set_xticks(sorted(set(steps)))
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def update_history(path: Path, entry: dict) -> list[dict]:
+    """Append this step's summary (replacing an earlier entry for the same step and batch)."""
+    history: list[dict] = []
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            history = loaded if isinstance(loaded, list) else []
+        except json.JSONDecodeError as exc:
+            raise JobError(f"history_json is not valid JSON: {exc}") from exc
+    history = [h for h in history
+               if not (h.get("step") == entry["step"] and h.get("batch") == entry["batch"])]
+    history.append(entry)
+    history.sort(key=lambda h: (h.get("step", 0), str(h.get("batch", ""))))
+    atomic_write_text(path, json.dumps(history, indent=2) + "\n")
+    return history
+

@@ -1,0 +1,93 @@
+"""The model store and the Hub: commit a finished version, move ``latest``, push."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+if __package__:  # imported as tunestep.tools.jobs.<module>
+    from .job_common import JobError, RunLog
+    from .job_config import Paths
+else:  # a sibling of the job script, whose folder is on sys.path
+    from job_common import JobError, RunLog
+    from job_config import Paths
+
+
+# ---------------------------------------------------------------------------------------
+# Version store
+
+
+def commit_version(staging: Path, store: Path, name: str) -> Path:
+    """Rename the finished staging folder to versions/<name> (atomic on one filesystem)."""
+    final = store / "versions" / name
+    if final.exists():
+        raise JobError(f"version {name} appeared while training; not overwriting it")
+    os.replace(staging, final)
+    return final
+
+
+def move_latest(store: Path, name: str) -> None:
+    """Point <store>/latest at versions/<name>: new link under a temp name, then rename over."""
+    latest = store / "latest"
+    if latest.exists() and not latest.is_symlink():
+        raise JobError(f"{latest} is a real folder, not a link; leaving it alone")
+    tmp = store / f".latest.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"versions/{name}", tmp)  # relative: the store can move or be mounted elsewhere
+    os.replace(tmp, latest)
+
+
+def push_version(cfg: dict, folder: Path, log: RunLog) -> dict:
+    """Upload the version folder to the Hub repo root as one commit, private by default.
+
+    The returned commit sha pins this step: a later job resumes from
+    ``hf://<model_id>@<sha>``.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    hub = cfg["hub"]
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)  # read only here; never logged
+    repo = api.create_repo(hub["model_id"], private=hub["private"], exist_ok=True,
+                           repo_type="model")
+    # Not pushed: epoch checkpoints, and the README.md that PEFT/TRL generate (a card of
+    # placeholders whose metadata can carry this machine's local base-model path).
+    ops = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p))
+           for p in sorted(folder.rglob("*"))
+           if p.is_file() and p.relative_to(folder).parts[0] not in ("checkpoints", "README.md")]
+    info = api.create_commit(
+        repo.repo_id, operations=ops, repo_type="model",
+        commit_message=f"tunestep step {cfg['step']:04d} ({cfg['batch']}), draft {cfg['draft_id']}",
+    )
+    log(f"pushed the model to {repo.repo_id} at {info.oid} (private={hub['private']})")
+    return {"model_id": repo.repo_id, "revision": info.oid, "private": hub["private"]}
+
+
+def push_outputs(paths: Paths, result: dict, log: RunLog) -> dict | None:
+    """On HF Jobs, send the step's reports back to the bundle repo the backend reads.
+
+    Set by tunestep's hf-jobs backend: ``TUNESTEP_OUTPUT_REPO`` (a dataset repo) and
+    ``TUNESTEP_OUTPUT_PATH`` (``outputs/<draft_id>``). Each report lands at
+    ``<output path>/<its path relative to --root>`` (the basename when outside the root),
+    beside ``result.json`` (the TUNESTEP_RESULT summary), in one commit.
+    """
+    repo_id, prefix = os.environ.get("TUNESTEP_OUTPUT_REPO"), os.environ.get("TUNESTEP_OUTPUT_PATH")
+    if not repo_id or not prefix:
+        return None
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    prefix = prefix.strip("/")
+    files = [paths.metrics_csv, paths.train_log, paths.samples_md, paths.history_json,
+             paths.plots_dir / f"loss_step_{result['batch']}.png",
+             paths.plots_dir / "val_progression.png"]
+    ops = [CommitOperationAdd(f"{prefix}/result.json", json.dumps(result, indent=2).encode())]
+    for f in files:
+        if f.is_file():
+            rel = f.relative_to(paths.root).as_posix() if f.is_relative_to(paths.root) else f.name
+            ops.append(CommitOperationAdd(f"{prefix}/{rel}", f.read_bytes()))
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    info = api.create_commit(repo_id, operations=ops, repo_type="dataset",
+                             commit_message=f"tunestep outputs {prefix}")
+    log(f"pushed {len(ops)} output files to {repo_id}/{prefix} at {info.oid}")
+    return {"repo_id": repo_id, "path": prefix, "revision": info.oid}
+

@@ -1,0 +1,235 @@
+"""Training: precision, the model (fresh or resumed, full or LoRA), TRL's SFTConfig, and the
+per-epoch metrics recorder."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__:  # imported as tunestep.tools.jobs.<module>
+    from .job_common import EXIT_BAD_INPUT, JobError, RunLog, atomic_write_text
+    from .job_config import Paths
+    from .job_report import metrics_csv_text
+else:  # a sibling of the job script, whose folder is on sys.path
+    from job_common import EXIT_BAD_INPUT, JobError, RunLog, atomic_write_text
+    from job_config import Paths
+    from job_report import metrics_csv_text
+
+
+def resolve_precision(requested: str, cuda: bool, bf16_ok: bool) -> tuple[str, str | None]:
+    """The precision to train in, and a warning when the request had to fall back.
+
+    "auto": bf16 where the GPU has it, else fp16 on a GPU, else fp32. An explicit fp16/bf16
+    falls back instead of crashing (a T4 has no bf16, a CPU has neither).
+    """
+    if requested == "auto":
+        return ("bf16" if bf16_ok else "fp16") if cuda else "fp32", None
+    if requested == "bf16" and not (cuda and bf16_ok):
+        fallback = "fp16" if cuda else "fp32"
+        return fallback, f"bf16 requested but this hardware lacks it; training in {fallback}"
+    if requested == "fp16" and not cuda:
+        return "fp32", "fp16 requested but no CUDA GPU is available; training in fp32"
+    return requested, None
+
+
+def _hub_download(spec: str, log: RunLog) -> Path:
+    """Fetch 'owner/name[@revision]' from the Hub (token from HF_TOKEN) into a temp dir."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, _, revision = spec.partition("@")
+    log(f"downloading checkpoint {repo_id}@{revision or 'main'} from the Hub")
+    target = Path(tempfile.mkdtemp(prefix="tunestep-resume-"))
+    atexit.register(shutil.rmtree, target, True)  # a model-sized download: never left behind
+    snapshot_download(repo_id, revision=revision or None, local_dir=target,
+                      token=os.environ.get("HF_TOKEN") or None)
+    return target
+
+
+def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
+    """(model, tokenizer, what it resumed from) for fresh/resumed, full/LoRA training.
+
+    The model is loaded in fp32: mixed precision (fp16/bf16 autocast) keeps fp32 master
+    weights, which fp16 gradient scaling requires and which keep small updates from
+    vanishing; a 0.6B model in fp32 fits every GPU flavor we use.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resume = paths.resume_from
+    label = str(resume) if resume is not None else None
+    if paths.resume_hub:
+        resume = _hub_download(paths.resume_hub, log)
+        label = f"hf://{paths.resume_hub}"
+    mode = cfg["mode"]
+    is_adapter = resume is not None and (resume / "adapter_config.json").is_file()
+    if resume is not None and mode == "full" and is_adapter:
+        raise JobError("resume_from holds a LoRA adapter but mode is 'full'", EXIT_BAD_INPUT)
+    if resume is not None and mode == "lora" and not is_adapter:
+        raise JobError("mode 'lora' resumes from an adapter dir (adapter_config.json)",
+                       EXIT_BAD_INPUT)
+
+    # The tokenizer travels with every version, so a resumed step uses the one it trained with.
+    has_tokenizer = resume is not None and (resume / "tokenizer_config.json").is_file()
+    tok_source = str(resume) if has_tokenizer else paths.base_model
+    tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    model_source = str(resume) if (resume is not None and mode == "full") else paths.base_model
+    log(f"loading model from {model_source}")
+    model = AutoModelForCausalLM.from_pretrained(model_source, dtype=torch.float32)
+
+    if mode == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resume is not None:
+            log(f"loading LoRA adapter from {resume} (trainable)")
+            model = PeftModel.from_pretrained(model, str(resume), is_trainable=True)
+        else:
+            lora = cfg["lora"]
+            model = get_peft_model(model, LoraConfig(
+                r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=lora["target_modules"], task_type="CAUSAL_LM",
+            ))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"LoRA trainable parameters: {trainable}")
+    return model, tokenizer, label
+
+def _clean(value: Any) -> Any:
+    """Floats that JSON can carry (NaN/inf become None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class EpochRecorder:
+    """Trainer callback: one metrics row per epoch, log lines, progressive CSV rewrites."""
+
+    def __init__(self, log: RunLog, csv_path: Path | None, t0: float):
+        from transformers import TrainerCallback
+
+        recorder = self
+        self.rows: list[dict] = []
+        self.eval_loss_before: float | None = None
+        self.training = False
+        self.log, self.csv_path, self.t0 = log, csv_path, t0
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                recorder.training = True
+                recorder.t0 = time.monotonic()
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                recorder.on_log(state, logs or {})
+
+        self.callback = _Callback()
+
+    def on_log(self, state, logs: dict) -> None:
+        scalars = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        self.log("log " + json.dumps({k: _clean(round(v, 6) if isinstance(v, float) else v)
+                                      for k, v in scalars.items()}))
+        seconds = round(time.monotonic() - self.t0, 2)
+        if not self.training:  # the baseline evaluation before the first step
+            if "eval_loss" in logs:
+                self.eval_loss_before = _clean(float(logs["eval_loss"]))
+            return
+        if "loss" in logs:  # a per-epoch training log (the end-of-run summary uses train_loss)
+            self.rows.append({
+                "epoch": round(float(logs.get("epoch", state.epoch or 0)), 4),
+                "step": state.global_step,
+                "train_loss": _clean(float(logs["loss"])),
+                "learning_rate": logs.get("learning_rate"),
+                "tokens": int(logs["num_tokens"]) if "num_tokens" in logs else None,
+                "seconds": seconds,
+            })
+        elif "eval_loss" in logs:
+            if not self.rows:
+                self.rows.append({"epoch": round(float(logs.get("epoch", 0)), 4),
+                                  "step": state.global_step, "seconds": seconds})
+            self.rows[-1]["eval_loss"] = _clean(float(logs["eval_loss"]))
+        else:
+            return
+        if self.csv_path is not None and state.is_world_process_zero:
+            atomic_write_text(self.csv_path, metrics_csv_text(self.rows))
+
+def configure_trackio_env(cfg: dict, paths: Paths) -> None:
+    """Offline Trackio under trackio.dir; a Space only when the config names one.
+
+    Must run before trackio is imported: it reads TRACKIO_DIR at import time, and an
+    inherited TRACKIO_SPACE_ID / TRACKIO_SERVER_URL would send metrics somewhere the plan
+    never asked for.
+    """
+    if paths.trackio_dir is not None:
+        paths.trackio_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["TRACKIO_DIR"] = str(paths.trackio_dir)
+    if not cfg["trackio"]["space_id"]:
+        for var in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
+            os.environ.pop(var, None)
+
+
+def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: bool, cuda: bool):
+    from trl import SFTConfig
+
+    hp = cfg["hyperparameters"]
+    tr = cfg["trackio"]
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    # Fields that newer transformers releases added or renamed; tunestep's own environment
+    # may hold any version in its supported range, so only pass what this one knows.
+    optional = {
+        # transformers would otherwise create a static Trackio Space on a Hub push, and
+        # Spaces/repos are public unless hub_private_repo=True (DESIGN §4). Releases
+        # without this field never create one.
+        "trackio_static_space_id": False,
+        "project": tr["project"],
+    }
+    # Memory is the constraint on a GPU; on CPU recomputation only costs time. transformers
+    # 5.2x renamed gradient_checkpointing (TRL turns it on by default) activation_checkpointing.
+    if "activation_checkpointing" in names:
+        optional["activation_checkpointing"] = cuda
+    else:
+        optional["gradient_checkpointing"] = cuda
+    if tr["space_id"]:
+        if "trackio_space_id" not in names:
+            raise JobError("trackio.space_id needs a transformers release with trackio_space_id",
+                           EXIT_BAD_INPUT)
+        optional["trackio_space_id"] = tr["space_id"]
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=hp["per_device_train_batch_size"],
+        per_device_eval_batch_size=hp["per_device_train_batch_size"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        learning_rate=float(hp["learning_rate"]),
+        num_train_epochs=float(hp["num_train_epochs"]),
+        max_steps=hp["max_steps"],
+        seed=hp["seed"],
+        data_seed=hp["seed"],
+        max_length=hp["max_length"],
+        logging_strategy="epoch",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=hp["save_total_limit"],
+        # Checkpoints are for picking an epoch, not for resuming mid-run (a step restarts
+        # from the last committed version), so optimizer state is not worth the disk.
+        save_only_model=True,
+        # TRL refuses assistant_only_loss on pre-tokenized rows; their labels already
+        # carry the same assistant mask (sft_data.tokenize_chat).
+        assistant_only_loss=not pretokenized,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=["trackio"],
+        run_name=f"{cfg['draft_id']}-step{cfg['step']:04d}-{cfg['batch']}",
+        hub_private_repo=True,  # a configured Trackio Space is private too
+        push_to_hub=False,  # pushing is ours (push_version), after the samples are in
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **{k: v for k, v in optional.items() if k in names},
+    )
+

@@ -83,7 +83,10 @@ def test_upload_bundle_is_one_commit_of_every_file_to_a_private_repo(api, fake_h
     assert files == {f"steps/{DRAFT}/{name}": data for name, data in BUNDLE.items()}
     assert [i["key"] for i in commit.ndjson].count("header") == 1
     assert sha == fake_hub.repo(REPO).head and len(sha) == 40
-    assert fake_hub.repo(REPO).snapshots[sha] == files
+    # The Hub's own first commit (.gitattributes) is the parent; the bundle is one commit.
+    repo = fake_hub.repo(REPO)
+    assert repo.snapshots[sha] == {".gitattributes": hub_stub.GITATTRIBUTES, **files}
+    assert repo.log[sha].parent == repo.commits[0] and len(repo.commits) == 2
     assert all(
         r.headers.get("authorization") == f"Bearer {TOKEN}"
         for r in fake_hub.requests
@@ -96,7 +99,8 @@ def test_upload_reads_paths_and_keeps_existing_private_repo(api, fake_hub, tmp_p
     script = tmp_path / "train_sft.py"
     script.write_bytes(BUNDLE["train_sft.py"])
     sha = hf_jobs.upload_step_bundle(api, REPO, DRAFT, {"train_sft.py": script})
-    assert fake_hub.repo(REPO).tree(sha) == {f"steps/{DRAFT}/train_sft.py": BUNDLE["train_sft.py"]}
+    assert fake_hub.repo(REPO).tree(sha) == {f"steps/{DRAFT}/train_sft.py": BUNDLE["train_sft.py"],
+                                             ".gitattributes": hub_stub.GITATTRIBUTES}
 
 
 def test_upload_refuses_an_existing_public_repo(api, fake_hub):
@@ -366,7 +370,9 @@ def test_fetch_outputs_does_not_follow_a_planted_symlink(api, fake_hub, bundle_s
 
 def test_hardware_prices_are_per_hour(api, fake_hub):
     prices = hf_jobs.hardware_prices(api)
-    assert prices == {"cpu-basic": 0.01002, "t4-medium": 0.6, "a10g-large": 1.5}
+    assert {k: prices[k] for k in ("cpu-basic", "t4-medium", "a10g-large", "h200x8")} == {
+        "cpu-basic": 0.01, "t4-medium": 0.6, "a10g-large": 1.5, "h200x8": 40.0}
+    assert set(prices) == set(hub_stub.FLAVORS)
     assert fake_hub.requests[-1].path == "/api/jobs/hardware"
 
 

@@ -695,5 +695,6 @@ def hardware_prices(api: HfApi) -> dict[str, float] | None:
         factor = _UNIT_PER_HOUR.get(str(item.unit_label).lower())
         if factor is None:
             continue  # an unknown billing unit: better no price than a wrong one
-        prices[item.name] = round(item.unit_cost_micro_usd * factor / 1_000_000, 6)
+        # The Hub bills per minute in whole micro-dollars: 4 decimals undo that rounding.
+        prices[item.name] = round(item.unit_cost_micro_usd * factor / 1_000_000, 4)
     return prices

@@ -66,8 +66,10 @@ def test_token_counts_are_exact(tmp_path, tiny_model_dir):
     assert tokens.per_assistant_part.p50 == nearest_rank(per_answer, 50)
     over = [i + 1 for i, n in enumerate(per_row) if n > 400]
     assert over and tokens.over_max_length == len(over)
-    assert [f.line for f in report.errors if f.code == "over_max_length"] == over[:100]
-    assert report.status == "INVALID"
+    assert [r.line for r in tokens.overlong_rows] == over  # every one, for the draft
+    assert [r.tokens for r in tokens.overlong_rows] == [n for n in per_row if n > 400]
+    assert {f.severity for f in report.errors if f.code == "over_max_length"} == {"warning"}
+    assert report.status == "READY" and report.lengths == "checked"
     assert any("max_length" in a for a in report.next_actions)
 
 
@@ -125,9 +127,16 @@ def test_unknown_hub_model_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert run_inspector(ws, BATCH).status == "READY"  # without tokens nothing is needed
 
 
-def test_rows_over_max_length_get_no_repair_mapping(tmp_path, tiny_model_dir):
+def test_the_status_never_depends_on_whether_tokens_were_counted(tmp_path, tiny_model_dir):
+    """Every row over max_length: the same READY either way; the report says whether
+    lengths were checked, and over-long rows are warnings the draft acts on."""
     ws = workspace(tmp_path, str(tiny_model_dir), max_length=64)
-    report = run_inspector(ws, BATCH, tokens=True)
-    assert report.status == "INVALID" and set(report.counts) == {"over_max_length"}
-    assert report.suggested_mapping is None
-    assert any("raise training.max_length" in a for a in report.next_actions)
+    plain = run_inspector(ws, BATCH)
+    counted = run_inspector(ws, BATCH, tokens=True)
+    assert plain.status == counted.status == "READY"
+    assert plain.lengths == "unchecked" and "lengths unchecked" in plain.summary
+    assert any(a.startswith("lengths unchecked") for a in plain.next_actions)
+    assert counted.lengths == "checked" and "lengths checked: 100 row(s)" in counted.summary
+    assert set(counted.counts) == {"over_max_length"} and counted.error_count == 0
+    assert counted.warning_count == 100 and counted.suggested_mapping is None
+    assert any("data.overlong (truncate_prompt)" in a for a in counted.next_actions)

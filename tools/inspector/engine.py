@@ -157,7 +157,7 @@ class Engine:
         self._sequences: dict[tuple, int] = {}
         self._users: list[tuple[int, ...]] = []
         self._answers: list[tuple[int, ...]] = []
-        self._over_length: list[tuple[int, int, int]] = []
+        self.over_length: list[tuple[int, int, int]] = []
         self._repair_specs: dict[int, MappingSpec] = {}
 
     # --- driving ------------------------------------------------------------------------
@@ -534,7 +534,7 @@ class Engine:
             self.stats.row_tokens.append(count)
             self.stats.assistant_tokens.extend(parts)
             if count > limit:
-                self._over_length.append((index, line, count))
+                self.over_length.append((index, line, count))
                 self.findings.add(index, line, "over_max_length",
                                   f"{count:,} tokens, over training.max_length {limit:,} "
                                   "(training would cut the answer)")

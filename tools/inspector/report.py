@@ -18,7 +18,7 @@ from tunestep.tools import ledger
 from tunestep.tools.hashing import sha256_json
 from tunestep.tools.inspector.spec import MappingSpec
 
-INSPECTOR_VERSION = "2"  # bump when a rule changes what a report says
+INSPECTOR_VERSION = "3"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path
 
 Status = Literal["READY", "NEEDS_MAPPING", "INVALID"]
@@ -51,12 +51,26 @@ class Percentiles(BaseModel):
     max: int
 
 
+class OverlongRow(BaseModel):
+    """A row longer than max_length: TRL would cut its end, the answer and its grade."""
+
+    file: str
+    line: int | None
+    tokens: int
+
+
+OVERLONG_LISTED = 10_000  # over-long rows listed in full (all are counted)
+
+
 class TokenStats(BaseModel):
     tokenizer: str
     per_row: Percentiles | None
     per_assistant_part: Percentiles | None
     over_max_length: int
     max_length: int
+    # Every over-long row (up to OVERLONG_LISTED): the draft's length check reads these
+    # from the cached report instead of tokenizing again.
+    overlong_rows: list[OverlongRow] = Field(default_factory=list)
     total_tokens: int
     rendering: str  # how rows were rendered: "template" or "template (cached shapes)"
 
@@ -107,6 +121,9 @@ class InspectionReport(BaseModel):
     warning_count: int
     counts: dict[str, int]  # every finding counted by rule code
     truncated: bool
+    # "checked": tokens=True counted every row against training.max_length; "unchecked":
+    # not counted (the status is the same either way; over-long rows are warnings).
+    lengths: Literal["checked", "unchecked"] = "unchecked"
     stats: Stats
     duplicates: Duplicates
     leakage: Leakage

@@ -59,7 +59,9 @@ RULES: dict[str, tuple[str, str]] = {
     "holdout_overlap": (WARNING, "the user turn shares an 8-word sequence with a hold-out row"),
     "grade_unparseable": (WARNING, "the plan's grade pattern finds no grade in the answer"),
     # with tokens=True
-    "over_max_length": (ERROR, "more tokens than the plan's training.max_length"),
+    # A warning: whether a row is too long depends on max_length and data.overlong (the
+    # draft applies those), and the status must not change with tokens=True.
+    "over_max_length": (WARNING, "more tokens than the plan's training.max_length"),
     "template_error": (ERROR, "the chat template cannot render the row"),
 }
 

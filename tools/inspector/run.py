@@ -22,9 +22,11 @@ from tunestep.tools.inspector.engine import Engine, Progress, Source
 from tunestep.tools.inspector.reader import container_of
 from tunestep.tools.inspector.refs import reference_set
 from tunestep.tools.inspector.report import (
+    OVERLONG_LISTED,
     Duplicates,
     InspectionReport,
     Leakage,
+    OverlongRow,
     TokenStats,
     cache_key,
     cached_report,
@@ -227,7 +229,8 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
         engine.findings.add(0, None, "no_data_files",
                             "the folder holds no .jsonl, .json or .parquet file")
     decided = verdict.decide(engine)
-    token_stats = _token_stats(engine, plan, identity, counter) if tokens else None
+    token_stats = _token_stats(engine, plan, identity, counter,
+                               [s.shown for s in sources]) if tokens else None
     stats = engine.stats.summary(token_stats)
     listed, truncated = engine.findings.listed([s.shown for s in sources] or [shown])
     leak = Leakage(holdout=context.holdout[1] if context.holdout else None,
@@ -239,6 +242,7 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
         path=shown, status=decided.status, summary="", files=decided.files, errors=listed,
         error_count=engine.findings.error_count, warning_count=engine.findings.warning_count,
         counts=dict(sorted(engine.findings.counts.items())), truncated=truncated,
+        lengths="checked" if tokens else "unchecked",
         stats=stats,
         duplicates=Duplicates(in_input=in_input, of_earlier=of_earlier,
                               compared_with=[r[1] for r in context.references]),
@@ -248,10 +252,14 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
     return report
 
 
-def _token_stats(engine: Engine, plan: Plan, identity: str | None, counter) -> TokenStats:
+def _token_stats(engine: Engine, plan: Plan, identity: str | None, counter,
+                 files: list[str]) -> TokenStats:
     stats = engine.stats
     total = sum(stats.row_tokens)
+    overlong = [OverlongRow(file=files[i] if i < len(files) else "", line=line, tokens=n)
+                for i, line, n in sorted(engine.over_length)[:OVERLONG_LISTED]]
     return TokenStats(
+        overlong_rows=overlong,
         tokenizer=f"{plan.model} ({identity})", per_row=percentiles(stats.row_tokens),
         per_assistant_part=percentiles(stats.assistant_tokens),
         over_max_length=engine.findings.counts.get("over_max_length", 0),
@@ -262,9 +270,13 @@ def _token_stats(engine: Engine, plan: Plan, identity: str | None, counter) -> T
 def _summary(report: InspectionReport) -> str:
     formats_seen = sorted({f.format for f in report.files})
     rows = sum(f.rows for f in report.files)
+    tokens = report.stats.tokens
+    lengths = ("lengths unchecked (tokens=false)" if tokens is None else
+               f"lengths checked: {tokens.over_max_length:,} row(s) over max_length "
+               f"{tokens.max_length:,}")
     return (f"{report.path}: {report.status}: {rows:,} rows in {len(report.files)} file(s) "
             f"({', '.join(formats_seen) or 'no data'}); {report.error_count:,} error(s), "
-            f"{report.warning_count:,} warning(s)")
+            f"{report.warning_count:,} warning(s); {lengths}")
 
 
 def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
@@ -275,8 +287,9 @@ def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
     if report.status == "READY":
         actions.append("the data is READY: continue with the step (merge and draft the job)")
         if not tokens:
-            actions.append(f"run_inspector(path='{report.path}', tokens=True) counts tokens "
-                           "for the cost estimate and checks max_length")
+            actions.append(f"lengths unchecked: run_inspector(path='{report.path}', "
+                           "tokens=True) counts tokens for the cost estimate and checks "
+                           "max_length (draft_job checks them in any case)")
     elif report.status == "NEEDS_MAPPING":
         dropped = f"; it drops {preview.rows_dropped} row(s)" if preview and \
             preview.rows_dropped else ""
@@ -296,8 +309,10 @@ def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
     if report.counts.get("over_max_length"):
         longest = report.stats.tokens.per_row.max if report.stats.tokens and \
             report.stats.tokens.per_row else None
-        actions.append(f"raise training.max_length in the plan (the longest row has "
-                       f"{longest} tokens) or remove the rows marked over_max_length")
+        actions.append(f"{report.counts['over_max_length']} row(s) are longer than "
+                       f"training.max_length (the longest has {longest} tokens): the step "
+                       f"handles them per data.overlong ({plan.data.overlong}); or raise "
+                       "training.max_length in the plan, or shorten those rows")
     if report.counts.get("holdout_overlap"):
         actions.append("review the rows marked holdout_overlap: they share wording with the "
                        "hold-out set, which would inflate validation scores")

@@ -28,6 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunestep.tools import ledger
 from tunestep.tools.atomic import atomic_write_text
+from tunestep.tools.chain import (
+    START_DIR,
+    StartPoint,
+    base_start,
+    checkpoint_files,
+    shown_path,
+    starting_point,
+)
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
     FLAVORS,
@@ -38,7 +46,6 @@ from tunestep.tools.estimate import (
 )
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
-from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
 from tunestep.tools.workspace import Workspace
@@ -82,8 +89,11 @@ class DraftRequest(BaseModel):
 class FileRef(BaseModel):
     # inspect drafts: "inspect" (the files inspected), "reference" (base train set and
     # earlier batches, for duplicates), "plan" (the plan document); eval is the hold-out.
-    role: Literal["train", "eval", "script", "tokenized", "inspect", "reference", "plan"]
-    path: str  # workspace-relative (job scripts: their name in the bundle)
+    # "checkpoint": a file of a local start that an hf-jobs bundle carries (chain.py).
+    role: Literal["train", "eval", "script", "tokenized", "inspect", "reference", "plan",
+                  "checkpoint"]
+    path: str  # workspace-relative (job scripts: their name in the bundle; a checkpoint
+    # file outside the workspace: its absolute path, never sent to the job)
     sha256: str
     rows: int | None = None
 
@@ -146,6 +156,7 @@ class JobDraft(BaseModel):
     approve_command: str
     regime: str | None = None  # train drafts: data.regime, and what it made of the sources
     sources: list[SourceUse] = Field(default_factory=list)
+    start: StartPoint | None = None  # where the step starts (train drafts), for people
 
 
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
@@ -222,18 +233,24 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     files += [FileRef(role="script", path=name, sha256=sha256_file(JOBS_DIR / name))
               for name in JOB_FILES]
     if plan.data.regime == "from_base":  # every row from the base model: nothing compounds
-        start = {"base_model": plan.model, "resume_from": None, "warnings": [
-            "regime from_base: the step retrains from the base model on every row"]}
+        start = base_start(ws, plan, mode, backend, HF_MOUNT)
+        start.warnings.append(
+            "regime from_base: the step retrains from the base model on every row")
     else:
-        start = _starting_point(ws, plan, mode)
+        start = starting_point(ws, plan, mode, backend, HF_MOUNT)
+    if start.checkpoint is not None:  # a local start travels in the bundle, every file hashed
+        folder = Path(start.checkpoint)
+        files += [FileRef(role="checkpoint", path=shown_path(ws, plan, p),
+                          sha256=sha256_file(p)) for p in checkpoint_files(folder)]
     config = _job_config(plan, request, report, files, mode, start, backend,
                          data.tokenized_dir)
     submission = None
     if backend == "hf-jobs":
-        submission = _hf_submission(plan, request, report, files, flavor, timeout, config)
+        submission = _hf_submission(plan, request, report, files, flavor, timeout, config,
+                                    start)
     rows = sum(f.rows or 0 for f in files if f.role == "train")
     estimate = estimate_job(
-        model=start["base_model"], mode=mode, flavor=flavor,
+        model=start.base_model, mode=mode, flavor=flavor,
         train_tokens=_train_tokens(ws, files), rows=rows,
         epochs=config["hyperparameters"]["num_train_epochs"],
         batch_size=config["hyperparameters"]["per_device_train_batch_size"],
@@ -250,10 +267,10 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
         step=report.step, backend=backend, request=request, job_config=config, files=files,
         submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + start["warnings"],
+        warnings=list(estimate.warnings) + start.warnings,
         run_plan=plan.paths.run_plan,
         approve_command=f"tunestep approve {draft_id} --workspace {ws.root}",
-        regime=plan.data.regime, sources=source_uses(data))
+        regime=plan.data.regime, sources=source_uses(data), start=start)
 
 
 def source_uses(data) -> list[SourceUse]:
@@ -288,34 +305,6 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
                                 f"'{key}' must be {kind.__name__}, got {value!r}")
 
 
-def _starting_point(ws: Workspace, plan: Plan, mode: str) -> dict[str, Any]:
-    """Base model, what to resume from, and whether this counts as resuming."""
-    store = ws.resolve_model_store(plan.model_link)
-    latest = latest_checkpoint(store) if store.is_dir() else None
-    kind = checkpoint_kind(latest) if latest else None
-    base = plan.model
-    warnings: list[str] = []
-    is_base = latest is not None and Path(base).exists() and latest.resolve() == Path(
-        base).resolve()
-    if latest is None or is_base:
-        return {"base_model": base, "resume_from": None, "warnings": warnings}
-    if mode == "full":
-        if kind == "lora":
-            raise TunestepError("checkpoint_mode_mismatch",
-                                "the latest checkpoint is a LoRA adapter: draft with mode "
-                                "'lora', or point the model link at a full model",
-                                path=plan.model_link)
-        return {"base_model": base, "resume_from": str(latest), "warnings": warnings}
-    if kind == "lora":
-        import orjson
-
-        adapter = orjson.loads((latest / "adapter_config.json").read_bytes())
-        adapter_base = adapter.get("base_model_name_or_path") or base
-        return {"base_model": adapter_base, "resume_from": str(latest), "warnings": warnings}
-    # LoRA on top of a fully fine-tuned checkpoint: that checkpoint is the new base.
-    return {"base_model": str(latest), "resume_from": None, "warnings": warnings}
-
-
 def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: bool) -> dict:
     t = plan.training
     if mode == "lora":
@@ -333,7 +322,7 @@ def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: boo
 
 
 def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
-                files: list[FileRef], mode: str, start: dict, backend: str,
+                files: list[FileRef], mode: str, start: StartPoint, backend: str,
                 tokenized_dir: str | None) -> dict[str, Any]:
     """The job script's config (contract in tools/jobs/train_sft.py)."""
     remote = backend == "hf-jobs"
@@ -354,14 +343,13 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
     evals = next(f for f in files if f.role == "eval")
     return {
         "schema": 1, "draft_id": None, "step": report.step, "batch": batch, "mode": mode,
-        "base_model": start["base_model"],
-        "resume_from": (f"hf://{plan.hub.model_id}" if remote and start["resume_from"]
-                        else start["resume_from"]),
+        "base_model": start.base_model,
+        "resume_from": start.resume_from,
         "train_files": [{"path": data_path(f), "sha256": f.sha256} for f in train],
         "eval_file": {"path": data_path(evals), "sha256": evals.sha256},
         "tokenized_dir": None if remote else tokenized_dir,
         "hyperparameters": _hyperparameters(plan, request, mode,
-                                            resuming=start["resume_from"] is not None),
+                                            resuming=start.resume_from is not None),
         "lora": lora,
         "outputs": {
             "model_store": f"store/{plan.model_name}" if remote else plan.model_link,
@@ -383,7 +371,7 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
 
 def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
                    files: list[FileRef], flavor: str, timeout: str,
-                   config: dict) -> HfSubmission:
+                   config: dict, start: StartPoint) -> HfSubmission:
     if not plan.hub.dataset_repo:
         raise TunestepError("plan_missing_key", "hf-jobs needs hub.dataset_repo in the plan: "
                             "the private dataset repo that carries each step's bundle")
@@ -393,6 +381,10 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
                             "(privately) for the next step to resume from")
     bundle = {name: f"job:{name}" for name in JOB_FILES}
     bundle.update({bundle_name(f, files): f.path for f in files if f.role in ("train", "eval")})
+    if start.checkpoint is not None:  # read at submit through its real path (not confined
+        folder = Path(start.checkpoint)  # to the workspace: the store lies behind a link)
+        bundle.update({f"{START_DIR}/{p.relative_to(folder).as_posix()}": f"checkpoint:{p}"
+                       for p in checkpoint_files(folder)})
     return HfSubmission(
         image=plan.job.image,
         command=["uv", "run", f"{HF_MOUNT}/{JOB_SCRIPT}", "--config", f"{HF_MOUNT}/job.json",

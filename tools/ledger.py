@@ -90,6 +90,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_action ON audit(action);
     """,
+    # 2: where each step's model went and where each local version came from (issue 11):
+    # the commit a step's job pushed (the next remote step resumes from exactly it), its
+    # version folder, whether the job promoted it; and one row per local model version.
+    """
+    ALTER TABLE steps ADD COLUMN hub_model_id TEXT;
+    ALTER TABLE steps ADD COLUMN hub_revision TEXT;
+    ALTER TABLE steps ADD COLUMN version TEXT;
+    ALTER TABLE steps ADD COLUMN promoted INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE model_versions (
+        store TEXT NOT NULL,
+        version TEXT NOT NULL,
+        step INTEGER,
+        batch TEXT,
+        job_id TEXT,
+        source TEXT NOT NULL,
+        hub_model_id TEXT,
+        hub_revision TEXT,
+        promoted INTEGER NOT NULL DEFAULT 1,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (store, version)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -79,6 +79,7 @@ Backend **{draft.backend}**, mode **{cfg['mode']}**. Nothing runs until the oper
 
 - Model: `{cfg['base_model']}`
 - Resume from: `{resume}`
+- Starts from: {draft.start.described if draft.start else resume}
 {lora}
 {hyper}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -170,8 +171,12 @@ def _start_hf(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
                             "login` or set HF_TOKEN in the server's environment")
     files: dict = {"job.json": canonical_json(draft.job_config)}
     for name, source in sub.bundle.items():
-        files[name] = (JOBS_DIR / source.removeprefix("job:") if source.startswith("job:")
-                       else ws.resolve(source))
+        if source.startswith("job:"):
+            files[name] = JOBS_DIR / source.removeprefix("job:")
+        elif source.startswith("checkpoint:"):  # a local start (chain.py), hashed in the draft
+            files[name] = Path(source.removeprefix("checkpoint:"))
+        else:
+            files[name] = ws.resolve(source)
     api = hf_jobs.hub_api(token)
     revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id, files)
     ref = hf_jobs.submit_hf_job(

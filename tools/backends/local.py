@@ -139,21 +139,50 @@ def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | Non
             record_step(conn, job_id, job["draft_id"], result)
 
 
+def step_outcome(result: dict) -> tuple[str | None, str | None, str | None, bool]:
+    """(hub model id, pushed commit sha, version folder name, promoted) from a job result.
+
+    ``promotion.promoted`` is the job's decision; a result without one was promoted (the
+    job moved ``latest``). The version is the folder name ``NNNN_<batch>``.
+    """
+    hub = result.get("hub") if isinstance(result.get("hub"), dict) else {}
+    version = result.get("version")
+    name = version.rsplit("/", 1)[-1] if isinstance(version, str) and version else None
+    promotion = result.get("promotion") if isinstance(result.get("promotion"), dict) else {}
+    return (hub.get("model_id"), hub.get("revision"), name,
+            promotion.get("promoted", True) is not False)
+
+
 def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
+    from tunestep.tools.chain import record_version
+
     draft = conn.execute("SELECT digest, payload FROM drafts WHERE draft_id = ?",
                          (draft_id,)).fetchone()
+    backend = conn.execute("SELECT backend FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     payload = ledger.loads(draft["payload"])
     config = payload["job_config"]
     datasets = [*config["train_files"], config["eval_file"]]
+    model_id, revision, version, promoted = step_outcome(result)
     conn.execute(
         "INSERT OR REPLACE INTO steps(step, batch, draft_id, job_id, digest, mode, datasets,"
-        " model_path, metrics, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " model_path, metrics, recorded_at, hub_model_id, hub_revision, version, promoted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (config["step"], config["batch"], draft_id, job_id, draft["digest"], config["mode"],
          ledger.dumps(datasets), result.get("model_path"),
-         ledger.dumps({k: v for k, v in result.items() if k != "model_path"}), time.time()))
+         ledger.dumps({k: v for k, v in result.items() if k != "model_path"}), time.time(),
+         model_id, revision, version, int(promoted)))
+    if version and backend is not None and backend["backend"] == "local":
+        # A local job wrote the version itself (and may have pushed it: then a later
+        # remote step resumes from that exact commit). A remote job's version arrives
+        # with sync_model, which records its own row.
+        record_version(conn, store=config["outputs"]["model_store"], version=version,
+                       step=config["step"], batch=config["batch"], job_id=job_id,
+                       source="job", hub_model_id=model_id, hub_revision=revision,
+                       promoted=promoted)
     ledger.audit(conn, "step.record", config["batch"],
                  detail={"step": config["step"], "job_id": job_id,
-                         "model_path": result.get("model_path")})
+                         "model_path": result.get("model_path"), "hub_revision": revision,
+                         "promoted": promoted})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""Where the next step starts: exact Hub commits, local starts in the bundle, Hub bases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from chain_helpers import (
+    MODEL_REPO,
+    fake_local_version,
+    host_base_model,
+    hub_base_workspace,
+    local_base_workspace,
+    record_job_end,
+)
+from conftest import FAKE_TOKEN
+
+from tunestep.tools import ledger
+from tunestep.tools.draft import DraftRequest, draft_job
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.mapping import apply_mapping, suggest_mapping
+
+SHA1, SHA2 = "1" * 40, "2" * 40
+REMOTE = {"backend": "hf-jobs", "flavor": "t4-medium"}
+
+
+def remote_result(draft, sha: str, **extra) -> dict:
+    return {"ok": True, "step": draft.step, "batch": draft.batch, "mode": draft.job_config["mode"],
+            "version": f"versions/{draft.step:04d}_{draft.batch}",
+            "model_path": f"/tmp/tunestep/store/qwen3_webdev/versions/{draft.step:04d}_"
+                          f"{draft.batch}",
+            "hub": {"model_id": MODEL_REPO, "revision": sha, "private": True}, **extra}
+
+
+def map_batch_2(ws) -> None:
+    source = "datasets/incremental/batch_100_02"
+    apply_mapping(ws, source, suggest_mapping(ws, source).mapping)
+
+
+@pytest.fixture
+def local_ws(tmp_path, tiny_model_dir):
+    return local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
+                                holdout_rows=10)
+
+
+@pytest.fixture
+def hub_ws(tmp_path, tiny_model_dir, fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    host_base_model(fake_hub, tiny_model_dir, FAKE_TOKEN)
+    return hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10)
+
+
+def test_a_remote_step_resumes_from_the_exact_commit_the_last_one_pushed(hub_ws):
+    ws = hub_ws
+    first = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
+    assert first.job_config["base_model"] == "tester/tiny-base"
+    assert first.job_config["resume_from"] is None and first.start.source == "base"
+    assert not [f for f in first.files if f.role == "checkpoint"]
+    record_job_end(ws, first.draft_id, "hf-jobs", remote_result(first, SHA1))
+    with ledger.open_ledger(ws) as conn:
+        step = conn.execute("SELECT * FROM steps").fetchone()
+    assert (step["hub_model_id"], step["hub_revision"], step["version"], step["promoted"]) == (
+        MODEL_REPO, SHA1, "0001_batch_100_01", 1)
+
+    map_batch_2(ws)
+    second = draft_job(ws, DraftRequest(**REMOTE))
+    assert second.batch == "batch_100_02"
+    assert second.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
+    assert second.start.source == "hub" and second.start.hub_revision == SHA1
+    assert second.job_config["hyperparameters"]["learning_rate"] == 1e-3  # resuming
+    plan_md = (ws.root / second.run_plan).read_text()
+    assert f"hf://{MODEL_REPO}@{SHA1}" in plan_md
+
+    # A local step now would start from an older checkpoint: refused, with the way out.
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest())
+    assert err.value.code == "model_not_synced" and "tunestep sync" in err.value.message
+
+    # The digest covers the revision: the same request after another commit differs.
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE steps SET hub_revision = ? WHERE step = 1", (SHA2,))
+    third = draft_job(ws, DraftRequest(**REMOTE))
+    assert third.job_config["resume_from"].endswith(SHA2) and third.digest != second.digest
+
+
+def test_a_step_the_job_did_not_promote_is_not_resumed_from(hub_ws):
+    ws = hub_ws
+    first = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
+    record_job_end(ws, first.draft_id, "hf-jobs", remote_result(first, SHA1))
+    map_batch_2(ws)
+    second = draft_job(ws, DraftRequest(**REMOTE))
+    record_job_end(ws, second.draft_id, "hf-jobs", remote_result(
+        second, SHA2, promotion={"promoted": False, "reason": "eval loss rose"}))
+    nxt = draft_job(ws, DraftRequest(**REMOTE))
+    assert nxt.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
+
+
+def test_lora_on_hf_jobs_names_a_hub_base(hub_ws, local_ws):
+    lora = draft_job(hub_ws, DraftRequest(batch="batch_100_01", mode="lora", **REMOTE))
+    assert lora.job_config["base_model"] == "tester/tiny-base"
+    record_job_end(hub_ws, lora.draft_id, "hf-jobs", remote_result(lora, SHA1))
+    map_batch_2(hub_ws)
+    nxt = draft_job(hub_ws, DraftRequest(mode="lora", **REMOTE))
+    assert nxt.job_config["base_model"] == "tester/tiny-base"  # the adapter's base, from step 1
+    assert nxt.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
+    # A full step cannot resume from an adapter.
+    with pytest.raises(TunestepError) as err:
+        draft_job(hub_ws, DraftRequest(mode="full", **REMOTE))
+    assert err.value.code == "checkpoint_mode_mismatch"
+
+    # A local base path would reach the job as a path it does not have: refused, named.
+    with pytest.raises(TunestepError) as err:
+        draft_job(local_ws, DraftRequest(batch="batch_100_01", mode="lora", **REMOTE))
+    assert err.value.code == "remote_base_not_on_hub" and "model:" in err.value.message
+
+
+def test_a_local_start_travels_in_the_bundle_never_as_a_host_path(local_ws, tmp_path,
+                                                                  tiny_model_dir):
+    ws = local_ws
+    # The plan's base is a local folder: a full remote step carries it in the bundle.
+    first = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
+    cfg = first.job_config
+    assert cfg["base_model"] == "/tunestep/step/start" and cfg["resume_from"] is None
+    assert str(tmp_path) not in json.dumps(cfg)
+    ckpt = [f for f in first.files if f.role == "checkpoint"]
+    assert {f.path for f in ckpt} >= {"models/qwen3_webdev/versions/0000_base/config.json"}
+    assert first.submission.bundle["start/config.json"].startswith("checkpoint:")
+
+    # After a local step the remote step resumes from that version, uploaded with it.
+    record_job_end(ws, draft_job(ws, DraftRequest(batch="batch_100_01")).draft_id, "local",
+                   {"version": "versions/0001_batch_100_01", "hub": None})
+    version = fake_local_version(ws, tiny_model_dir, "0001_batch_100_01")
+    map_batch_2(ws)
+    nxt = draft_job(ws, DraftRequest(**REMOTE))
+    assert nxt.job_config["resume_from"] == "/tunestep/step/start"
+    assert nxt.start.source == "bundle" and "0001_batch_100_01" in nxt.start.described
+    assert str(tmp_path) not in json.dumps(nxt.job_config)
+    names = {n for n in nxt.submission.bundle if n.startswith("start/")}
+    assert "start/model.safetensors" in names and "start/config.json" in names
+    # Every file is hashed into the digest: a changed weight file makes another draft.
+    (version / "config.json").write_text((version / "config.json").read_text() + " ")
+    again = draft_job(ws, DraftRequest(**REMOTE))
+    assert again.digest != nxt.digest
+
+
+def test_a_pushed_local_version_chains_by_its_commit(local_ws, tiny_model_dir):
+    ws = local_ws
+    local = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    record_job_end(ws, local.draft_id, "local", {
+        "version": "versions/0001_batch_100_01",
+        "hub": {"model_id": MODEL_REPO, "revision": SHA1, "private": True}})
+    fake_local_version(ws, tiny_model_dir, "0001_batch_100_01")
+    map_batch_2(ws)
+    with ledger.open_ledger(ws) as conn:
+        row = conn.execute("SELECT * FROM model_versions").fetchone()
+    assert (row["version"], row["source"], row["hub_revision"]) == (
+        "0001_batch_100_01", "job", SHA1)
+    nxt = draft_job(ws, DraftRequest(**REMOTE))
+    assert nxt.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
+    assert not [f for f in nxt.files if f.role == "checkpoint"]

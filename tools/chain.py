@@ -1,0 +1,275 @@
+"""Where the next step starts: a local checkpoint, an exact Hub commit, or the base model.
+
+Steps chain. A step trained on Hugging Face Jobs pushes its model to the private model
+repo and the ledger records the commit (``steps.hub_revision``); the next remote step
+resumes from ``hf://<model_id>@<that sha>``, never from whatever ``main`` holds when it
+runs. A local version remembers where it came from (``model_versions``: its own job, or
+a download of a pushed commit), so a remote step that follows a synced or pushed local
+version resumes from the same commit. A start that exists only on this machine (the
+first remote step after local steps, or a local base model) travels inside the step's
+bundle, hashed file by file into the draft's digest, and the remote config names its
+mount path: a remote job config never holds a path of this machine.
+
+A local step after a remote one needs that remote model in the store first
+(``sync_model`` / ``tunestep sync``): it is refused with ``model_not_synced`` rather
+than silently training on an older checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+from tunestep.tools import ledger
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.plan import Plan
+from tunestep.tools.workspace import Workspace
+
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+START_DIR = "start"  # a local start's folder inside the bundle
+# Files of a version folder that never travel: epoch checkpoints and generated cards.
+SKIPPED_PARTS = ("checkpoints", "README.md", ".cache")
+
+
+class StartPoint(BaseModel):
+    """What a draft's job loads, and from where, in the words of the job config."""
+
+    base_model: str
+    resume_from: str | None
+    source: Literal["base", "local", "hub", "bundle"]
+    described: str  # one line for the run plan
+    checkpoint: str | None = None  # a local folder the bundle carries (source "bundle")
+    hub_model_id: str | None = None
+    hub_revision: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+def version_step(name: str) -> int | None:
+    """The step number of a version folder ``NNNN_<batch>``."""
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def is_local_path(ws: Workspace, value: str) -> bool:
+    """True when ``value`` names a folder on this machine rather than a Hub model id."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or value.startswith((".", "~")):
+        return True
+    return (ws.root / value).exists()
+
+
+def _local_path(ws: Workspace, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else ws.root / value
+
+
+def record_version(conn: sqlite3.Connection, *, store: str, version: str, step: int | None,
+                   batch: str | None, job_id: str | None, source: str,
+                   hub_model_id: str | None, hub_revision: str | None,
+                   promoted: bool) -> None:
+    """One local model version and its origin (``job``: trained here; ``hub``: synced)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO model_versions(store, version, step, batch, job_id, source,"
+        " hub_model_id, hub_revision, promoted, recorded_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (store, version, step, batch, job_id, source, hub_model_id, hub_revision,
+         int(promoted), time.time()))
+
+
+def version_origin(conn: sqlite3.Connection, store: str, version: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM model_versions WHERE store = ? AND version = ?",
+                        (store, version)).fetchone()
+
+
+def unsynced_step(conn: sqlite3.Connection, store: Path) -> sqlite3.Row | None:
+    """The newest promoted step, when it lives only on the Hub (not yet in the store)."""
+    newest = conn.execute(
+        "SELECT * FROM steps WHERE promoted = 1 ORDER BY step DESC, recorded_at DESC LIMIT 1"
+    ).fetchone()
+    if newest is None or not newest["hub_revision"] or not newest["version"]:
+        return None
+    if (store / "versions" / newest["version"]).is_dir():
+        return None
+    return newest
+
+
+def _draft_base(conn: sqlite3.Connection, draft_id: str | None) -> str | None:
+    row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+                       (draft_id,)).fetchone() if draft_id else None
+    return ledger.loads(row["payload"])["job_config"]["base_model"] if row else None
+
+
+def _adapter_base(folder: Path) -> str | None:
+    config = orjson.loads((folder / "adapter_config.json").read_bytes())
+    return config.get("base_model_name_or_path")
+
+
+def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
+                   mount: str) -> StartPoint:
+    """The start of the next step for ``backend``; ``mount`` is the remote bundle's path."""
+    store = ws.resolve_model_store(plan.model_link)
+    latest = latest_checkpoint(store) if store.is_dir() else None
+    with ledger.open_ledger(ws) as conn:
+        pending = unsynced_step(conn, store)
+        origin = (version_origin(conn, plan.model_link, latest.name)
+                  if latest is not None and latest.parent.name == "versions" else None)
+        pending_base = _draft_base(conn, pending["draft_id"]) if pending else None
+    if backend == "local":
+        if pending is not None:
+            raise TunestepError(
+                "model_not_synced",
+                f"step {pending['step']} ({pending['batch']}) was trained on HF Jobs and its "
+                f"model ({pending['hub_model_id']}@{pending['hub_revision'][:12]}) is not in "
+                "the model store yet; a local step would start from an older checkpoint. "
+                "Run `tunestep sync` (MCP: sync_model) first", path=plan.model_link)
+        return _local_start(ws, plan, mode, latest)
+    return _remote_start(ws, plan, mode, latest, pending, pending_base, origin, mount)
+
+
+def _is_base(ws: Workspace, plan: Plan, latest: Path | None) -> bool:
+    if latest is None or not is_local_path(ws, plan.model):
+        return False
+    base = _local_path(ws, plan.model)
+    return base.exists() and latest.resolve() == base.resolve()
+
+
+def _local_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None) -> StartPoint:
+    base = plan.model
+    if latest is None or _is_base(ws, plan, latest):
+        return StartPoint(base_model=base, resume_from=None, source="base",
+                          described=f"the base model {base}")
+    kind = checkpoint_kind(latest)
+    if mode == "full":
+        if kind == "lora":
+            raise TunestepError("checkpoint_mode_mismatch",
+                                "the latest checkpoint is a LoRA adapter: draft with mode "
+                                "'lora', or point the model link at a full model",
+                                path=plan.model_link)
+        return StartPoint(base_model=base, resume_from=str(latest), source="local",
+                          described=f"the local checkpoint {latest.name}")
+    if kind == "lora":
+        return StartPoint(base_model=_adapter_base(latest) or base, resume_from=str(latest),
+                          source="local", described=f"the local adapter {latest.name}")
+    # LoRA on top of a fully fine-tuned checkpoint: that checkpoint is the new base.
+    return StartPoint(base_model=str(latest), resume_from=None, source="local",
+                      described=f"new adapters on the local checkpoint {latest.name}")
+
+
+def _remote_base(ws: Workspace, plan: Plan, base: str | None, what: str) -> str:
+    """A LoRA base for a remote job: it must be a Hub model id."""
+    if not base or is_local_path(ws, base):
+        raise TunestepError(
+            "remote_base_not_on_hub",
+            f"LoRA on HF Jobs attaches to a Hub base model, but {what} is the local path "
+            f"{base!r}: set the plan's `model:` to the Hub id it came from (for example "
+            "Qwen/Qwen3-0.6B), or train this step with backend 'local'",
+            path=".specs/training/plan.md")
+    return base
+
+
+def _full_label(ws: Workspace, plan: Plan) -> str:
+    """``base_model`` of a remote full step that resumes: a record only (the checkpoint
+    carries model and tokenizer), so a local base path is replaced by the model repo id."""
+    if not is_local_path(ws, plan.model):
+        return plan.model
+    return plan.hub.model_id or "local-base"
+
+
+def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
+                  pending: Any, pending_base: str | None, origin: Any,
+                  mount: str) -> StartPoint:
+    hub: tuple[str, str, str | None, str | None] | None = None  # id, sha, kind, adapter base
+    if pending is not None:
+        hub = (pending["hub_model_id"], pending["hub_revision"],
+               "lora" if pending["mode"] == "lora" else "full", pending_base)
+    elif latest is not None and origin is not None and origin["hub_revision"]:
+        kind = checkpoint_kind(latest)
+        hub = (origin["hub_model_id"], origin["hub_revision"], kind,
+               _adapter_base(latest) if kind == "lora" else None)
+    if hub is not None:
+        model_id, sha, kind, adapter_base = hub
+        if not COMMIT_SHA.fullmatch(sha or ""):
+            raise TunestepError("hub_revision_invalid",
+                                f"the ledger's revision for {model_id} is not a commit sha")
+        resume = f"hf://{model_id}@{sha}"
+        described = f"{model_id} at commit {sha} (pushed by an earlier step)"
+        if mode == "full":
+            if kind == "lora":
+                raise TunestepError("checkpoint_mode_mismatch",
+                                    "the latest checkpoint is a LoRA adapter: draft with mode "
+                                    "'lora'", path=plan.model_link)
+            return StartPoint(base_model=_full_label(ws, plan), resume_from=resume,
+                              source="hub", described=described, hub_model_id=model_id,
+                              hub_revision=sha)
+        if kind == "full":
+            raise TunestepError(
+                "remote_base_not_on_hub",
+                "LoRA on HF Jobs attaches to a Hub base model, but the latest checkpoint "
+                f"is a full fine-tune ({resume}): draft mode 'full', or train the LoRA step "
+                "with backend 'local'", path=plan.model_link)
+        return StartPoint(base_model=_remote_base(ws, plan, adapter_base or plan.model,
+                                                  "the adapter's base"),
+                          resume_from=resume, source="hub", described=described,
+                          hub_model_id=model_id, hub_revision=sha)
+    if latest is not None and not _is_base(ws, plan, latest):
+        kind = checkpoint_kind(latest)
+        described = (f"the local checkpoint {latest.name}, uploaded in the step's bundle "
+                     "(it is on no Hub commit yet)")
+        if mode == "full":
+            if kind == "lora":
+                raise TunestepError("checkpoint_mode_mismatch",
+                                    "the latest checkpoint is a LoRA adapter: draft with mode "
+                                    "'lora'", path=plan.model_link)
+            return StartPoint(base_model=_full_label(ws, plan),
+                              resume_from=f"{mount}/{START_DIR}", source="bundle",
+                              described=described, checkpoint=str(latest))
+        if kind == "full":
+            raise TunestepError(
+                "remote_base_not_on_hub",
+                "LoRA on HF Jobs attaches to a Hub base model, but the latest checkpoint is "
+                f"the local full fine-tune {latest.name}: draft mode 'full', or train the "
+                "LoRA step with backend 'local'", path=plan.model_link)
+        return StartPoint(base_model=_remote_base(ws, plan, _adapter_base(latest) or plan.model,
+                                                  "the adapter's base"),
+                          resume_from=f"{mount}/{START_DIR}", source="bundle",
+                          described=described, checkpoint=str(latest))
+    return base_start(ws, plan, mode, "hf-jobs", mount)
+
+
+def base_start(ws: Workspace, plan: Plan, mode: str, backend: str, mount: str) -> StartPoint:
+    """A start from the plan's base model (a first step, or ``data.regime: from_base``)."""
+    if backend == "local" or not is_local_path(ws, plan.model):
+        return StartPoint(base_model=plan.model, resume_from=None, source="base",
+                          described=f"the base model {plan.model}")
+    if mode == "lora":
+        _remote_base(ws, plan, plan.model, "the plan's model")
+    base = _local_path(ws, plan.model)
+    if checkpoint_kind(base) != "full":
+        raise TunestepError("remote_base_not_on_hub",
+                            f"the plan's model {plan.model!r} is neither a Hub id nor a local "
+                            "model folder", path=".specs/training/plan.md")
+    return StartPoint(base_model=f"{mount}/{START_DIR}", resume_from=None, source="bundle",
+                      described=f"the local base model {base.name}, uploaded in the step's "
+                                "bundle", checkpoint=str(base))
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint that travel (no epoch checkpoints, no generated card)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.relative_to(folder).parts[0] not in SKIPPED_PARTS)
+
+
+def shown_path(ws: Workspace, plan: Plan, path: Path) -> str:
+    """A checkpoint file as a person finds it: through ``models/<name>`` when it is in the
+    store, else its own path (a local base model outside the workspace)."""
+    store = ws.resolve_model_store(plan.model_link).resolve()
+    if path.is_relative_to(store):
+        return f"{plan.model_link}/{path.relative_to(store).as_posix()}"
+    return ws.relative(path)

@@ -236,8 +236,8 @@ def test_submit_hub_error_is_scrubbed(api, fake_hub, bundle_sha):
     fake_hub.fail[("POST", "/api/jobs/tester")] = (403, f"bad secret {TOKEN}")
     with pytest.raises(TunestepError) as err:
         _submit(api, bundle_sha)
-    assert err.value.code == "hf_hub_error"
-    assert "403" in str(err.value)
+    assert err.value.code == "hub_forbidden"
+    assert "403" in str(err.value) and "bad secret ***" in str(err.value)
     assert TOKEN not in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__
 

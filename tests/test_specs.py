@@ -26,10 +26,11 @@ def codes_in_source() -> dict[str, str]:
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
             values = []
-            if name == "TunestepError" and node.args:
+            if name in ("TunestepError", "HubError") and node.args:
                 values.append(node.args[0])
             values += [k.value for k in node.keywords if k.arg in ("code", "not_found")
-                       and name in ("TunestepError", "Problem", "_hub_errors", "_error")]
+                       and name in ("TunestepError", "HubError", "Problem", "_hub_errors",
+                                    "hub_call", "_error")]
             for value in values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str) \
                         and CODE.match(value.value):

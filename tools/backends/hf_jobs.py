@@ -29,36 +29,23 @@ repo, with the ``HF_TOKEN`` secret; ``fetch_job_outputs`` downloads them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, Volume, constants
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    LocalTokenNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from pydantic import BaseModel, ConfigDict
 
 from tunestep.tools.atomic import atomic_open
 from tunestep.tools.errors import TunestepError
-
-try:  # huggingface_hub 2.x speaks httpx2; 1.x spoke httpx
-    import httpx2 as _httpx
-except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
-    import httpx as _httpx  # type: ignore[no-redef]
+from tunestep.tools.hub_errors import configure_client, hub_call, hub_timeout, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +67,6 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FLAVOR_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# Hub access tokens: scrubbed from any text we pass on, even when it is not "our" token.
-_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 _UNIT_PER_HOUR = {"second": 3600, "minute": 60, "hour": 1}
 
 
@@ -120,6 +105,7 @@ class HfJobStatus(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     running_seconds: int | None = None
+    labels: dict[str, str] = {}
 
 
 class HfJobLogs(BaseModel):
@@ -165,6 +151,7 @@ def hub_api(token: str | None = None, *, endpoint: str | None = None) -> HfApi:
     explicitly keeps every request pointed where the environment says at call time.
     """
     base = endpoint or os.environ.get("HF_ENDPOINT", "").strip() or constants.ENDPOINT
+    configure_client()  # every request through it has a client-side timeout
     return HfApi(endpoint=base.rstrip("/"), token=token, library_name="tunestep")
 
 
@@ -228,62 +215,8 @@ def _check_relative(path: str, what: str, code: str = "hf_bad_argument") -> Pure
     return pure
 
 
-def _scrub(text: str, *secrets: str | None) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _HF_TOKEN_RE.sub("hf_***", text)
-
-
 def _api_token(api: HfApi) -> str | None:
     return api.token if isinstance(api.token, str) else None
-
-
-@contextlib.contextmanager
-def _hub_errors(
-    action: str, *secrets: str | None, not_found: str = "hf_not_found"
-) -> Iterator[None]:
-    """Turn huggingface_hub failures into TunestepErrors, the token scrubbed out.
-
-    ``from None`` drops the original exception chain: it holds the request, and we would
-    rather lose a debugging detail than ever print a header.
-    """
-    try:
-        yield
-    except TunestepError:
-        raise
-    except LocalTokenNotFoundError:
-        raise TunestepError(
-            "hf_token_missing", f"{action}: no Hugging Face token; run `hf auth login`"
-        ) from None
-    except RepositoryNotFoundError as exc:
-        raise TunestepError(
-            "hf_repo_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
-        ) from None
-    except RevisionNotFoundError as exc:
-        raise TunestepError(
-            "hf_revision_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
-        ) from None
-    except RemoteEntryNotFoundError as exc:
-        raise TunestepError(
-            "hf_file_not_found", _scrub(f"{action}: {_first_line(exc)}", *secrets)
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        code = not_found if status == 404 else "hf_hub_error"
-        detail = exc.server_message or _first_line(exc)
-        raise TunestepError(
-            code, _scrub(f"{action}: Hub answered HTTP {status}: {detail}", *secrets)
-        ) from None
-    except (_httpx.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
-        raise TunestepError(
-            "hf_hub_unreachable",
-            _scrub(f"{action}: cannot reach the Hub ({type(exc).__name__})", *secrets),
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --------------------------------------------------------------------------- bundle
@@ -314,10 +247,10 @@ def _ensure_private_dataset(api: HfApi, repo_id: str) -> None:
     existing public repo would otherwise receive the training data.
     """
     token = _api_token(api)
-    with _hub_errors(f"create dataset repo {repo_id}", token):
+    with hub_call(f"create dataset repo {repo_id}", token):
         api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
-    with _hub_errors(f"check dataset repo {repo_id}", token):
-        info = api.dataset_info(repo_id)
+    with hub_call(f"check dataset repo {repo_id}", token):
+        info = api.dataset_info(repo_id, timeout=hub_timeout())
     if info.private is not True:
         raise TunestepError(
             "hf_repo_public",
@@ -344,7 +277,7 @@ def upload_step_bundle(
         CommitOperationAdd(path_in_repo=f"{prefix}/{name}", path_or_fileobj=data)
         for name, data in sorted(contents.items())
     ]
-    with _hub_errors(f"commit step bundle to {repo_id}", _api_token(api)):
+    with hub_call(f"commit step bundle to {repo_id}", _api_token(api)):
         info = api.create_commit(
             repo_id,
             operations,
@@ -468,7 +401,7 @@ def submit_hf_job(
         read_only=True,
         path=step_path(draft_id),
     )
-    with _hub_errors(f"submit job for {draft_id}", token, _api_token(api)):
+    with hub_call(f"submit job for {draft_id}", token, _api_token(api)):
         job = api.run_job(
             image=image,
             command=command,
@@ -514,15 +447,42 @@ def _status_of(job: Any) -> HfJobStatus:
         started_at=getattr(job, "started_at", None),
         finished_at=getattr(job, "finished_at", None),
         running_seconds=durations.running_secs if durations else None,
+        labels=dict(getattr(job, "labels", None) or {}),
     )
 
 
 def hf_job_status(api: HfApi, job_id: str, *, namespace: str | None = None) -> HfJobStatus:
     """The job's current stage (SCHEDULING, RUNNING, COMPLETED, CANCELED, ERROR, DELETED)."""
     _check_id(job_id, "job id")
-    with _hub_errors(f"inspect job {job_id}", _api_token(api), not_found="hf_job_not_found"):
+    with hub_call(f"inspect job {job_id}", _api_token(api), not_found="hf_job_not_found"):
         job = api.inspect_job(job_id=job_id, namespace=namespace)
     return _status_of(job)
+
+
+def hub_whoami(api: HfApi) -> str:
+    """The token's user name: the namespace jobs and repos default to."""
+    with hub_call("ask the Hub who the token belongs to", _api_token(api)):
+        name = api.whoami()["name"]
+    if not isinstance(name, str) or not name:
+        raise TunestepError("hub_bad_response", "the Hub's whoami answer names no user")
+    return name
+
+
+def find_hf_jobs(api: HfApi, labels: Mapping[str, str], *, namespace: str | None = None
+                 ) -> list[HfJobStatus]:
+    """Jobs on the Hub carrying every one of ``labels`` (newest first).
+
+    ``namespace`` should be given: ``HfApi.list_jobs`` without one asks the module-level
+    ``whoami``, which talks to the endpoint huggingface_hub read at import, not this API's.
+    """
+    wanted = _check_labels(dict(labels))
+    token = _api_token(api)
+    with hub_call("list jobs by label", token):
+        namespace = namespace or api.whoami()["name"]
+        jobs = [_status_of(job) for job in api.list_jobs(
+            labels=wanted, namespace=namespace, timeout=hub_timeout())]
+    # Filter again here: a Hub that ignored the filter must not make us adopt a stranger.
+    return [job for job in jobs if all(job.labels.get(k) == v for k, v in wanted.items())]
 
 
 def hf_job_logs(
@@ -536,9 +496,9 @@ def hf_job_logs(
     if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
         raise TunestepError("hf_bad_argument", "tail must be a positive number of lines")
     token = _api_token(api)
-    with _hub_errors(f"fetch logs of job {job_id}", token, not_found="hf_job_not_found"):
+    with hub_call(f"fetch logs of job {job_id}", token, not_found="hf_job_not_found"):
         lines = [
-            _scrub(line, token)
+            scrub(line, token)
             for line in api.fetch_job_logs(
                 job_id=job_id, namespace=namespace, follow=False, tail=tail
             )
@@ -549,7 +509,7 @@ def hf_job_logs(
 def hf_job_cancel(api: HfApi, job_id: str, *, namespace: str | None = None) -> HfJobStatus:
     """Ask the Hub to cancel the job, then report its stage as the Hub now sees it."""
     _check_id(job_id, "job id")
-    with _hub_errors(f"cancel job {job_id}", _api_token(api), not_found="hf_job_not_found"):
+    with hub_call(f"cancel job {job_id}", _api_token(api), not_found="hf_job_not_found"):
         api.cancel_job(job_id=job_id, namespace=namespace)
     logger.info("cancel requested for HF job %s", job_id)
     return hf_job_status(api, job_id, namespace=namespace)
@@ -560,11 +520,11 @@ def hf_job_cancel(api: HfApi, job_id: str, *, namespace: str | None = None) -> H
 
 def _output_entries(
     api: HfApi, repo_id: str, prefix: str, revision: str
-) -> list[tuple[str, str, int]]:
-    """(path in repo, name under prefix, size) for every file under ``prefix``."""
+) -> list[tuple[str, str, int, str | None, str | None]]:
+    """(path in repo, name under prefix, size, git blob id, LFS sha256) under ``prefix``."""
     from huggingface_hub.hf_api import RepoFile
 
-    with _hub_errors(f"list outputs in {repo_id}", _api_token(api)):
+    with hub_call(f"list outputs in {repo_id}", _api_token(api)):
         try:
             tree = list(
                 api.list_repo_tree(
@@ -584,8 +544,9 @@ def _output_entries(
         name = item.path[len(prefix) + 1 :]
         # Names come from the Hub, written by the job: untrusted, like any archive member.
         _check_relative(name, "output file name", "hf_output_unsafe_name")
-        entries.append((item.path, name, int(item.size)))
-    if sum(size for _, _, size in entries) > MAX_OUTPUT_BYTES:
+        lfs = item.lfs.sha256 if item.lfs is not None else None
+        entries.append((item.path, name, int(item.size), item.blob_id, lfs))
+    if sum(entry[2] for entry in entries) > MAX_OUTPUT_BYTES:
         raise TunestepError(
             "hf_outputs_too_large", f"outputs under {prefix} exceed {MAX_OUTPUT_BYTES} bytes"
         )
@@ -602,12 +563,29 @@ def _inside(dest_dir: Path, name: str) -> Path:
     return target
 
 
-def _copy_hashed(source: Path, target: Path) -> str:
+def _copy_hashed(source: Path, target: Path, size: int, blob_id: str | None,
+                 lfs_sha256: str | None) -> str:
+    """Copy atomically; the bytes must be the ones the tree listing described.
+
+    A regular file's git blob id (sha1 of ``blob <size>\\0`` + bytes) or an LFS file's
+    sha256 is checked before the file lands, so a download the Hub (or the path to it)
+    garbled never replaces anything.
+    """
     digest = hashlib.sha256()
+    blob = hashlib.sha1(b"blob %d\0" % size)  # git object id, not security
+    written = 0
     with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
         while chunk := reader.read(1 << 20):
             digest.update(chunk)
+            blob.update(chunk)
+            written += len(chunk)
             writer.write(chunk)
+        wrong = written != size or (
+            lfs_sha256 is not None and digest.hexdigest() != lfs_sha256) or (
+            lfs_sha256 is None and blob_id is not None and blob.hexdigest() != blob_id)
+        if wrong:
+            raise TunestepError("hub_bad_response", f"the download of {target.name} does not "
+                                "match the Hub's listing (size or hash); try again")
     return digest.hexdigest()
 
 
@@ -639,17 +617,17 @@ def fetch_job_outputs(
     prefix = str(_check_relative(prefix.strip("/"), "outputs prefix"))
     dest_dir = Path(dest_dir)
     token = _api_token(api)
-    with _hub_errors(f"resolve {repo_id}", token):
-        sha = api.dataset_info(repo_id, revision=revision or "main").sha
+    with hub_call(f"resolve {repo_id}", token):
+        sha = api.dataset_info(repo_id, revision=revision or "main", timeout=hub_timeout()).sha
     if not sha:
         raise TunestepError("hf_hub_error", f"the Hub gave no commit for {repo_id}")
     files, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="tunestep-hf-") as cache:
-        for path_in_repo, name, size in _output_entries(api, repo_id, prefix, sha):
+        for path_in_repo, name, size, blob_id, lfs in _output_entries(api, repo_id, prefix, sha):
             if not _allowed(name, allow):
                 skipped.append(name)
                 continue
-            with _hub_errors(f"download {path_in_repo}", token):
+            with hub_call(f"download {path_in_repo}", token):
                 local = api.hf_hub_download(
                     repo_id, path_in_repo, repo_type="dataset", revision=sha, cache_dir=cache
                 )
@@ -660,7 +638,7 @@ def fetch_job_outputs(
                     name=name,
                     local_path=target,
                     size=size,
-                    sha256=_copy_hashed(Path(local), target),
+                    sha256=_copy_hashed(Path(local), target, size, blob_id, lfs),
                 )
             )
     if skipped:
@@ -685,7 +663,7 @@ def hardware_prices(api: HfApi) -> dict[str, float] | None:
     falls back to its own table.
     """
     try:
-        with _hub_errors("list jobs hardware", _api_token(api)):
+        with hub_call("list jobs hardware", _api_token(api)):
             hardware = api.list_jobs_hardware()
     except TunestepError as exc:
         logger.info("hardware prices unavailable: %s", exc.message)

@@ -46,6 +46,7 @@ from tunestep.tools.estimate import (
 )
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
+from tunestep.tools.lengths import LengthCheck, check_lengths
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
 from tunestep.tools.workspace import Workspace
@@ -157,6 +158,7 @@ class JobDraft(BaseModel):
     regime: str | None = None  # train drafts: data.regime, and what it made of the sources
     sources: list[SourceUse] = Field(default_factory=list)
     start: StartPoint | None = None  # where the step starts (train drafts), for people
+    lengths: LengthCheck | None = None  # train drafts: over-long rows and what happens to them
 
 
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
@@ -225,6 +227,17 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
 
     files = [FileRef(role="train", path=f.path, sha256=f.sha256, rows=f.rows)
              for f in data.train_files]
+    # No row trains without its answer: every row counted with the real tokenizer now.
+    max_length = int(request.overrides.get("max_length", plan.training.max_length))
+    lengths = check_lengths(ws, plan, [f.path for f in files], max_length,
+                            plan.data.overlong)
+    length_warnings = _length_warnings(lengths)
+    if lengths.overlong and data.tokenized_dir:
+        # A tokenized dataset holds the rows cut at max_length; the job must tokenize
+        # itself to shorten or drop them.
+        length_warnings.append(f"the tokenized dataset {data.tokenized_dir} is not used: "
+                               "the job tokenizes itself to handle the over-long rows")
+        data.tokenized_dir, data.tokenized_files = None, []
     files.append(FileRef(role="eval", path=plan.paths.validation,
                          sha256=report.validation.sha256 or "", rows=report.validation.rows))
     if backend == "local":  # a remote job tokenizes itself; locally it may reuse this
@@ -267,10 +280,21 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
         step=report.step, backend=backend, request=request, job_config=config, files=files,
         submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + start.warnings,
+        warnings=list(estimate.warnings) + start.warnings + length_warnings,
         run_plan=plan.paths.run_plan,
         approve_command=f"tunestep approve {draft_id} --workspace {ws.root}",
-        regime=plan.data.regime, sources=source_uses(data), start=start)
+        regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths)
+
+
+def _length_warnings(lengths: LengthCheck) -> list[str]:
+    if lengths.shortened:
+        return [f"{lengths.shortened} row(s) are longer than max_length {lengths.max_length} "
+                f"(the longest {lengths.longest} tokens): the job shortens the middle of "
+                "their user turn and keeps the whole answer (data.overlong truncate_prompt)"]
+    if lengths.dropped:
+        return [f"{lengths.dropped} row(s) are longer than max_length {lengths.max_length}: "
+                "the job leaves them out (data.overlong drop)"]
+    return []
 
 
 def source_uses(data) -> list[SourceUse]:

@@ -163,7 +163,7 @@ def _rest_tokens(ws: Workspace, plan: Plan, long_rows: list[tuple[str, int | Non
         by_file[rel] = {line: row for line, row in read_rows(ws.resolve(rel), rel)
                         if line in wanted}
     rests = []
-    for rel, line, total in long_rows:
+    for rel, line, _ in long_rows:
         messages, roles, contents, tools = _messages(by_file[rel][line])
         text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
         encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)

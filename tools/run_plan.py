@@ -43,6 +43,17 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
                           [[f"`{u.path}`", str(u.rows), str(u.trained), u.why]
                            for u in draft.sources]))
         data += f"\n\n{sum(u.trained for u in draft.sources)} rows trained in all."
+    lengths = draft.lengths
+    if lengths is not None:
+        data += (f"\n\nLengths: {lengths.rows} rows counted with `{lengths.tokenizer}` against "
+                 f"max_length {lengths.max_length}; {lengths.overlong} longer "
+                 f"(data.overlong `{lengths.policy}`: {lengths.shortened} shortened in the "
+                 f"user turn, {lengths.dropped} dropped). No row trains without its answer.")
+        if lengths.listed:
+            data += "\n\n" + _table(["row", "tokens", "outside the user turn", "action"], [
+                [f"`{r.file}:{r.line}`", str(r.tokens),
+                 "" if r.rest_tokens is None else str(r.rest_tokens), r.action]
+                for r in lengths.listed])
     hyper = _table(["key", "value"], [[k, f"`{v}`"] for k, v in hp.items()])
     lora = ""
     if cfg["lora"]:

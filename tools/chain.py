@@ -35,7 +35,7 @@ from tunestep.tools.workspace import Workspace
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 START_DIR = "start"  # a local start's folder inside the bundle
 # Files of a version folder that never travel: epoch checkpoints and generated cards.
-SKIPPED_PARTS = ("checkpoints", "README.md", ".cache")
+SKIPPED_PARTS = ("checkpoints", "README.md", ".cache", ".tunestep_sync.json")
 
 
 class StartPoint(BaseModel):

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.model_sync import SyncedVersion
 from tunestep.tools.workspace import Workspace
 
 TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
@@ -43,6 +44,11 @@ class JobStatus(BaseModel):
     ended_at: float | None = None
     log_path: str | None = None
     result: dict[str, Any] = {}
+    # An hf-jobs training step that succeeded: its pushed model, brought into the store
+    # (model_sync); or why that failed (the job's outcome stands; sync_model retries).
+    model_sync: SyncedVersion | None = None
+    model_sync_error: str | None = None
+    next_actions: list[str] = []
 
 
 class JobLogs(BaseModel):
@@ -84,7 +90,28 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
         else:
             _refresh_hf(ws, row)
         row = _row(ws, job_id)
-    return _status(row)
+    status = _status(row)
+    if status.status == "succeeded" and status.backend == "hf-jobs":
+        status = _bring_model_home(ws, status)
+    return status
+
+
+def _bring_model_home(ws: Workspace, status: JobStatus) -> JobStatus:
+    """A succeeded remote training step's model into the store, unless it is there."""
+    from tunestep.tools.model_sync import sync_model
+
+    with ledger.open_ledger(ws) as conn:
+        step = conn.execute("SELECT version, hub_revision FROM steps WHERE job_id = ?",
+                            (status.job_id,)).fetchone()
+    if step is None or not step["hub_revision"] or not step["version"]:
+        return status  # an inspection, or a step that pushed no model
+    try:
+        report = sync_model(ws, step["version"])
+    except TunestepError as exc:
+        return status.model_copy(update={
+            "model_sync_error": str(exc),
+            "next_actions": [f"sync_model(version='{step['version']}')"]})
+    return status.model_copy(update={"model_sync": report.synced[0]})
 
 
 def _settle_starting(ws: Workspace, row) -> None:

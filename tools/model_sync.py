@@ -1,0 +1,177 @@
+"""sync_model: bring a model that a step pushed to the Hub home into the model store.
+
+A step on Hugging Face Jobs ends in a container that is thrown away; what lasts is the
+commit it pushed to the private model repo (``steps.hub_revision``). Syncing downloads
+exactly that commit (``snapshot_download(revision=<sha>)``) into the store's
+``.staging/`` and then does what a local step does: rename it to
+``versions/NNNN_<batch>/`` and, if the job promoted it, move ``latest`` to it
+atomically, with the job's own functions (``tools/jobs/job_store.py``). A download that
+fails or is killed leaves only a staging folder, which the next sync removes first: the
+store is as it was, and the sync can be run again. Each synced version is recorded in
+``model_versions`` with the commit it came from, and carries that in
+``.tunestep_sync.json``, so a second sync of the same commit is a no-op that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tunestep.tools import ledger
+from tunestep.tools.chain import record_version, version_origin, version_step
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.plan import load_plan
+from tunestep.tools.workspace import Workspace
+
+MARKER = ".tunestep_sync.json"
+
+
+class SyncedVersion(BaseModel):
+    version: str  # NNNN_<batch>
+    path: str  # models/<name>/versions/<version>
+    step: int
+    batch: str
+    hub_model_id: str
+    hub_revision: str
+    kind: str | None  # "full" | "lora"
+    promoted: bool
+    latest_moved: bool
+    already_synced: bool
+
+
+class SyncReport(BaseModel):
+    synced: list[SyncedVersion] = Field(default_factory=list)
+    latest: str | None  # the version `latest` points at afterwards
+    note: str | None = None
+
+
+def sync_model(ws: Workspace, version: str | None = None) -> SyncReport:
+    """Download pushed step models into the store: ``version`` (``NNNN_<batch>``, the
+    batch name or the step number), or every remote step not in the store yet, in order."""
+    plan = load_plan(ws).plan
+    store = _store(ws, plan.model_link)
+    with ledger.open_ledger(ws) as conn:
+        rows = conn.execute("SELECT * FROM steps WHERE hub_revision IS NOT NULL"
+                            " AND version IS NOT NULL ORDER BY step").fetchall()
+    if version is not None:
+        rows = [r for r in rows if version in (r["version"], r["batch"], str(r["step"]))]
+        if not rows:
+            raise TunestepError("sync_unknown_version",
+                                f"no step in the ledger pushed a model as {version!r}: give "
+                                "a version NNNN_<batch>, a batch name or a step number")
+    else:
+        rows = [r for r in rows if not (store / "versions" / r["version"]).is_dir()]
+    synced = [sync_step(ws, plan.model_link, store, row) for row in rows]
+    latest = latest_checkpoint(store)
+    return SyncReport(synced=synced, latest=latest.name if latest else None,
+                      note=None if synced else "every pushed step is in the store already")
+
+
+def _store(ws: Workspace, link: str) -> Path:
+    store = ws.resolve_model_store(link)
+    if store.is_symlink() and not store.exists():
+        raise TunestepError("checkpoint_missing", "the model link points at a folder that is "
+                            "gone: mount or restore the model store, then sync again", path=link)
+    store.mkdir(parents=True, exist_ok=True)  # a workspace that only ever trained remotely
+    return store
+
+
+def sync_step(ws: Workspace, link: str, store: Path, row) -> SyncedVersion:
+    """One pushed step into ``versions/<version>``; idempotent for the same commit."""
+    name, model_id, sha = row["version"], row["hub_model_id"], row["hub_revision"]
+    promoted = bool(row["promoted"])
+    final = store / "versions" / name
+    done = SyncedVersion(version=name, path=f"{link}/versions/{name}", step=row["step"],
+                         batch=row["batch"], hub_model_id=model_id, hub_revision=sha,
+                         kind=None, promoted=promoted, latest_moved=False, already_synced=True)
+    with ledger.open_ledger(ws) as conn:
+        origin = version_origin(conn, link, name)
+    recorded = origin is not None and origin["hub_revision"] == sha
+    if final.is_dir():
+        if _marker_revision(final) != sha:
+            if not recorded:
+                raise TunestepError(
+                    "model_version_exists",
+                    f"{link}/versions/{name} exists and is not the commit {sha[:12]} of "
+                    f"{model_id}; move it aside to sync this step", path=f"{link}/versions/{name}")
+    else:
+        _download(store, name, model_id, sha)
+        done.already_synced = False
+    done.kind = checkpoint_kind(final)
+    if recorded:  # synced before (latest moved then, if at all): nothing to change now;
+        return done  # a later promote_version or sync may have moved latest since
+    # The ledger row is written last, so a sync killed after the rename moves latest on
+    # its re-run.
+    done.latest_moved = promoted and _move_latest_if_newer(store, name)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        record_version(conn, store=link, version=name, step=row["step"], batch=row["batch"],
+                       job_id=row["job_id"], source="hub", hub_model_id=model_id,
+                       hub_revision=sha, promoted=promoted)
+        ledger.audit(conn, "model.sync", name,
+                     detail={"hub_model_id": model_id, "hub_revision": sha,
+                             "latest_moved": done.latest_moved,
+                             "already_synced": done.already_synced})
+    return done
+
+
+def _marker_revision(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / MARKER).read_text()).get("hub_revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _download(store: Path, name: str, model_id: str, sha: str) -> None:
+    """snapshot_download of the exact commit into staging, then one rename into place."""
+    from huggingface_hub import snapshot_download
+
+    from tunestep.tools.backends.hf_jobs import _hub_errors
+    from tunestep.tools.hf_token import read_token
+    from tunestep.tools.jobs.job_common import JobError
+    from tunestep.tools.jobs.job_store import commit_version
+
+    token = read_token()
+    staging = store / ".staging" / f"sync-{name}"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed earlier sync's leftovers
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    (store / "versions").mkdir(exist_ok=True)
+    try:
+        with _hub_errors(f"download {model_id}@{sha[:12]}", token):
+            snapshot_download(model_id, revision=sha, local_dir=staging, token=token or None)
+        shutil.rmtree(staging / ".cache", ignore_errors=True)  # the client's download notes
+        if checkpoint_kind(staging) is None:
+            raise TunestepError("model_sync_empty",
+                                f"{model_id}@{sha[:12]} holds no model (config.json) or "
+                                "adapter (adapter_config.json)")
+        (staging / MARKER).write_text(json.dumps(
+            {"hub_model_id": model_id, "hub_revision": sha}, indent=2) + "\n")
+        try:
+            commit_version(staging, store, name)
+        except JobError as exc:
+            raise TunestepError("model_version_exists", str(exc)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _move_latest_if_newer(store: Path, name: str) -> bool:
+    """Move ``latest`` to ``name`` unless it already points at a later step's version."""
+    from tunestep.tools.jobs.job_common import JobError
+    from tunestep.tools.jobs.job_store import move_latest
+
+    current = latest_checkpoint(store)
+    if current is not None and current.name == name:
+        return False
+    if current is not None and current.parent.name == "versions":
+        now = version_step(current.name)
+        if now is not None and now > (version_step(name) or 0):
+            return False
+    try:
+        move_latest(store, name)
+    except JobError as exc:
+        raise TunestepError("checkpoint_latest_not_link", str(exc)) from None
+    return True

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
-from tunestep.tools import inspector, job_control, merge, preflight, submit
+from tunestep.tools import inspector, job_control, merge, model_sync, preflight, submit
 from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
@@ -45,6 +45,8 @@ STARTS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=True)
 STOPS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True,
                             idempotent_hint=True, open_world_hint=True)
+FETCHES_MODEL = ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                idempotent_hint=True, open_world_hint=True)
 REMOTE_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                               idempotent_hint=True, open_world_hint=True)
 
@@ -243,6 +245,18 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     def job_logs(job_id: str, tail: int = 50) -> job_control.JobLogs:
         """The last `tail` lines (1-5000) of a job's output."""
         return job_control.job_logs(workspace(), job_id, tail)
+
+    @tool(server, "Bring a pushed model home", FETCHES_MODEL)
+    def sync_model(version: str | None = None) -> model_sync.SyncReport:
+        """Download the model a step pushed to the Hub into the local model store.
+
+        job_status does this when an hf-jobs step succeeds; call it again when that
+        download failed or was interrupted (it is safe to repeat). `version` is
+        `NNNN_<batch>`, a batch name or a step number; by default every remote step
+        whose model is not in the store yet. `latest` moves as after a local step, unless
+        the job did not promote the step.
+        """
+        return model_sync.sync_model(workspace(), version)
 
     @tool(server, "Cancel a job", STOPS_JOB)
     def cancel_job(job_id: str) -> job_control.JobStatus:

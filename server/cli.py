@@ -303,6 +303,14 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+@command("sync")
+def cmd_sync(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.model_sync import sync_model
+
+    _show(args, console, sync_model(_workspace(args), args.version))
+    return EXIT_OK
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.demo import run_demo
@@ -427,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", parents=common, help="cancel a running job")
     p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
+
+    p = sub.add_parser("sync", parents=common, help="bring models pushed by remote steps "
+                       "into the model store")
+    p.add_argument("--version", metavar="VERSION", help="one step: NNNN_<batch>, a batch name "
+                   "or a step number (default: every pushed step not in the store yet)")
 
     p = sub.add_parser("demo", help="run the whole path on a sample workspace and tiny model")
     p.add_argument("--path", default=".demo", help="folder for the demo workspace and store")

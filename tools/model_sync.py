@@ -92,12 +92,11 @@ def sync_step(ws: Workspace, link: str, store: Path, row) -> SyncedVersion:
         origin = version_origin(conn, link, name)
     recorded = origin is not None and origin["hub_revision"] == sha
     if final.is_dir():
-        if _marker_revision(final) != sha:
-            if not recorded:
-                raise TunestepError(
-                    "model_version_exists",
-                    f"{link}/versions/{name} exists and is not the commit {sha[:12]} of "
-                    f"{model_id}; move it aside to sync this step", path=f"{link}/versions/{name}")
+        if _marker_revision(final) != sha and not recorded:
+            raise TunestepError(
+                "model_version_exists",
+                f"{link}/versions/{name} exists and is not the commit {sha[:12]} of "
+                f"{model_id}; move it aside to sync this step", path=f"{link}/versions/{name}")
     else:
         _download(store, name, model_id, sha)
         done.already_synced = False
@@ -127,10 +126,9 @@ def _marker_revision(folder: Path) -> str | None:
 
 def _download(store: Path, name: str, model_id: str, sha: str) -> None:
     """snapshot_download of the exact commit into staging, then one rename into place."""
-    from huggingface_hub import snapshot_download
-
-    from tunestep.tools.backends.hf_jobs import _hub_errors
+    from tunestep.tools.backends.hf_jobs import hub_api
     from tunestep.tools.hf_token import read_token
+    from tunestep.tools.hub_errors import hub_call
     from tunestep.tools.jobs.job_common import JobError
     from tunestep.tools.jobs.job_store import commit_version
 
@@ -140,8 +138,8 @@ def _download(store: Path, name: str, model_id: str, sha: str) -> None:
     staging.parent.mkdir(parents=True, exist_ok=True)
     (store / "versions").mkdir(exist_ok=True)
     try:
-        with _hub_errors(f"download {model_id}@{sha[:12]}", token):
-            snapshot_download(model_id, revision=sha, local_dir=staging, token=token or None)
+        with hub_call(f"download {model_id}@{sha[:12]}", token):
+            hub_api(token).snapshot_download(model_id, revision=sha, local_dir=staging)
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # the client's download notes
         if checkpoint_kind(staging) is None:
             raise TunestepError("model_sync_empty",
@@ -163,7 +161,8 @@ def _move_latest_if_newer(store: Path, name: str) -> bool:
     from tunestep.tools.jobs.job_common import JobError
     from tunestep.tools.jobs.job_store import move_latest
 
-    current = latest_checkpoint(store)
+    link = store / "latest"  # the link itself: latest_checkpoint falls back to the newest
+    current = link.resolve() if link.exists() else None  # version when there is none
     if current is not None and current.name == name:
         return False
     if current is not None and current.parent.name == "versions":

@@ -204,33 +204,64 @@ def _fetch_inspection(ws: Workspace, api, row, repo: str) -> dict:
 
 
 def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
-    """Download what the job pushed into the job folder, then copy the known outputs in.
+    """Download what the job pushed into the job folder, then bring the known outputs in.
 
-    Only the plan's log and plot folders are copied into the workspace: a job must not
-    be able to overwrite the plan, a dataset or the hold-out set by pushing a file.
+    Only the plan's log and plot folders reach the workspace (a job must not be able to
+    overwrite the plan, a dataset or the hold-out set by pushing a file), and the
+    cumulative files are merged, not replaced (outputs_merge.py): the history by step,
+    train.log appended once, the progression plot redrawn from the merged history, the
+    job's Trackio store merged by run into ``.tunestep/trackio``. Per-step files (metrics
+    CSV, samples, the step's loss plot) are copied. A merge that fails is reported in
+    ``merge_errors``; it never loses the job's outcome.
     """
     import shutil
 
+    from tunestep.tools import outputs_merge
     from tunestep.tools.backends import hf_jobs
     from tunestep.tools.backends.local import job_dir
+    from tunestep.tools.draft import load_draft
     from tunestep.tools.plan import load_plan
 
     paths = load_plan(ws).plan.paths
+    out = load_draft(ws, row["draft_id"]).job_config["outputs"]
+    progression = f"{out['plots_dir']}/val_progression.png"
     allowed = [f"{paths.logs}/", f"{paths.plots}/"]
     staging = job_dir(ws, row["job_id"]) / "outputs"
     outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
-                                        staging, allow=[*allowed, "result.json"])
-    summary: dict = {"outputs": []}
+                                        staging, allow=[*allowed, "result.json", "trackio/"])
+    summary: dict = {"outputs": [], "merged": []}
+    errors: list[str] = []
+    history = None
     for item in outputs.files:
-        if item.name == "result.json":
-            summary.update(ledger.loads(item.local_path.read_text()) or {})
-            continue
-        target = ws.resolve(item.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.fetch")
-        shutil.copyfile(item.local_path, temp)
-        temp.replace(target)
-        summary["outputs"].append(item.name)
+        try:
+            if item.name == "result.json":
+                summary.update(ledger.loads(item.local_path.read_text()) or {})
+            elif item.name.startswith("trackio/"):
+                if item.name.endswith(".db") and item.name.count("/") == 1:
+                    runs = outputs_merge.merge_trackio(ws.state_dir / "trackio",
+                                                       item.local_path)
+                    summary["merged"].append(f".tunestep/{item.name} ({len(runs)} run(s))")
+            elif item.name == out["history_json"]:
+                history = outputs_merge.merge_history(ws.resolve(item.name), item.local_path)
+                summary["merged"].append(item.name)
+            elif item.name == out["train_log"]:
+                outputs_merge.append_log_once(ws.resolve(item.name), item.local_path,
+                                              row["draft_id"])
+                summary["merged"].append(item.name)
+            elif item.name != progression:  # redrawn below from the whole history
+                target = ws.resolve(item.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temp = target.with_name(f".{target.name}.fetch")
+                shutil.copyfile(item.local_path, temp)
+                temp.replace(target)
+                summary["outputs"].append(item.name)
+        except TunestepError as exc:
+            errors.append(str(exc))
+    if history is not None:
+        outputs_merge.redraw_progression(history, ws.resolve(progression))
+        summary["merged"].append(progression)
+    if errors:
+        summary["merge_errors"] = errors
     return summary
 
 

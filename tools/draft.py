@@ -387,7 +387,8 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
         "samples": {"n": plan.samples.n, "max_new_tokens": plan.samples.max_new_tokens},
         "grade_pattern": plan.grade_pattern,
         "trackio": {"project": plan.trackio_project, "space_id": plan.hub.trackio_space_id,
-                    "dir": None if remote else ".tunestep/trackio"},
+                    # Remotely under --root, so the job pushes it back (job_store.py)
+                    "dir": "trackio" if remote else ".tunestep/trackio"},
         "hub": {"model_id": plan.hub.model_id, "private": plan.hub.private,
                 "push": plan.hub.push or (remote and plan.hub.model_id is not None)},
     }

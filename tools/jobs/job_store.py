@@ -85,9 +85,29 @@ def push_outputs(paths: Paths, result: dict, log: RunLog) -> dict | None:
         if f.is_file():
             rel = f.relative_to(paths.root).as_posix() if f.is_relative_to(paths.root) else f.name
             ops.append(CommitOperationAdd(f"{prefix}/{rel}", f.read_bytes()))
+    # The offline Trackio store (trackio.dir) dies with the container: it goes back too,
+    # as <prefix>/trackio/<project>.db, and tunestep merges its runs into the workspace's.
+    if paths.trackio_dir is not None and paths.trackio_dir.is_dir():
+        for db in sorted(paths.trackio_dir.glob("*.db")):
+            ops.append(CommitOperationAdd(f"{prefix}/trackio/{db.name}", sqlite_snapshot(db)))
     api = HfApi(token=os.environ.get("HF_TOKEN") or None)
     info = api.create_commit(repo_id, operations=ops, repo_type="dataset",
                              commit_message=f"tunestep outputs {prefix}")
     log(f"pushed {len(ops)} output files to {repo_id}/{prefix} at {info.oid}")
     return {"repo_id": repo_id, "path": prefix, "revision": info.oid}
 
+
+def sqlite_snapshot(db: Path) -> bytes:
+    """A consistent copy of a SQLite file, its WAL folded in (the online backup API)."""
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tunestep-db-") as tmp:
+        copy = Path(tmp) / db.name
+        source, target = sqlite3.connect(str(db)), sqlite3.connect(str(copy))
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        return copy.read_bytes()

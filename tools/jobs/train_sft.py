@@ -87,8 +87,9 @@ downloading, and never logged.
 
 On Hugging Face Jobs, tunestep's backend sets ``TUNESTEP_OUTPUT_REPO`` and
 ``TUNESTEP_OUTPUT_PATH``: the reports (metrics CSV, train log, samples, plots, history)
-and ``result.json`` are then committed to ``<repo>/<path>/<their path relative to --root>``
-(see ``push_outputs``).
+and ``result.json`` are then committed to ``<repo>/<path>/<their path relative to --root>``,
+with a snapshot of each Trackio database of ``trackio.dir`` as ``<path>/trackio/<name>.db``
+(see ``push_outputs``); tunestep merges them into the workspace's cumulative files.
 
 Outputs besides the model: ``metrics_csv`` (one row per epoch; the grade columns on the
 last row, from the after-samples), ``train_log`` (appended), ``samples_md``,

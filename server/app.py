@@ -55,7 +55,8 @@ class ServerConfig(BaseModel):
     """What the server is launched with; never read from inside the workspace."""
 
     workspace: Path | None = None
-    operator_keys: list[Path] = []
+    operator_keys: list[Path | str] = []  # key file paths, or inline PEM text
+    operator_key_fingerprints: list[str] = []  # when given, every key must match one
 
 
 def tool_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -113,11 +114,16 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     def workspace() -> Workspace:
         return find_workspace(config.workspace)
 
+    # Read once, now: a key file replaced under the running server is never trusted.
+    pinned = _pin_keys(config) if config.operator_keys else {}
+
     def trusted_keys() -> dict:
-        from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
+        from tunestep.tools.approval import ensure_keys_outside_workspace
 
         ensure_keys_outside_workspace(config.operator_keys, workspace().root)
-        return load_trusted_keys(config.operator_keys)
+        if hasattr(pinned, "check_unchanged"):
+            pinned.check_unchanged()
+        return pinned
 
     @tool(server, "Preflight the next batch", READ_ONLY)
     def check_batch(batch: str | None = None) -> preflight.PreflightReport:
@@ -271,6 +277,12 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     register_prompts(server)
     register_resources(server, workspace)
     return server
+
+
+def _pin_keys(config: ServerConfig) -> dict:
+    from tunestep.tools.approval import pin_trusted_keys
+
+    return pin_trusted_keys(config.operator_keys, config.operator_key_fingerprints)
 
 
 def _version() -> str:

@@ -52,14 +52,15 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
     # stdout is the protocol channel in stdio mode: logs go to stderr only.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from tunestep.tools.approval import load_trusted_keys
     from tunestep.tools.workspace import find_workspace
 
     keys = _trusted_key_paths(args)
-    load_trusted_keys(keys)  # a wrong key path fails now, not at the first submit
     # A missing or wrong workspace fails now too, not at every tool call.
     workspace = find_workspace(args.workspace).root
-    server = build_server(ServerConfig(workspace=workspace, operator_keys=keys))
+    # The keys are read (and checked against the fingerprints) now, once: a wrong path
+    # fails at start, and a key file changed later is never trusted.
+    server = build_server(ServerConfig(workspace=workspace, operator_keys=keys,
+                                       operator_key_fingerprints=_fingerprints(args)))
     if args.transport == "stdio":
         server.run("stdio")
     else:
@@ -79,11 +80,18 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.ready else EXIT_PROBLEM
 
 
-def _trusted_key_paths(args: argparse.Namespace) -> list[Path]:
-    from tunestep.tools.approval import trusted_key_paths_from_env
+def _trusted_key_paths(args: argparse.Namespace) -> list:
+    from tunestep.tools.approval import is_inline_pem, trusted_key_paths_from_env
 
-    keys = [Path(p).expanduser().resolve() for p in (args.operator_key or [])]
+    keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
+            for p in (args.operator_key or [])]
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
+
+
+def _fingerprints(args: argparse.Namespace) -> list[str]:
+    env = os.environ.get("TUNESTEP_OPERATOR_KEY_FINGERPRINTS", "")
+    return list(getattr(args, "operator_key_fingerprint", None) or []) + [
+        f for f in env.replace(",", " ").split() if f]
 
 
 @command("inspect")
@@ -184,7 +192,8 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     _show(args, console, info)
     if not args.json:
         console.print("\nGive the server the public key, e.g. in the MCP client config:\n"
-                      f"  tunestep serve --operator-key {_quote(info.public_key_path)}")
+                      f"  tunestep serve --operator-key {_quote(info.public_key_path)} "
+                      f"--operator-key-fingerprint {info.fingerprint}")
         if is_default:
             console.print(f"`tunestep approve DRAFT_ID` signs with this key ({info.name}) "
                           "unless you pass --name.")
@@ -256,14 +265,15 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
 
 @command("submit")
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
+    from tunestep.tools.approval import ensure_keys_outside_workspace, pin_trusted_keys
     from tunestep.tools.submit import submit_job
 
     ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()
     paths = _trusted_key_paths(args)
     ensure_keys_outside_workspace(paths, ws.root)
-    _show(args, console, submit_job(ws, args.draft_id, token, load_trusted_keys(paths)))
+    trusted = pin_trusted_keys(paths, _fingerprints(args))
+    _show(args, console, submit_job(ws, args.draft_id, token, trusted))
     return EXIT_OK
 
 
@@ -346,9 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow binding to an address other than loopback")
-    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
-                   help="trusted operator public key (repeatable); also "
-                   "$TUNESTEP_OPERATOR_KEYS")
+    p.add_argument("--operator-key", action="append", metavar="PUBKEY",
+                   help="trusted operator public key: a file, or the PEM text inline "
+                   "(repeatable); also $TUNESTEP_OPERATOR_KEYS")
+    p.add_argument("--operator-key-fingerprint", action="append", metavar="SHA256",
+                   help="refuse to start unless every trusted key has one of these "
+                   "fingerprints (sha256:..., printed by `operator init`); also "
+                   "$TUNESTEP_OPERATOR_KEY_FINGERPRINTS")
 
     p = sub.add_parser("check", parents=common, help="preflight the next batch")
     p.add_argument("batch", nargs="?", help=BATCH_HELP)
@@ -419,9 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", parents=common, help="submit an approved draft")
     p.add_argument("draft_id", help="the approved draft, e.g. draft-3f9a0c1d2e4b")
     p.add_argument("token", help="the approval token, or - to read it from stdin")
-    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
-                   help="trusted operator public key (repeatable); also "
-                   "$TUNESTEP_OPERATOR_KEYS")
+    p.add_argument("--operator-key", action="append", metavar="PUBKEY",
+                   help="trusted operator public key: a file, or the PEM text inline "
+                   "(repeatable); also $TUNESTEP_OPERATOR_KEYS")
+    p.add_argument("--operator-key-fingerprint", action="append", metavar="SHA256",
+                   help="refuse unless every trusted key has one of these fingerprints; "
+                   "also $TUNESTEP_OPERATOR_KEY_FINGERPRINTS")
 
     p = sub.add_parser("status", parents=common, help="a job's status, or the recent jobs")
     p.add_argument("job_id", nargs="?", help="the job, e.g. job-5b1c2d3e4f60 (default: list "

@@ -20,6 +20,7 @@ from tunestep.tools.errors import TunestepError
 
 NOW = 1_800_000_000
 DIGEST = "3f" * 32
+LEDGER = "5e" * 16  # the ledger identity a token is bound to
 WORKSPACE = "/home/op/repositories/opedDev"
 PASS = b"correct horse battery staple"
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -39,6 +40,7 @@ def claims_dict(key: Ed25519PrivateKey, **overrides) -> dict:
         "workspace": WORKSPACE,
         "op": "alice",
         "kid": A.key_id(key.public_key()),
+        "ledger": LEDGER,
         "iat": NOW,
         "exp": NOW + 3600,
         "nonce": "0123456789abcdef0123456789abcdef",
@@ -71,7 +73,7 @@ def token(key) -> str:
         digest=DIGEST,
         workspace=WORKSPACE,
         op="alice",
-        ttl_seconds=3600,
+        ttl_seconds=3600, ledger_id=LEDGER,
         now=NOW,
     )
 
@@ -103,7 +105,8 @@ def test_nonces_are_fresh(key):
     tokens = {
         A.parse_token(
             A.sign_approval(
-                key, draft_id="d", digest=DIGEST, workspace="/w", op="o", ttl_seconds=60
+                key, draft_id="d", digest=DIGEST, workspace="/w", op="o",
+                ttl_seconds=60, ledger_id=LEDGER
             )
         )[1].nonce
         for _ in range(20)
@@ -372,7 +375,8 @@ def test_key_in_an_unrelated_dir_is_not_trusted_unless_passed(tmp_path):
     trusted = A.load_trusted_keys(A.trusted_key_paths_from_env(str(alice.public_key_path)))
     mallory_key = A.load_private_key(mallory.private_key_path, PASS)
     tok = A.sign_approval(
-        mallory_key, draft_id="d", digest=DIGEST, workspace="/w", op="mallory", ttl_seconds=60
+        mallory_key, draft_id="d", digest=DIGEST, workspace="/w", op="mallory",
+                ttl_seconds=60, ledger_id=LEDGER
     )
     assert refusal(tok, trusted, now=None).code == "approval_untrusted_key"
     both = A.trusted_key_paths_from_env(
@@ -440,8 +444,10 @@ def test_parse_ttl_refuses(text):
 
 def test_sign_refuses_bad_inputs(key):
     with pytest.raises(TunestepError) as err:
-        A.sign_approval(key, draft_id="d", digest="x", workspace="/w", op="o", ttl_seconds=60)
+        A.sign_approval(key, draft_id="d", digest="x", workspace="/w", op="o", ttl_seconds=60,
+                        ledger_id=LEDGER)
     assert err.value.code == "approval_claims_invalid"
     with pytest.raises(TunestepError) as err:
-        A.sign_approval(key, draft_id="d", digest=DIGEST, workspace="/w", op="o", ttl_seconds=0)
+        A.sign_approval(key, draft_id="d", digest=DIGEST, workspace="/w", op="o", ttl_seconds=0,
+                        ledger_id=LEDGER)
     assert err.value.code == "bad_ttl"

@@ -237,7 +237,7 @@ def _signed_token(tmp: Path, ws: Path) -> tuple[str, Path]:
     key = create_operator_key("confiner", b"pass phrase", tmp / "keys")
     token = sign_approval(load_private_key(key.private_key_path, b"pass phrase"),
                           draft_id="draft-0123456789ab", digest="ab" * 32, workspace=str(ws),
-                          op="confiner", ttl_seconds=600)
+                          op="confiner", ttl_seconds=600, ledger_id="00" * 16)
     return token, key.public_key_path
 
 

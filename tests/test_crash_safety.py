@@ -425,8 +425,11 @@ def approved(tmp_path, tiny_model_dir):
     draft = draft_job(ws, DraftRequest(batch="batch_10_01"))
     info = approval.create_operator_key("alice", b"crash test", tmp_path / "operator")
     key = approval.load_private_key(info.private_key_path, b"crash test")
+    with ledger.open_ledger(ws) as conn:
+        identity = ledger.ledger_id(conn)
     token = approval.sign_approval(key, draft_id=draft.draft_id, digest=draft.digest,
-                                   workspace=str(ws.root), op="alice", ttl_seconds=3600)
+                                   workspace=str(ws.root), op="alice", ttl_seconds=3600,
+                                   ledger_id=identity)
     return {"root": root, "draft": draft, "token": token, "info": info,
             "trusted": approval.load_trusted_keys([info.public_key_path])}
 

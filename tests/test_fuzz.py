@@ -562,7 +562,8 @@ TRUSTED = {A.key_id(k.public_key()): k.public_key() for k in (KEY, OTHER)}
 
 def sign(key=KEY, **fields) -> str:
     base = {"draft_id": "draft-0123456789ab", "digest": "ab" * 32,
-            "workspace": "/home/op/ws", "op": "alice", "ttl_seconds": 3600, "now": NOW}
+            "workspace": "/home/op/ws", "op": "alice", "ttl_seconds": 3600, "now": NOW,
+            "ledger_id": "5e" * 16}
     return A.sign_approval(key, **{**base, **fields})
 
 

@@ -94,3 +94,112 @@ def test_a_link_onto_the_holdout_folder_is_a_conflict_too(sample_ws):
 
 def test_the_default_paths_are_apart():
     Plan()  # the defaults must pass their own rule
+
+
+# --- 2. one token, one job, whatever the local files say ----------------------------------
+
+def test_a_recreated_ledger_refuses_the_old_token(model_ws, operator):
+    """Case: delete .tunestep/state.sqlite*, draft again (same id) -> approval_wrong_ledger."""
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.submit import submit_job
+
+    draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
+    token = operator.approve(model_ws, draft.draft_id)
+    for path in model_ws.state_dir.glob("state.sqlite*"):
+        path.unlink()
+    again = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
+    assert (again.draft_id, again.digest) == (draft.draft_id, draft.digest)
+    with pytest.raises(TunestepError) as err:
+        submit_job(model_ws, draft.draft_id, token, operator.trusted)
+    assert err.value.code == "approval_wrong_ledger"
+
+
+def _call(server, tool: str, args: dict):
+    import anyio
+    from mcp import Client
+
+    async def go():
+        async with Client(server) as client:
+            return await client.call_tool(tool, args)
+
+    return anyio.run(go)
+
+
+def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
+    """Case: the trusted key file is overwritten with the assistant's own key after the
+    server started, and a token signed by that key is submitted -> operator_key_changed."""
+    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.tools import ledger
+    from tunestep.tools.approval import create_operator_key, load_private_key, sign_approval
+
+    real = create_operator_key("op", b"pass", tmp_path / "real")
+    mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
+    server = build_server(ServerConfig(workspace=sample_ws.root,
+                                       operator_keys=[real.public_key_path]))
+    real.public_key_path.write_bytes(mallory.public_key_path.read_bytes())
+    with ledger.open_ledger(sample_ws) as conn:
+        identity = ledger.ledger_id(conn)
+    token = sign_approval(load_private_key(mallory.private_key_path, b"pass"),
+                          draft_id="draft-0123456789ab", digest="ab" * 32,
+                          workspace=str(sample_ws.root), op="mallory", ttl_seconds=600,
+                          ledger_id=identity)
+    result = _call(server, "submit_job", {"draft_id": "draft-0123456789ab",
+                                          "approval_token": token})
+    assert error_code(result) == "operator_key_changed"
+
+
+def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
+    """Case: the key file differs from the fingerprint in the client config (swapped
+    before the server started) -> operator_key_fingerprint_mismatch; an inline PEM works."""
+    from tunestep.tools.approval import create_operator_key, pin_trusted_keys
+
+    real = create_operator_key("op", b"pass", tmp_path / "real")
+    mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
+    assert real.kid in pin_trusted_keys([real.public_key_path], [real.fingerprint])
+    with pytest.raises(TunestepError) as err:
+        pin_trusted_keys([mallory.public_key_path], [real.fingerprint])
+    assert err.value.code == "operator_key_fingerprint_mismatch"
+    inline = real.public_key_path.read_text()
+    pinned = pin_trusted_keys([inline], [real.fingerprint.upper().replace("SHA256:", "")])
+    assert list(pinned) == [real.kid] and not pinned.files
+
+
+def test_serve_takes_an_inline_key_and_a_fingerprint_flag(tmp_path):
+    from tunestep.server.cli import _fingerprints, _trusted_key_paths, build_parser
+    from tunestep.tools.approval import create_operator_key, pin_trusted_keys
+
+    real = create_operator_key("op", b"pass", tmp_path / "real")
+    pem = real.public_key_path.read_text()
+    args = build_parser().parse_args(["serve", "--operator-key", pem,
+                                      "--operator-key-fingerprint", real.fingerprint])
+    assert list(pin_trusted_keys(_trusted_key_paths(args), _fingerprints(args))) == [real.kid]
+
+
+# --- 6 (part). first use of a workspace under concurrency ---------------------------------
+
+def test_concurrent_first_use_of_a_fresh_workspace(sample_ws):
+    """Case: eight callers open a fresh workspace at once (migrations, the hold-out pin)."""
+    import threading
+
+    from tunestep.tools import ledger
+    from tunestep.tools.preflight import check_batch
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def first_use() -> None:
+        barrier.wait()
+        try:
+            check_batch(sample_ws)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with ledger.open_ledger(sample_ws) as conn:
+        assert conn.execute("SELECT count(*) FROM validation_pins").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM identity").fetchone()[0] == 1

@@ -63,9 +63,12 @@ def test_every_refusal_reason(model_ws, drafted, operator, tmp_path):
     ws, trusted, d = model_ws, operator.trusted, drafted
     key = load_private_key(operator.info.private_key_path, operator.passphrase)
     stranger = Ed25519PrivateKey.generate()
+    with ledger.open_ledger(ws) as conn:
+        identity = ledger.ledger_id(conn)
     good = dict(v=1, aud="tunestep", act="submit_job", draft_id=d.draft_id, digest=d.digest,
                 workspace=str(ws.root), op="tester", kid=key_id(key.public_key()),
-                iat=int(time.time()), exp=int(time.time()) + 600, nonce="ab" * 16)
+                ledger=identity, iat=int(time.time()), exp=int(time.time()) + 600,
+                nonce="ab" * 16)
 
     assert refusal(ws, d.draft_id, "", trusted) == "approval_missing"
     assert refusal(ws, d.draft_id, "tsa1.not-a-token", trusted) == "approval_malformed"
@@ -77,7 +80,8 @@ def test_every_refusal_reason(model_ws, drafted, operator, tmp_path):
     assert refusal(ws, d.draft_id, forge(key, **{**good, "aud": "other-tool"}),
                    trusted) == "approval_wrong_audience"
     expired = sign_approval(key, draft_id=d.draft_id, digest=d.digest, workspace=str(ws.root),
-                            op="tester", ttl_seconds=60, now=time.time() - 3600)
+                            op="tester", ttl_seconds=60, now=time.time() - 3600,
+                            ledger_id=identity)
     assert refusal(ws, d.draft_id, expired, trusted) == "approval_expired"
     unknown = forge(key, **{**good, "draft_id": "draft-000000000000"})
     assert refusal(ws, "draft-000000000000", unknown, trusted) == "draft_unknown"

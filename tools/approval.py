@@ -39,6 +39,8 @@ digest     str     sha256 of the draft as stored, 64 lowercase hex
 workspace  str     absolute path of the workspace root the draft lives in
 op         str     operator name (1-64 chars ``[A-Za-z0-9._-]``, starting alphanumeric)
 kid        str     key id: first 16 lowercase hex of sha256 of the raw 32-byte public key
+ledger     str     the workspace ledger's random identity (32 lowercase hex, made with
+                   the ledger): a recreated ledger refuses tokens signed for the old one
 iat        int     issued at, unix seconds
 exp        int     expires at, unix seconds
 nonce      str     128 random bits, 32 lowercase hex; single use
@@ -141,6 +143,7 @@ class ApprovalClaims(BaseModel):
     workspace: str = Field(min_length=1, max_length=4096)
     op: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     kid: _Hex16
+    ledger: _Hex32
     iat: int = Field(ge=0, lt=2**53)
     exp: int = Field(ge=0, lt=2**53)
     nonce: _Hex32
@@ -170,6 +173,7 @@ class OperatorKeyInfo(BaseModel):
 
     name: str
     kid: str
+    fingerprint: str  # sha256:<64 hex>; pin it in the MCP client config
     private_key_path: Path
     public_key_path: Path
 
@@ -320,6 +324,7 @@ def create_operator_key(
     return OperatorKeyInfo(
         name=name,
         kid=key_id(private_key.public_key()),
+        fingerprint=key_fingerprint(private_key.public_key()),
         private_key_path=private_path,
         public_key_path=public_path,
     )
@@ -373,16 +378,89 @@ def load_private_key(path: Path, passphrase: bytes) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Load one operator public key (PEM SubjectPublicKeyInfo, Ed25519)."""
-    data = _read_key_file(path)
+    return _public_key_from_pem(_read_key_file(path), str(path))
+
+
+def _public_key_from_pem(data: bytes, shown: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
-        raise TunestepError(
-            "operator_key_invalid", "not a PEM public key", path=str(path)
-        ) from None
+        raise TunestepError("operator_key_invalid", "not a PEM public key", path=shown) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise TunestepError("operator_key_invalid", "not an Ed25519 public key", path=str(path))
+        raise TunestepError("operator_key_invalid", "not an Ed25519 public key", path=shown)
     return key
+
+
+def key_fingerprint(public_key: Ed25519PublicKey) -> str:
+    """``sha256:`` and the 64 hex of sha256 over the raw 32-byte public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def normalize_fingerprint(text: str) -> str:
+    """``sha256:<64 hex>`` (the prefix optional, any case); else ``operator_key_invalid``."""
+    value = text.strip().lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise TunestepError("operator_key_invalid", "a key fingerprint is sha256: and 64 hex "
+                            "digits, as `tunestep operator init` prints it")
+    return "sha256:" + value
+
+
+def is_inline_pem(text: str) -> bool:
+    return str(text).lstrip().startswith("-----BEGIN")
+
+
+class TrustedKeys(dict):
+    """Key id -> public key, read once when the server starts, pinned by fingerprint.
+
+    ``files`` remembers each key file and the fingerprint it held then. The server never
+    reads a key file again to trust it: ``check_unchanged`` only tells that one changed
+    (``operator_key_changed``), so swapping the file under a running server gains nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[Path, str] = {}
+
+    def check_unchanged(self) -> None:
+        for path, pinned in self.files.items():
+            try:
+                now = key_fingerprint(load_public_key(path))
+            except TunestepError:
+                now = None
+            if now != pinned:
+                raise TunestepError(
+                    "operator_key_changed", "a trusted operator key file changed (or went) "
+                    "since the server started; the server still trusts only the key it read "
+                    "then, and refuses to submit until the operator restarts it from a key "
+                    "they checked", path=str(path))
+
+
+def pin_trusted_keys(sources: list, fingerprints: list[str] | None = None) -> TrustedKeys:
+    """Read the trusted keys once: each source a key file path or an inline PEM string.
+
+    With ``fingerprints`` (from the MCP client config, out of the workspace's reach) every
+    key must have one of them, else ``operator_key_fingerprint_mismatch``: a key file
+    replaced before the server started is refused too.
+    """
+    wanted = {normalize_fingerprint(f) for f in fingerprints or []}
+    pinned = TrustedKeys()
+    for source in sources:
+        if is_inline_pem(source):
+            key, path = _public_key_from_pem(str(source).encode(), "inline key"), None
+        else:
+            path = Path(source)
+            key = load_public_key(path)
+        found = key_fingerprint(key)
+        if wanted and found not in wanted:
+            raise TunestepError(
+                "operator_key_fingerprint_mismatch", f"the trusted key has fingerprint "
+                f"{found}, which is not among the fingerprints the server was given",
+                path=str(path) if path else "inline key")
+        pinned[key_id(key)] = key
+        if path is not None:
+            pinned.files[path] = found
+    return pinned
 
 
 def load_trusted_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
@@ -410,6 +488,9 @@ def trusted_key_paths_from_env(value: str) -> list[Path]:
         entry = entry.strip()
         if not entry:
             continue
+        if is_inline_pem(entry):  # a PEM holds no path separator: it may stand inline
+            paths.append(entry)
+            continue
         path = Path(entry).expanduser()
         if not path.is_absolute():
             raise TunestepError(
@@ -426,6 +507,8 @@ def ensure_keys_outside_workspace(paths: list[Path], workspace: Path) -> None:
     """
     root = Path(workspace).resolve()
     for path in paths:
+        if is_inline_pem(path):
+            continue  # carried in the launch config itself, not a file anyone can edit
         if Path(path).resolve().is_relative_to(root):
             raise TunestepError(
                 "operator_key_in_workspace",
@@ -445,12 +528,14 @@ def sign_approval(
     workspace: str,
     op: str,
     ttl_seconds: int,
+    ledger_id: str,
     now: float | None = None,
 ) -> str:
     """Sign an approval for ``submit_job`` of one draft and return the ``tsa1.…`` token.
 
     ``digest`` is the sha256 hex of the stored draft, ``workspace`` the absolute workspace
-    root, ``op`` the operator's name; the token expires ``ttl_seconds`` after ``now``
+    root, ``op`` the operator's name, ``ledger_id`` the identity of the ledger the draft
+    is stored in (``ledger.ledger_id``); the token expires ``ttl_seconds`` after ``now``
     and carries a fresh random nonce, so each token can be used once.
     """
     _check_ttl(ttl_seconds)
@@ -465,6 +550,7 @@ def sign_approval(
             workspace=workspace,
             op=op,
             kid=key_id(private_key.public_key()),
+            ledger=ledger_id,
             iat=iat,
             exp=iat + ttl_seconds,
             nonce=secrets.token_hex(16),

@@ -112,6 +112,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (store, version)
     );
     """,
+    # 3: the ledger's identity, a random id made with the ledger. Approval tokens carry
+    # it, so a token signed for one ledger is refused by a ledger made afresh (deleting
+    # the ledger forgets the used nonces; it must not make old tokens good again).
+    """
+    CREATE TABLE identity (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        ledger_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    INSERT INTO identity(one, ledger_id, created_at)
+        VALUES (1, lower(hex(randomblob(16))), CAST(strftime('%s', 'now') AS REAL));
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -122,26 +134,33 @@ def _connect(path: str) -> sqlite3.Connection:
     # writer takes the lock up front instead of failing half-way on upgrade.
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
+    # The busy timeout first: switching a new file to WAL takes a lock that a second
+    # process opening the same fresh workspace must wait for, not fail on.
+    conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the file to the current schema; returns the version it is at now."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise TunestepError(
-            "ledger_too_new",
-            f"the ledger has schema {version}; this tunestep knows up to {SCHEMA_VERSION}",
-        )
-    for number in range(version, SCHEMA_VERSION):
-        with transaction(conn):
+    if version == SCHEMA_VERSION:
+        return SCHEMA_VERSION  # the usual case: no write lock taken
+    # Every migration in one immediate transaction, the version read again under the
+    # lock: two processes opening a fresh workspace at once migrate it exactly once.
+    with transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise TunestepError(
+                "ledger_too_new",
+                f"the ledger has schema {version}; this tunestep knows up to {SCHEMA_VERSION}",
+            )
+        for number in range(version, SCHEMA_VERSION):
             for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number + 1}")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return SCHEMA_VERSION
 
 
@@ -194,6 +213,11 @@ def audit(
         "INSERT INTO audit(at, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?)",
         (time.time(), action, target, outcome, dumps(detail or {})),
     )
+
+
+def ledger_id(conn: sqlite3.Connection) -> str:
+    """This ledger's random identity (32 hex), made with the ledger; approvals carry it."""
+    return conn.execute("SELECT ledger_id FROM identity WHERE one = 1").fetchone()[0]
 
 
 def trained_batches(conn: sqlite3.Connection) -> set[str]:

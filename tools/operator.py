@@ -136,8 +136,11 @@ def sign_draft(ws: Workspace, draft: JobDraft, *, name: str, key_path: Path,
                passphrase: bytes, ttl: str) -> ApprovalGrant:
     private_key = load_private_key(key_path, passphrase)
     seconds = parse_ttl(ttl)
+    with ledger.open_ledger(ws) as conn:  # the ledger the draft is stored in
+        identity = ledger.ledger_id(conn)
     token = sign_approval(private_key, draft_id=draft.draft_id, digest=draft.digest,
-                          workspace=str(ws.root), op=name, ttl_seconds=seconds)
+                          workspace=str(ws.root), op=name, ttl_seconds=seconds,
+                          ledger_id=identity)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         ledger.audit(conn, "draft.approve", draft.draft_id,
                      detail={"digest": draft.digest, "operator": name, "ttl": seconds})

@@ -92,19 +92,26 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
     digest = sha256_file(path)
     size = path.stat().st_size
     rows, _ = count_rows(path)
+    status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
     pin = conn.execute(
         "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
     ).fetchone()
-    status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
     if pin is None:
-        now = time.time()
+        # Read again under the write lock: a concurrent first use may have pinned it.
         with ledger.transaction(conn):
-            conn.execute(
-                "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
-                " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
-            ledger.audit(conn, "validation.pin", rel, detail={"sha256": digest, "rows": rows})
-        return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
-                                         "newly_pinned": True})
+            pin = conn.execute(
+                "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
+            ).fetchone()
+            if pin is None:
+                now = time.time()
+                conn.execute(
+                    "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
+                ledger.audit(conn, "validation.pin", rel,
+                             detail={"sha256": digest, "rows": rows})
+        if pin is None:
+            return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
+                                             "newly_pinned": True})
     return status.model_copy(update={"pinned_sha256": pin["sha256"],
                                      "pinned_at": pin["pinned_at"],
                                      "changed": pin["sha256"] != digest})

@@ -62,6 +62,13 @@ def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
 
 def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
     stored = load_draft(ws, draft_id)
+    with ledger.open_ledger(ws) as conn:
+        identity = ledger.ledger_id(conn)
+    if claims.ledger != identity:
+        # The used nonces live in the ledger: a ledger made afresh must not forget them.
+        raise TunestepError("approval_wrong_ledger", "the token was signed for another "
+                            "ledger of this workspace (it was deleted or replaced since); "
+                            "draft again and ask the operator for a new approval")
     if claims.draft_id != draft_id:
         raise TunestepError("approval_wrong_draft",
                             f"the token approves {claims.draft_id}, not {draft_id}")

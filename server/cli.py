@@ -151,7 +151,9 @@ def _progress(console: Console, args: argparse.Namespace):
 
     def report(done: int, total: int | None, message: str) -> None:
         if not args.json and err.is_terminal:
-            err.print(f"  {message} ({done}{f'/{total}' if total else ''})")
+            from tunestep.server.render import safe_text  # messages name workspace files
+
+            err.print(f"  {safe_text(message)} ({done}{f'/{total}' if total else ''})")
 
     return report
 
@@ -488,10 +490,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error(label: str, message: str) -> None:
     from rich.console import Console
-    from rich.markup import escape
 
-    # escape: messages name things like messages[0].role, which rich would eat as markup.
-    Console(stderr=True, highlight=False).print(f"[bold red]{label}[/] {escape(message)}")
+    from tunestep.server.render import safe_text
+
+    # Messages name workspace files and things like messages[0].role: shown as written.
+    Console(stderr=True, highlight=False).print(f"[bold red]{label}[/] {safe_text(message)}")
 
 
 if __name__ == "__main__":

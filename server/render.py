@@ -2,15 +2,22 @@
 
 Renderers are picked by result type; anything without one gets a generic key/value
 table, so a new tool is usable from the CLI before anyone writes it a view.
+
+Every string that comes from the workspace (file and folder names, row excerpts in
+findings, plan values, anything a tool echoes) goes through ``safe_text`` before it
+reaches the terminal: the assistant writes those, and the operator must read what is
+there, not what an escape sequence or a rich tag makes the screen show.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunestep.tools.preflight import PreflightReport
@@ -18,6 +25,28 @@ from tunestep.tools.preflight import PreflightReport
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
 _RENDERERS: dict[type, Callable[[Console, Any], None]] = {}
+
+# What a terminal would act on instead of showing: C0 controls (ESC starts ANSI
+# sequences, CR and BS overwrite, a newline fakes a line), DEL, C1 controls (CSI is one
+# character there), and the bidirectional overrides/isolates and marks that reorder
+# what follows (the "Trojan Source" characters), plus zero-width characters and the BOM.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                     "\u2060-\u2069\ufeff]")
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(value: Any) -> str:
+    """``value`` as text that shows exactly what it is, in a terminal and to rich.
+
+    Control, bidi and zero-width characters are shown visibly as escapes (``\\x1b``,
+    ``\\u202e``, a newline as ``\\x0a``), and rich markup is made inert (``[conceal]``
+    prints as written). The one function every screen uses for workspace strings.
+    """
+    return escape(_UNSAFE.sub(_visible, "" if value is None else str(value)))
 
 
 def renderer(kind: type) -> Callable:
@@ -53,40 +82,44 @@ def render_generic(console: Console, result: BaseModel) -> None:
     for key, value in result.model_dump(mode="json").items():
         if isinstance(value, list | dict):
             value = f"{len(value)} item(s)" if value else "-"
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(safe_text(key), "-" if value is None else safe_text(value))
     console.print(table)
 
 
 def problems_table(problems: list) -> Table:
     table = Table("severity", "code", "message", "path", title="Problems", title_justify="left")
     for p in problems:
-        table.add_row(f"[{SEVERITY_STYLE[p.severity]}]{p.severity}[/]", p.code, p.message,
-                      p.path or "")
+        table.add_row(f"[{SEVERITY_STYLE[p.severity]}]{p.severity}[/]", safe_text(p.code),
+                      safe_text(p.message), safe_text(p.path or ""))
     return table
 
 
 @renderer(PreflightReport)
 def render_preflight(console: Console, report: PreflightReport) -> None:
     verdict = "[bold green]READY[/]" if report.ready else "[bold red]NOT READY[/]"
-    console.print(f"{verdict}  batch [bold]{report.batch or '-'}[/] (step {report.step or '-'})")
+    console.print(f"{verdict}  batch [bold]{safe_text(report.batch or '-')}[/] "
+                  f"(step {report.step or '-'})")
     files = Table("file", "rows", "sha256", title="Batch files", title_justify="left")
     for f in report.files:
-        files.add_row(f.path, "?" if f.rows is None else str(f.rows), f.sha256[:16])
+        files.add_row(safe_text(f.path), "?" if f.rows is None else str(f.rows),
+                      safe_text(f.sha256[:16]))
     console.print(files)
     v = report.validation
     state = "missing" if not v.present else ("CHANGED" if v.changed else
                                              "pinned now" if v.newly_pinned else "unchanged")
-    console.print(f"hold-out  {v.path}: {state}" + (f", {v.rows} rows" if v.rows else ""))
+    console.print(f"hold-out  {safe_text(v.path)}: {state}"
+                  + (f", {v.rows} rows" if v.rows else ""))
     c = report.checkpoint
-    where = f" -> {c.target}" if c.is_link else ""
-    console.print(f"checkpoint {c.link}{where}: "
-                  + (f"latest {c.latest} ({c.kind})" if c.latest else "none"))
-    console.print("HF token  " + (f"available ({report.hf_token_source})"
+    where = f" -> {safe_text(c.target)}" if c.is_link else ""
+    console.print(f"checkpoint {safe_text(c.link)}{where}: "
+                  + (f"latest {safe_text(c.latest)} ({safe_text(c.kind)})" if c.latest
+                     else "none"))
+    console.print("HF token  " + (f"available ({safe_text(report.hf_token_source)})"
                                   if report.hf_token_available else "not found"))
     if report.problems:
         console.print(problems_table(report.problems))
     for action in report.next_actions:
-        console.print(f"next: {action}")
+        console.print(f"next: {safe_text(action)}")
 
 
 def _status_style(status: str) -> str:
@@ -96,22 +129,24 @@ def _status_style(status: str) -> str:
 
 
 def render_inspection(console: Console, report) -> None:
-    console.print(f"[{_status_style(report.status)}]{report.summary}[/]"
+    console.print(f"[{_status_style(report.status)}]{safe_text(report.summary)}[/]"
                   + ("  [dim](cached)[/]" if report.cached else ""))
     files = Table("file", "format", "rows", "status", title="Files", title_justify="left")
     for f in report.files:
-        files.add_row(f.path, f.format, str(f.rows), f.status)
+        files.add_row(safe_text(f.path), safe_text(f.format), str(f.rows),
+                      safe_text(f.status))
     console.print(files)
     if report.errors:
         table = Table("severity", "where", "code", "message", title=f"Findings "
                       f"({report.error_count} errors, {report.warning_count} warnings)",
                       title_justify="left")
         for e in report.errors:
-            table.add_row(f"[{SEVERITY_STYLE.get(e.severity, '')}]{e.severity}[/]",
-                          f"{e.file}:{e.line or '-'}", e.code, e.message)
+            table.add_row(f"[{SEVERITY_STYLE.get(e.severity, '')}]{safe_text(e.severity)}[/]",
+                          safe_text(f"{e.file}:{e.line or '-'}"), safe_text(e.code),
+                          safe_text(e.message))
         console.print(table)
     for action in report.next_actions:
-        console.print(f"next: {action}")
+        console.print(f"next: {safe_text(action)}")
 
 
 def render_draft(console: Console, draft, approving: bool = False) -> None:
@@ -119,67 +154,73 @@ def render_draft(console: Console, draft, approving: bool = False) -> None:
         return render_inspect_draft(console, draft, approving)
     cfg, est = draft.job_config, draft.estimate
     hp = cfg["hyperparameters"]
-    console.print(f"[bold]{draft.draft_id}[/]  step {draft.step} ({draft.batch}), "
-                  f"{cfg['mode']} fine-tune on [bold]{draft.backend}[/]")
-    console.print(f"digest   {draft.digest}")
-    console.print(f"model    {cfg['base_model']}"
-                  + (f"\nresume   {cfg['resume_from']}" if cfg["resume_from"] else ""))
+    console.print(f"[bold]{safe_text(draft.draft_id)}[/]  step {draft.step} "
+                  f"({safe_text(draft.batch)}), {safe_text(cfg['mode'])} fine-tune on "
+                  f"[bold]{safe_text(draft.backend)}[/]")
+    console.print(f"digest   {safe_text(draft.digest)}")
+    console.print(f"model    {safe_text(cfg['base_model'])}"
+                  + (f"\nresume   {safe_text(cfg['resume_from'])}" if cfg["resume_from"]
+                     else ""))
     console.print(f"train    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
-                  f"batch {hp['per_device_train_batch_size']}x"
-                  f"{hp['gradient_accumulation_steps']}, max_length {hp['max_length']}")
+                  f"batch {safe_text(hp['per_device_train_batch_size'])}x"
+                  f"{safe_text(hp['gradient_accumulation_steps'])}, max_length "
+                  f"{safe_text(hp['max_length'])}")
     _draft_files(console, draft)
     console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
-                  f"[bold]${est.usd:.2f}[/] on {est.flavor}; suggested timeout "
-                  f"{est.suggested_timeout}")
+                  f"[bold]${est.usd:.2f}[/] on {safe_text(est.flavor)}; suggested timeout "
+                  f"{safe_text(est.suggested_timeout)}")
     _draft_warnings_and_approval(console, draft, approving)
 
 
 def _draft_files(console: Console, draft) -> None:
     files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
     for f in draft.files:
-        files.add_row(f.role, f.path, "" if f.rows is None else str(f.rows), f.sha256[:16])
+        files.add_row(safe_text(f.role), safe_text(f.path),
+                      "" if f.rows is None else str(f.rows), safe_text(f.sha256[:16]))
     console.print(files)
 
 
 def _draft_warnings_and_approval(console: Console, draft, approving: bool) -> None:
     for warning in draft.warnings:
-        console.print(f"[yellow]warning[/] {warning}")
+        console.print(f"[yellow]warning[/] {safe_text(warning)}")
     if not approving:  # on the approval screen the operator is running this already
-        console.print(f"approve  {draft.approve_command}")
+        console.print(f"approve  {safe_text(draft.approve_command)}")
 
 
 def render_inspect_draft(console: Console, draft, approving: bool = False) -> None:
     est, sub = draft.estimate, draft.submission
-    console.print(f"[bold]{draft.draft_id}[/]  remote inspection of "
-                  f"{draft.job_config['path']} (step {draft.step}) on [bold]{draft.backend}[/]")
-    console.print(f"digest   {draft.digest}")
+    console.print(f"[bold]{safe_text(draft.draft_id)}[/]  remote inspection of "
+                  f"{safe_text(draft.job_config['path'])} (step {draft.step}) on "
+                  f"[bold]{safe_text(draft.backend)}[/]")
+    console.print(f"digest   {safe_text(draft.digest)}")
     _draft_files(console, draft)
     console.print(f"estimate {est.rows} rows, ~{est.minutes:g} min, [bold]${est.usd:.4f}[/] "
-                  f"on {est.flavor} (at most ${est.max_usd:.4f}); timeout "
+                  f"on {safe_text(est.flavor)} (at most ${est.max_usd:.4f}); timeout "
                   f"{sub.timeout_seconds} s")
     _draft_warnings_and_approval(console, draft, approving)
 
 
 def render_job(console: Console, status) -> None:
-    console.print(f"{status.job_id}  [{_status_style(status.status)}]{status.status}[/]  "
-                  f"({status.backend}, draft {status.draft_id})")
+    console.print(f"{safe_text(status.job_id)}  [{_status_style(status.status)}]"
+                  f"{safe_text(status.status)}[/]  ({safe_text(status.backend)}, draft "
+                  f"{safe_text(status.draft_id)})")
     if status.url:
-        console.print(f"url      {status.url}")
+        console.print(f"url      {safe_text(status.url)}")
     if status.log_path:
-        console.print(f"log      {status.log_path}")
+        console.print(f"log      {safe_text(status.log_path)}")
     result = status.result or {}
     if "model_path" in result:
-        console.print(f"model    {result['model_path']}")
+        console.print(f"model    {safe_text(result['model_path'])}")
     if "final_eval_loss" in result:
-        console.print(f"eval     loss {result.get('eval_loss_before')} -> "
-                      f"{result['final_eval_loss']}")
+        console.print(f"eval     loss {safe_text(result.get('eval_loss_before'))} -> "
+                      f"{safe_text(result['final_eval_loss'])}")
 
 
 def render_job_list(console: Console, jobs) -> None:
     table = Table("job", "status", "backend", "draft", title="Jobs", title_justify="left")
     for j in jobs.jobs:
-        table.add_row(j.job_id, f"[{_status_style(j.status)}]{j.status}[/]", j.backend,
-                      j.draft_id)
+        table.add_row(safe_text(j.job_id), f"[{_status_style(j.status)}]{safe_text(j.status)}[/]",
+                      safe_text(j.backend), safe_text(j.draft_id))
     console.print(table)
 
 

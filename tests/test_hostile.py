@@ -191,7 +191,7 @@ def test_concurrent_first_use_of_a_fresh_workspace(sample_ws):
         barrier.wait()
         try:
             check_batch(sample_ws)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=first_use) for _ in range(8)]
@@ -203,3 +203,82 @@ def test_concurrent_first_use_of_a_fresh_workspace(sample_ws):
     with ledger.open_ledger(sample_ws) as conn:
         assert conn.execute("SELECT count(*) FROM validation_pins").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM identity").fetchone()[0] == 1
+
+
+# --- 7. the screen tells the truth --------------------------------------------------------
+
+HOSTILE_NAMES = {
+    "[conceal]": "[conceal]",                      # rich markup: must print as written
+    "[/][bold red]OK[/]": "[/][bold red]OK[/]",
+    "a\x1b[8mhidden": "a\\x1b[8mhidden",           # ANSI: hide what follows
+    "line\nfake: approved": "line\\x0afake: approved",
+    "back\rover": "back\\x0dover",
+    "\u202egnp.exe": "\\u202egnp.exe",             # RTL override: reverses what follows
+    "zero\u200bwidth": "zero\\u200bwidth",
+    "csi\x9b31m": "csi\\x9b31m",
+}
+
+
+@pytest.mark.parametrize("raw, shown", HOSTILE_NAMES.items(), ids=list(range(len(HOSTILE_NAMES))))
+def test_safe_text_shows_what_is_there(raw, shown):
+    """Case: a hostile string -> what the terminal shows, character for character."""
+    from rich.console import Console
+
+    from tunestep.server.render import safe_text
+
+    console = Console(record=True, width=300, color_system=None, highlight=False)
+    console.print(safe_text(raw))
+    assert console.export_text() == shown + "\n"
+
+
+def _screen(result, approving: bool = False) -> str:
+    from rich.console import Console
+
+    from tunestep.server.render import render
+
+    console = Console(record=True, width=400, color_system=None, highlight=False)
+    render(console, result, as_json=False, approving=approving)
+    return console.export_text()
+
+
+def _no_raw_controls(text: str) -> None:
+    assert not [c for c in text if (ord(c) < 32 and c != "\n") or 0x7f <= ord(c) < 0xa0
+                or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b"]
+
+
+def test_the_approval_review_shows_hostile_file_names(model_ws):
+    """Case: batch files named with rich markup and an RTL override, drafted and reviewed
+    as `tunestep approve` renders it: every name appears exactly, nothing hidden."""
+    from tunestep.tools.draft import DraftRequest, draft_job
+
+    batch = model_ws.root / "datasets/incremental/batch_100_01"
+    original = next(batch.glob("*.jsonl"))
+    names = ["[conceal]secret.jsonl", "x\u202elnosj.jsonl"]
+    data = original.read_bytes().splitlines(keepends=True)
+    original.unlink()
+    (batch / names[0]).write_bytes(b"".join(data[:50]))
+    (batch / names[1]).write_bytes(b"".join(data[50:]))
+    draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
+    screen = _screen(draft, approving=True)  # what `tunestep approve` shows
+    _no_raw_controls(screen)
+    assert "batch_100_01/[conceal]secret.jsonl" in screen
+    assert "batch_100_01/x\\u202elnosj.jsonl" in screen
+    assert draft.digest in screen
+
+
+def test_preflight_and_findings_show_escapes_visibly(sample_ws):
+    """Case: file names with ANSI escapes and newlines, and a row whose key is markup."""
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.preflight import check_batch
+
+    batch = sample_ws.root / "datasets/incremental/batch_100_03"
+    (batch / "evil\x1b[8m\nname.jsonl").write_bytes(
+        b'{"[conceal]x": 1, "messages": [{"role": "user", "content": "\\u001b[2Jhi"}]}\n')
+    report = check_batch(sample_ws, "batch_100_03")
+    screen = _screen(report)
+    _no_raw_controls(screen)
+    assert "evil\\x1b[8m\\x0aname.jsonl" in screen
+    inspection = run_inspector(sample_ws, "datasets/incremental/batch_100_03")
+    screen = _screen(inspection)
+    _no_raw_controls(screen)
+    assert "[conceal]x" in screen

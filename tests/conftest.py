@@ -33,6 +33,15 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _hub_polls_at_once(monkeypatch):
+    """The suite asks the Hub about a job whenever it likes; tests of the 10 s floor
+    (tests/test_hf_submit.py) set it back and move an injected clock instead."""
+    from tunestep.tools import hf_poll
+
+    monkeypatch.setattr(hf_poll, "MIN_INTERVAL_S", 0.0)
+
+
 @pytest.fixture
 def sample_ws(tmp_path) -> Workspace:
     build_sample_workspace(tmp_path / "ws")

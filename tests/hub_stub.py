@@ -275,7 +275,8 @@ class Fault:
     ``path`` is a glob over the unquoted request path (``/api/jobs/*``). ``after_effect``:
     the request is carried out first (a job created, a commit made), then the answer is
     replaced by the fault, as when a Hub's answer is lost on the way back. ``times``: how
-    many matching requests get it (None: all). ``retry_after``: the 429's header value.
+    many matching requests get it (None: all), after the first ``skip`` matching ones
+    went through untouched. ``retry_after``: the 429's header value.
     """
 
     method: str
@@ -285,7 +286,9 @@ class Fault:
     after_effect: bool = False
     retry_after: int = 30
     hang_seconds: float = 30.0
+    skip: int = 0
     hits: int = 0
+    seen: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return ((self.method == "*" or self.method == method)
@@ -368,6 +371,9 @@ class FakeHub:
         with self.lock:
             for fault in self.faults:
                 if fault.matches(method, path):
+                    fault.seen += 1
+                    if fault.seen <= fault.skip:
+                        continue
                     fault.hits += 1
                     return fault
         return None

@@ -84,6 +84,11 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
     if row["status"] == "starting":  # nothing to ask a backend yet: no pid, no remote id
         _settle_starting(ws, row)
         row = _row(ws, job_id)
+    elif row["status"] == "submitting":  # hf-jobs: the Hub may have its job (hf_submit.py)
+        from tunestep.tools.hf_submit import settle_submitting
+
+        settle_submitting(ws, row)
+        row = _row(ws, job_id)
     elif row["status"] not in TERMINAL:
         if row["backend"] == "local":
             _refresh_local(ws, row)
@@ -147,11 +152,21 @@ def _split_external(external_id: str) -> tuple[str | None, str]:
 
 
 def _refresh_hf(ws: Workspace, row) -> None:
+    from tunestep.tools import hf_poll
     from tunestep.tools.backends import hf_jobs, local
+    from tunestep.tools.hub_errors import HubError
 
+    if not hf_poll.due(ledger.loads(row["result"])):
+        return  # asked less than 10 s ago (or told to wait): the ledger's answer stands
     namespace, job = _split_external(row["external_id"])
     api = _hf_api()
-    remote = hf_jobs.hf_job_status(api, job, namespace=namespace)
+    try:
+        remote = hf_jobs.hf_job_status(api, job, namespace=namespace)
+    except HubError as exc:  # the job's state stays as the ledger has it
+        hf_poll.schedule(ws, row["job_id"], exc.retry_after)
+        raise
+    hf_poll.schedule(ws, row["job_id"])
+    row = _row(ws, row["job_id"])
     status = HF_STAGES.get(remote.stage)
     if status is None:
         return
@@ -273,6 +288,8 @@ def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
     if row["backend"] == "hf-jobs":
         from tunestep.tools.backends import hf_jobs
 
+        if not row["external_id"]:  # still submitting: no Hub job is known yet
+            return JobLogs(job_id=job_id, lines=[], total_lines=0)
         namespace, job = _split_external(row["external_id"])
         logs = hf_jobs.hf_job_logs(_hf_api(), job, tail, namespace=namespace)
         return JobLogs(job_id=job_id, lines=logs.lines)
@@ -291,6 +308,8 @@ def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
 def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
     """Stop a running job. Stopping spends nothing, so it needs no approval."""
     row = _row(ws, job_id)
+    if row["status"] == "submitting":
+        row = _cancel_submitting(ws, row)
     if row["status"] in TERMINAL:
         return _status(row)
     if row["backend"] == "local":
@@ -299,14 +318,38 @@ def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
         if not local.cancel(row["pid"]):
             local.record_outcome(ws, job_id, "cancelled", None, {"note": "was not running"})
     else:
-        from tunestep.tools.backends import hf_jobs
+        from tunestep.tools import hf_poll
+        from tunestep.tools.backends import hf_jobs, local
 
         namespace, job = _split_external(row["external_id"])
-        hf_jobs.hf_job_cancel(_hf_api(), job, namespace=namespace)
+        remote = hf_jobs.hf_job_cancel(_hf_api(), job, namespace=namespace)
+        hf_poll.schedule(ws, job_id)
+        if remote.terminal and HF_STAGES.get(remote.stage) == "cancelled":
+            local.record_outcome(ws, job_id, "cancelled", None,
+                                 ledger.loads(_row(ws, job_id)["result"]) or {})
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         ledger.audit(conn, "job.cancel", job_id)
     return wait_for_job(ws, job_id, timeout=30) if row["backend"] == "local" else job_status(
         ws, job_id)
+
+
+def _cancel_submitting(ws: Workspace, row):
+    """Cancel before the Hub has a job: adopt one made meanwhile, else end the row here."""
+    from tunestep.tools.backends import local
+    from tunestep.tools.hf_submit import settle_submitting
+
+    settle_submitting(ws, row)
+    row = _row(ws, row["job_id"])
+    if row["status"] != "submitting":
+        return row  # the Hub had it: cancel that job
+    lease = ((ledger.loads(row["result"]) or {}).get("submit") or {}).get("lease_until", 0)
+    if lease > time.time():
+        raise TunestepError("submit_in_progress", "a submit of this job is running right now; "
+                            "cancel it once job_status shows its Hub job")
+    local.record_outcome(ws, row["job_id"], "cancelled", None, {
+        "note": "cancelled before the Hub had a job; its approval token can no longer "
+                "start one"})
+    return _row(ws, row["job_id"])
 
 
 def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,

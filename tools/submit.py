@@ -6,7 +6,8 @@ missing, malformed, untrusted key, bad signature, audience, action, expiry); the
 exists; the token names this draft, this workspace and the stored digest; the draft
 recomputed now has the same digest (else stale); the nonce was never used. The nonce
 row and the job row are written in one transaction before the backend is called, so
-two concurrent submits of one token give exactly one job.
+two concurrent submits of one token give exactly one job. An hf-jobs row stays
+'submitting' until the Hub has its job, and the same token may resume it (hf_submit.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -24,6 +24,7 @@ from tunestep.tools.atomic import atomic_write_bytes
 from tunestep.tools.draft import JOBS_DIR, JobDraft, load_draft, recompute
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json
+from tunestep.tools.hf_submit import initial_result, resumable_job
 from tunestep.tools.workspace import Workspace
 
 if TYPE_CHECKING:  # cryptography loads at the first submit, not at server start
@@ -52,12 +53,22 @@ def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
     try:
         claims = verify_approval(approval_token or "", trusted)
         draft = _approved_draft(ws, draft_id, claims)
-        job_id = f"job-{secrets.token_hex(6)}"
-        _claim_nonce(ws, draft, claims, job_id)
+        job_id = _resumable(ws, claims.nonce, draft_id)  # an hf-jobs submit cut short
+        fresh = job_id is None
+        if job_id is None:
+            job_id = f"job-{secrets.token_hex(6)}"
+            _claim_nonce(ws, draft, claims, job_id)
     except TunestepError as exc:
         _audit_refusal(ws, draft_id, exc)
         raise
+    if draft.backend == "hf-jobs":
+        return _start_hf(ws, draft, job_id, claims.nonce, fresh=fresh)
     return _start(ws, draft, job_id)
+
+
+def _resumable(ws: Workspace, nonce: str, draft_id: str) -> str | None:
+    with ledger.open_ledger(ws) as conn:
+        return resumable_job(conn, nonce, draft_id)
 
 
 def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
@@ -77,7 +88,8 @@ def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> Job
     if claims.digest != stored.digest:
         raise TunestepError("approval_wrong_draft",
                             "the token approves another version of this draft (digest differs)")
-    _refuse_used_nonce(ws, claims.nonce)  # cheap and clearer first; the insert still decides
+    # cheap and clearer first; the insert still decides
+    _refuse_used_nonce(ws, claims.nonce, draft_id)
     now = recompute(ws, stored)
     if now.digest != stored.digest:
         changed = _what_changed(stored, now)
@@ -86,9 +98,11 @@ def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> Job
     return stored
 
 
-def _refuse_used_nonce(ws: Workspace, nonce: str) -> None:
+def _refuse_used_nonce(ws: Workspace, nonce: str, draft_id: str) -> None:
     with ledger.open_ledger(ws) as conn:
         used = conn.execute("SELECT 1 FROM approvals WHERE nonce = ?", (nonce,)).fetchone()
+        # An hf-jobs submit that has no Hub job yet may be resumed with its own token.
+        used = used and resumable_job(conn, nonce, draft_id) is None
     if used:
         raise TunestepError("approval_replayed", "this approval token was already used; each "
                             "token starts one job")
@@ -108,10 +122,14 @@ def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id:
     with ledger.open_ledger(ws) as conn:
         try:
             with ledger.transaction(conn):
+                # An hf-jobs row is 'submitting' (its submitter holding the lease) until
+                # the Hub has its job: hf_submit.py.
+                hf = draft.backend == "hf-jobs"
                 conn.execute(
-                    "INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
-                    " VALUES (?, ?, ?, 'starting', ?)",
-                    (job_id, draft.draft_id, draft.backend, time.time()))
+                    "INSERT INTO jobs(job_id, draft_id, backend, status, created_at, result)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, draft.draft_id, draft.backend, "submitting" if hf else "starting",
+                     time.time(), ledger.dumps(initial_result() if hf else {})))
                 conn.execute(
                     "INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -166,35 +184,11 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
                                    f"job_logs(job_id='{job_id}')"])
 
 
-def _start_hf(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
-    from tunestep.tools.backends import hf_jobs
-    from tunestep.tools.hf_token import read_token
+def _start_hf(ws: Workspace, draft: JobDraft, job_id: str, nonce: str, *,
+              fresh: bool) -> JobHandle:
+    from tunestep.tools.hf_submit import start_hf
 
-    sub = draft.submission
-    assert sub is not None  # an hf-jobs draft always has one
-    token = read_token()
-    if not token:
-        raise TunestepError("hf_token_missing", "no Hugging Face token: log in with `hf auth "
-                            "login` or set HF_TOKEN in the server's environment")
-    files: dict = {"job.json": canonical_json(draft.job_config)}
-    for name, source in sub.bundle.items():
-        if source.startswith("job:"):
-            files[name] = JOBS_DIR / source.removeprefix("job:")
-        elif source.startswith("checkpoint:"):  # a local start (chain.py), hashed in the draft
-            files[name] = Path(source.removeprefix("checkpoint:"))
-        else:
-            files[name] = ws.resolve(source)
-    api = hf_jobs.hub_api(token)
-    revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id, files)
-    ref = hf_jobs.submit_hf_job(
-        api, repo_id=sub.dataset_repo, revision=revision, draft_id=draft.draft_id,
-        flavor=sub.flavor, timeout_seconds=sub.timeout_seconds, labels=sub.labels,
-        image=sub.image, command=sub.command, secret_names=sub.secrets, token=token)
-    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("UPDATE jobs SET status = 'running', external_id = ?, url = ?,"
-                     " started_at = ?, result = ? WHERE job_id = ?",
-                     (f"{ref.namespace}/{ref.job_id}", ref.url, time.time(),
-                      ledger.dumps({"revision": revision, "repo": sub.dataset_repo}), job_id))
+    started = start_hf(ws, draft, job_id, nonce, fresh=fresh)
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="hf-jobs",
-                     status="running", external_id=ref.job_id, url=ref.url,
+                     status="running", external_id=started.job_id, url=started.url,
                      next_actions=[f"job_status(job_id='{job_id}')"])

@@ -106,6 +106,7 @@ class HfJobStatus(BaseModel):
     finished_at: datetime | None = None
     running_seconds: int | None = None
     labels: dict[str, str] = {}
+    revision: str | None = None  # the pinned revision of its first mounted repo
 
 
 class HfJobLogs(BaseModel):
@@ -448,6 +449,8 @@ def _status_of(job: Any) -> HfJobStatus:
         finished_at=getattr(job, "finished_at", None),
         running_seconds=durations.running_secs if durations else None,
         labels=dict(getattr(job, "labels", None) or {}),
+        revision=next((v.revision for v in getattr(job, "volumes", None) or []
+                       if getattr(v, "revision", None)), None),
     )
 
 

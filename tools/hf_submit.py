@@ -1,0 +1,233 @@
+"""One token, one paid job on Hugging Face Jobs, whatever the network did.
+
+``submit_job`` records the job row and the token's nonce in one transaction, then comes
+here. An hf-jobs row stays ``submitting`` until the Hub has a job for it:
+
+1. Take the row's lease (``result.submit.lease_until``, 10 minutes), so two processes
+   holding the same token never submit at the same time (``submit_in_progress``).
+2. Ask the Hub for a job labelled ``tunestep-nonce=<nonce>``; if there is one, adopt it
+   (record its id, ``running``) and stop: that job is the token's one job.
+3. Commit the bundle (idempotent: the same bytes give the same tree), then create the job
+   with the labels ``tunestep-draft`` and ``tunestep-nonce``.
+4. When the creation's answer is lost (5xx, timeout, dropped connection, unreadable
+   answer), look for the label again right away and adopt what is there.
+5. Any failure leaves the row ``submitting`` with the error and releases the lease: the
+   same token, submitted again, resumes at step 1 and still starts at most one job.
+
+``settle_submitting`` (from ``job_status``) does step 2 for a row whose submitter is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunestep.tools import ledger
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 600.0
+NONCE_LABEL = "tunestep-nonce"
+SUBMITTING = "submitting"
+RETRY_HINT = ("submit_job again with the same approval token: it first looks for this "
+              "token's job on the Hub and starts at most one")
+
+
+class HfStarted(BaseModel):
+    """What submit_job tells its caller once the Hub has the token's job."""
+
+    external_id: str  # namespace/job id
+    job_id: str  # the Hub's job id
+    url: str
+    adopted: bool  # found on the Hub by its nonce label rather than created just now
+    revision: str | None = None
+
+
+def initial_result(now: float | None = None) -> dict[str, Any]:
+    """The ``result`` of a fresh hf-jobs row: its submitter holds the lease."""
+    return {"submit": {"lease_until": (now or time.time()) + LEASE_S, "attempts": 1}}
+
+
+def resumable_job(conn, nonce: str, draft_id: str) -> str | None:
+    """The job id a used nonce may resume: an hf-jobs row of this draft still submitting."""
+    row = conn.execute(
+        "SELECT j.job_id, j.backend, j.status, j.draft_id FROM approvals a"
+        " JOIN jobs j ON j.job_id = a.job_id WHERE a.nonce = ?", (nonce,)).fetchone()
+    if row and row["backend"] == "hf-jobs" and row["status"] == SUBMITTING \
+            and row["draft_id"] == draft_id:
+        return row["job_id"]
+    return None
+
+
+def _nonce_of(conn, job_id: str) -> str | None:
+    row = conn.execute("SELECT nonce FROM approvals WHERE job_id = ?", (job_id,)).fetchone()
+    return row["nonce"] if row else None
+
+
+def _take_lease(ws: Workspace, job_id: str) -> None:
+    now = time.time()
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        row = conn.execute("SELECT status, result FROM jobs WHERE job_id = ?",
+                           (job_id,)).fetchone()
+        if row is None or row["status"] != SUBMITTING:
+            raise TunestepError("approval_replayed", "this approval token already started "
+                                f"its job ({job_id}); each token starts one job")
+        result = ledger.loads(row["result"]) or {}
+        state = result.setdefault("submit", {})
+        if state.get("lease_until", 0) > now:
+            wait = int(state["lease_until"] - now) + 1
+            raise TunestepError("submit_in_progress", f"another submit of this token is "
+                                f"running (job {job_id}); its lease ends in {wait} s: ask "
+                                f"job_status(job_id='{job_id}') or submit again after that")
+        state.update(lease_until=now + LEASE_S, attempts=state.get("attempts", 0) + 1)
+        state.pop("error", None)
+        conn.execute("UPDATE jobs SET result = ? WHERE job_id = ?",
+                     (ledger.dumps(result), job_id))
+
+
+def _update_submit_state(ws: Workspace, job_id: str, **changes: Any) -> None:
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        row = conn.execute("SELECT status, result FROM jobs WHERE job_id = ?",
+                           (job_id,)).fetchone()
+        if row is None or row["status"] != SUBMITTING:
+            return
+        result = ledger.loads(row["result"]) or {}
+        result.setdefault("submit", {}).update(changes)
+        conn.execute("UPDATE jobs SET result = ? WHERE job_id = ?",
+                     (ledger.dumps(result), job_id))
+
+
+def _record_running(ws: Workspace, job_id: str, started: HfStarted, repo: str) -> None:
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        row = conn.execute("SELECT result FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        previous = (ledger.loads(row["result"]) or {}).get("submit", {}) if row else {}
+        result = {"revision": started.revision or previous.get("revision"), "repo": repo,
+                  "adopted": started.adopted,
+                  "submit": {"attempts": previous.get("attempts", 1)}}
+        conn.execute("UPDATE jobs SET status = 'running', external_id = ?, url = ?,"
+                     " started_at = ?, result = ? WHERE job_id = ? AND status = ?",
+                     (started.external_id, started.url, time.time(), ledger.dumps(result),
+                      job_id, SUBMITTING))
+        ledger.audit(conn, "job.start", job_id, detail={
+            "external_id": started.external_id, "adopted": started.adopted})
+
+
+def _started(job, adopted: bool, revision: str | None) -> HfStarted:
+    return HfStarted(external_id=f"{job.namespace}/{job.job_id}", job_id=job.job_id,
+                     url=job.url, adopted=adopted, revision=revision or job.revision)
+
+
+def _find(api, nonce: str, namespace: str) -> HfStarted | None:
+    from tunestep.tools.backends import hf_jobs
+
+    found = hf_jobs.find_hf_jobs(api, {NONCE_LABEL: nonce}, namespace=namespace)
+    if not found:
+        return None
+    if len(found) > 1:  # cannot happen through tunestep; say so rather than hide one
+        logger.warning("%d Hub jobs carry nonce label %s: %s; tracking the oldest",
+                       len(found), nonce, ", ".join(j.job_id for j in found))
+    oldest = min(found, key=lambda j: (j.created_at is None, j.created_at))
+    return _started(oldest, adopted=True, revision=None)
+
+
+def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> HfStarted:
+    """Get the Hub to run the token's one job for ``draft``; see the module docstring."""
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.hf_token import read_token
+    from tunestep.tools.hub_errors import EFFECT_UNKNOWN, HubError
+
+    if not fresh:
+        _take_lease(ws, job_id)
+    sub = draft.submission
+    try:
+        token = read_token()
+        if not token:
+            raise TunestepError("hf_token_missing", "no Hugging Face token: log in with `hf "
+                                "auth login` or set HF_TOKEN in the server's environment")
+        api = hf_jobs.hub_api(token)
+        namespace = hf_jobs.hub_whoami(api)
+        found = _find(api, nonce, namespace)
+        if found is None:
+            revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id,
+                                                  _bundle_files(ws, draft))
+            _update_submit_state(ws, job_id, revision=revision)
+            try:
+                ref = hf_jobs.submit_hf_job(
+                    api, repo_id=sub.dataset_repo, revision=revision,
+                    draft_id=draft.draft_id, flavor=sub.flavor,
+                    timeout_seconds=sub.timeout_seconds,
+                    labels={**sub.labels, NONCE_LABEL: nonce}, image=sub.image,
+                    command=sub.command, secret_names=sub.secrets, token=token,
+                    namespace=namespace)
+                found = HfStarted(external_id=f"{ref.namespace}/{ref.job_id}",
+                                  job_id=ref.job_id, url=ref.url, adopted=False,
+                                  revision=revision)
+            except HubError as exc:
+                if exc.code not in EFFECT_UNKNOWN:
+                    raise
+                # The Hub may have created the job and lost the answer: look, once.
+                try:
+                    found = _find(api, nonce, namespace)
+                except HubError:
+                    found = None
+                if found is None:
+                    raise
+    except TunestepError as exc:
+        _update_submit_state(ws, job_id, lease_until=0, error=exc.code)
+        with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            ledger.audit(conn, "job.start", job_id, outcome="failed",
+                         detail={"code": exc.code, "state": SUBMITTING})
+        raise TunestepError(exc.code, f"{exc.message}. Job {job_id} is still "
+                            f"'{SUBMITTING}' (no Hub job carries its token yet): "
+                            f"{RETRY_HINT}") from None
+    _record_running(ws, job_id, found, sub.dataset_repo)
+    return found
+
+
+def _bundle_files(ws: Workspace, draft) -> dict:
+    from pathlib import Path
+
+    from tunestep.tools.draft import JOBS_DIR
+    from tunestep.tools.hashing import canonical_json
+
+    files: dict = {"job.json": canonical_json(draft.job_config)}
+    for name, source in draft.submission.bundle.items():
+        if source.startswith("job:"):
+            files[name] = JOBS_DIR / source.removeprefix("job:")
+        elif source.startswith("checkpoint:"):  # a local start (chain.py), hashed in the draft
+            files[name] = Path(source.removeprefix("checkpoint:"))
+        else:
+            files[name] = ws.resolve(source)
+    return files
+
+
+def settle_submitting(ws: Workspace, row) -> None:
+    """A ``submitting`` row: adopt the Hub's job for its nonce if there is one.
+
+    While another submit holds the lease nothing is asked. A Hub that cannot be reached
+    raises its named error and leaves the row as it was.
+    """
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.hf_token import read_token
+
+    result = ledger.loads(row["result"]) or {}
+    if result.get("submit", {}).get("lease_until", 0) > time.time():
+        return
+    with ledger.open_ledger(ws) as conn:
+        nonce = _nonce_of(conn, row["job_id"])
+        draft = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+                             (row["draft_id"],)).fetchone()
+    if nonce is None:
+        return
+    api = hf_jobs.hub_api(read_token())
+    found = _find(api, nonce, hf_jobs.hub_whoami(api))
+    if found is not None:
+        payload = ledger.loads(draft["payload"]) if draft else {}
+        repo = ((payload or {}).get("submission") or {}).get("dataset_repo") \
+            or result.get("repo") or ""
+        _record_running(ws, row["job_id"], found, repo)

@@ -282,3 +282,41 @@ def test_preflight_and_findings_show_escapes_visibly(sample_ws):
     screen = _screen(inspection)
     _no_raw_controls(screen)
     assert "[conceal]x" in screen
+
+
+# --- 5. linear-time patterns --------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["grade_pattern", "data.batch_pattern"])
+@pytest.mark.parametrize("pattern, why", [
+    (r"(a+)+$", "repetition inside another"),          # exponential in a backtracker
+    (r"(\d+\s*)*(x)", "repetition inside another"),
+    (r"(a)\1", "RE2"),                                  # backreference
+    (r"(?=grade)(\d+)", "RE2"),                         # lookahead
+    (r"(?<!x)(\d+)", "RE2"),                            # lookbehind
+    (r"\pN(\d)", "the job can use"),                    # RE2 takes it, Python's re does not
+])
+def test_a_pattern_that_could_stall_is_refused_at_plan_load(key, pattern, why):
+    """Case: a plan pattern with catastrophic backtracking or non-RE2 syntax."""
+    front = f"{key}: '{pattern}'" if "." not in key else \
+        f"data:\n  batch_pattern: '{pattern}'"
+    with pytest.raises(TunestepError) as err:
+        parse_plan_text(f"---\n{front}\n---\n")
+    assert err.value.code == "plan_bad_value" and key in err.value.message
+    assert why in err.value.message
+
+
+def test_plan_patterns_run_on_a_linear_time_engine():
+    """Case: a pattern RE2 accepts but Python's backtracker takes exponential time on
+    (an alternation under a star); the inspector's grade check answers at once. Run in a
+    child so a regression fails by its timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = ("from tunestep.tools.inspector.engine import GradeCheck\n"
+            "print(GradeCheck(r'(a|aa)*(c)').find('a' * 5000 + 'b'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+    from tunestep.tools.datafiles import batch_step
+
+    assert batch_step("batch_100_07", r"^batch_\d+_(\d+)$") == 7

@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import io
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -420,7 +419,9 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     fraction = plan.data.replay_fraction
     if resuming is None:
         resuming = resumes(ws, plan)
-    grade_re = re.compile(plan.grade_pattern)
+    from tunestep.tools.patterns import compile_pattern
+
+    grade_re = compile_pattern(plan.grade_pattern)  # RE2: linear time
     with ledger.open_ledger(ws) as conn:
         batches = discover_batches(ws, loaded, ledger.trained_batches(conn))
         holdout_status = pinned_validation(ws, conn, plan.paths.validation)
@@ -515,7 +516,7 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
         digest=digest, notes=notes)
 
 
-def _grade(row: Any, pattern: re.Pattern) -> str | None:
+def _grade(row: Any, pattern: Any) -> str | None:
     """The grade in a row's last assistant answer (a replay stratum), or None."""
     messages = row.get("messages") if isinstance(row, dict) else None
     if not isinstance(messages, list):

@@ -31,11 +31,11 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 
-def _regex(value: str) -> re.Pattern:
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
+def _regex(value: str):
+    """A plan pattern compiled on the linear-time engine, or refused (tools/patterns.py)."""
+    from tunestep.tools.patterns import compile_pattern
+
+    return compile_pattern(value)
 
 
 class _Section(BaseModel):

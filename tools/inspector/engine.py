@@ -94,7 +94,9 @@ class GradeCheck:
     """
 
     def __init__(self, pattern: str) -> None:
-        self.regex = re.compile(pattern)
+        from tunestep.tools.patterns import compile_pattern
+
+        self.regex = compile_pattern(pattern)  # RE2: no pattern can stall the scan
         self.literal, self.fold = _leading_literal(pattern)
 
     def find(self, text: str) -> str | None:

@@ -107,7 +107,7 @@ def test_upload_refuses_an_existing_public_repo(api, fake_hub):
     fake_hub.add_repo(REPO, private=False)
     with pytest.raises(TunestepError) as err:
         hf_jobs.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
-    assert err.value.code == "hf_repo_public"
+    assert err.value.code == "hub_repo_public"
     assert not fake_hub.requests_to("POST", f"/api/datasets/{REPO}/commit/")
 
 

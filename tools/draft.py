@@ -45,6 +45,7 @@ from tunestep.tools.estimate import (
     parse_duration,
 )
 from tunestep.tools.hashing import sha256_file, sha256_json
+from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
 from tunestep.tools.lengths import LengthCheck, check_lengths
 from tunestep.tools.plan import Plan, load_plan
@@ -219,6 +220,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
                          max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]
     mode = request.mode or plan.mode
     backend = request.backend
+    plan = resolve_hub_ids(plan, backend)  # <user>/<model_name>[-steps] when unnamed
     flavor = request.flavor or ("local" if backend == "local" else plan.job.flavor)
     if backend == "hf-jobs" and flavor == "local":
         raise TunestepError("draft_bad_flavor", "hf-jobs needs a hardware flavor, not 'local'")
@@ -465,7 +467,7 @@ def build_inspect_draft(ws: Workspace, request: DraftRequest,
         raise TunestepError("draft_kind_option", "mode and overrides are training settings; "
                             "an inspect draft takes batch, flavor and timeout only")
     loaded = load_plan(ws)
-    plan = loaded.plan
+    plan = resolve_hub_ids(loaded.plan, "hf-jobs")
     # The checkpoint is no concern of an inspection; every other preflight error is.
     errors = [p for p in report.problems
               if p.severity == "error" and not p.code.startswith("checkpoint_")]

@@ -153,8 +153,12 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
         namespace = hf_jobs.hub_whoami(api)
         found = _find(api, nonce, namespace)
         if found is None:
+            hub = draft.job_config.get("hub") or {}  # an inspect draft pushes no model
+            private = hub.get("private", True) is not False
+            if hub.get("push") and hub.get("model_id"):  # private before the job pushes
+                hf_jobs.ensure_repo(api, hub["model_id"], "model", private=private)
             revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id,
-                                                  _bundle_files(ws, draft))
+                                                  _bundle_files(ws, draft), private=private)
             _update_submit_state(ws, job_id, revision=revision)
             try:
                 ref = hf_jobs.submit_hf_job(

@@ -65,7 +65,11 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
             "\n## Hugging Face Jobs submission\n\n"
             f"- flavor `{s.flavor}`, timeout {s.timeout_seconds} s, image `{s.image}`\n"
             f"- command `{' '.join(s.command)}`\n"
-            f"- bundle: one commit to the private dataset repo `{s.dataset_repo}` under "
+            f"- model pushed to `{cfg['hub']['model_id']}` "
+            f"({'private' if cfg['hub']['private'] else 'PUBLIC: the plan says hub.private false'})"
+            ", one commit per step; the next step resumes from that exact commit\n"
+            f"- bundle: one commit to the {'private' if cfg['hub']['private'] else 'PUBLIC'} "
+            f"dataset repo `{s.dataset_repo}` under "
             f"`steps/{draft.draft_id}/`, mounted read-only at the exact commit\n"
             f"- labels {s.labels} (plus `tunestep-draft`)\n"
             f"- secrets by name: {', '.join(s.secrets)}\n")

@@ -177,7 +177,14 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
         if ref.role == "script":
             atomic_write_bytes(folder / ref.path, (JOBS_DIR / ref.path).read_bytes())
     atomic_write_bytes(folder / "job.json", canonical_json(draft.job_config))
-    pid = local.start(ws, job_id, pass_token=bool(draft.job_config["hub"]["push"]))
+    hub = draft.job_config["hub"]
+    if hub["push"]:  # the job would push into whatever repo exists: check it is private
+        from tunestep.tools.backends import hf_jobs
+        from tunestep.tools.hf_token import read_token
+
+        hf_jobs.ensure_repo(hf_jobs.hub_api(read_token()), hub["model_id"], "model",
+                            private=hub["private"] is not False)
+    pid = local.start(ws, job_id, pass_token=bool(hub["push"]))
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="local", status="running",
                      pid=pid, log_path=ws.relative(folder / "output.log"),
                      next_actions=[f"job_status(job_id='{job_id}')",

@@ -241,39 +241,50 @@ def _read_bundle(files: Mapping[str, Path | bytes]) -> dict[str, bytes]:
     return contents
 
 
-def _ensure_private_dataset(api: HfApi, repo_id: str) -> None:
-    """Create the dataset repo private, or refuse one that already exists and is public.
+def ensure_repo(api: HfApi, repo_id: str, repo_type: str, *, private: bool = True) -> None:
+    """Create the repo (private unless ``private`` is False), or refuse an existing public
+    one while the plan wants private repos (``hub_repo_public``).
 
     ``create_repo(exist_ok=True)`` ignores ``private`` for an existing repo, so an
-    existing public repo would otherwise receive the training data.
+    existing public repo would otherwise receive the training data or the model.
     """
+    _check_repo_id(repo_id)
     token = _api_token(api)
-    with hub_call(f"create dataset repo {repo_id}", token):
-        api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
-    with hub_call(f"check dataset repo {repo_id}", token):
-        info = api.dataset_info(repo_id, timeout=hub_timeout())
-    if info.private is not True:
+    with hub_call(f"create {repo_type} repo {repo_id}", token):
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    with hub_call(f"check {repo_type} repo {repo_id}", token):
+        info = api.repo_info(repo_id, repo_type=repo_type, timeout=hub_timeout())
+    if private and info.private is not True:
         raise TunestepError(
-            "hf_repo_public",
-            f"dataset repo {repo_id} is not private; tunestep will not upload step data to it",
+            "hub_repo_public",
+            f"the {repo_type} repo {repo_id} exists and is public; tunestep pushes only into "
+            "private repos: make it private on the Hub (its Settings), name another repo in "
+            "the plan (hub.model_id / hub.dataset_repo), or set hub.private: false to push "
+            "into a public one",
         )
 
 
+def _ensure_private_dataset(api: HfApi, repo_id: str, private: bool = True) -> None:
+    ensure_repo(api, repo_id, "dataset", private=private)
+
+
 def upload_step_bundle(
-    api: HfApi, repo_id: str, draft_id: str, files: Mapping[str, Path | bytes]
+    api: HfApi, repo_id: str, draft_id: str, files: Mapping[str, Path | bytes],
+    *, private: bool = True,
 ) -> str:
     """Upload a step's bundle to a private dataset repo in one commit; return its sha.
 
     ``files`` maps a relative name (e.g. ``train_sft.py``, ``job.json``,
     ``data/train.jsonl``) to a local path or the exact bytes to send; each lands at
     ``steps/<draft_id>/<name>``. The repo is created private if missing; an existing
-    public repo is refused (``hf_repo_public``). Pass the returned sha to
-    ``submit_hf_job`` so the job runs exactly these bytes.
+    public repo is refused (``hub_repo_public``) unless ``private`` is False (the plan's
+    ``hub.private: false``). Pass the returned sha to ``submit_hf_job`` so the job runs
+    exactly these bytes.
     """
     _check_repo_id(repo_id)
     prefix = step_path(draft_id)
     contents = _read_bundle(files)  # read once: the commit carries what was read here
-    _ensure_private_dataset(api, repo_id)
+    _ensure_private_dataset(api, repo_id, private)
     operations = [
         CommitOperationAdd(path_in_repo=f"{prefix}/{name}", path_or_fileobj=data)
         for name, data in sorted(contents.items())

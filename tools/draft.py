@@ -42,7 +42,9 @@ from tunestep.tools.estimate import (
     Estimate,
     estimate_job,
     format_duration,
+    live_prices,
     parse_duration,
+    processes_for,
 )
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.hub_ids import resolve_hub_ids
@@ -270,7 +272,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         epochs=config["hyperparameters"]["num_train_epochs"],
         batch_size=config["hyperparameters"]["per_device_train_batch_size"],
         grad_accum=config["hyperparameters"]["gradient_accumulation_steps"],
-        precision=config["hyperparameters"]["precision"], timeout=timeout)
+        precision=config["hyperparameters"]["precision"], timeout=timeout,
+        prices=live_prices() if backend == "hf-jobs" else None)
     body = {"kind": request.kind, "request": request.model_dump(mode="json"),
             "job_config": config, "files": [f.model_dump() for f in files],
             "submission": submission.model_dump() if submission else None,
@@ -415,11 +418,18 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
     return HfSubmission(
         image=plan.job.image,
         command=["uv", "run", f"{HF_MOUNT}/{JOB_SCRIPT}", "--config", f"{HF_MOUNT}/job.json",
-                 "--root", HF_OUTPUT_ROOT],
+                 "--root", HF_OUTPUT_ROOT, *_processes_args(flavor)],
         flavor=flavor, timeout_seconds=parse_duration(timeout),
         labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),
                 "tunestep-kind": request.kind},
         secrets=list(plan.job.secrets), dataset_repo=plan.hub.dataset_repo, bundle=bundle)
+
+
+def _processes_args(flavor: str) -> list[str]:
+    """A multi-GPU flavor trains with one process per GPU (the script relaunches itself
+    through ``accelerate launch --num_processes N``, see job_common.launch_argv)."""
+    processes = processes_for(flavor)
+    return ["--num-processes", str(processes)] if processes > 1 else []
 
 
 def bundle_name(ref: FileRef, files: list[FileRef]) -> str:

@@ -27,28 +27,95 @@ from tunestep.tools.errors import TunestepError
 
 class Flavor(BaseModel):
     name: str
-    usd_per_hour: float
-    tflops: float  # dense fp16/bf16 tensor peak for GPUs; a rough fp32 figure for CPUs
-    memory_gb: float
+    usd_per_hour: float  # the whole machine, all its GPUs
+    tflops: float  # per GPU: dense fp16/bf16 tensor peak; for CPUs a rough fp32 figure
+    memory_gb: float  # per GPU (each process holds a whole replica); RAM for CPUs
     bf16: bool
     fp16: bool
     gpus: int = 1
+    price_published: bool = True  # False: tunestep's own guess, the live list is better
 
 
+def _gpu(name: str, usd: float, tflops: float, memory: float, gpus: int = 1, *,
+         bf16: bool = True, published: bool = True) -> Flavor:
+    return Flavor(name=name, usd_per_hour=usd, tflops=tflops, memory_gb=memory, bf16=bf16,
+                  fp16=True, gpus=gpus, price_published=published)
+
+
+def _cpu(name: str, usd: float, tflops: float, memory: float) -> Flavor:
+    return Flavor(name=name, usd_per_hour=usd, tflops=tflops, memory_gb=memory, bf16=False,
+                  fp16=False, gpus=0)
+
+
+# Every flavor of huggingface_hub's JobHardware (2.4: 26). Prices marked published are
+# the Hugging Face Jobs pricing page's (DESIGN §4; CPU XL and CPU Performance from the same
+# page); the others are n x the single-GPU price, a guess that list_jobs_hardware()
+# replaces whenever the Hub answers. TFLOP/s: vendor datasheet dense tensor peaks (T4 65,
+# L4 121, A10G 125, L40S 362, A100 312, H200 989, RTX PRO 6000 Blackwell ~500).
 FLAVORS: dict[str, Flavor] = {f.name: f for f in [
-    Flavor(name="cpu-basic", usd_per_hour=0.01, tflops=0.05, memory_gb=16, bf16=False,
-           fp16=False, gpus=0),
-    Flavor(name="cpu-upgrade", usd_per_hour=0.03, tflops=0.2, memory_gb=32, bf16=False,
-           fp16=False, gpus=0),
-    Flavor(name="t4-small", usd_per_hour=0.40, tflops=65, memory_gb=16, bf16=False, fp16=True),
-    Flavor(name="t4-medium", usd_per_hour=0.60, tflops=65, memory_gb=16, bf16=False, fp16=True),
-    Flavor(name="l4x1", usd_per_hour=0.80, tflops=121, memory_gb=24, bf16=True, fp16=True),
-    Flavor(name="a10g-small", usd_per_hour=1.00, tflops=125, memory_gb=24, bf16=True, fp16=True),
-    Flavor(name="a10g-large", usd_per_hour=1.50, tflops=125, memory_gb=24, bf16=True, fp16=True),
-    Flavor(name="l40sx1", usd_per_hour=1.80, tflops=362, memory_gb=48, bf16=True, fp16=True),
-    Flavor(name="a100-large", usd_per_hour=2.50, tflops=312, memory_gb=80, bf16=True, fp16=True),
-    Flavor(name="h200", usd_per_hour=5.00, tflops=989, memory_gb=141, bf16=True, fp16=True),
+    _cpu("cpu-basic", 0.01, 0.05, 16),
+    _cpu("cpu-upgrade", 0.03, 0.2, 32),
+    _cpu("cpu-xl", 1.00, 0.4, 124),
+    _cpu("cpu-performance", 1.90, 0.8, 256),
+    _gpu("t4-small", 0.40, 65, 16, bf16=False),
+    _gpu("t4-medium", 0.60, 65, 16, bf16=False),
+    _gpu("l4x1", 0.80, 121, 24),
+    _gpu("l4x4", 3.20, 121, 24, 4, published=False),
+    _gpu("a10g-small", 1.00, 125, 24),
+    _gpu("a10g-large", 1.50, 125, 24),
+    _gpu("a10g-largex2", 3.00, 125, 24, 2, published=False),
+    _gpu("a10g-largex4", 6.00, 125, 24, 4, published=False),
+    _gpu("l40sx1", 1.80, 362, 48),
+    _gpu("l40sx4", 7.20, 362, 48, 4, published=False),
+    _gpu("l40sx8", 14.40, 362, 48, 8, published=False),
+    _gpu("a100-large", 2.50, 312, 80),
+    _gpu("a100x4", 10.00, 312, 80, 4, published=False),
+    _gpu("a100x8", 20.00, 312, 80, 8, published=False),
+    _gpu("h200", 5.00, 989, 141),
+    _gpu("h200x2", 10.00, 989, 141, 2, published=False),
+    _gpu("h200x4", 20.00, 989, 141, 4, published=False),
+    _gpu("h200x8", 40.00, 989, 141, 8, published=False),
+    _gpu("rtx-pro-6000", 2.70, 500, 96, published=False),
+    _gpu("rtx-pro-6000x2", 5.40, 500, 96, 2, published=False),
+    _gpu("rtx-pro-6000x4", 10.80, 500, 96, 4, published=False),
+    _gpu("rtx-pro-6000x8", 21.60, 500, 96, 8, published=False),
 ]}
+
+# Data parallel over N GPUs (one process each, gradients all-reduced every step): for a
+# 0.6B model the all-reduce of ~1.2 GB of bf16 gradients per step costs a share of each
+# step; 0.85 per GPU is a planning figure, not a measurement.
+DDP_EFFICIENCY = 0.85
+PRICE_CACHE_S = 3600.0
+_price_cache: dict[str, tuple[float, dict[str, float] | None]] = {}  # by endpoint
+
+
+def processes_for(flavor: str) -> int:
+    """How many training processes a flavor runs: one per GPU, one on CPU or locally."""
+    hw = FLAVORS.get(flavor)
+    return max(hw.gpus, 1) if hw else 1
+
+
+def live_prices(refresh: bool = False) -> dict[str, float] | None:
+    """USD/hour per flavor from the Hub's ``list_jobs_hardware()``; None offline or on error.
+
+    Asked at most once an hour per process (the prices are advisory: they are not in the
+    draft's digest), never when ``HF_HUB_OFFLINE`` is set.
+    """
+    import time
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    from tunestep.tools.backends.hf_jobs import hardware_prices, hub_api
+    from tunestep.tools.hf_token import read_token
+
+    api = hub_api(read_token())
+    cached = _price_cache.get(api.endpoint)
+    if not refresh and cached and time.monotonic() - cached[0] < PRICE_CACHE_S:
+        return cached[1]
+    prices = hardware_prices(api)
+    _price_cache[api.endpoint] = (time.monotonic(), prices)
+    return prices
+
 
 MFU = 0.15
 CPU_MFU = 0.3
@@ -77,6 +144,9 @@ class Estimate(BaseModel):
     memory_needed_gb: float
     method: str
     warnings: list[str]
+    gpus: int = 0
+    processes: int = 1  # training processes: one per GPU (accelerate launch)
+    price_source: str = "table"  # hub (live list_jobs_hardware), table, guess
 
 
 def parse_duration(text: str) -> int:
@@ -142,12 +212,16 @@ def estimate_job(
     if hw is None:
         raise TunestepError("unknown_flavor", f"unknown hardware flavor '{flavor}'; known: "
                             f"{', '.join(sorted(FLAVORS))}, or the local backend")
+    price_source = "table" if hw.price_published else "guess"
     if prices and flavor in prices:
         hw = hw.model_copy(update={"usd_per_hour": prices[flavor]})
+        price_source = "hub"
     params = model_params(model)
     flops_per_token = (4.0 if mode == "lora" else 6.0) * params
     mfu = CPU_MFU if hw.gpus == 0 else MFU
-    tokens_per_second = hw.tflops * 1e12 * mfu / flops_per_token
+    processes = max(hw.gpus, 1)
+    scaling = 1.0 if processes == 1 else processes * DDP_EFFICIENCY
+    tokens_per_second = hw.tflops * 1e12 * mfu * scaling / flops_per_token
     total_tokens = int(train_tokens * epochs)
     startup = LOCAL_STARTUP_MINUTES if flavor == "local" else STARTUP_MINUTES
     minutes = startup + total_tokens / tokens_per_second / 60
@@ -155,16 +229,25 @@ def estimate_job(
     suggested = max(300, math.ceil(minutes * 60 * TIMEOUT_MARGIN / 300) * 300)
     memory = params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
     warnings = _warnings(hw, precision, memory, minutes, timeout_seconds)
+    if price_source == "guess":
+        warnings.append(f"no published price for {flavor} in tunestep's table and the Hub's "
+                        f"live list was not available: ${hw.usd_per_hour:g}/h is a guess")
     return Estimate(
         flavor=flavor, params=params, train_tokens=train_tokens, epochs=epochs,
         total_tokens=total_tokens,
-        optimizer_steps=math.ceil(rows / (batch_size * grad_accum)) * math.ceil(epochs),
+        # One batch per process per micro-step: N GPUs take N times fewer optimizer steps.
+        optimizer_steps=math.ceil(rows / (batch_size * grad_accum * processes))
+        * math.ceil(epochs),
         tokens_per_second=round(tokens_per_second, 1), minutes=round(minutes, 1),
         usd=round(hw.usd_per_hour * math.ceil(minutes) / 60, 2),
         usd_per_hour=hw.usd_per_hour, suggested_timeout=format_duration(suggested),
         timeout_seconds=timeout_seconds, memory_needed_gb=round(memory, 1),
         method=f"{flops_per_token / params:g} x {params:.3g} params FLOPs/token at {mfu:.0%} "
-               f"of {hw.tflops:g} TFLOP/s, +{startup:g} min start-up", warnings=warnings)
+               f"of {hw.tflops:g} TFLOP/s"
+               + (f" x {processes} GPUs ({DDP_EFFICIENCY:.0%} data-parallel scaling, one "
+                  "process per GPU)" if processes > 1 else "")
+               + f", +{startup:g} min start-up", warnings=warnings,
+        gpus=hw.gpus, processes=processes, price_source=price_source)
 
 
 def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,
@@ -179,6 +262,8 @@ def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,
     if precision == "fp16" and not hw.fp16:
         out.append(f"{hw.name} has no fp16 GPU: the job trains in fp32")
     if hw.memory_gb and memory > hw.memory_gb * 0.9:
+        # Data parallel: every GPU holds a whole replica, so more GPUs do not add room.
+        per = " per GPU" if hw.gpus > 1 else ""
         out.append(f"the model needs about {memory:.0f} GB to train this way; {hw.name} has "
-                   f"{hw.memory_gb:g} GB: choose a larger flavor or LoRA")
+                   f"{hw.memory_gb:g} GB{per}: choose a larger flavor or LoRA")
     return out

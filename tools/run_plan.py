@@ -19,6 +19,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+_PRICE_SOURCES = {"hub": "the Hub's live hardware list", "table": "tunestep's table of "
+                  "published prices", "guess": "tunestep's own guess (no published price)"}
+
+
+def _processes_line(est) -> str:
+    gpus = getattr(est, "gpus", 0)
+    processes = getattr(est, "processes", 1)
+    if processes > 1:
+        return (f"{gpus} GPUs: {processes} training processes, one per GPU (`accelerate "
+                f"launch --num_processes {processes}`), each with a whole copy of the model; "
+                f"the estimate counts all {gpus}")
+    return "1 GPU, one training process" if gpus == 1 else "CPU only, one process"
+
+
 def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     cfg, est = draft.job_config, draft.estimate
     hp = cfg["hyperparameters"]
@@ -102,7 +116,9 @@ Backend **{draft.backend}**, mode **{cfg['mode']}**. Nothing runs until the oper
 
 - Flavor `{est.flavor}`; {est.total_tokens} training tokens ({est.train_tokens} x {est.epochs:g}
   epochs), {est.optimizer_steps} optimizer steps.
-- About **{est.minutes:g} min** and **${est.usd:.2f}** (${est.usd_per_hour:g}/h). Method:
+- {_processes_line(est)}
+- About **{est.minutes:g} min** and **${est.usd:.2f}** (${est.usd_per_hour:g}/h, price from
+  {_PRICE_SOURCES.get(est.price_source, est.price_source)}). Method:
   {est.method}.
 - Timeout {est.timeout_seconds} s; suggested {est.suggested_timeout} (estimate + 30 %).
 - Memory needed about {est.memory_needed_gb:g} GB.

@@ -75,3 +75,25 @@ class RunLog:
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"  # accelerate/torchrun set RANK per process
 
+
+def launch_argv(script: str, argv: list[str], num_processes: int,
+                env: dict[str, str]) -> list[str] | None:
+    """The command that runs this step with one process per GPU, or None to run here.
+
+    ``uv run train_sft.py --num-processes N`` starts one process in the script's own
+    (locked) environment; that process re-executes itself through accelerate's launcher,
+    from the same interpreter, so the N workers run exactly the approved dependencies.
+    Workers (``LOCAL_RANK`` set by the launcher) and N <= 1 run in place.
+    """
+    if num_processes <= 1 or "LOCAL_RANK" in env:
+        return None
+    rest, skip = [], False
+    for arg in argv:  # the workers must not launch again
+        if skip:
+            skip = False
+        elif arg == "--num-processes":
+            skip = True
+        elif not arg.startswith("--num-processes="):
+            rest.append(arg)
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(num_processes), script, *rest]

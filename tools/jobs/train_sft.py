@@ -115,6 +115,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -136,6 +137,7 @@ if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling m
         RunLog,
         atomic_write_text,
         is_main_process,
+        launch_argv,
         scrub,
     )
     from .job_config import Paths, resolve_paths, validate_config, verify_inputs
@@ -168,6 +170,7 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
         RunLog,
         atomic_write_text,
         is_main_process,
+        launch_argv,
         scrub,
     )
     from job_config import Paths, resolve_paths, validate_config, verify_inputs
@@ -405,12 +408,32 @@ def _fail(message: str, code: int, log_path: Path | None) -> int:
     return code
 
 
+def _relaunch(command: list[str], num_processes: int) -> int:
+    """Become accelerate's launcher over ``num_processes`` GPUs, or fail clearly."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < num_processes:
+        return _fail(f"the flavor promised {num_processes} GPUs but CUDA sees {visible}",
+                     EXIT_FAILED, None)
+    print(f"train_sft: launching {num_processes} processes (one per GPU)", flush=True)
+    os.execv(command[0], command)
+    return EXIT_FAILED  # not reached: execv replaced this process
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one tunestep SFT step from a job config.")
     parser.add_argument("--config", required=True, type=Path, help="job config JSON")
     parser.add_argument("--root", type=Path, default=Path.cwd(),
                         help="folder that relative config paths resolve against (default: cwd)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="one training process per GPU (multi-GPU flavors): relaunches "
+                             "itself through accelerate's launcher")
     args = parser.parse_args(argv)
+    relaunch = launch_argv(sys.argv[0], list(sys.argv[1:] if argv is None else argv),
+                           args.num_processes, dict(os.environ))
+    if relaunch is not None:
+        return _relaunch(relaunch, args.num_processes)
 
     state: dict = {}
     _install_cancel_handler(state)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
-from tunestep.tools import inspector, job_control, merge, model_sync, preflight, submit
+from tunestep.tools import inspector, job_control, merge, model_sync, preflight, promotion, submit
 from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
@@ -47,6 +47,9 @@ STOPS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True,
                             idempotent_hint=True, open_world_hint=True)
 FETCHES_MODEL = ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                 idempotent_hint=True, open_world_hint=True)
+# Replaces what `latest` points at (reversibly: any recorded version can be made latest).
+MOVES_LATEST = ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                               idempotent_hint=False, open_world_hint=False)
 REMOTE_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                               idempotent_hint=True, open_world_hint=True)
 
@@ -241,6 +244,21 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         draft_stale, ...). A stale draft must be drafted and approved again.
         """
         return submit.submit_job(workspace(), draft_id, approval_token, trusted_keys())
+
+    @tool(server, "Promote or roll back a model version", MOVES_LATEST)
+    def promote_version(version: str,
+                        approval_token: str | None = None) -> promotion.PromotionOutcome:
+        """Make a recorded model version the store's `latest` (promote, or roll back).
+
+        Without `approval_token`: stores a promotion request for `version` (a folder under
+        the store's versions/, e.g. 0002_batch_100_02) with its content identity, moves
+        nothing, and returns `request.approve_command` for the operator. A step that
+        failed its promotion gate is such a version. With the token the operator pasted
+        (from `tunestep approve promote-...`): checks it (signature, trusted key,
+        act "promote", this request and version, content unchanged, nonce unused) and
+        swaps `latest` atomically. You cannot move `latest` without that token.
+        """
+        return promotion.promote(workspace(), version, approval_token, trusted_keys())
 
     @tool(server, "Job status", REMOTE_READ)
     def job_status(job_id: str) -> job_control.JobStatus:

@@ -243,6 +243,8 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
     key = find_operator_key(args.name, args.key, args.config_dir)
     ws = _workspace(args)
+    if args.draft_id.startswith("promote-"):  # a promotion request, not a job draft
+        return _approve_promotion(args, ws, key)
     draft = review_draft(ws, args.draft_id)
     err = Console(stderr=True, highlight=False)
     render(err, draft, as_json=False, approving=True)
@@ -262,6 +264,73 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     err.print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
     print(grant.token)  # alone on the last line of stdout, for copy or a pipe
+    return EXIT_OK
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
+                            "request and pass --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _sign_promotion(args: argparse.Namespace, ws, key, request):
+    """Render the request as the store holds it now, ask, and sign it (act promote)."""
+    from rich.console import Console
+
+    from tunestep.server.render import render
+    from tunestep.tools.operator import sign_promotion
+
+    err = Console(stderr=True, highlight=False)
+    render(err, request, as_json=False)
+    if not _confirm(f"Make {request.version} the latest of {request.store} (now "
+                    f"{request.latest or 'none'}) with key {key.name}?", args.yes):
+        err.print("not approved")
+        return None
+    return sign_promotion(ws, request, name=key.name, key_path=key.path,
+                          passphrase=_passphrase(), ttl=args.ttl)
+
+
+def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
+    from rich.console import Console
+
+    from tunestep.tools.promotion import review_request
+
+    grant = _sign_promotion(args, ws, key, review_request(ws, args.draft_id))
+    if grant is None:
+        return EXIT_PROBLEM
+    if args.json:
+        print(grant.model_dump_json(indent=2))
+        return EXIT_OK
+    Console(stderr=True, highlight=False).print(
+        f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
+    print(grant.token)
+    return EXIT_OK
+
+
+@command("promote")
+def cmd_promote(args: argparse.Namespace, console: Console) -> int:
+    """Move latest to a recorded version: sign here and apply, or apply a pasted token."""
+    from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
+    from tunestep.tools.operator import find_operator_key
+    from tunestep.tools.promotion import promote_version, request_promotion
+
+    ws = _workspace(args)
+    paths = _trusted_key_paths(args)
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    if token is None:
+        key = find_operator_key(args.name, args.key, args.config_dir)
+        # Without --operator-key the key that signs here is the one trusted: its public
+        # half beside it (outside the workspace, which is checked below).
+        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
+        grant = _sign_promotion(args, ws, key, request_promotion(ws, args.version))
+        if grant is None:
+            return EXIT_PROBLEM
+        token = grant.token
+    ensure_keys_outside_workspace(paths, ws.root)
+    _show(args, console, promote_version(ws, args.version, token, load_trusted_keys(paths)))
     return EXIT_OK
 
 
@@ -431,6 +500,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
     p.add_argument("--ttl", default="1h", help="how long the token stays valid (default 1h)")
     p.add_argument("--yes", action="store_true", help="skip the confirmation question")
+
+    p = sub.add_parser("promote", parents=common, help="make a recorded model version the "
+                       "latest (promote or roll back), signed by the operator")
+    p.add_argument("version", help="a folder under the store's versions/, e.g. "
+                   "0002_batch_100_02")
+    p.add_argument("--token", help="apply a token from `tunestep approve promote-...` "
+                   "instead of signing here (- reads it from stdin)")
+    p.add_argument("--name", help="which operator key signs (default: the only key, or the "
+                   "one operator init made the default)")
+    p.add_argument("--key", type=Path, metavar="PATH",
+                   help="a private key file instead of one from the key folder")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
+    p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
+    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
+    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
+                   help="trusted operator public key (repeatable; default: the signing "
+                   "key's own public half); also $TUNESTEP_OPERATOR_KEYS")
 
     p = sub.add_parser("submit", parents=common, help="submit an approved draft")
     p.add_argument("draft_id", help="the approved draft, e.g. draft-3f9a0c1d2e4b")

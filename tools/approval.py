@@ -33,7 +33,7 @@ key        type    meaning
 =========  ======  ==============================================================
 v          int     format version, ``1``
 aud        str     audience, ``"tunestep"``
-act        str     action, ``"submit_job"``
+act        str     action, ``"submit_job"`` or ``"promote"`` (a promotion request)
 draft_id   str     the draft this approval is for (1-128 chars ``[A-Za-z0-9._-]``)
 digest     str     sha256 of the draft as stored, 64 lowercase hex
 workspace  str     absolute path of the workspace root the draft lives in
@@ -55,7 +55,8 @@ Verification order (``verify_approval``); the first failure is the refusal code:
    → ``approval_untrusted_key``
 4. the signature does not verify under that key → ``approval_bad_signature``
 5. ``aud != "tunestep"`` → ``approval_wrong_audience``
-6. ``act != "submit_job"`` → ``approval_wrong_action``
+6. ``act`` is not the action being asked for (``submit_job`` for submit_job, ``promote``
+   for promote_version) → ``approval_wrong_action``
 7. ``exp <= now``, or ``iat > now + 300`` (clock skew allowance) → ``approval_expired``
 
 Only ``kid`` is read before the signature is checked; no claim's meaning is trusted until
@@ -110,6 +111,8 @@ TOKEN_PREFIX = "tsa1"
 TOKEN_VERSION = 1
 AUDIENCE = "tunestep"
 ACTION_SUBMIT_JOB = "submit_job"
+ACTION_PROMOTE = "promote"  # move a model store's latest to one recorded version
+ACTIONS = (ACTION_SUBMIT_JOB, ACTION_PROMOTE)
 CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_CHARS = 8192
 MAX_TTL_SECONDS = 30 * 24 * 3600
@@ -530,8 +533,12 @@ def sign_approval(
     ttl_seconds: int,
     ledger_id: str,
     now: float | None = None,
+    act: str = ACTION_SUBMIT_JOB,
 ) -> str:
-    """Sign an approval for ``submit_job`` of one draft and return the ``tsa1.…`` token.
+    """Sign an approval for ``act`` of one draft and return the ``tsa1.…`` token.
+
+    ``act`` is ``submit_job`` (a draft's job) or ``promote`` (a promotion request: then
+    ``draft_id`` is its request id and ``digest`` the request's).
 
     ``digest`` is the sha256 hex of the stored draft, ``workspace`` the absolute workspace
     root, ``op`` the operator's name, ``ledger_id`` the identity of the ledger the draft
@@ -539,12 +546,14 @@ def sign_approval(
     and carries a fresh random nonce, so each token can be used once.
     """
     _check_ttl(ttl_seconds)
+    if act not in ACTIONS:
+        raise TunestepError("approval_claims_invalid", f"unknown action {act!r}")
     iat = int(time.time() if now is None else now)
     try:
         claims = ApprovalClaims(
             v=TOKEN_VERSION,
             aud=AUDIENCE,
-            act=ACTION_SUBMIT_JOB,
+            act=act,
             draft_id=draft_id,
             digest=digest,
             workspace=workspace,
@@ -630,7 +639,8 @@ def parse_token(token: str) -> tuple[bytes, ApprovalClaims, bytes]:
 
 
 def verify_approval(
-    token: str, trusted: dict[str, Ed25519PublicKey], *, now: float | None = None
+    token: str, trusted: dict[str, Ed25519PublicKey], *, now: float | None = None,
+    act: str = ACTION_SUBMIT_JOB,
 ) -> ApprovalClaims:
     """Check an approval token's signature, audience, action and lifetime; return its claims.
 
@@ -657,9 +667,9 @@ def verify_approval(
     # From here on the claims are the operator's own words.
     if claims.aud != AUDIENCE:
         raise TunestepError("approval_wrong_audience", f"token is not for {AUDIENCE}")
-    if claims.act != ACTION_SUBMIT_JOB:
+    if claims.act != act:
         raise TunestepError(
-            "approval_wrong_action", f"token approves {claims.act!r}, not {ACTION_SUBMIT_JOB!r}"
+            "approval_wrong_action", f"token approves {claims.act!r}, not {act!r}"
         )
     current = int(time.time() if now is None else now)
     if claims.exp <= current:

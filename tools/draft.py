@@ -162,6 +162,7 @@ class JobDraft(BaseModel):
     sources: list[SourceUse] = Field(default_factory=list)
     start: StartPoint | None = None  # where the step starts (train drafts), for people
     lengths: LengthCheck | None = None  # train drafts: over-long rows and what happens to them
+    gate: dict[str, Any] | None = None  # train drafts: the plan's promotion gate (null: none)
 
 
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
@@ -288,7 +289,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         warnings=list(estimate.warnings) + start.warnings + length_warnings,
         run_plan=plan.paths.run_plan,
         approve_command=f"tunestep approve {draft_id} --workspace {ws.root}",
-        regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths)
+        regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths,
+        gate=plan.gate.model_dump() if plan.gate else None)
 
 
 def _length_warnings(lengths: LengthCheck) -> list[str]:

@@ -49,6 +49,10 @@ class JobStatus(BaseModel):
     model_sync: SyncedVersion | None = None
     model_sync_error: str | None = None
     next_actions: list[str] = []
+    # A finished training step: whether its version became latest (the promotion gate),
+    # and why; None until the job has said.
+    promoted: bool | None = None
+    promotion_reason: str | None = None
 
 
 class JobLogs(BaseModel):
@@ -70,12 +74,16 @@ def _row(ws: Workspace, job_id: str):
 
 
 def _status(row) -> JobStatus:
+    result = ledger.loads(row["result"]) or {}
+    promotion = result.get("promotion") if isinstance(result.get("promotion"), dict) else None
     return JobStatus(
+        promoted=promotion.get("promoted") if promotion else None,
+        promotion_reason=promotion.get("reason") if promotion else None,
         job_id=row["job_id"], draft_id=row["draft_id"], backend=row["backend"],
         status=row["status"], terminal=row["status"] in TERMINAL, pid=row["pid"],
         external_id=row["external_id"], url=row["url"], exit_code=row["exit_code"],
         started_at=row["started_at"], ended_at=row["ended_at"], log_path=row["log_path"],
-        result=ledger.loads(row["result"]) or {})
+        result=result)
 
 
 def job_status(ws: Workspace, job_id: str) -> JobStatus:

@@ -124,6 +124,31 @@ MIGRATIONS: list[str] = [
     INSERT INTO identity(one, ledger_id, created_at)
         VALUES (1, lower(hex(randomblob(16))), CAST(strftime('%s', 'now') AS REAL));
     """,
+    # 4: did the step help (issue 13): each step's hold-out evaluation summary and why it
+    # was or was not promoted; the operator's promotion requests and the signed moves of
+    # latest they led to (one row per token: its nonce is used once).
+    """
+    ALTER TABLE steps ADD COLUMN evaluation TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE steps ADD COLUMN promotion_reason TEXT;
+    CREATE TABLE promotion_requests (
+        request_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        store TEXT NOT NULL,
+        version TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE promotions (
+        nonce TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL REFERENCES promotion_requests(request_id),
+        store TEXT NOT NULL,
+        version TEXT NOT NULL,
+        previous TEXT,
+        kid TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -146,3 +146,26 @@ def sign_draft(ws: Workspace, draft: JobDraft, *, name: str, key_path: Path,
                      detail={"digest": draft.digest, "operator": name, "ttl": seconds})
     return ApprovalGrant(draft_id=draft.draft_id, digest=draft.digest, operator=name,
                          expires_in_seconds=seconds, token=token)
+
+
+def sign_promotion(ws: Workspace, request, *, name: str, key_path: Path, passphrase: bytes,
+                   ttl: str) -> ApprovalGrant:
+    """Sign a promotion request (act ``promote``): this version becomes ``latest``.
+
+    ``request`` is a reviewed ``tunestep.tools.promotion.PromotionRequest``.
+    """
+    from tunestep.tools.approval import ACTION_PROMOTE
+
+    private_key = load_private_key(key_path, passphrase)
+    seconds = parse_ttl(ttl)
+    with ledger.open_ledger(ws) as conn:  # the ledger the request is stored in
+        identity = ledger.ledger_id(conn)
+    token = sign_approval(private_key, draft_id=request.request_id, digest=request.digest,
+                          workspace=str(ws.root), op=name, ttl_seconds=seconds,
+                          ledger_id=identity, act=ACTION_PROMOTE)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        ledger.audit(conn, "promotion.approve", request.request_id,
+                     detail={"digest": request.digest, "version": request.version,
+                             "operator": name, "ttl": seconds})
+    return ApprovalGrant(draft_id=request.request_id, digest=request.digest, operator=name,
+                         expires_in_seconds=seconds, token=token)

@@ -51,6 +51,16 @@ class BatchInfo(BaseModel):
     trained: bool
 
 
+class LastStep(BaseModel):
+    """The newest recorded step, and whether its version became ``latest``."""
+
+    step: int
+    batch: str
+    version: str | None
+    promoted: bool
+    reason: str | None  # the promotion gate's reason, from the job
+
+
 class PreflightReport(BaseModel):
     """The answer to "can the next step start?", with what to do when it cannot."""
 
@@ -67,6 +77,7 @@ class PreflightReport(BaseModel):
     batches: list[BatchInfo]
     plan_source: str | None
     next_actions: list[str] = Field(default_factory=list)
+    last_step: LastStep | None = None
 
 
 def discover_batches(ws: Workspace, loaded: LoadedPlan, trained: set[str]) -> list[BatchInfo]:
@@ -143,7 +154,13 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         chosen, files = _choose_batch(ws, plan.paths.incremental, plan.data.batch_pattern,
                                       batch, batches, problems)
         validation = check_validation(ws, conn, plan.paths.validation)
+        last = conn.execute("SELECT step, batch, version, promoted, promotion_reason FROM steps"
+                            " ORDER BY step DESC LIMIT 1").fetchone()
     _validation_problems(validation, problems)
+    last_step = None
+    if last is not None:
+        last_step = LastStep(step=last["step"], batch=last["batch"], version=last["version"],
+                             promoted=bool(last["promoted"]), reason=last["promotion_reason"])
 
     link = ws.resolve_model_store(plan.model_link)
     checkpoint = inspect_store(link, plan.model_link)
@@ -159,6 +176,19 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         problems.append(Problem(code="checkpoint_empty", severity="warning",
                                 message="the model store holds no checkpoint yet",
                                 path=plan.model_link))
+
+    if last_step is not None and not last_step.promoted:
+        held = checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest else "none"
+        problems.append(Problem(
+            code="step_not_promoted", severity="warning",
+            message=f"step {last_step.step} ({last_step.batch}) was not promoted: "
+                    f"{last_step.reason or 'the promotion gate did not pass'}; latest stays at "
+                    f"{held}, and the next step resumes from it",
+            path=plan.model_link))
+        if last_step.version:
+            actions.append(f"to use {last_step.version} anyway, the operator promotes it: "
+                           f"promote_version(version='{last_step.version}') then "
+                           f"`tunestep approve promote-...`")
 
     token = token_status()
     if not token.available:
@@ -189,6 +219,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         batches=batches,
         plan_source=loaded.source,
         next_actions=actions,
+        last_step=last_step,
     )
 
 

@@ -48,6 +48,12 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
         f"4. HF token: {'available' if report.hf_token_available else 'not found'} "
         "(its value is never stored; jobs get it as the secret `HF_TOKEN` at submit time).",
     ])
+    last = report.last_step
+    if last is not None:
+        preflight += (f"\n5. Last step: {last.step} (`{last.batch}`), version "
+                      f"`{last.version}`, " + ("promoted." if last.promoted else
+                                              f"**promoted: false**: {last.reason}; latest "
+                                              "stayed where it was."))
     data = _table(["role", "file", "rows", "sha256"],
                   [[f.role, f"`{f.path}`", str(f.rows if f.rows is not None else ""),
                     f"`{f.sha256[:16]}`"] for f in draft.files])
@@ -89,6 +95,18 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
             f"- secrets by name: {', '.join(s.secrets)}\n")
     warnings = "\n".join(f"- {w}" for w in draft.warnings) or "- none"
     o = cfg["outputs"]
+    g = draft.gate
+    if g is None:
+        gate = "- promotion gate: none (`gate: null`): every finished step moves `latest`"
+    else:
+        better = "lower" if g["metric"] == "grade_mae" else "higher"
+        gate = (f"- promotion gate: `{g['metric']}` ({better} is better) on the whole hold-out "
+                f"set may get worse than the previous version's by at most "
+                f"{g['max_regression']:g}"
+                + (", judged on the paired comparison's 95 % interval"
+                   if g["require_significance"] else "")
+                + "; a version that fails is kept and recorded, `latest` stays, and the "
+                "operator can still promote it (`tunestep promote VERSION`)")
     return f"""# Run plan: step {draft.step}, batch {draft.batch}
 
 Draft `{draft.draft_id}`, digest `{draft.digest}`.
@@ -130,7 +148,8 @@ Warnings:
 
 - metrics CSV `{o['metrics_csv']}`, log `{o['train_log']}`, samples `{o['samples_md']}`
 - plots in `{o['plots_dir']}`; new model version in `{o['model_store']}/versions/`, then
-  `latest` moves to it
+  `latest` moves to it if the promotion gate passes
+{gate}
 
 ## How to approve
 

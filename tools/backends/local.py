@@ -171,6 +171,11 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
          ledger.dumps(datasets), result.get("model_path"),
          ledger.dumps({k: v for k, v in result.items() if k != "model_path"}), time.time(),
          model_id, revision, version, int(promoted)))
+    # Did the step help: the job's hold-out evaluation summary and its gate's reason.
+    promotion = result.get("promotion") if isinstance(result.get("promotion"), dict) else {}
+    evaluation = result.get("evaluation") if isinstance(result.get("evaluation"), dict) else {}
+    conn.execute("UPDATE steps SET evaluation = ?, promotion_reason = ? WHERE step = ?",
+                 (ledger.dumps(evaluation), promotion.get("reason"), config["step"]))
     if version and backend is not None and backend["backend"] == "local":
         # A local job wrote the version itself (and may have pushed it: then a later
         # remote step resumes from that exact commit). A remote job's version arrives

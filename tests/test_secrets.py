@@ -41,9 +41,11 @@ fake_hub = hub_stub.fake_hub
 REPO = f"{hub_stub.USER}/tunestep-steps"
 MODEL_ID = f"{hub_stub.USER}/qwen3-webdev"
 PASSPHRASE = "secrets test passphrase"
-# Small enough that two local steps take seconds: this test is about where bytes go.
+# Small enough that two local steps take seconds: this test is about where bytes go. At
+# 256 tokens most sample rows are too long to keep their answer: they are dropped.
 PLAN = {"hub": {"dataset_repo": REPO, "model_id": MODEL_ID},
         "training": {"num_train_epochs": 1, "max_length": 256},
+        "data": {"overlong": "drop"},
         "samples": {"n": 2, "max_new_tokens": 8}}
 
 

@@ -6,6 +6,7 @@ The contract itself is documented in ``train_sft.py``'s docstring (and ``.specs/
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,21 @@ else:  # beside the job script (its folder is on sys.path)
     from job_common import EXIT_BAD_INPUT, JobError
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# Where HF Jobs mounts a step's bundle (tools/backends/hf_jobs.STEP_MOUNT_PATH): a remote
+# job config names its data files under it.
+STEP_MOUNT = "/tunestep/step"
+
+
+def mounted(path: str) -> str:
+    """A bundle path, where the bundle really is: ``$TUNESTEP_STEP_DIR`` says so.
+
+    On HF Jobs the two are the same folder; a stand-in that cannot mount at
+    ``/tunestep/step`` (the test Hub's job runner) sets the variable to its own folder.
+    """
+    here = os.environ.get("TUNESTEP_STEP_DIR", "").rstrip("/")
+    if here and (path == STEP_MOUNT or path.startswith(STEP_MOUNT + "/")):
+        return here + path[len(STEP_MOUNT):]
+    return path
 # ---------------------------------------------------------------------------------------
 # Config
 
@@ -153,6 +169,7 @@ def resolve_paths(cfg: dict, root: Path) -> Paths:
     root = root.resolve()
 
     def at_root(p: str) -> Path:
+        p = mounted(p)
         return Path(p) if Path(p).is_absolute() else root / p
 
     resume_from, resume_hub = None, None

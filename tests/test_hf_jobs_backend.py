@@ -147,6 +147,8 @@ def test_submit_sends_the_exact_job_spec(api, fake_hub, bundle_sha, caplog):
             "TUNESTEP_BUNDLE_REVISION": bundle_sha,
             "TUNESTEP_OUTPUT_REPO": REPO,
             "TUNESTEP_OUTPUT_PATH": f"outputs/{DRAFT}",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "60",
+            "HF_HUB_ETAG_TIMEOUT": "60",
         },
         "flavor": "a10g-large",
         "timeoutSeconds": 7200,

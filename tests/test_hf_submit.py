@@ -196,3 +196,24 @@ def test_cancelling_a_submit_that_made_no_job_spends_the_token(ws, approved, fak
     assert cancel_job(ws, row["job_id"]).status == "cancelled"
     assert _code(submit_job, ws, draft.draft_id, token, trusted).code == "approval_replayed"
     assert fake_hub.jobs == {}
+
+
+def test_over_mcp_a_hub_fault_is_a_named_tool_error(ws, approved, fake_hub):
+    import anyio
+    from mcp import Client
+
+    from tunestep.server.app import ServerConfig, build_server, error_code
+
+    draft, token, trusted = approved
+    handle = submit_job(ws, draft.draft_id, token, trusted)
+    fake_hub.inject("GET", f"{JOBS}/*", "503", times=None)
+
+    async def call(tool: str, **args):
+        async with Client(build_server(ServerConfig(workspace=ws.root))) as client:
+            return await client.call_tool(tool, args)
+
+    for tool, args in (("job_status", {}), ("job_logs", {"tail": 5})):
+        result = anyio.run(lambda t=tool, a=args: call(t, job_id=handle.job_id, **a))
+        assert error_code(result) == "hub_unavailable", result.content[0].text
+        assert "try again" in result.content[0].text
+        assert FAKE_TOKEN not in result.content[0].text

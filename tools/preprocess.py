@@ -137,6 +137,9 @@ def tokenizer_dir(ws: Workspace, model: str, *, local_only: bool = False) -> Pat
     try:
         from huggingface_hub import snapshot_download
 
+        from tunestep.tools.hub_errors import configure_client
+
+        configure_client()  # a client-side timeout, as for every Hub call
         # Tokenizer files only: a cache hit (or offline mode) must never fetch weights.
         return Path(snapshot_download(model, allow_patterns=list(TOKENIZER_FILES),
                                       local_files_only=local_only))

@@ -60,6 +60,7 @@ SUPPORTED_SECRETS = frozenset({"HF_TOKEN"})
 TERMINAL_STAGES = frozenset({"COMPLETED", "CANCELED", "ERROR", "DELETED"})
 MAX_OUTPUT_BYTES = 1 << 30
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+JOB_HUB_TIMEOUT_S = 60
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -185,6 +186,10 @@ def job_environment(repo_id: str, draft_id: str, revision: str) -> dict[str, str
         "TUNESTEP_BUNDLE_REVISION": revision,
         "TUNESTEP_OUTPUT_REPO": repo_id,
         "TUNESTEP_OUTPUT_PATH": output_path(draft_id),
+        # The job's own downloads (the resume checkpoint, the base model) must not hang for
+        # ever on billed time either: huggingface_hub reads these at import.
+        "HF_HUB_DOWNLOAD_TIMEOUT": str(JOB_HUB_TIMEOUT_S),
+        "HF_HUB_ETAG_TIMEOUT": str(JOB_HUB_TIMEOUT_S),
     }
 
 

@@ -80,3 +80,29 @@ def test_cumulative_and_from_base_train_every_row(resumed_ws):
     assert fresh.job_config["hyperparameters"]["learning_rate"] == 3e-3  # the fresh lr
     assert any("from_base" in w for w in fresh.warnings)
     assert check_batch(ws).batch == "batch_100_02"
+
+
+def test_a_held_back_batch_is_trained_in_full_again(resumed_ws):
+    """Step 2's version failed its gate and was never promoted (latest stayed at step 1's):
+    the weights step 3 starts from never learned batch 2, so replay does not count it as
+    seen; the base set and batch 1 are sampled as usual."""
+    ws = resumed_ws
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO steps(step, batch, version, promoted, recorded_at) "
+                     "VALUES (2, 'batch_100_02', '0002_batch_100_02', 0, ?)", (time.time(),))
+    draft = draft_job(ws, DraftRequest())
+    assert draft.batch == "batch_100_03" and draft.job_config["resume_from"].endswith(
+        "0001_batch_100_01")
+    uses = {u.part: (u.trained, u.why) for u in draft.sources}
+    # 0.2 of the 300 rows learned before (base 200 + batch 1 100), shared by size.
+    assert uses["base"][0] == 40 and uses["batch_100_01"][0] == 20
+    assert uses["batch_100_02"][0] == 100 and "not promoted" in uses["batch_100_02"][1]
+    assert uses["batch_100_03"][0] == 100
+    assert draft.job_config["train_files"][0]["path"].endswith("replay/batch_100_03.jsonl")
+    # Once the operator promotes that version its rows count as learned.
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO model_versions(store, version, source, promoted, "
+                     "recorded_at) VALUES ('models/qwen3_webdev', '0002_batch_100_02', "
+                     "'job', 1, 0)")
+    again = draft_job(ws, DraftRequest())
+    assert {u.part: u.trained for u in again.sources}["batch_100_02"] == 20

@@ -195,3 +195,44 @@ def test_the_operator_promotes_and_rolls_back_from_the_cli(held_back, tmp_path, 
     assert code == 0 and latest(held_back) == "0000_base"
     code = cli(["promote", "0000_base", "-w", ws, "--token", token, "--operator-key", pub])
     assert code == 1 and "approval_replayed" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_a_gate_that_cannot_pass_keeps_latest_and_the_operator_can_promote(model_ws,
+                                                                           operator):
+    """The local backend with the tiny model: max_regression -1.0 demands a whole point
+    of improvement on a 0-1 metric, which no step can give."""
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.job_control import job_logs, wait_for_job
+    from tunestep.tools.plan import load_plan, render_plan_document
+    from tunestep.tools.submit import submit_job
+
+    ws = model_ws
+    plan = load_plan(ws).plan
+    plan = plan.model_copy(update={
+        "gate": plan.gate.model_copy(update={"max_regression": -1.0}),
+        "training": plan.training.model_copy(update={"num_train_epochs": 1}),
+        "samples": plan.samples.model_copy(update={"n": 2, "max_new_tokens": 8})})
+    (ws.root / ".specs/training/plan.md").write_text(render_plan_document(plan))
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    if "gate" not in draft.job_config:
+        pytest.skip("the job does not take a gate yet")
+    assert draft.job_config["gate"]["max_regression"] == -1.0
+    assert "may get worse than the previous version's by at most -1" in (
+        ws.root / draft.run_plan).read_text()
+    handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
+                        operator.trusted)
+    status = wait_for_job(ws, handle.job_id, timeout=900)
+    assert status.status == "succeeded", job_logs(ws, handle.job_id, 40).lines
+    assert status.promoted is False and status.promotion_reason
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    assert latest(ws) == "0000_base"  # the gate held the new version back
+    assert (store / "versions" / HELD).is_dir()  # ... which is stored
+    with ledger.open_ledger(ws) as conn:
+        step = conn.execute("SELECT * FROM steps WHERE batch = 'batch_100_01'").fetchone()
+    assert step["promoted"] == 0 and step["version"] == HELD  # ... and recorded
+    assert step["promotion_reason"] == status.promotion_reason
+    assert ledger.loads(step["evaluation"])
+    assert any(p.code == "step_not_promoted" for p in check_batch(ws).problems)
+    promote_version(ws, HELD, signed(ws, operator, HELD), operator.trusted)
+    assert latest(ws) == HELD

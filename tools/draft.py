@@ -311,6 +311,9 @@ def source_uses(data) -> list[SourceUse]:
         trained = f.rows if f.selected is None else len(f.selected)
         if f.part == data.batch:
             why = "the new batch, in full"
+        elif f.part in data.replay.held_back:
+            why = ("its step was not promoted, so the weights this step starts from never "
+                   "learned it: in full")
         elif data.replay.mode == "sampled":
             why = f"replay sample ({data.replay.fraction:g}, by source and grade)"
         else:

@@ -110,6 +110,8 @@ class ReplayInfo(BaseModel):
     earlier_rows: int = 0  # earlier rows after dedup, the population sampled from
     sampled_rows: int = 0
     strata: int = 0  # (source, grade) groups sampled from
+    # replay: earlier batches whose step was not promoted, trained in full again
+    held_back: list[str] = Field(default_factory=list)
     reason: str = ""  # why the step trains the rows it trains, in one sentence
 
 
@@ -425,6 +427,7 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     with ledger.open_ledger(ws) as conn:
         batches = discover_batches(ws, loaded, ledger.trained_batches(conn))
         holdout_status = pinned_validation(ws, conn, plan.paths.validation)
+        held_back = _held_back(conn)
     chosen = _choose(batches, batch, plan.paths.incremental)
     sources = _sources(ws, plan, batches, chosen)
     total = len(sources)
@@ -490,7 +493,7 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
             path=leaks[0][0].path, line=leaks[0][0].line)
 
     replay = _replay(files, kept, grades, chosen.name, fraction, plan.training.seed,
-                     plan.data.regime, resuming)
+                     plan.data.regime, resuming, held_back)
     for source_file, keep in zip(files, kept, strict=True):
         if len(keep) != source_file.rows:
             source_file.selected = keep
@@ -543,9 +546,18 @@ def _shares(total: int, sizes: dict) -> dict:
     return take
 
 
+def _held_back(conn) -> set[str]:
+    """Batches whose step's version never became latest: the gate held it back and the
+    operator did not promote it. The weights a step resumes from never learned them."""
+    rows = conn.execute(
+        "SELECT s.batch FROM steps s LEFT JOIN model_versions v ON v.version = s.version "
+        "WHERE s.promoted = 0 AND COALESCE(v.promoted, 0) = 0")
+    return {row["batch"] for row in rows}
+
+
 def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[str | None]],
             current: str, fraction: float, seed: int, regime: str,
-            resuming: bool) -> ReplayInfo:
+            resuming: bool, held_back: set[str] | None = None) -> ReplayInfo:
     """Sample the earlier rows in place (``kept`` is narrowed); current batch untouched.
 
     Stratified in two levels, each rounded by the largest remainder: the sample's size,
@@ -553,16 +565,20 @@ def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[st
     source's share over its grades; rows are then drawn within each (source, grade) group
     with one seeded generator, in a fixed group order.
     """
-    earlier = [i for i, f in enumerate(files) if f.part != current]
+    held = sorted({f.part for f in files if f.part in (held_back or set())})
+    # A held-back batch's rows are new to the weights the step resumes from: whole, as the
+    # current batch is (they are not part of the population replay samples from).
+    earlier = [i for i, f in enumerate(files) if f.part != current and f.part not in held]
     population = sum(len(kept[i]) for i in earlier)
-    info = {"fraction": fraction, "seed": seed, "regime": regime, "earlier_rows": population}
+    info = {"fraction": fraction, "seed": seed, "regime": regime, "earlier_rows": population,
+            "held_back": held}
     if regime == "cumulative":
         return ReplayInfo(mode="off", **info, reason="regime cumulative: every row again, "
                           "from the previous weights")
     if regime == "from_base":
         return ReplayInfo(mode="off", **info, reason="regime from_base: every row, from the "
                           "base model")
-    if not any(files[i].part != BASE_PART for i in earlier):
+    if not any(f.part not in (BASE_PART, current) for f in files):
         # The first batch: nothing was trained before it, so the base set is new data too.
         return ReplayInfo(mode="nothing_earlier", **info,
                           reason="the first batch: the base set is new data too, every row")

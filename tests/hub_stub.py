@@ -313,6 +313,13 @@ class FakeHub:
         self.fail: dict[tuple[str, str], tuple[int, str]] = {}
         self.faults: list[Fault] = []
         self.runner: JobRunner | None = None
+        # Listings (tree, jobs) in pages of this many with a Link: rel="next" header, as
+        # the Hub pages them (it uses 1,000 for trees); None: one page.
+        self.page_size: int | None = None
+        # (calls, window seconds): the account's API rate limit; beyond it 429 with
+        # Retry-After and RateLimit headers. None: unlimited.
+        self.rate_limit: tuple[int, float] | None = None
+        self._calls: list[float] = []
         self.lock = threading.RLock()
         self.closing = threading.Event()
 
@@ -472,8 +479,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch(self._record())
 
+    def _limited(self) -> float | None:
+        """Seconds until the window frees a call, when this one is over the limit."""
+        if self.hub.rate_limit is None:
+            return None
+        calls, window = self.hub.rate_limit
+        now = time.monotonic()
+        with self.hub.lock:
+            self.hub._calls = [t for t in self.hub._calls if now - t < window]
+            if len(self.hub._calls) >= calls:
+                return window - (now - self.hub._calls[0])
+            self.hub._calls.append(now)
+        return None
+
     def _dispatch(self, rec: RecordedRequest) -> None:
         self._swallow = False
+        wait = self._limited()
+        if wait is not None:
+            after = max(1, int(wait + 0.999))
+            calls, window = self.hub.rate_limit or (0, 0)
+            self._error(429, "You have exceeded our hourly quotas for action: api",
+                        headers={"Retry-After": str(after), "RateLimit": f'"api";r=0;t={after}',
+                                 "RateLimit-Policy": f'"fixed window";"api";q={calls};'
+                                                     f'w={int(window)}'})
+            return
         fault = self.hub._take_fault(rec.method, rec.path)
         try:
             if fault is not None and fault.after_effect:
@@ -781,6 +810,24 @@ class _Handler(BaseHTTPRequestHandler):
         entries += [self._folder_entry(f, files) for f in sorted(shown)]
         return entries
 
+    def _send_page(self, rec: RecordedRequest, items: list[Any]) -> None:
+        """A listing, one page of it when ``page_size`` is set (``cursor`` = offset)."""
+        size = self.hub.page_size
+        if not size:
+            self._send(200, items)
+            return
+        start = int((rec.query.get("cursor") or ["0"])[0])
+        page, rest = items[start:start + size], items[start + size:]
+        headers = {}
+        if rest:
+            query = [(k, v) for k, values in rec.query.items() if k != "cursor" for v in values]
+            query.append(("cursor", str(start + size)))
+            from urllib.parse import quote, urlencode
+
+            headers["Link"] = (f'<{self.hub.url}{quote(rec.path)}?{urlencode(query)}>; '
+                               'rel="next"')
+        self._send(200, page, headers=headers)
+
     @staticmethod
     def _file_entry(path: str, data: bytes) -> dict[str, Any]:
         return {"type": "file", "path": path, "size": len(data), "oid": _git_blob_oid(data)}
@@ -803,7 +850,7 @@ class _Handler(BaseHTTPRequestHandler):
         if prefix and not any(p.startswith(prefix + "/") for p in files):
             self._error(404, "Entry not found", "EntryNotFound")
             return
-        self._send(200, self._entries(files, prefix, recursive))
+        self._send_page(rec, self._entries(files, prefix, recursive))
 
     def _paths_info(self, repo: FakeRepo, revision: str, rec: RecordedRequest) -> None:
         if (sha := self._revision(repo, revision)) is None:
@@ -938,7 +985,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if all((j.get("labels") or {}).get(k) == v for k, _, v in wanted)
                 and (not stages or j["status"]["stage"] in stages)]
         jobs.sort(key=lambda j: j["createdAt"], reverse=True)
-        self._send(200, jobs)
+        self._send_page(rec, jobs)
 
     def _cancel(self, job_id: str) -> None:
         with self.hub.lock:

@@ -212,3 +212,33 @@ def test_accelerate_launch_is_swapped_for_the_interpreter():
          "--multi_gpu", "/m/train.py", "--config", "/m/job.json"], job)
     assert argv == [sys.executable, "/m/train.py", "--config", "/m/job.json"]
     assert job["stub"]["num_processes"] == 4
+
+
+def test_listings_come_in_pages_and_the_client_follows_them(api, fake_hub):
+    api.create_repo(REPO, repo_type="dataset", private=True)
+    _commit(api, {f"outputs/f{i}.txt": b"%d" % i for i in range(7)})
+    for i in range(5):
+        fake_hub.jobs[f"j{i}"] = {"id": f"j{i}", "createdAt": f"2026-01-0{i + 1}T00:00:00Z",
+                                  "status": {"stage": "COMPLETED", "message": None},
+                                  "labels": {"k": "v"}, "dockerImage": "x", "command": ["x"],
+                                  "owner": {"id": "u1", "name": hub_stub.USER, "type": "user"}}
+    fake_hub.page_size = 2
+    files = [f.path for f in api.list_repo_tree(REPO, path_in_repo="outputs",
+                                                repo_type="dataset")]
+    assert files == [f"outputs/f{i}.txt" for i in range(7)]
+    jobs = [j.id for j in api.list_jobs(labels={"k": "v"}, namespace=hub_stub.USER)]
+    assert jobs == ["j4", "j3", "j2", "j1", "j0"]
+    pages = [r for r in fake_hub.requests if r.path == f"/api/jobs/{hub_stub.USER}"]
+    assert len(pages) == 3 and pages[-1].query["cursor"] == ["4"]
+    assert pages[-1].query["label"] == ["k=v"]  # the filter travels with every page
+
+
+def test_the_rate_limit_answers_429_with_retry_after(api, fake_hub):
+    fake_hub.rate_limit = (3, 300)
+    for _ in range(3):
+        api.list_jobs_hardware()
+    with pytest.raises(hf_errors.HfHubHTTPError) as limited:
+        api.list_jobs_hardware()
+    response = limited.value.response
+    assert response.status_code == 429 and 295 <= int(response.headers["Retry-After"]) <= 300
+    assert "rate limit" in str(limited.value)

@@ -181,7 +181,11 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
                     found = None
                 if found is None:
                     raise
-    except TunestepError as exc:
+    except Exception as exc:  # a bug or an odd failure must not keep the lease either
+        if not isinstance(exc, TunestepError):
+            logger.exception("hf-jobs submit of %s failed", job_id)
+            exc = TunestepError("backend_failed", f"the submission failed unexpectedly "
+                                f"({type(exc).__name__})")
         _update_submit_state(ws, job_id, lease_until=0, error=exc.code)
         with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
             ledger.audit(conn, "job.start", job_id, outcome="failed",
@@ -216,11 +220,13 @@ def settle_submitting(ws: Workspace, row) -> None:
     While another submit holds the lease nothing is asked. A Hub that cannot be reached
     raises its named error and leaves the row as it was.
     """
+    from tunestep.tools import hf_poll
     from tunestep.tools.backends import hf_jobs
     from tunestep.tools.hf_token import read_token
 
     result = ledger.loads(row["result"]) or {}
-    if result.get("submit", {}).get("lease_until", 0) > time.time():
+    if result.get("submit", {}).get("lease_until", 0) > time.time() \
+            or not hf_poll.due(result):
         return
     with ledger.open_ledger(ws) as conn:
         nonce = _nonce_of(conn, row["job_id"])
@@ -229,8 +235,16 @@ def settle_submitting(ws: Workspace, row) -> None:
     if nonce is None:
         return
     api = hf_jobs.hub_api(read_token())
-    found = _find(api, nonce, hf_jobs.hub_whoami(api))
-    if found is not None:
+    try:
+        found = _find(api, nonce, hf_jobs.hub_whoami(api))
+    except TunestepError as exc:
+        hf_poll.schedule(ws, row["job_id"], getattr(exc, "retry_after", None))
+        raise
+    hf_poll.schedule(ws, row["job_id"])
+    if found is None:
+        _update_submit_state(ws, row["job_id"], note="no Hub job carries this token yet: "
+                             f"{RETRY_HINT} (until the token expires), or cancel_job")
+    else:
         payload = ledger.loads(draft["payload"]) if draft else {}
         repo = ((payload or {}).get("submission") or {}).get("dataset_repo") \
             or result.get("repo") or ""

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunestep-installed
 DEMO_DIR ?= .demo
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint lock clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/bench/run_all.py
+
+# The HF job's exact dependencies: re-resolve tools/jobs/train_sft.py's PEP 723 header into
+# train_sft.py.lock (needs PyPI; commit the result). Drafts only hash the committed lock.
+lock: $(STAMP)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv lock --script tools/jobs/train_sft.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

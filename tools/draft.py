@@ -39,6 +39,7 @@ from tunestep.tools.chain import (
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
     FLAVORS,
+    LOCKED_INSTALL_SECONDS,
     Estimate,
     estimate_job,
     format_duration,
@@ -274,7 +275,9 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         batch_size=config["hyperparameters"]["per_device_train_batch_size"],
         grad_accum=config["hyperparameters"]["gradient_accumulation_steps"],
         precision=config["hyperparameters"]["precision"], timeout=timeout,
-        prices=live_prices() if backend == "hf-jobs" else None)
+        prices=live_prices() if backend == "hf-jobs" else None,
+        install_seconds=LOCKED_INSTALL_SECONDS
+        if backend == "hf-jobs" and plan.job.install == "locked" else 0.0)
     body = {"kind": request.kind, "request": request.model_dump(mode="json"),
             "job_config": config, "files": [f.model_dump() for f in files],
             "submission": submission.model_dump() if submission else None,
@@ -422,8 +425,8 @@ def _hf_submission(plan: Plan, request: DraftRequest, report: PreflightReport,
                        for p in checkpoint_files(folder)})
     return HfSubmission(
         image=plan.job.image,
-        command=["uv", "run", f"{HF_MOUNT}/{JOB_SCRIPT}", "--config", f"{HF_MOUNT}/job.json",
-                 "--root", HF_OUTPUT_ROOT, *_processes_args(flavor)],
+        command=[*job_launcher(plan), f"{HF_MOUNT}/{JOB_SCRIPT}", "--config",
+                 f"{HF_MOUNT}/job.json", "--root", HF_OUTPUT_ROOT, *_processes_args(flavor)],
         flavor=flavor, timeout_seconds=parse_duration(timeout),
         labels={"tunestep-batch": report.batch, "tunestep-step": str(report.step),
                 "tunestep-kind": request.kind},
@@ -435,6 +438,16 @@ def _processes_args(flavor: str) -> list[str]:
     through ``accelerate launch --num_processes N``, see job_common.launch_argv)."""
     processes = processes_for(flavor)
     return ["--num-processes", str(processes)] if processes > 1 else []
+
+
+def job_launcher(plan: Plan) -> list[str]:
+    """What runs the job script on HF Jobs (plan key ``job.install``).
+
+    ``locked``: ``uv run --locked`` installs exactly ``train_sft.py.lock`` (beside the
+    script in the bundle; in the digest) and refuses to run if the script's header no
+    longer matches it. ``image``: the image's own ``python3``, nothing installed.
+    """
+    return ["uv", "run", "--locked"] if plan.job.install == "locked" else ["python3"]
 
 
 def bundle_name(ref: FileRef, files: list[FileRef]) -> str:

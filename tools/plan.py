@@ -150,6 +150,11 @@ class Job(_Section):
     timeout: str = "2h"
     secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"])
     image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+    # "locked": `uv run --locked` installs exactly tools/jobs/train_sft.py.lock (billed
+    # install time, counted by the estimate). "image": the image already holds the job's
+    # dependencies (e.g. built from `uv export --script` of the lock, torch inside) and its
+    # python3 runs the script with no install; pin such an image by digest (@sha256:).
+    install: Literal["locked", "image"] = "locked"
 
 
 class Hub(_Section):

@@ -18,4 +18,7 @@ JOB_FILES = (
     "job_store.py",
     "sft_data.py",
     "qwen3_training.jinja",
+    # The exact dependency versions the HF job installs (`uv run --locked`): regenerated
+    # from train_sft.py's header by `make lock`, never by a draft (drafting works offline).
+    "train_sft.py.lock",
 )

@@ -7,11 +7,16 @@
 #     "transformers>=5.0,<6",
 #     "datasets>=4.0,<6",
 #     "accelerate>=1.10,<2",
-#     "huggingface_hub>=1.0,<3",
+#     "huggingface_hub>=1.16,<3",
 #     "matplotlib>=3.9,<4",
-#     "torch>=2.6",
+#     "torch==2.10.0",
 # ]
 # ///
+# torch 2.10.0 is the newest release whose PyPI wheel is built for CUDA 12 (12.8); 2.11 and
+# later are built for CUDA 13, which needs an R580 driver. A CUDA 12.x runtime runs on any
+# R525+ driver (CUDA minor-version compatibility), the drivers HF's own CUDA 12.4 images
+# run on. `make lock` writes train_sft.py.lock from this header; the job runs
+# `uv run --locked`, so it installs exactly the locked versions the draft's digest covers.
 """One incremental supervised fine-tuning step: train, sample, version, report.
 
 Runs the same on a laptop CPU, a local GPU and Hugging Face Jobs. It imports nothing from

@@ -167,8 +167,10 @@ def render_draft(console: Console, draft, approving: bool = False) -> None:
                   f"{safe_text(hp['max_length'])}")
     _draft_files(console, draft)
     console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
-                  f"[bold]${est.usd:.2f}[/] on {safe_text(est.flavor)}; suggested timeout "
-                  f"{safe_text(est.suggested_timeout)}")
+                  f"[bold]${est.usd:.2f}[/] on {safe_text(est.flavor)}"
+                  + (f" ({est.processes} GPUs, one process each)"
+                     if getattr(est, "processes", 1) > 1 else "")
+                  + f"; suggested timeout {safe_text(est.suggested_timeout)}")
     _draft_warnings_and_approval(console, draft, approving)
 
 

@@ -111,3 +111,13 @@ def test_a_multi_gpu_draft_says_so(tmp_path, tiny_model_dir, monkeypatch):
     assert (eight.estimate.gpus, eight.estimate.processes) == (8, 8)
     plan = (ws.root / eight.run_plan).read_text()
     assert "accelerate launch --num_processes 8" in plan and "8 GPUs" in plan
+    # The operator's screen says so too.
+    import io
+
+    from rich.console import Console
+
+    from tunestep.server.render import render_draft
+
+    out = io.StringIO()
+    render_draft(Console(file=out, width=80), eight)
+    assert "(8 GPUs, one process each)" in " ".join(out.getvalue().split())

@@ -35,7 +35,7 @@ def test_a_remote_step_runs_from_its_bundle_and_comes_home(fake_hub, tmp_path,
     hub_job = fake_hub.wait_job(handle.external_id, timeout=240)
     logs = job_logs(ws, handle.job_id, tail=40).lines
     assert hub_job["status"]["stage"] == "COMPLETED", "\n".join(logs)
-    assert hub_job["stub"]["launcher"] == ["uv", "run"]
+    assert hub_job["stub"]["launcher"] == ["uv", "run", "--locked"]
     status = job_status(ws, handle.job_id)
     assert status.status == "succeeded", status.result
     model_repo = fake_hub.repo(chain_model := "tester/qwen3_webdev", "model")

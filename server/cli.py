@@ -37,13 +37,28 @@ def command(name: str) -> Callable[[Command], Command]:
 def _workspace(args: argparse.Namespace):
     from tunestep.tools.workspace import find_workspace
 
-    return find_workspace(args.workspace)
+    ws = find_workspace(args.workspace)
+    args.hint_workspace = _hint_workspace(ws.root)
+    return ws
+
+
+def _hint_workspace(root: Path) -> str | None:
+    """The --workspace a printed command needs: none when it would find this one anyway."""
+    from tunestep.tools.workspace import WORKSPACE_ENV
+
+    implicit = os.environ.get(WORKSPACE_ENV) or os.getcwd()
+    try:
+        if Path(implicit).expanduser().resolve() == root:
+            return None
+    except OSError:
+        pass
+    return str(root)
 
 
 def _show(args: argparse.Namespace, console: Console, result) -> None:
     from tunestep.server.render import render
 
-    render(console, result, args.json)
+    render(console, result, args.json, workspace=getattr(args, "hint_workspace", None))
 
 
 @command("serve")
@@ -145,9 +160,9 @@ def cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
 
 def _progress(console: Console, args: argparse.Namespace):
     """A progress callback printing to stderr (never into --json output)."""
-    from rich.console import Console
+    from tunestep.server.render import make_console
 
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
 
     def report(done: int, total: int | None, message: str) -> None:
         if not args.json and err.is_terminal:
@@ -235,9 +250,7 @@ def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
 
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
-    from rich.console import Console
-
-    from tunestep.server.render import render
+    from tunestep.server.render import make_console, render
     from tunestep.tools.operator import find_operator_key, review_draft, sign_draft
 
     # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
@@ -246,7 +259,7 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     if args.draft_id.startswith("promote-"):  # a promotion request, not a job draft
         return _approve_promotion(args, ws, key)
     draft = review_draft(ws, args.draft_id)
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     render(err, draft, as_json=False, approving=True)
     if not args.yes:
         if not sys.stdin.isatty():
@@ -557,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":  # stdout is the protocol there: no console, no rich
             return cmd_serve(args, None)
-        from rich.console import Console
+        from tunestep.server.render import make_console
 
-        return _COMMANDS[args.command](args, Console(highlight=False, soft_wrap=True))
+        return _COMMANDS[args.command](args, make_console())
     except TunestepError as exc:
         _error("error", str(exc))
         return EXIT_PROBLEM
@@ -581,7 +594,9 @@ def _error(label: str, message: str) -> None:
     from tunestep.server.render import safe_text
 
     # Messages name workspace files and things like messages[0].role: shown as written.
-    Console(stderr=True, highlight=False).print(f"[bold red]{label}[/] {safe_text(message)}")
+    # soft_wrap: a long message is left for the terminal to wrap; no code or path is cut.
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{label}[/] {safe_text(message)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 """How results look in a terminal: a rich view, or the model itself as JSON.
 
 Renderers are picked by result type; anything without one gets a generic key/value
-table, so a new tool is usable from the CLI before anyone writes it a view.
+view, so a new tool is usable from the CLI before anyone writes it a view.
+
+At 80 columns nothing a person acts on may be cut: paths, file:line, error codes and
+commands are printed as whole words on their own lines (the console soft-wraps, it never
+ellipsizes), prose is wrapped at spaces, and the few tables fold instead of cutting.
+Next steps are rendered from their structured form (``tools/next_step.py``) as the
+``tunestep`` command a person types, never as the MCP call the assistant makes.
 
 Every string that comes from the workspace (file and folder names, row excerpts in
 findings, plan values, anything a tool echoes) goes through ``safe_text`` before it
@@ -12,19 +18,65 @@ there, not what an escape sequence or a rich tag makes the screen show.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from tunestep.tools.preflight import PreflightReport
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+SHOWN = 20  # list items shown before "... and N more" (--json has every one)
 
-_RENDERERS: dict[type, Callable[[Console, Any], None]] = {}
+
+@dataclass(frozen=True)
+class View:
+    """How this screen is shown: on the approval screen; the --workspace hints need."""
+
+    approving: bool = False
+    workspace: str | None = None  # added to printed commands when the cwd is elsewhere
+
+
+_RENDERERS: dict[type, Callable[[Console, Any, View], None]] = {}
+
+
+def renderer(kind: type) -> Callable:
+    def register(fn: Callable[[Console, Any, View], None]) -> Callable:
+        _RENDERERS[kind] = fn
+        return fn
+
+    return register
+
+
+def make_console(stderr: bool = False) -> Console:
+    # soft_wrap: long lines are left for the terminal to wrap; rich never cuts them.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def render(console: Console, result: BaseModel, as_json: bool, *,
+           approving: bool = False, workspace: str | None = None) -> None:
+    """Print ``result``; ``approving``: the screen `tunestep approve` shows before signing."""
+    if as_json:
+        # print() not console.print(): JSON must reach a pipe byte-exact, unwrapped.
+        print(result.model_dump_json(indent=2))
+        return
+    register_domain_renderers()
+    view = View(approving=approving, workspace=workspace)
+    for kind in type(result).__mro__:
+        if kind in _RENDERERS:
+            _RENDERERS[kind](console, result, view)
+            return
+    render_generic(console, result, view)
+
+
+# --- building blocks ---------------------------------------------------------------------
 
 # What a terminal would act on instead of showing: C0 controls (ESC starts ANSI
 # sequences, CR and BS overwrite, a newline fakes a line), DEL, C1 controls (CSI is one
@@ -49,77 +101,177 @@ def safe_text(value: Any) -> str:
     return escape(_UNSAFE.sub(_visible, "" if value is None else str(value)))
 
 
-def renderer(kind: type) -> Callable:
-    def register(fn: Callable[[Console, Any], None]) -> Callable[[Console, Any], None]:
-        _RENDERERS[kind] = fn
-        return fn
-
-    return register
+w = safe_text  # short, for the many f-strings below
 
 
-def render(console: Console, result: BaseModel, as_json: bool, *,
-           approving: bool = False) -> None:
-    """Print ``result``; ``approving``: the screen `tunestep approve` shows before signing."""
-    if as_json:
-        # print() not console.print(): JSON must reach a pipe byte-exact, unwrapped.
-        print(result.model_dump_json(indent=2))
+def prose(console: Console, text: str, indent: int = 0, style: str = "") -> None:
+    """Wrapped at spaces to the width (paths and codes stay whole words)."""
+    body = Text.from_markup(safe_text(text), style=style)
+    console.print(Padding(body, (0, 0, 0, indent)) if indent else body, soft_wrap=False)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h " \
+        f"{minutes % 60:02d} min"
+
+
+def _more(console: Console, total: int, shown: int, where: str = "--json") -> None:
+    if total > shown:
+        console.print(f"    ... and {total - shown} more ({where} lists every one)")
+
+
+def cli_command(action, view: View) -> str | None:
+    """The `tunestep` command for a structured next step, or None when it has no tool."""
+    if action.tool is None or action.tool not in CLI_COMMANDS:
+        return None
+    name, positional = CLI_COMMANDS[action.tool]
+    words = ["tunestep", *name.split()]
+    args = dict(action.args)
+    for key in positional:
+        if args.get(key) is not None:
+            words.append(shlex.quote(str(args.pop(key))))
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value not in (False, None):
+            words += [flag, shlex.quote(str(value))]
+    if action.from_result.get("mapping") == "suggested_mapping":
+        words.append("--suggested")
+    if view.workspace:
+        words += ["--workspace", shlex.quote(view.workspace)]
+    return " ".join(words)
+
+
+# MCP tool -> (CLI command, its positional arguments in order)
+CLI_COMMANDS = {
+    "check_batch": ("check", ["batch"]),
+    "run_inspector": ("inspect", ["path"]),
+    "apply_mapping": ("map", ["source"]),
+    "merge_datasets": ("merge", ["batch"]),
+    "preprocess": ("preprocess", ["batch"]),
+    "draft_job": ("draft", ["batch"]),
+    "submit_job": ("submit", ["draft_id", "approval_token"]),
+    "job_status": ("status", ["job_id"]),
+    "job_logs": ("logs", ["job_id"]),
+    "cancel_job": ("cancel", ["job_id"]),
+    "list_jobs": ("status", []),
+    "promote_version": ("promote", ["version"]),
+}
+
+
+def next_steps(console: Console, result: Any, view: View) -> None:
+    """Each next step as a command to type (with its note), else its words."""
+    steps = getattr(result, "next_steps", None) or []
+    if not steps:  # a result from before next_steps existed: its words as they are
+        for text in getattr(result, "next_actions", None) or []:
+            console.print(f"next: {w(text)}")
         return
-    register_domain_renderers()
-    for kind in type(result).__mro__:
-        if kind in _RENDERERS:
-            if approving and _RENDERERS[kind] is render_draft:
-                render_draft(console, result, approving=True)
-            else:
-                _RENDERERS[kind](console, result)
-            return
-    render_generic(console, result)
+    for step in steps:
+        command = cli_command(step, view)
+        if command is None:
+            prose(console, "next: " + " ".join(p for p in (step.lead, step.note) if p))
+            continue
+        if step.lead:
+            prose(console, f"next: {step.lead}")
+            console.print(f"  {w(command)}")
+        else:
+            console.print(f"next: {w(command)}")
+        if step.note:
+            prose(console, step.note, indent=6, style="dim")
 
 
-def render_generic(console: Console, result: BaseModel) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+def problems(console: Console, items: list) -> None:
+    if not items:
+        return
+    console.print("[bold]problems[/]")
+    for p in items:
+        where = f"  {w(p.path)}" if p.path else ""
+        console.print(f"  [{SEVERITY_STYLE[p.severity]}]{p.severity}[/] {w(p.code)}{where}")
+        prose(console, p.message, indent=4)
+
+
+def render_generic(console: Console, result: BaseModel, view: View) -> None:
+    """Every field, lists item by item (never "5 item(s)"), floats rounded."""
     for key, value in result.model_dump(mode="json").items():
-        if isinstance(value, list | dict):
-            value = f"{len(value)} item(s)" if value else "-"
-        table.add_row(safe_text(key), "-" if value is None else safe_text(value))
-    console.print(table)
+        _generic_value(console, key, value, 0)
 
 
-def problems_table(problems: list) -> Table:
-    table = Table("severity", "code", "message", "path", title="Problems", title_justify="left")
-    for p in problems:
-        table.add_row(f"[{SEVERITY_STYLE[p.severity]}]{p.severity}[/]", safe_text(p.code),
-                      safe_text(p.message), safe_text(p.path or ""))
-    return table
+def _generic_value(console: Console, key: str, value: Any, depth: int) -> None:
+    pad = "  " * depth
+    if isinstance(value, dict) and value:
+        console.print(f"{pad}[bold]{w(key)}[/]")
+        for k, v in value.items():
+            _generic_value(console, str(k), v, depth + 1)
+    elif isinstance(value, list) and value:
+        console.print(f"{pad}[bold]{w(key)}[/]")
+        for item in value[:SHOWN]:
+            if isinstance(item, dict):
+                console.print(f"{pad}  - " + ", ".join(f"{w(k)} {w(_scalar(v))}"
+                                                      for k, v in item.items()))
+            else:
+                console.print(f"{pad}  - {w(_scalar(item))}")
+        _more(console, len(value), SHOWN)
+    else:
+        console.print(f"{pad}[bold]{w(key)}[/] {w(_scalar(value))}")
 
+
+def _scalar(value: Any) -> str:
+    if value is None or value == [] or value == {}:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# --- preflight ---------------------------------------------------------------------------
 
 @renderer(PreflightReport)
-def render_preflight(console: Console, report: PreflightReport) -> None:
-    verdict = "[bold green]READY[/]" if report.ready else "[bold red]NOT READY[/]"
-    console.print(f"{verdict}  batch [bold]{safe_text(report.batch or '-')}[/] "
-                  f"(step {report.step or '-'})")
-    files = Table("file", "rows", "sha256", title="Batch files", title_justify="left")
-    for f in report.files:
-        files.add_row(safe_text(f.path), "?" if f.rows is None else str(f.rows),
-                      safe_text(f.sha256[:16]))
-    console.print(files)
+def render_preflight(console: Console, report: PreflightReport, view: View) -> None:
+    if report.nothing_left:
+        console.print("[bold green]NOTHING LEFT TO TRAIN[/]  every batch folder is trained; "
+                      "drop the next batch in")
+    else:
+        verdict = "[bold green]READY[/]" if report.ready else "[bold red]NOT READY[/]"
+        batch = (f"{w(report.batch)} (step {report.step})" if report.batch
+                 else "no batch chosen")
+        console.print(f"{verdict}  {batch}")
+    if report.inspection is not None:
+        i = report.inspection
+        if i.status is None:
+            said = "not inspected yet"
+        else:
+            said = (f"[{_status_style(i.status)}]{i.status}[/], {i.error_count} error(s), "
+                    f"{i.warning_count} warning(s)"
+                    + ("" if i.current else " [yellow](before the files changed)[/]"))
+        console.print(f"inspector   {said}: {w(i.path)}")
+    if report.files:
+        console.print("files")
+        for f in report.files:
+            rows = "?" if f.rows is None else f"{f.rows:,}"
+            console.print(f"  {rows} rows  {f.sha256[:16]}  {w(f.path)}")
     v = report.validation
     state = "missing" if not v.present else ("CHANGED" if v.changed else
                                              "pinned now" if v.newly_pinned else "unchanged")
-    console.print(f"hold-out  {safe_text(v.path)}: {state}"
-                  + (f", {v.rows} rows" if v.rows else ""))
+    rows = f", {v.rows:,} rows" if v.rows else ""
+    console.print(f"hold-out    {state}{rows}: {w(v.path)}")
     c = report.checkpoint
-    where = f" -> {safe_text(c.target)}" if c.is_link else ""
-    console.print(f"checkpoint {safe_text(c.link)}{where}: "
-                  + (f"latest {safe_text(c.latest)} ({safe_text(c.kind)})" if c.latest
-                     else "none"))
-    console.print("HF token  " + (f"available ({safe_text(report.hf_token_source)})"
-                                  if report.hf_token_available else "not found"))
-    if report.problems:
-        console.print(problems_table(report.problems))
-    for action in report.next_actions:
-        console.print(f"next: {safe_text(action)}")
+    where = f" -> {w(c.target)}" if c.is_link else ""
+    latest = f"latest {w(c.latest)} ({c.kind})" if c.latest else "none"
+    console.print(f"checkpoint  {latest}: {w(c.link)}{where}")
+    console.print("HF token    " + (f"available ({w(report.hf_token_source)})"
+                                    if report.hf_token_available else "not found"))
+    problems(console, report.problems)
+    next_steps(console, report, view)
 
 
 def _status_style(status: str) -> str:
@@ -128,102 +280,276 @@ def _status_style(status: str) -> str:
             "cancelled": "yellow", "lost": "bold red"}.get(status, "bold")
 
 
-def render_inspection(console: Console, report) -> None:
-    console.print(f"[{_status_style(report.status)}]{safe_text(report.summary)}[/]"
+# --- inspector and mapping ---------------------------------------------------------------
+
+def render_inspection(console: Console, report, view: View) -> None:
+    rows = sum(f.rows for f in report.files)
+    console.print(f"[{_status_style(report.status)}]{report.status}[/]  {w(report.path)}"
                   + ("  [dim](cached)[/]" if report.cached else ""))
-    files = Table("file", "format", "rows", "status", title="Files", title_justify="left")
+    console.print(f"{rows:,} rows in {len(report.files)} file(s); {report.error_count:,} "
+                  f"error(s), {report.warning_count:,} warning(s)")
+    console.print("files")
     for f in report.files:
-        files.add_row(safe_text(f.path), safe_text(f.format), str(f.rows),
-                      safe_text(f.status))
-    console.print(files)
+        console.print(f"  [{_status_style(f.status)}]{f.status}[/]  {w(f.format)}  "
+                      f"{f.rows:,} rows  {w(f.path)}")
     if report.errors:
-        table = Table("severity", "where", "code", "message", title=f"Findings "
-                      f"({report.error_count} errors, {report.warning_count} warnings)",
-                      title_justify="left")
-        for e in report.errors:
-            table.add_row(f"[{SEVERITY_STYLE.get(e.severity, '')}]{safe_text(e.severity)}[/]",
-                          safe_text(f"{e.file}:{e.line or '-'}"), safe_text(e.code),
-                          safe_text(e.message))
-        console.print(table)
-    for action in report.next_actions:
-        console.print(f"next: {safe_text(action)}")
+        console.print(f"[bold]findings[/] ({report.error_count:,} errors, "
+                      f"{report.warning_count:,} warnings"
+                      + (f"; {len(report.errors)} listed" if report.truncated else "") + ")")
+        unit = {f.path: f.line_numbers for f in report.files}
+        for file, findings in _by_file(report.errors):
+            console.print(f"  {w(file)}")
+            table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+            table.add_column(no_wrap=True, justify="right")
+            table.add_column(no_wrap=True)
+            table.add_column(no_wrap=True, min_width=max(len(e.code) for e in findings))
+            table.add_column(overflow="fold", ratio=1)
+            for e in findings:
+                where = f"{unit.get(file, 'line')} {e.line}" if e.line else "file"
+                table.add_row(f"    {where}", f"[{SEVERITY_STYLE.get(e.severity, '')}]"
+                              f"{e.severity}[/]", w(e.code), w(e.message))
+            console.print(table, soft_wrap=False)
+    if report.mapping_preview is not None:
+        m = report.mapping_preview
+        reasons = ", ".join(f"{w(k)} {v}" for k, v in m.drop_reasons.items())
+        console.print(f"mapping     the suggestion keeps {'' if m.exact else 'about '}"
+                      f"{m.rows_out:,} of {m.rows_in:,} rows"
+                      + (f"; drops {m.rows_dropped:,} ({reasons})" if m.rows_dropped else ""))
+    next_steps(console, report, view)
 
 
-def render_draft(console: Console, draft, approving: bool = False) -> None:
+def _by_file(findings: list) -> list[tuple[str, list]]:
+    groups: dict[str, list] = {}
+    for f in findings:
+        groups.setdefault(f.file, []).append(f)
+    return list(groups.items())
+
+
+def render_mapping(console: Console, result, view: View) -> None:
+    console.print(f"[bold]mapped[/] {w(result.source)}"
+                  + ("  [dim](unchanged: same spec and files as before)[/]"
+                     if result.unchanged else ""))
+    console.print(f"  into {w(result.output)}")
+    console.print(f"{result.rows_in:,} rows in, {result.rows_out:,} out, "
+                  f"{result.rows_dropped:,} dropped, {result.rows_changed:,} repaired")
+    for f in result.files:
+        console.print(f"  {f.rows_in:,} -> {f.rows_out:,}  ({f.mapping})  {w(f.output)}")
+    if result.dropped:
+        reasons = ", ".join(f"{w(k)} {v}" for k, v in result.drop_reasons.items())
+        console.print(f"[bold]dropped[/] ({reasons}); the manifest lists every one: "
+                      f"{w(result.manifest)}")
+        for file, rows in _by_file_rows(result.dropped):
+            console.print(f"  {w(file)}")
+            for row in rows:
+                prose(console, f"line {row.line}: {row.reason}", indent=4)
+        _more(console, result.rows_dropped, len(result.dropped), "the manifest")
+    next_steps(console, result, view)
+
+
+def _by_file_rows(rows: list) -> list[tuple[str, list]]:
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(getattr(r, "file", None) or r.path, []).append(r)
+    return list(groups.items())
+
+
+# --- the step's data ---------------------------------------------------------------------
+
+def render_merge(console: Console, result, view: View) -> None:
+    console.print(f"[bold]merged[/] step {result.step} ({w(result.batch)}), strategy "
+                  f"{result.strategy}: {result.rows:,} rows in {duration(result.seconds)}"
+                  + ("  [dim](cached: nothing written)[/]" if result.cached else ""))
+    console.print("sources (training order)")
+    for s in result.sources:
+        console.print(f"  {w(s.part)}  {s.rows_in:,} -> {s.rows_out:,} rows  ({s.origin})  "
+                      f"{w(s.path)}")
+    if result.output:
+        console.print(f"output      {w(result.output)}")
+        console.print(f"manifest    {w(result.manifest)}")
+    _duplicates(console, result.duplicate_count, result.duplicates_dropped,
+                result.duplicates)
+    _replay(console, result.replay)
+    console.print(f"hold-out    {result.holdout.rows:,} rows, never merged: "
+                  f"{w(result.holdout.path)}")
+    for note in result.notes:
+        prose(console, f"note: {note}")
+
+
+def _duplicates(console: Console, count: int, dropped: bool, rows: list) -> None:
+    if not count:
+        console.print("duplicates  none")
+        return
+    console.print(f"duplicates  {count:,} ({'dropped' if dropped else 'kept'})")
+    for d in rows[:SHOWN]:
+        console.print(f"  {w(d.path)}:{d.line}")
+        console.print(f"    same as {w(d.duplicate_of.path)}:{d.duplicate_of.line}")
+    _more(console, count, min(len(rows), SHOWN))
+
+
+def _replay(console: Console, replay) -> None:
+    if replay.mode == "sampled":
+        console.print(f"replay      {replay.sampled_rows:,} of {replay.earlier_rows:,} earlier "
+                      f"rows (fraction {replay.fraction:g}, seed {replay.seed})")
+    elif replay.mode == "nothing_earlier":
+        console.print("replay      nothing earlier to replay")
+
+
+def render_preprocess(console: Console, result, view: View) -> None:
+    console.print(f"[bold]tokenized[/] step {result.step} ({w(result.batch)}): "
+                  f"{result.rows:,} rows, {result.tokens:,} tokens ({result.assistant_tokens:,} "
+                  f"trained) in {duration(result.seconds)}"
+                  + ("  [dim](cached: nothing written)[/]" if result.cached else ""))
+    console.print(f"dataset     {w(result.path)}")
+    console.print(f"model       {w(result.model)}, chat template {w(result.chat_template)}, "
+                  f"max_length {result.max_length:,}")
+    if result.truncated_rows:
+        console.print(f"[yellow]truncated[/]   {result.truncated_rows:,} row(s) longer than "
+                      f"{result.max_length:,} tokens lose their end (the answer):")
+        for t in result.truncated[:SHOWN]:
+            console.print(f"  {w(t.path)}:{t.line}  {t.tokens:,} tokens")
+        _more(console, result.truncated_rows, min(len(result.truncated), SHOWN))
+    else:
+        console.print("truncated   none")
+    pad = result.padding
+    console.print(f"padding     at batch size {pad.batch_size}: {pad.random_batches:.1%} in "
+                  f"random batches, {pad.length_grouped:.1%} grouped by length")
+    console.print("parts")
+    for part in result.parts:
+        console.print(f"  {part.selected_rows:,} of {part.rows:,} rows"
+                      + (" (cached)" if part.cached else "") + f"  {w(part.path)}")
+    _duplicates(console, result.duplicate_count, result.duplicates_dropped, [])
+    _replay(console, result.replay)
+    for note in result.notes:
+        prose(console, f"note: {note}")
+
+
+# --- drafts and the approval screen ------------------------------------------------------
+
+def render_draft(console: Console, draft, view: View = View()) -> None:
     if draft.kind == "inspect":
-        return render_inspect_draft(console, draft, approving)
+        return render_inspect_draft(console, draft, view)
     cfg, est = draft.job_config, draft.estimate
     hp = cfg["hyperparameters"]
-    console.print(f"[bold]{safe_text(draft.draft_id)}[/]  step {draft.step} "
-                  f"({safe_text(draft.batch)}), {safe_text(cfg['mode'])} fine-tune on "
-                  f"[bold]{safe_text(draft.backend)}[/]")
-    console.print(f"digest   {safe_text(draft.digest)}")
-    console.print(f"model    {safe_text(cfg['base_model'])}"
-                  + (f"\nresume   {safe_text(cfg['resume_from'])}" if cfg["resume_from"]
-                     else ""))
-    console.print(f"train    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
-                  f"batch {safe_text(hp['per_device_train_batch_size'])}x"
-                  f"{safe_text(hp['gradient_accumulation_steps'])}, max_length "
-                  f"{safe_text(hp['max_length'])}")
+    console.print(f"[bold]{w(draft.draft_id)}[/]  step {draft.step} ({w(draft.batch)}), "
+                  f"{w(cfg['mode'])} fine-tune on [bold]{w(draft.backend)}[/]")
+    console.print(f"digest      {w(draft.digest)}")
+    console.print(f"model       {w(cfg['base_model'])}")
+    console.print("resume from " + (w(cfg["resume_from"]) if cfg["resume_from"]
+                                    else "nothing (a fresh start from the model)"))
+    console.print(f"training    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
+                  f"batch {hp['per_device_train_batch_size']}x"
+                  f"{hp['gradient_accumulation_steps']}, max_length {hp['max_length']}, "
+                  f"precision {w(hp['precision'])}" + _precision_note(draft, hp["precision"]))
+    if cfg.get("lora"):
+        console.print("lora        " + ", ".join(f"{w(k)} {w(v)}"
+                                                for k, v in cfg["lora"].items()))
     _draft_files(console, draft)
-    console.print(f"estimate {est.total_tokens} tokens, ~{est.minutes:g} min, "
-                  f"[bold]${est.usd:.2f}[/] on {safe_text(est.flavor)}"
+    if getattr(draft, "sources", None):
+        console.print("trains on")
+        for use in draft.sources:
+            console.print(f"  {use.trained:,} of {use.rows:,} rows  {w(use.part)}: "
+                          f"{w(use.why)}")
+    lengths = getattr(draft, "lengths", None)
+    if lengths is not None and lengths.overlong:
+        prose(console, f"lengths: {lengths.overlong:,} row(s) over max_length "
+                       f"{lengths.max_length:,} (the longest {lengths.longest:,} tokens), "
+                       f"handled per data.overlong ({lengths.policy})")
+    console.print(f"estimate    {est.total_tokens:,} tokens, {_minutes(est.minutes)}, "
+                  f"[bold]${est.usd:.2f}[/] on {w(est.flavor)}"
                   + (f" ({est.processes} GPUs, one process each)"
                      if getattr(est, "processes", 1) > 1 else "")
-                  + f"; suggested timeout {safe_text(est.suggested_timeout)}")
-    _draft_warnings_and_approval(console, draft, approving)
+                  + f"; suggested timeout {w(est.suggested_timeout)}")
+    _draft_warnings_and_approval(console, draft, view)
+
+
+def _precision_note(draft, precision: str) -> str:
+    if draft.backend == "local" and precision in ("fp16", "bf16"):
+        return " (without a CUDA GPU the job falls back to fp32 and logs it)"
+    return ""
+
+
+def _minutes(minutes: float) -> str:
+    return duration(minutes * 60) if minutes < 600 else f"about {minutes / 60:.0f} h"
 
 
 def _draft_files(console: Console, draft) -> None:
-    files = Table("role", "file", "rows", "sha256", title="Files", title_justify="left")
+    # Every path whole, on its own line: these are what the signature covers.
+    console.print("files (the signature covers each sha256)")
     for f in draft.files:
-        files.add_row(safe_text(f.role), safe_text(f.path),
-                      "" if f.rows is None else str(f.rows), safe_text(f.sha256[:16]))
-    console.print(files)
+        rows = "" if f.rows is None else f"  {f.rows:,} rows"
+        head = f"  {f.role:<9} {f.sha256[:16]}{rows}"
+        if len(head) + 2 + len(f.path) <= console.width:
+            console.print(f"{head}  {w(f.path)}")
+        else:  # the path alone on the next line, so it is never broken
+            console.print(head)
+            console.print(f"    {w(f.path)}")
 
 
-def _draft_warnings_and_approval(console: Console, draft, approving: bool) -> None:
+def _draft_warnings_and_approval(console: Console, draft, view: View) -> None:
     for warning in draft.warnings:
-        console.print(f"[yellow]warning[/] {safe_text(warning)}")
-    if not approving:  # on the approval screen the operator is running this already
-        console.print(f"approve  {safe_text(draft.approve_command)}")
+        prose(console, f"warning: {warning}", style="yellow")
+    if not view.approving:  # on the approval screen the operator is running this already
+        console.print("approve it in your own terminal:")
+        console.print(f"  {w(draft.approve_command)}")
 
 
-def render_inspect_draft(console: Console, draft, approving: bool = False) -> None:
+def render_inspect_draft(console: Console, draft, view: View = View()) -> None:
     est, sub = draft.estimate, draft.submission
-    console.print(f"[bold]{safe_text(draft.draft_id)}[/]  remote inspection of "
-                  f"{safe_text(draft.job_config['path'])} (step {draft.step}) on "
-                  f"[bold]{safe_text(draft.backend)}[/]")
-    console.print(f"digest   {safe_text(draft.digest)}")
+    console.print(f"[bold]{w(draft.draft_id)}[/]  remote inspection (step {draft.step}) on "
+                  f"[bold]{w(draft.backend)}[/]")
+    console.print(f"inspects    {w(draft.job_config['path'])}")
+    console.print(f"digest      {w(draft.digest)}")
     _draft_files(console, draft)
-    console.print(f"estimate {est.rows} rows, ~{est.minutes:g} min, [bold]${est.usd:.4f}[/] "
-                  f"on {safe_text(est.flavor)} (at most ${est.max_usd:.4f}); timeout "
-                  f"{sub.timeout_seconds} s")
-    _draft_warnings_and_approval(console, draft, approving)
+    console.print(f"estimate    {est.rows:,} rows, {_minutes(est.minutes)}, "
+                  f"[bold]${est.usd:.4f}[/] on {w(est.flavor)} (at most ${est.max_usd:.4f}); "
+                  f"timeout {duration(sub.timeout_seconds)}")
+    _draft_warnings_and_approval(console, draft, view)
 
 
-def render_job(console: Console, status) -> None:
-    console.print(f"{safe_text(status.job_id)}  [{_status_style(status.status)}]"
-                  f"{safe_text(status.status)}[/]  ({safe_text(status.backend)}, draft "
-                  f"{safe_text(status.draft_id)})")
+# --- jobs --------------------------------------------------------------------------------
+
+def render_handle(console: Console, handle, view: View) -> None:
+    console.print(f"{w(handle.job_id)}  [{_status_style(handle.status)}]{w(handle.status)}[/]"
+                  f"  ({w(handle.backend)}, draft {w(handle.draft_id)})")
+    for label, value in (("url", handle.url), ("log", handle.log_path),
+                         ("pid", handle.pid)):
+        if value:
+            console.print(f"{label:<11} {w(value)}")
+    next_steps(console, handle, view)
+
+
+def render_job(console: Console, status, view: View) -> None:
+    console.print(f"{w(status.job_id)}  [{_status_style(status.status)}]{w(status.status)}[/]"
+                  f"  ({w(status.backend)}, draft {w(status.draft_id)})")
     if status.url:
-        console.print(f"url      {safe_text(status.url)}")
+        console.print(f"url         {w(status.url)}")
     if status.log_path:
-        console.print(f"log      {safe_text(status.log_path)}")
+        console.print(f"log         {w(status.log_path)}")
     result = status.result or {}
     if "model_path" in result:
-        console.print(f"model    {safe_text(result['model_path'])}")
+        console.print(f"model       {w(result['model_path'])}")
     if "final_eval_loss" in result:
-        console.print(f"eval     loss {safe_text(result.get('eval_loss_before'))} -> "
-                      f"{safe_text(result['final_eval_loss'])}")
+        before = result.get("eval_loss_before")
+        before = f"{before:.4g}" if isinstance(before, int | float) else "-"
+        after = result["final_eval_loss"]
+        after = f"{after:.4g}" if isinstance(after, int | float) else w(after)
+        console.print(f"eval loss   {before} -> {after}")
+    if isinstance(result.get("seconds"), int | float):
+        console.print(f"took        {duration(result['seconds'])}")
 
 
-def render_job_list(console: Console, jobs) -> None:
-    table = Table("job", "status", "backend", "draft", title="Jobs", title_justify="left")
+def render_job_list(console: Console, jobs, view: View) -> None:
+    if not jobs.jobs:
+        console.print("no jobs yet")
+        return
+    table = Table("job", "status", "backend", "draft", title="jobs", title_justify="left",
+                  box=None, pad_edge=False)
+    for column in table.columns:
+        column.overflow = "fold"
     for j in jobs.jobs:
-        table.add_row(safe_text(j.job_id), f"[{_status_style(j.status)}]{safe_text(j.status)}[/]",
-                      safe_text(j.backend), safe_text(j.draft_id))
-    console.print(table)
+        table.add_row(w(j.job_id), f"[{_status_style(j.status)}]{w(j.status)}[/]",
+                      w(j.backend), w(j.draft_id))
+    console.print(table, soft_wrap=False)
 
 
 def register_domain_renderers() -> None:
@@ -231,6 +557,12 @@ def register_domain_renderers() -> None:
     from tunestep.tools.draft import JobDraft
     from tunestep.tools.inspector import InspectionReport
     from tunestep.tools.job_control import JobList, JobStatus
+    from tunestep.tools.mapping import MappingResult
+    from tunestep.tools.merge import MergeResult
+    from tunestep.tools.preprocess import PreprocessResult
+    from tunestep.tools.submit import JobHandle
 
     _RENDERERS.update({InspectionReport: render_inspection, JobDraft: render_draft,
-                       JobStatus: render_job, JobList: render_job_list})
+                       JobStatus: render_job, JobList: render_job_list,
+                       MappingResult: render_mapping, MergeResult: render_merge,
+                       PreprocessResult: render_preprocess, JobHandle: render_handle})

@@ -147,3 +147,186 @@ def test_options_that_mean_nothing_are_not_offered():
     for name in ("check", "inspect", "map", "merge", "preprocess", "draft", "approve",
                  "submit", "status", "logs", "cancel"):
         assert {"--workspace", "--json"} <= options[f"tunestep {name}"]
+
+
+# --- the screens at 80 columns -----------------------------------------------------------
+
+LONG = "datasets/incremental/batch_100_04/webdev_grading_examples_from_the_review_queue.jsonl"
+
+
+def whole(text: str) -> str:
+    """The screen's words joined by single spaces: a path cut or folded mid-word is gone."""
+    return " ".join(text.split())
+
+
+def trained(ws, *batches: str) -> None:
+    """The ledger records these batches as trained; the store holds a checkpoint."""
+    import os
+
+    from tunestep.tools import ledger
+
+    version = ws.root.parent / "store" / "versions" / f"0001_{batches[-1]}"
+    version.mkdir(parents=True)
+    (version / "config.json").write_text("{}")
+    (ws.root / "models").mkdir(exist_ok=True)
+    os.symlink(ws.root.parent / "store", ws.root / "models" / "qwen3_webdev")
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        for step, batch in enumerate(batches, 1):
+            conn.execute("INSERT INTO steps(step, batch, recorded_at) VALUES (?, ?, 0)",
+                         (step, batch))
+
+
+def broken_batch(ws) -> None:
+    good = {"messages": [{"role": "user", "content": "Grade this page."},
+                         {"role": "assistant", "content": "Grade: 7"}]}
+    twice = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                          {"role": "assistant", "content": "Grade: 3"}]}
+    cut = json.dumps({"messages": [{"role": "user", "content": "Grade the form"}]})[:48]
+    rows = [json.dumps({"messages": [dict(m, content=f"{m['content']} {i}")
+                                     for m in good["messages"]]}) for i in range(5)]
+    rows[1] = json.dumps(twice)
+    rows[3] = cut
+    path = ws.root / LONG
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_inspect_at_80_columns_shows_each_finding_whole(sample_ws, capsys):
+    broken_batch(sample_ws)
+    code, out, _ = run(capsys, "inspect", "datasets/incremental/batch_100_04", "-w",
+                       str(sample_ws.root), "--json")
+    report = json.loads(out)
+    assert code == 1 and report["status"] == "INVALID" and report["errors"]
+    code, out, _ = run(capsys, "inspect", "datasets/incremental/batch_100_04", "-w",
+                       str(sample_ws.root))
+    screen = whole(out)
+    assert LONG in screen and "…" not in out
+    for finding in report["errors"]:
+        assert f"line {finding['line']} {finding['severity']} {finding['code']}" in screen
+    # The cut row: the column is where the data stops, from the parser, not "column 1".
+    cut = next(f for f in report["errors"] if f["code"] == "invalid_json")
+    assert cut["line"] == 4 and "ends after column 48" in cut["message"]
+
+
+def test_check_says_what_the_inspector_last_said(sample_ws, capsys):
+    trained(sample_ws, "batch_100_01", "batch_100_02", "batch_100_03")
+    broken_batch(sample_ws)
+    ws = str(sample_ws.root)
+    code, out, _ = run(capsys, "check", "-w", ws)
+    assert "not inspected yet" in out and "batch_100_04" in out
+    run(capsys, "inspect", "datasets/incremental/batch_100_04", "-w", ws)
+    code, out, _ = run(capsys, "check", "-w", ws)
+    screen = whole(out)
+    assert code == 1 and "NOT READY" in out and "INVALID" in out
+    assert "batch_invalid" in screen and "datasets/incremental/batch_100_04" in screen
+    code, out, _ = run(capsys, "check", "-w", ws, "--json")
+    assert json.loads(out)["inspection"]["status"] == "INVALID"
+
+
+def test_check_says_when_nothing_is_left_to_train(sample_ws, capsys):
+    trained(sample_ws, "batch_100_01", "batch_100_02", "batch_100_03")
+    code, out, _ = run(capsys, "check", "-w", str(sample_ws.root))
+    assert code == 1 and "NOTHING LEFT TO TRAIN" in out
+    assert "nothing left to train: all 3 batch folder(s) are trained" in whole(out)
+    assert "batch - (step -)" not in out
+
+
+def test_an_unknown_batch_lists_the_known_ones(sample_ws, capsys):
+    code, _, err = run(capsys, "draft", "batch_100_99", "-w", str(sample_ws.root))
+    assert code == 1 and "batch_100_01, batch_100_02, batch_100_03" in whole(err)
+
+
+def test_a_batch_name_for_a_path_gets_did_you_mean(sample_ws, capsys):
+    code, _, err = run(capsys, "inspect", "batch_100_03", "-w", str(sample_ws.root))
+    assert code == 1 and "did you mean datasets/incremental/batch_100_03?" in whole(err)
+
+
+def test_absolute_paths_inside_the_workspace_are_accepted(sample_ws, capsys, tmp_path):
+    inside = sample_ws.root / "datasets/incremental/batch_100_01"
+    code, out, err = run(capsys, "inspect", str(inside), "-w", str(sample_ws.root), "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "datasets/incremental/batch_100_01"
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("{}\n")
+    code, _, err = run(capsys, "inspect", str(outside), "-w", str(sample_ws.root))
+    assert code == 1 and "path_absolute" in err
+
+
+def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, monkeypatch):
+    ws = str(sample_ws.root)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    assert run(capsys, "map", "datasets/incremental/batch_100_02", "--suggested", "-w",
+               ws)[0] == 0
+    trained(sample_ws, "batch_100_01")
+    code, out, err = run(capsys, "draft", "batch_100_01", "-w", ws, "--json")
+    draft = json.loads(out)
+    assert code == 0 and any("already trained" in w for w in draft["warnings"]), err
+    code, out, err = run(capsys, "draft", "batch_100_02", "-w", ws, "--json")
+    draft = json.loads(out)
+    assert code == 0, err
+    code, _, err = run(capsys, "approve", draft["draft_id"], "-w", ws, "--yes")
+    screen = whole(err)
+    assert code == 0 and "…" not in err
+    for f in draft["files"]:
+        assert f["path"] in screen and f["sha256"][:16] in screen
+    assert "precision fp16" in screen  # the plan's, not "auto"
+    assert "tunestep approve" not in screen
+    resume = draft["job_config"]["resume_from"]
+    assert resume and f"resume from {resume}" in screen  # under its label, whole
+
+
+def test_an_already_trained_batch_warns_on_the_approval_screen(sample_ws, capsys,
+                                                               monkeypatch):
+    ws = str(sample_ws.root)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    trained(sample_ws, "batch_100_01")
+    code, out, _ = run(capsys, "draft", "batch_100_01", "-w", ws)
+    assert code == 0 and "batch_100_01 was already trained" in whole(out)
+    draft = out.split()[0]
+    code, _, err = run(capsys, "approve", draft, "-w", ws, "--yes")
+    assert code == 0 and "batch_100_01 was already trained" in whole(err)
+
+
+def test_views_show_content_and_cli_hints(sample_ws, capsys, monkeypatch):
+    """map and merge list what they did; hints are tunestep commands, MCP keeps its own."""
+    ws = str(sample_ws.root)
+    monkeypatch.chdir(sample_ws.root)
+    folder = sample_ws.root / "datasets/incremental/batch_100_02"
+    data = json.loads((folder / "conversations.json").read_text())
+    data[4]["conversations"][1]["value"] = "   "  # an empty answer: the row is dropped
+    (folder / "conversations.json").write_text(json.dumps(data, indent=1))
+    code, out, _ = run(capsys, "inspect", "datasets/incremental/batch_100_02", "--json")
+    assert any("apply_mapping(source='datasets/incremental/batch_100_02', mapping=suggested_"
+               "mapping)" in a for a in json.loads(out)["next_actions"])
+    code, out, _ = run(capsys, "inspect", "datasets/incremental/batch_100_02")
+    assert "  tunestep map datasets/incremental/batch_100_02 --suggested\n" in out
+    assert "apply_mapping(" not in out and "run_inspector(" not in out
+    code, out, _ = run(capsys, "map", "datasets/incremental/batch_100_02", "--suggested",
+                       "--json")
+    dropped = json.loads(out)["dropped"]
+    assert code == 0 and len(dropped) == 1
+    code, out, _ = run(capsys, "map", "datasets/incremental/batch_100_02", "--suggested")
+    screen = whole(out)
+    assert code == 0 and "item(s)" not in out
+    assert "datasets/incremental/batch_100_02/conversations.json" in screen
+    assert f"line {dropped[0]['line']}: {dropped[0]['reason']}" in screen  # which row, why
+    assert "next: tunestep inspect datasets/processed_webdev_coding_mapped/batch_100_02" in out
+    code, out, _ = run(capsys, "merge", "batch_100_02", "--strategy", "file")
+    assert code == 0 and "item(s)" not in out and "seconds" not in out
+    assert " s" in out and "0000000" not in out  # a rounded duration, not 0.8599511380000422
+    # Run elsewhere, a hint carries the workspace it needs.
+    monkeypatch.chdir(sample_ws.root.parent)
+    code, out, _ = run(capsys, "check", "-w", ws)
+    assert f"--workspace {ws}" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["check"], ["check", "batch_100_01"], ["inspect", "datasets/incremental/batch_100_01"],
+    ["map", "datasets/incremental/batch_100_02", "--suggested"], ["merge", "batch_100_01"],
+    ["draft", "batch_100_01"], ["status"]])
+def test_json_is_json_for_every_command(sample_ws, capsys, argv):
+    code, out, err = run(capsys, *argv, "-w", str(sample_ws.root), "--json")
+    assert code in (0, 1), err
+    assert isinstance(json.loads(out), dict)

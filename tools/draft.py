@@ -274,8 +274,9 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         epochs=config["hyperparameters"]["num_train_epochs"],
         batch_size=config["hyperparameters"]["per_device_train_batch_size"],
         grad_accum=config["hyperparameters"]["gradient_accumulation_steps"],
-        precision=config["hyperparameters"]["precision"], timeout=timeout,
-        prices=live_prices() if backend == "hf-jobs" else None,
+        # Locally the hardware is not known here: no fp16/bf16 warning for a CPU guess.
+        precision=config["hyperparameters"]["precision"] if backend == "hf-jobs" else "auto",
+        timeout=timeout, prices=live_prices() if backend == "hf-jobs" else None,
         install_seconds=LOCKED_INSTALL_SECONDS
         if backend == "hf-jobs" and plan.job.install == "locked" else 0.0)
     body = {"kind": request.kind, "request": request.model_dump(mode="json"),
@@ -289,9 +290,10 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
         step=report.step, backend=backend, request=request, job_config=config, files=files,
         submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + start.warnings + length_warnings,
+        warnings=list(estimate.warnings) + start.warnings + length_warnings
+        + _trained_again(report),
         run_plan=plan.paths.run_plan,
-        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}",
+        approve_command=approve_command(draft_id, ws),
         regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths,
         gate=plan.gate.model_dump() if plan.gate else None)
 
@@ -329,6 +331,20 @@ def source_uses(data) -> list[SourceUse]:
     return uses
 
 
+def approve_command(draft_id: str, ws: Workspace) -> str:
+    """The command the operator runs, quoted so that it works exactly as printed."""
+    import shlex
+
+    return f"tunestep approve {draft_id} --workspace {shlex.quote(str(ws.root))}"
+
+
+def _trained_again(report: PreflightReport) -> list[str]:
+    if any(p.code == "batch_already_trained" for p in report.problems):
+        return [f"{report.batch} was already trained (the ledger records step {report.step}): "
+                "this job trains on it again"]
+    return []
+
+
 def _check_overrides(overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
         kind = OVERRIDABLE.get(key)
@@ -352,7 +368,9 @@ def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: boo
           "gradient_accumulation_steps": t.gradient_accumulation_steps,
           "learning_rate": lr, "num_train_epochs": t.num_train_epochs,
           "max_length": t.max_length, "seed": t.seed, "save_total_limit": t.save_total_limit,
-          "precision": t.precision if request.backend == "hf-jobs" else "auto",
+          # The plan's precision, everywhere: the job falls back (and logs why) where the
+          # hardware lacks it, so the approval shows what the operator asked for.
+          "precision": t.precision,
           "max_steps": -1}
     hp.update({k: v for k, v in request.overrides.items() if not k.startswith("lora_")})
     return hp
@@ -565,7 +583,7 @@ def build_inspect_draft(ws: Workspace, request: DraftRequest,
         warnings=list(estimate.warnings),
         run_plan=f"{Path(plan.paths.run_plan).parent.as_posix()}/"
                  f"remote_inspection_{report.batch}.md",
-        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}")
+        approve_command=approve_command(draft_id, ws))
 
 
 def estimate_inspection(flavor: str, rows: int, timeout_seconds: int) -> InspectEstimate:

@@ -40,9 +40,11 @@ from tunestep.tools.inspector.run import (
     _output_name,
     comparison_context,
     data_sources,
+    resolve_data_path,
     run_inspector,
 )
 from tunestep.tools.inspector.spec import DropRule, MappingSpec, default_spec
+from tunestep.tools.next_step import NextAction
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.workspace import Workspace
 
@@ -85,6 +87,12 @@ class MappingResult(BaseModel):
     dropped: list[DroppedRow] = Field(default_factory=list)  # the first few; manifest: all
     unchanged: bool = False
     next_actions: list[str] = Field(default_factory=list)
+    next_steps: list[NextAction] = Field(default_factory=list)  # next_actions, structured
+
+
+def _inspect_output(out_rel: str, note: str) -> dict:
+    step = NextAction(tool="run_inspector", args={"path": out_rel}, note=note)
+    return {"next_steps": [step], "next_actions": [step.mcp()]}
 
 
 class MappingSuggestion(BaseModel):
@@ -117,7 +125,7 @@ def apply_mapping(ws: Workspace, source: str, mapping: MappingSpec,
                   progress: Progress | None = None) -> MappingResult:
     """Write ``source`` mapped by ``mapping`` as canonical chat JSONL under paths.mapped."""
     plan = load_plan(ws).plan
-    target = ws.resolve(source, must_exist=True)
+    target = resolve_data_path(ws, plan, source)
     shown = ws.relative(target) or "."
     _refuse_source(ws, plan, target, shown)
     sources = data_sources(ws, plan, target)
@@ -297,7 +305,7 @@ def _write(ws: Workspace, out: Path, out_rel: str, shown: str, sources: list[Sou
             "context_sha256": context_key,
             "spec": mapping.model_dump(mode="json"),
             "result": result.model_dump(mode="json", exclude={"dropped", "unchanged",
-                                                              "next_actions"}),
+                                                              "next_actions", "next_steps"}),
             "dropped": [_dropped(engine, key, reason).model_dump()
                         for key, reason in sorted(engine.drops.items())],
         }
@@ -350,7 +358,7 @@ def _result(shown: str, out_rel: str, files: list[MappedFile], engine: Engine,
         spec_sha256=spec_sha, files=files, rows_in=rows_in, rows_out=rows_out,
         rows_dropped=len(engine.drops), rows_changed=sum(s.changed for s in engine.files),
         drop_reasons=reasons, dropped=dropped,
-        next_actions=[f"run_inspector(path='{out_rel}') should now say READY"])
+        **_inspect_output(out_rel, "should say READY"))
 
 
 # --- idempotence and audit ------------------------------------------------------------
@@ -388,7 +396,7 @@ def _recorded_result(ws: Workspace, out: Path, out_rel: str, shown: str,
     dropped = [DroppedRow.model_validate(d) for d in manifest.get("dropped", [])]
     return result.model_copy(update={
         "unchanged": True, "dropped": dropped[:SHOWN_DROPPED],
-        "next_actions": [f"run_inspector(path='{out_rel}') should say READY"]})
+        **_inspect_output(out_rel, "should say READY")})
 
 
 def _audit(ws: Workspace, out_rel: str, result: MappingResult, outcome: str) -> None:

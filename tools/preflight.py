@@ -21,6 +21,7 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hf_token import token_status
 from tunestep.tools.model_store import CheckpointStatus, inspect_store
+from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import LoadedPlan, load_plan
 from tunestep.tools.workspace import Workspace
 
@@ -61,6 +62,16 @@ class LastStep(BaseModel):
     reason: str | None  # the promotion gate's reason, from the job
 
 
+class LastInspection(BaseModel):
+    """What the inspector last said of the batch's data (the mapped copy when there is one)."""
+
+    path: str
+    status: str | None = None  # READY / NEEDS_MAPPING / INVALID; None: not inspected yet
+    current: bool = False  # the report is of the files as they are now
+    error_count: int = 0
+    warning_count: int = 0
+
+
 class PreflightReport(BaseModel):
     """The answer to "can the next step start?", with what to do when it cannot."""
 
@@ -78,6 +89,9 @@ class PreflightReport(BaseModel):
     plan_source: str | None
     next_actions: list[str] = Field(default_factory=list)
     last_step: LastStep | None = None
+    next_steps: list[NextAction] = Field(default_factory=list)  # next_actions, structured
+    inspection: LastInspection | None = None
+    nothing_left: bool = False  # every batch folder is trained: nothing to do until the next
 
 
 def discover_batches(ws: Workspace, loaded: LoadedPlan, trained: set[str]) -> list[BatchInfo]:
@@ -147,7 +161,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
     plan = loaded.plan
     problems: list[Problem] = [Problem(code="plan_defaults", severity="info", message=note)
                                for note in loaded.notes]
-    actions: list[str] = []
+    actions: list[NextAction] = []
     with ledger.open_ledger(ws) as conn:
         trained = ledger.trained_batches(conn)
         batches = discover_batches(ws, loaded, trained)
@@ -156,11 +170,20 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         validation = check_validation(ws, conn, plan.paths.validation)
         last = conn.execute("SELECT step, batch, version, promoted, promotion_reason FROM steps"
                             " ORDER BY step DESC LIMIT 1").fetchone()
+        inspection = None
+        if chosen is not None:
+            inspection = last_inspection(ws, conn, f"{plan.paths.mapped}/{chosen.name}",
+                                         chosen.path, files)
     _validation_problems(validation, problems)
     last_step = None
     if last is not None:
         last_step = LastStep(step=last["step"], batch=last["batch"], version=last["version"],
                              promoted=bool(last["promoted"]), reason=last["promotion_reason"])
+    if inspection is not None and inspection.current and inspection.status == "INVALID":
+        problems.append(Problem(
+            code="batch_invalid", severity="error",
+            message=f"the inspector found {inspection.error_count} error(s) in this data "
+                    "when it last ran: fix the rows or map them", path=inspection.path))
 
     link = ws.resolve_model_store(plan.model_link)
     checkpoint = inspect_store(link, plan.model_link)
@@ -170,8 +193,8 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
             message="no checkpoint at the model link: sync the model store"
             + ("" if trained else " (a first step can start from the base model)"),
             path=plan.model_link))
-        actions.append(f"sync the model store so that {plan.model_link} points at the "
-                       "latest checkpoint")
+        actions.append(NextAction(note=f"sync the model store so that {plan.model_link} "
+                                       "points at the latest checkpoint"))
     elif checkpoint.latest is None:
         problems.append(Problem(code="checkpoint_empty", severity="warning",
                                 message="the model store holds no checkpoint yet",
@@ -186,9 +209,10 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
                     f"{held}, and the next step resumes from it",
             path=plan.model_link))
         if last_step.version:
-            actions.append(f"to use {last_step.version} anyway, the operator promotes it: "
-                           f"promote_version(version='{last_step.version}') then "
-                           f"`tunestep approve promote-...`")
+            actions.append(NextAction(
+                lead=f"to use {last_step.version} anyway, the operator promotes it:",
+                tool="promote_version", args={"version": last_step.version},
+                note="(signed by the operator)"))
 
     token = token_status()
     if not token.available:
@@ -204,7 +228,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
                                     path=data_file.path))
     ready = not any(p.severity == "error" for p in problems)
     if chosen is not None and ready:
-        actions.insert(0, f"run_inspector(path='{chosen.path}')")
+        actions.insert(0, _next_for(chosen, inspection))
     return PreflightReport(
         batch=chosen.name if chosen else None,
         step=chosen.step if chosen else None,
@@ -218,9 +242,54 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         hf_token_source=token.source,
         batches=batches,
         plan_source=loaded.source,
-        next_actions=actions,
         last_step=last_step,
+        next_actions=mcp_texts(actions),
+        next_steps=actions,
+        inspection=inspection,
+        nothing_left=batch is None and chosen is None and bool(batches)
+        and all(b.trained for b in batches),
     )
+
+
+def _next_for(chosen: BatchInfo, inspection: LastInspection | None) -> NextAction:
+    """The step after a clean preflight, from what the inspector last said."""
+    if inspection is None or not inspection.current or inspection.status is None:
+        return NextAction(tool="run_inspector", args={"path": inspection.path if inspection
+                                                      else chosen.path})
+    if inspection.status == "NEEDS_MAPPING":
+        return NextAction(tool="apply_mapping", args={"source": inspection.path},
+                          from_result={"mapping": "suggested_mapping"},
+                          note="(the inspector's suggestion)")
+    return NextAction(tool="draft_job", args={"batch": chosen.name})
+
+
+def last_inspection(ws: Workspace, conn: sqlite3.Connection, mapped: str, original: str,
+                    files: list[DataFile]) -> LastInspection:
+    """The latest cached report of the batch's data: its mapped copy when one exists.
+
+    ``current`` compares the report's file hashes with the files now, so an edit after
+    the inspection reads as "inspected before the change", never as its old verdict.
+    """
+    from tunestep.tools.inspector.report import InspectionReport
+
+    mapped_dir = ws.resolve(mapped)
+    path = mapped if mapped_dir.is_dir() else original
+    row = conn.execute("SELECT report FROM inspections WHERE path = ? ORDER BY created_at "
+                       "DESC LIMIT 1", (path,)).fetchone()
+    if row is None:
+        return LastInspection(path=path)
+    try:
+        report = InspectionReport.model_validate_json(row["report"])
+    except ValueError:
+        return LastInspection(path=path)
+    if path == original:
+        now = {f.path: f.sha256 for f in files}
+    else:
+        now = {ws.relative(f): sha256_file(f) for f in list_data_files(mapped_dir, ws.root)
+               if f.name != "manifest.json"}
+    current = {f.path: f.sha256 for f in report.files} == now
+    return LastInspection(path=path, status=report.status, current=current,
+                          error_count=report.error_count, warning_count=report.warning_count)
 
 
 def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | None,
@@ -233,8 +302,9 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
             step = batch_step(named, pattern)
             problems.append(Problem(
                 code="batch_missing", severity="error",
-                message="no such batch folder" if step is not None
-                else f"'{named}' does not match the batch pattern {pattern}",
+                message=("no such batch folder" if step is not None
+                         else f"'{named}' does not match the batch pattern {pattern}")
+                + "; " + _known(batches, incremental),
                 path=f"{incremental}/{named}"))
             return None, []
         if chosen.trained:
@@ -244,10 +314,12 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
     else:
         chosen = next((b for b in batches if not b.trained), None)
         if chosen is None:
+            done = (f"nothing left to train: all {len(batches)} batch folder(s) are "
+                    f"trained (the last: {batches[-1].name}); " if batches else
+                    "no batch folder yet: ")
             problems.append(Problem(
                 code="batch_missing", severity="error",
-                message="no untrained batch folder: drop the next batch into "
-                        f"{incremental}/", path=incremental))
+                message=f"{done}drop the next batch into {incremental}/", path=incremental))
             return None, []
     _report_gaps(batches, chosen, problems)
     folder = ws.resolve(chosen.path)
@@ -261,6 +333,15 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
         problems.append(Problem(code="batch_empty", severity="error",
                                 message="the batch's data files hold no rows", path=chosen.path))
     return chosen, files
+
+
+def _known(batches: list[BatchInfo], incremental: str, shown: int = 12) -> str:
+    """The batch folders there are, for a name that is not one of them."""
+    if not batches:
+        return f"there is no batch folder under {incremental}/ yet"
+    names = [b.name for b in batches]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"the batches: {', '.join(names[:shown])}{more}"
 
 
 def _report_gaps(batches: list[BatchInfo], chosen: BatchInfo, problems: list[Problem]) -> None:

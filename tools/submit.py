@@ -25,6 +25,7 @@ from tunestep.tools.draft import JOBS_DIR, JobDraft, load_draft, recompute
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json
 from tunestep.tools.hf_submit import initial_result, resumable_job
+from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.workspace import Workspace
 
 if TYPE_CHECKING:  # cryptography loads at the first submit, not at server start
@@ -43,6 +44,12 @@ class JobHandle(BaseModel):
     url: str | None = None
     log_path: str | None = None
     next_actions: list[str] = []
+    next_steps: list[NextAction] = []  # next_actions, structured
+
+
+def _follow(job_id: str, *tools: str) -> dict:
+    steps = [NextAction(tool=tool, args={"job_id": job_id}) for tool in tools]
+    return {"next_steps": steps, "next_actions": mcp_texts(steps)}
 
 
 def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
@@ -187,8 +194,7 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
     pid = local.start(ws, job_id, pass_token=bool(hub["push"]))
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="local", status="running",
                      pid=pid, log_path=ws.relative(folder / "output.log"),
-                     next_actions=[f"job_status(job_id='{job_id}')",
-                                   f"job_logs(job_id='{job_id}')"])
+                     **_follow(job_id, "job_status", "job_logs"))
 
 
 def _start_hf(ws: Workspace, draft: JobDraft, job_id: str, nonce: str, *,
@@ -198,4 +204,4 @@ def _start_hf(ws: Workspace, draft: JobDraft, job_id: str, nonce: str, *,
     started = start_hf(ws, draft, job_id, nonce, fresh=fresh)
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="hf-jobs",
                      status="running", external_id=started.job_id, url=started.url,
-                     next_actions=[f"job_status(job_id='{job_id}')"])
+                     **_follow(job_id, "job_status"))

@@ -1,7 +1,8 @@
 """The workspace root and the one rule every path obeys: it resolves inside the root.
 
-The assistant writes every path argument, so a path is refused when it is absolute,
-climbs with ``..``, holds a NUL or control character, or passes through a link that
+The assistant writes every path argument, so a path is refused when it is absolute and
+leads elsewhere (an absolute path into the workspace is taken as its relative form), climbs
+with ``..``, holds a NUL or control character, or passes through a link that
 points out of the workspace. The single exception is reading through the model-store
 link (``models/<name>`` -> e.g. ``~/.openclaw/models/qwen3_webdev``), which only a
 job writes.
@@ -108,6 +109,27 @@ def check_relative(relative: str | Path) -> PurePosixPath:
     return pure
 
 
+def _inside_form(root: Path, given: str | Path) -> str | Path:
+    """An absolute path into the workspace (what tab completion gives) as its relative form.
+
+    Anything else is returned as given, for ``check_relative`` to judge: an absolute path
+    that leads elsewhere stays ``path_absolute``.
+    """
+    text = str(given)
+    if not text or not os.path.isabs(text) or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return given
+    path = Path(text)
+    for form in (path, Path(os.path.abspath(text))):
+        try:
+            return form.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    try:  # the root reached through a link (e.g. /tmp -> /private/tmp)
+        return path.resolve().relative_to(root).as_posix()
+    except (ValueError, OSError):
+        return given
+
+
 def resolve_inside(
     root: Path,
     relative: str | Path,
@@ -120,7 +142,7 @@ def resolve_inside(
     With ``allow_final_link`` the last component may be a link pointing anywhere (the
     model store); every folder above it must still be inside.
     """
-    pure = check_relative(relative)
+    pure = check_relative(_inside_form(root, relative))
     candidate = root.joinpath(*pure.parts) if pure.parts != (".",) else root
     if allow_final_link:
         parent = candidate.parent.resolve()

@@ -60,15 +60,26 @@ def line_issue(raw: bytes, is_last: bool) -> ReadIssue:
     except UnicodeDecodeError as exc:
         return ReadIssue("invalid_utf8", f"byte {exc.start + 1} of the line is not UTF-8 "
                                          f"(0x{raw[exc.start]:02x})")
+    # Parsed without its line end, so the parser's position is a column of this line (with
+    # the newline, a row cut short is "end of data at line 2 column 1").
+    body = raw.rstrip(b"\r\n")
     try:
-        orjson.loads(raw)
+        orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        reason = str(exc).split(":", 1)[0]
-        detail = f"not valid JSON: {reason} at column {exc.colno}"
+        detail = f"not valid JSON: {_json_reason(exc, body.decode('utf-8'))}"
         if is_last and not raw.endswith(b"\n"):
             detail += "; the file ends without a newline, so it may be truncated"
         return ReadIssue("invalid_json", detail)
     return ReadIssue("invalid_json", "not valid JSON")  # unreachable in practice
+
+
+def _json_reason(exc: orjson.JSONDecodeError, text: str) -> str:
+    """What the parser found and where, in 1-based columns of ``text`` (one line)."""
+    reason = str(exc).split(":", 1)[0]
+    if reason.startswith("unexpected end of data"):
+        end = len(text.rstrip())
+        return f"the row ends after column {end} before its JSON is complete (cut off?)"
+    return f"{reason} at column {exc.pos + 1}"
 
 
 def array_issue() -> ReadIssue:
@@ -170,8 +181,18 @@ def _json_failure(path: Path, data: bytes, exc: orjson.JSONDecodeError):
         yield from iter_jsonl(path)
         return
     reason = str(exc).split(":", 1)[0]
-    yield exc.lineno, ReadIssue("invalid_json", f"the file is not valid JSON: {reason} "
-                                                f"at line {exc.lineno} column {exc.colno}")
+    line, column = exc.lineno, exc.colno
+    if reason.startswith("unexpected end of data"):
+        # Where the data stops, not the start of the empty line after the last newline.
+        text = data.decode("utf-8").rstrip()
+        line = text.count("\n") + 1
+        column = len(text) - (text.rfind("\n") + 1)
+        reason = f"the file ends after line {line} column {column} before its JSON is " \
+                 "complete (cut off?)"
+        yield line, ReadIssue("invalid_json", f"the file is not valid JSON: {reason}")
+        return
+    yield line, ReadIssue("invalid_json", f"the file is not valid JSON: {reason} "
+                                          f"at line {line} column {column}")
 
 
 def _parses(raw: bytes) -> bool:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from tunestep.tools import ledger
 from tunestep.tools.hashing import sha256_json
 from tunestep.tools.inspector.spec import MappingSpec
+from tunestep.tools.next_step import NextAction
 
 INSPECTOR_VERSION = "3"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path
@@ -130,6 +131,7 @@ class InspectionReport(BaseModel):
     suggested_mapping: MappingSpec | None = None
     mapping_preview: MappingPreview | None = None
     next_actions: list[str] = Field(default_factory=list)
+    next_steps: list[NextAction] = Field(default_factory=list)  # next_actions, structured
     cached: bool = False
     cache_key: str | None = None
     inspector_version: str = INSPECTOR_VERSION

@@ -33,6 +33,7 @@ from tunestep.tools.inspector.report import (
     store_report,
 )
 from tunestep.tools.inspector.stats import percentiles
+from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.workspace import Workspace
 
@@ -63,7 +64,7 @@ def run_inspector(ws: Workspace, path: str, tokens: bool = False, max_errors: in
     plan = load_plan(ws).plan
     if path.startswith(HUB_PREFIX):
         return _inspect_hub(ws, plan, path, tokens, max_errors, progress)
-    target = ws.resolve(path, must_exist=True)
+    target = resolve_data_path(ws, plan, path)
     shown = ws.relative(target) or "."
     sources = data_sources(ws, plan, target)
     context = comparison_context(ws, plan, target, sources)
@@ -91,6 +92,31 @@ def run_inspector(ws: Workspace, path: str, tokens: bool = False, max_errors: in
     report.cache_key = key
     _cache_store(ws, key, report)
     return report
+
+
+def resolve_data_path(ws: Workspace, plan: Plan, path: str) -> Path:
+    """``ws.resolve(path, must_exist=True)``; a bare batch name gets a "did you mean"."""
+    try:
+        return ws.resolve(path, must_exist=True)
+    except TunestepError as exc:
+        if exc.code != "path_missing":
+            raise
+        meant = next((c for c in _candidates(ws, plan, path)), None)
+        if meant is None:
+            raise
+        raise TunestepError("path_missing", f"no such file or folder; did you mean {meant}?",
+                            path=path) from None
+
+
+def _candidates(ws: Workspace, plan: Plan, path: str):
+    """Where a name that is not a workspace path may live: the batch and mapped folders."""
+    for folder in (plan.paths.incremental, plan.paths.mapped):
+        candidate = f"{folder.rstrip('/')}/{path.strip('/')}"
+        try:
+            if ws.resolve(candidate).exists():
+                yield candidate
+        except TunestepError:
+            continue
 
 
 def _plan_settings(plan: Plan) -> dict:
@@ -248,7 +274,8 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
                               compared_with=[r[1] for r in context.references]),
         leakage=leak, suggested_mapping=decided.spec, mapping_preview=decided.preview)
     report.summary = _summary(report)
-    report.next_actions = _next_actions(report, plan, decided.spec_note, tokens)
+    report.next_steps = _next_actions(report, plan, decided.spec_note, tokens)
+    report.next_actions = mcp_texts(report.next_steps)
     return report
 
 
@@ -280,45 +307,56 @@ def _summary(report: InspectionReport) -> str:
 
 
 def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
-                  tokens: bool) -> list[str]:
-    actions: list[str] = []
+                  tokens: bool) -> list[NextAction]:
+    actions: list[NextAction] = []
     target = f"{plan.paths.mapped}/{_output_name(report.path)}/"
     preview = report.mapping_preview
     if report.status == "READY":
-        actions.append("the data is READY: continue with the step (merge and draft the job)")
+        actions.append(NextAction(note="the data is READY: continue with the step (merge "
+                                       "and draft the job)"))
         if not tokens:
-            actions.append(f"lengths unchecked: run_inspector(path='{report.path}', "
-                           "tokens=True) counts tokens for the cost estimate and checks "
-                           "max_length (draft_job checks them in any case)")
+            actions.append(NextAction(lead="lengths unchecked:", tool="run_inspector",
+                                      args={"path": report.path, "tokens": True},
+                                      note="counts tokens for the cost estimate and checks "
+                                           "max_length (a draft checks them in any case)"))
     elif report.status == "NEEDS_MAPPING":
         dropped = f"; it drops {preview.rows_dropped} row(s)" if preview and \
             preview.rows_dropped else ""
-        actions.append(f"apply_mapping(source='{report.path}', mapping=suggested_mapping) "
-                       f"writes canonical chat to {target}{dropped}; then inspect that folder")
+        actions.append(NextAction(tool="apply_mapping", args={"source": report.path},
+                                  from_result={"mapping": "suggested_mapping"},
+                                  note=f"writes canonical chat to {target}{dropped}; then "
+                                       "inspect that folder"))
     else:
         if report.suggested_mapping is not None and preview is not None:
-            actions.append(
-                f"fix the rows listed in the source, or apply_mapping(source='{report.path}', "
-                f"mapping=suggested_mapping) to repair: it keeps about {preview.rows_out} of "
-                f"{preview.rows_in} rows, and its manifest lists every row dropped")
+            actions.append(NextAction(
+                lead="fix the rows listed in the source, or", tool="apply_mapping",
+                args={"source": report.path}, from_result={"mapping": "suggested_mapping"},
+                note=f"to repair: it keeps about {preview.rows_out} of {preview.rows_in} "
+                     "rows, and its manifest lists every row dropped"))
         elif spec_note:
-            actions.append(f"no mapping can fix this: {spec_note}")
+            actions.append(NextAction(note=f"no mapping can fix this: {spec_note}"))
         if report.counts.get("preference_data"):
-            actions.append("preference (chosen/rejected) data belongs to DPO-style training; "
-                           "give this step SFT conversations instead")
+            actions.append(NextAction(note="preference (chosen/rejected) data belongs to "
+                                           "DPO-style training; give this step SFT "
+                                           "conversations instead"))
     if report.counts.get("over_max_length"):
         longest = report.stats.tokens.per_row.max if report.stats.tokens and \
             report.stats.tokens.per_row else None
-        actions.append(f"{report.counts['over_max_length']} row(s) are longer than "
-                       f"training.max_length (the longest has {longest} tokens): the step "
-                       f"handles them per data.overlong ({plan.data.overlong}); or raise "
-                       "training.max_length in the plan, or shorten those rows")
+        actions.append(NextAction(note=f"{report.counts['over_max_length']} row(s) are "
+                                       "longer than training.max_length (the longest has "
+                                       f"{longest} tokens): the step handles them per "
+                                       f"data.overlong ({plan.data.overlong}); or raise "
+                                       "training.max_length in the plan, or shorten those "
+                                       "rows"))
     if report.counts.get("holdout_overlap"):
-        actions.append("review the rows marked holdout_overlap: they share wording with the "
-                       "hold-out set, which would inflate validation scores")
+        actions.append(NextAction(note="review the rows marked holdout_overlap: they share "
+                                       "wording with the hold-out set, which would inflate "
+                                       "validation scores"))
     if report.truncated:
-        actions.append("more findings exist than are listed; counts holds every one (raise "
-                       "max_errors to list more)")
+        actions.append(NextAction(tool="run_inspector", args={"path": report.path,
+                                                              "max_errors": 1000},
+                                  lead="more findings exist than are listed (counts holds "
+                                       "every one):", note="lists more"))
     return actions
 
 

@@ -320,3 +320,153 @@ def test_plan_patterns_run_on_a_linear_time_engine():
     from tunestep.tools.datafiles import batch_step
 
     assert batch_step("batch_100_07", r"^batch_\d+_(\d+)$") == 7
+
+
+# --- 4. bounded by design -----------------------------------------------------------------
+
+BOUNDED_CHILD = """
+import resource, sys
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.inspector import run_inspector
+from tunestep.tools.preflight import check_batch
+from tunestep.tools.workspace import open_workspace
+ws = open_workspace(sys.argv[1])
+report = run_inspector(ws, sys.argv[2])
+print("inspect", report.status, ",".join(sorted(report.counts)))
+check_batch(ws, sys.argv[2].rsplit("/", 1)[-1])
+print("check ok")
+from tunestep.tools.merge import merge_datasets
+try:
+    merge_datasets(ws, sys.argv[2].rsplit("/", 1)[-1])
+except TunestepError as exc:
+    print("merge", exc.code)
+"""
+AS_LIMIT = 2 << 30  # address space for the whole child: imports, numpy, pyarrow and all
+
+
+def _bounded_run(root: Path, path: str) -> list[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", BOUNDED_CHILD, str(root), path,
+                           str(AS_LIMIT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+def test_a_200_mb_line_is_a_finding_under_a_memory_limit(sample_ws):
+    """Case: one valid 200 MB row in a batch file -> row_too_large (INVALID), the line
+    skipped in chunks; preflight counts it and merge refuses the batch, all under a 2 GiB
+    address-space limit (the row alone, parsed, would take several times that)."""
+    folder = sample_ws.root / "datasets/incremental/batch_100_03"
+    target = folder / "examples.jsonl"
+    good = target.read_bytes().splitlines(keepends=True)[:3]
+    with open(target, "wb") as handle:
+        handle.write(good[0])
+        handle.write(b'{"messages": [{"role": "user", "content": "')
+        block = b"x" * (1 << 20)
+        for _ in range(200):
+            handle.write(block)
+        handle.write(b'"}, {"role": "assistant", "content": "Grade: 3"}]}\n')
+        handle.writelines(good[1:])
+    out = _bounded_run(sample_ws.root, "datasets/incremental/batch_100_03")
+    assert out[0] == "inspect INVALID row_too_large"
+    assert out[1:] == ["check ok", "merge batch_not_ready"]
+
+
+def test_a_1_gb_sparse_json_is_a_finding_under_a_memory_limit(sample_ws):
+    """Case: a 1 GB sparse .json (truncate) -> file_too_large, hashed in chunks, never
+    parsed; preflight and merge stay within the same limit."""
+    folder = sample_ws.root / "datasets/incremental/batch_100_03"
+    with open(folder / "huge.json", "wb") as handle:
+        handle.truncate(1 << 30)
+    out = _bounded_run(sample_ws.root, "datasets/incremental/batch_100_03")
+    assert out[0] == "inspect INVALID file_too_large"
+    assert out[1:] == ["check ok", "merge batch_not_ready"]
+
+
+# --- 6. odd files answered ----------------------------------------------------------------
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    import contextlib
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    with contextlib.chdir(path.parent):  # AF_UNIX paths are short: bind by name
+        sock.bind(path.name)
+    sock.close()  # the socket file stays; nobody listens
+
+
+def _loop(path: Path) -> None:
+    os.symlink(path.name + ".b", path)
+    os.symlink(path.name, str(path) + ".b")
+
+
+def _device(path: Path) -> None:
+    os.symlink("/dev/zero", path)  # a link inside the workspace to a character device
+
+
+ODD = {"fifo": (_fifo, "file_not_regular"), "socket": (_socket, "file_not_regular"),
+       "link loop": (_loop, "path_link_loop"), "device link": (_device, "path_escape")}
+
+
+@pytest.mark.parametrize("kind", ODD)
+def test_an_odd_file_given_as_the_path_is_a_named_error(sample_ws, kind):
+    """Case: run_inspector on a FIFO / socket / link loop / device -> named error, no hang."""
+    from tunestep.tools.inspector import run_inspector
+
+    make, code = ODD[kind]
+    path = sample_ws.root / "datasets/incremental/batch_100_03/odd.jsonl"
+    make(path)
+    with pytest.raises(TunestepError) as err:
+        run_inspector(sample_ws, "datasets/incremental/batch_100_03/odd.jsonl")
+    assert err.value.code == code
+
+
+def test_a_fifo_swapped_in_after_the_check_never_blocks(tmp_path):
+    """Case: a FIFO reaches the opener itself (the race after an is_file check)."""
+    from tunestep.tools.hashing import sha256_file
+    from tunestep.tools.readfile import open_regular
+
+    _fifo(tmp_path / "p.jsonl")
+    for call in (open_regular, sha256_file):
+        with pytest.raises(TunestepError) as err:
+            call(tmp_path / "p.jsonl")
+        assert err.value.code == "file_not_regular" and "FIFO" in err.value.message
+
+
+@pytest.mark.parametrize("kind", ["binary", "decimal", "timestamp", "nested binary"])
+def test_parquet_columns_the_job_cannot_train_on_are_findings(sample_ws, kind):
+    """Case: parquet with binary / decimal / temporal columns -> column_type_unsupported
+    (INVALID), and apply_mapping refuses it by name instead of crashing."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.inspector.spec import default_spec
+    from tunestep.tools.mapping import apply_mapping
+
+    values = {"binary": pa.array([b"\x00\x01"] * 2),
+              "decimal": pa.array([decimal.Decimal("1.5")] * 2),
+              "timestamp": pa.array([datetime.datetime(2026, 1, 1)] * 2),
+              "nested binary": pa.array([{"blob": b"x"}] * 2)}[kind]
+    table = pa.table({"instruction": ["a", "b"], "output": ["Grade: 1", "Grade: 2"],
+                      "extra": values})
+    folder = sample_ws.root / "datasets/incremental/batch_100_04"
+    folder.mkdir()
+    pq.write_table(table, folder / "rows.parquet")
+    report = run_inspector(sample_ws, "datasets/incremental/batch_100_04")
+    assert report.status == "INVALID" and "column_type_unsupported" in report.counts
+    with pytest.raises(TunestepError) as err:
+        apply_mapping(sample_ws, "datasets/incremental/batch_100_04", default_spec("alpaca"))
+    assert err.value.code == "mapping_source_invalid"
+    assert "column_type_unsupported" in err.value.message

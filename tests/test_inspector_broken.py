@@ -116,6 +116,18 @@ def test_a_ten_megabyte_line(sample_ws):
     big = {"messages": [{"role": "user", "content": "x " * (5 << 20)},
                         {"role": "assistant", "content": "Grade: 3"}]}
     (folder / "big.jsonl").write_bytes(lines(good(1), orjson.dumps(big), good(2)))
+    # Over the default data.max_row_bytes (4 MiB): a finding, not a load.
+    report = run_inspector(sample_ws, BATCH)
+    assert report.status == "INVALID" and report.counts == {"row_too_large": 1}
+    assert [(e.line, e.code) for e in report.errors] == [(2, "row_too_large")]
+    # Under a plan that allows 16 MiB rows it is read, and READY.
+    from tunestep.tools.plan import load_plan, render_plan_document
+
+    plan = load_plan(sample_ws).plan
+    data = plan.data.model_copy(update={"max_row_bytes": 16 << 20})
+    plan_path = sample_ws.resolve(".specs/training/plan.md")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(render_plan_document(plan.model_copy(update={"data": data})))
     report = run_inspector(sample_ws, BATCH)
     assert report.status == "READY"
     assert report.stats.chars["user"].max == 10 << 20

@@ -46,15 +46,27 @@ def list_data_files(folder: Path, root: Path | None = None) -> list[Path]:
 
 def count_rows(path: Path) -> tuple[int | None, str | None]:
     """Rows in a data file, or None and why when it cannot be counted cheaply."""
+    from tunestep.tools.readfile import (
+        DEFAULT_MAX_JSON_BYTES,
+        DEFAULT_MAX_ROW_BYTES,
+        bounded_lines,
+        open_regular,
+    )
+
     suffix = path.suffix.lower()
     try:
-        if suffix == ".jsonl":
-            with open(path, "rb") as handle:
-                return sum(1 for line in handle if line.strip()), None
+        if suffix == ".jsonl":  # a huge line is counted, never held
+            with open_regular(path) as handle:
+                return sum(1 for line in bounded_lines(handle, DEFAULT_MAX_ROW_BYTES)
+                           if not isinstance(line, bytes) or line.strip()), None
         if suffix == ".json":
             import orjson
 
-            data = orjson.loads(path.read_bytes())
+            with open_regular(path) as handle:
+                raw = handle.read(DEFAULT_MAX_JSON_BYTES + 1)
+            if len(raw) > DEFAULT_MAX_JSON_BYTES:
+                return None, f"over {DEFAULT_MAX_JSON_BYTES >> 20} MiB: too large to parse"
+            data = orjson.loads(raw)
             if isinstance(data, list):
                 return len(data), None
             if isinstance(data, dict):

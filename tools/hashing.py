@@ -12,8 +12,11 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file, read in chunks; a FIFO or device is refused, never read."""
+    from tunestep.tools.readfile import open_regular
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -15,11 +15,12 @@ an earlier batch), an exact copy of a hold-out row, and rows matched by ``drop_w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -138,19 +139,56 @@ def apply_mapping(ws: Workspace, source: str, mapping: MappingSpec,
     spec_sha = sha256_json(mapping.model_dump(mode="json"))
     context = comparison_context(ws, plan, target, sources)
     context_key = _context_key(context)
-    recorded = _recorded_result(ws, out, out_rel, shown, sources, spec_sha, context_key)
-    if recorded is not None:
-        _audit(ws, out_rel, recorded, "unchanged")
-        return recorded
-    kinds = [_fit(s, mapping) for s in sources]
-    _remove_stale_leftovers(out)
-    engine = _scan(plan, sources, context, progress)
-    if mapping.on_invalid == "fail":
-        _refuse_invalid(engine)
-    result = _write(ws, out, out_rel, shown, sources, kinds, engine, mapping, spec_sha,
-                    context_key, progress)
-    _audit(ws, out_rel, result, "ok")
+    # One writer of this output at a time (other processes included): the result then
+    # names what is on disk when it returns, not what a concurrent call replaced.
+    with output_lock(ws, out_rel):
+        recorded = _recorded_result(ws, out, out_rel, shown, sources, spec_sha, context_key)
+        if recorded is not None:
+            _audit(ws, out_rel, recorded, "unchanged")
+            return recorded
+        kinds = [_fit(s, mapping) for s in sources]
+        _remove_stale_leftovers(out)
+        engine = _scan(plan, sources, context, progress)
+        _refuse_unreadable(engine)
+        if mapping.on_invalid == "fail":
+            _refuse_invalid(engine)
+        result = _write(ws, out, out_rel, shown, sources, kinds, engine, mapping, spec_sha,
+                        context_key, progress)
+        _audit(ws, out_rel, result, "ok")
     return result
+
+
+@contextlib.contextmanager
+def output_lock(ws: Workspace, name: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``.tunestep/locks/<sha of name>.lock`` while ``name`` is
+    written; a second writer waits for the first to finish."""
+    import fcntl
+
+    folder = ws.state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# File-level findings that leave a source with no rows to map: refused, not mapped empty.
+UNMAPPABLE = ("column_type_unsupported", "file_too_large", "file_not_regular")
+
+
+def _refuse_unreadable(engine: Engine) -> None:
+    for index, state in enumerate(engine.files):
+        code = next((c for c in UNMAPPABLE if engine.findings.counts.get(c)), None)
+        if code is None or not state.blocked:
+            continue
+        listed, _ = engine.findings.listed([s.source.shown for s in engine.files])
+        first = next((f for f in listed if f.code == code), None)
+        detail = f": {first.message}" if first else ""
+        raise TunestepError("mapping_source_invalid", f"{code}{detail}",
+                            path=first.file if first else engine.files[index].source.shown)
 
 
 # --- refusals -------------------------------------------------------------------------
@@ -265,7 +303,8 @@ def _scan(plan: Plan, sources: list[Source], context: Context,
         holdout_index = leakage.holdout_index(path, shown, sha, *train)
     references = [reference_set(p, s, sha) for p, s, sha in context.references]
     engine = Engine(mode="map", max_errors=SHOWN_DROPPED, holdout=holdout_index,
-                    references=references, progress=progress)
+                    references=references, progress=progress,
+                    max_row_bytes=plan.data.max_row_bytes)
     engine.run(sources)
     engine.resolve_duplicates()
     return engine
@@ -315,14 +354,20 @@ def _write(ws: Workspace, out: Path, out_rel: str, shown: str, sources: list[Sou
 
 
 def _write_file(source: Source, index: int, engine: Engine, target: Path) -> tuple[int, str]:
-    """Stream one source file's kept rows into ``target``; (rows written, sha256)."""
+    """Stream one source file's kept rows into ``target``; (rows written, sha256).
+
+    The source is read a second time here; its bytes are hashed as they are read and must
+    be the ones the scan judged (``data_changed`` otherwise, and nothing is published).
+    """
     digest = hashlib.sha256()
+    read = hashlib.sha256()
     count = 0
     drops = engine.drops
     spec = source.map_spec
     keep_tools = spec.source_format == "chat" and spec.tools_field is None
     with open(target, "wb") as handle:
-        for line, row in iter_rows(source.path):
+        for line, row in iter_rows(source.path, max_row_bytes=engine.max_row_bytes,
+                                   digest=read):
             if isinstance(row, ReadIssue) or (index, line) in drops:
                 continue
             messages, dropped, _ = formats.convert(row, spec)
@@ -335,6 +380,10 @@ def _write_file(source: Source, index: int, engine: Engine, target: Path) -> tup
             handle.write(data)
             digest.update(data)
             count += 1
+    if read.hexdigest() != source.sha256:
+        raise TunestepError("data_changed", "the source changed between the scan and the "
+                            "write; nothing was published: run apply_mapping again",
+                            path=source.shown)
     return count, digest.hexdigest()
 
 

@@ -179,6 +179,9 @@ class Data(_Section):
     # the whole answer), or refuse the step.
     overlong: Literal["drop", "truncate_prompt", "error"] = "truncate_prompt"
     batch_pattern: str = r"^batch_\d+_(\d+)$"
+    # A JSONL row longer than this is a finding (row_too_large), skipped to its newline
+    # without being held: what one row may cost in memory (tools/readfile.py).
+    max_row_bytes: int = Field(4 << 20, ge=1 << 10, le=1 << 30)
 
     @field_validator("batch_pattern")
     @classmethod
@@ -316,7 +319,13 @@ def load_plan(ws: Workspace) -> LoadedPlan:
         digest = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
         return LoadedPlan(plan=plan, source=None, sha256=digest,
                           notes=[f"no {PLAN_PATH}: using the reference defaults"])
-    raw = path.read_bytes()
+    from tunestep.tools.readfile import open_regular
+
+    with open_regular(path, PLAN_PATH) as handle:  # a FIFO here must not hang every tool
+        raw = handle.read((1 << 20) + 1)
+    if len(raw) > 1 << 20:
+        raise TunestepError("plan_yaml", "the plan is over 1 MiB; keep it to settings and "
+                            "notes", path=PLAN_PATH)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -144,6 +144,22 @@ def resolve_inside(
     """
     pure = check_relative(_inside_form(root, relative))
     candidate = root.joinpath(*pure.parts) if pure.parts != (".",) else root
+    try:
+        return _resolve_checked(root, candidate, relative, must_exist, allow_final_link)
+    except RuntimeError:  # Python < 3.13 says "Symlink loop" this way
+        raise TunestepError("path_link_loop", "the path is a loop of symbolic links",
+                            path=str(relative)) from None
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.ELOOP:
+            raise
+        raise TunestepError("path_link_loop", "the path is a loop of symbolic links",
+                            path=str(relative)) from None
+
+
+def _resolve_checked(root: Path, candidate: Path, relative: str | Path, must_exist: bool,
+                     allow_final_link: bool) -> Path:
     if allow_final_link:
         parent = candidate.parent.resolve()
         _require_inside(root, parent, str(relative))

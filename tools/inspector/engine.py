@@ -13,6 +13,7 @@ every problem. Per-row state is a few array slots: 8 bytes of duplicate key, 4 o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from array import array
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from tunestep.tools.errors import TunestepError
 from tunestep.tools.inspector import formats
 from tunestep.tools.inspector.findings import Findings
 from tunestep.tools.inspector.formats import RowProblem, classify, convert
@@ -36,6 +38,7 @@ from tunestep.tools.inspector.reader import (
     iter_hub,
     iter_rows,
     line_issue,
+    too_large,
     universal_lines,
 )
 from tunestep.tools.inspector.refs import ReferenceSet, content_text
@@ -49,6 +52,13 @@ from tunestep.tools.inspector.rules import (
 from tunestep.tools.inspector.spec import MappingSpec
 from tunestep.tools.inspector.stats import StatsCollector
 from tunestep.tools.inspector.tokens import TokenCounter
+from tunestep.tools.readfile import (
+    DEFAULT_MAX_ROW_BYTES,
+    Overlong,
+    bounded_lines,
+    drain,
+    open_regular,
+)
 
 Progress = Callable[[int, int | None, str], None]
 PROGRESS_EVERY = 1 << 14  # rows between progress calls (a power of two: a cheap mask)
@@ -138,8 +148,10 @@ class Engine:
     def __init__(self, *, mode: str = "inspect", max_errors: int = 100,
                  grade_pattern: str | None = None, holdout: HoldoutIndex | None = None,
                  references: list[ReferenceSet] | None = None,
-                 tokens: TokenCounter | None = None, progress: Progress | None = None) -> None:
+                 tokens: TokenCounter | None = None, progress: Progress | None = None,
+                 max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> None:
         self.mode = mode
+        self.max_row_bytes = max_row_bytes
         self.findings = Findings(max_errors)
         self.stats = StatsCollector()
         self.grade = GradeCheck(grade_pattern) if grade_pattern else None
@@ -169,20 +181,28 @@ class Engine:
             state = FileState(index=len(self.files), source=source)
             self.files.append(state)
             self.file_starts.append(len(self.keys))
+            # Every byte read is hashed as it is read, and must be the bytes whose sha256
+            # the caller keys the result by: else the file changed during the call.
+            digest = hashlib.sha256() if source.path and source.sha256 else None
             if self.mode == "inspect" and source.container == "jsonl" and source.path:
-                self._scan_jsonl(state)
+                self._scan_jsonl(state, digest)
             else:
-                self._scan_rows(state, self._rows_of(source))
+                self._scan_rows(state, self._rows_of(source, digest))
+            if digest is not None and digest.hexdigest() != source.sha256:
+                raise TunestepError("data_changed", "the file changed while it was read "
+                                    "(its bytes no longer match the sha256 taken at the "
+                                    "start of the call); run the call again",
+                                    path=source.shown)
             state.accepted = len(self.keys) - self.file_starts[-1]
             self.done_before += state.rows
             self._flush_tokens()
             self._tick(state, final=True)
         self.file_starts.append(len(self.keys))
 
-    def _rows_of(self, source: Source) -> Iterator[tuple[int, Any]]:
+    def _rows_of(self, source: Source, digest: Any = None) -> Iterator[tuple[int, Any]]:
         if source.hub is not None:
             return iter_hub(*source.hub)
-        return iter_rows(source.path)
+        return iter_rows(source.path, max_row_bytes=self.max_row_bytes, digest=digest)
 
     def _tick(self, state: FileState, final: bool = False) -> None:
         if self.progress is None:
@@ -200,29 +220,30 @@ class Engine:
             if not state.rows & (PROGRESS_EVERY - 1):
                 self._tick(state)
 
-    def _scan_jsonl(self, state: FileState) -> None:
+    def _scan_jsonl(self, state: FileState, digest: Any) -> None:
         """The JSONL loop, with the canonical-chat fast path inlined (see module doc)."""
         try:
-            handle = open(state.source.path, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            self._file_issue(state, ReadIssue("file_unreadable", f"the file cannot be read: "
-                                                                 f"{exc.strerror or exc}",
-                                              row=False), 0)
+            handle = open_regular(state.source.path, state.source.shown)
+        except TunestepError as exc:  # a FIFO, a device, gone: named, never blocking
+            code = exc.code if exc.code == "file_not_regular" else "file_unreadable"
+            self._file_issue(state, ReadIssue(code, exc.message, row=False), 0)
             return
         with handle:
-            first = handle.readline()
-            if first.startswith(BOM):
+            lines = bounded_lines(handle, self.max_row_bytes, digest)
+            first = next(lines, b"")
+            if first.__class__ is bytes and first.startswith(BOM):
                 first = first[len(BOM):]
                 self._file_issue(state, ReadIssue("bom", "the file starts with a UTF-8 byte "
                                                          "order mark; it is ignored",
                                                   row=False), 1)
-            if first.lstrip().startswith(b"["):
+            if first.__class__ is bytes and first.lstrip().startswith(b"["):
                 self._file_issue(state, array_issue()._replace(row=False), 1)
-                return
-            if first:
-                self._fast_loop(state, handle, first)
+            elif first:
+                self._fast_loop(state, handle, lines, first)
+            if digest is not None:
+                drain(handle, digest)
 
-    def _fast_loop(self, state: FileState, handle, first: bytes) -> None:
+    def _fast_loop(self, state: FileState, handle, lines, first: bytes) -> None:
         # Everything the loop touches per row is a local name: attribute lookups and
         # method calls are most of what a row costs once orjson has parsed it.
         loads = orjson.loads
@@ -245,7 +266,11 @@ class Engine:
         blank = 0
         first_chat = 0
         shift = 0  # lines that lone carriage returns added before this one
-        for number, raw in chain(((1, first),), enumerate(handle, 2)):
+        limit = self.max_row_bytes
+        for number, raw in chain(((1, first),), enumerate(lines, 2)):
+            if raw.__class__ is Overlong:  # skipped to its newline, never held whole
+                slow(state, number + shift, too_large(raw.size, limit))
+                continue
             cr = raw.find(b"\r")
             if cr >= 0 and cr != len(raw) - 1 and (cr != len(raw) - 2 or raw[-1] != 10):
                 # A lone \r ends a line for the job's loader (text mode): so here too.

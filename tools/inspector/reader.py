@@ -15,6 +15,7 @@ opened read-only; nothing here writes.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from itertools import pairwise
@@ -22,6 +23,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+
+from tunestep.tools.errors import TunestepError
+from tunestep.tools.readfile import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_ROW_BYTES,
+    Overlong,
+    bounded_lines,
+    drain,
+    file_identity,
+    open_regular,
+)
 
 BOM = b"\xef\xbb\xbf"
 # Past this size a .json file's element lines are not mapped (the scan is Python-speed);
@@ -108,40 +120,83 @@ def universal_lines(raw: bytes) -> list[bytes]:
     return lines
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line, row) pairs; ``row`` is a ReadIssue where the line could not be read."""
+def iter_jsonl(path: Path, *, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+               digest: Any = None) -> Iterator[tuple[int, Any]]:
+    """(line, row) pairs; ``row`` is a ReadIssue where the line could not be read.
+
+    ``digest`` (a hashlib object) is fed every byte read, the whole file included when the
+    reading stops early, so the caller can tell the rows came from the bytes it hashed.
+    """
+    with open_regular(path) as handle:
+        yield from _jsonl_rows(handle, max_row_bytes, digest)
+        if digest is not None:
+            drain(handle, digest)
+
+
+def too_large(size: int, limit: int) -> ReadIssue:
+    return ReadIssue("row_too_large", f"the row is {size:,} bytes, over data.max_row_bytes "
+                                      f"({limit:,}); it was skipped, not read")
+
+
+def _jsonl_rows(handle, max_row_bytes: int, digest: Any) -> Iterator[tuple[int, Any]]:
     blank = 0
     number = 0
-    with open(path, "rb") as handle:
-        first = True
-        for chunk in handle:
-            lines = universal_lines(chunk)
-            for index, raw in enumerate(lines):
-                number += 1
-                if first:
-                    first = False
-                    if raw.startswith(BOM):
-                        raw = raw[len(BOM):]
-                        yield number, ReadIssue("bom", "the file starts with a UTF-8 byte "
-                                                       "order mark; it is ignored", row=False)
-                    if raw.lstrip().startswith(b"["):
-                        yield number, array_issue()
-                        return
-                try:
-                    yield number, orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    if is_blank(raw):
-                        blank += 1
-                        continue
-                    is_last = index == len(lines) - 1 and handle.peek(1) == b""
-                    yield number, line_issue(raw, is_last)
+    first = True
+    for chunk in bounded_lines(handle, max_row_bytes, digest):
+        if chunk.__class__ is Overlong:
+            number += 1
+            first = False
+            yield number, too_large(chunk.size, max_row_bytes)
+            continue
+        lines = universal_lines(chunk)
+        for index, raw in enumerate(lines):
+            number += 1
+            if first:
+                first = False
+                if raw.startswith(BOM):
+                    raw = raw[len(BOM):]
+                    yield number, ReadIssue("bom", "the file starts with a UTF-8 byte "
+                                                   "order mark; it is ignored", row=False)
+                if raw.lstrip().startswith(b"["):
+                    yield number, array_issue()
+                    return
+            try:
+                yield number, orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                if is_blank(raw):
+                    blank += 1
+                    continue
+                is_last = index == len(lines) - 1 and handle.peek(1) == b""
+                yield number, line_issue(raw, is_last)
     if blank:
         yield 0, ReadIssue("blank_lines", f"{blank} blank line(s) skipped", row=False)
 
 
-def iter_json(path: Path) -> Iterator[tuple[int, Any]]:
-    """Rows of a .json file: an array of rows, or one object (one row)."""
-    data = path.read_bytes()
+def iter_json(path: Path, *, max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+              digest: Any = None, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+              ) -> Iterator[tuple[int, Any]]:
+    """Rows of a .json file: an array of rows, or one object (one row).
+
+    A .json is parsed whole, so one over ``max_json_bytes`` is a ``file_too_large``
+    finding and is only hashed (in chunks), never loaded.
+    """
+    with open_regular(path) as handle:
+        data = handle.read(max_json_bytes + 1)
+        if digest is not None:
+            digest.update(data)
+        if len(data) > max_json_bytes:
+            del data
+            if digest is not None:
+                drain(handle, digest)
+            yield 1, ReadIssue("file_too_large", f"the .json file is over "
+                                                 f"{max_json_bytes:,} bytes, and a .json is "
+                                                 "parsed whole: write it as JSON Lines "
+                                                 "(.jsonl), read row by row", row=False)
+            return
+    yield from _json_rows(data, max_row_bytes)
+
+
+def _json_rows(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, Any]]:
     if data.startswith(BOM):
         data = data[len(BOM):]
         yield 1, ReadIssue("bom", "the file starts with a UTF-8 byte order mark; it is "
@@ -149,7 +204,7 @@ def iter_json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield from _json_failure(path, data, exc)
+        yield from _json_failure(data, exc, max_row_bytes)
         return
     if isinstance(value, list):
         lines = element_lines(data) if len(data) <= JSON_LINE_MAP_LIMIT else None
@@ -164,7 +219,7 @@ def iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         yield 1, value
 
 
-def _json_failure(path: Path, data: bytes, exc: orjson.JSONDecodeError):
+def _json_failure(data: bytes, exc: orjson.JSONDecodeError, max_row_bytes: int):
     """A .json that does not parse: bad UTF-8, JSON Lines under a .json name, or bad JSON."""
     try:
         data.decode("utf-8")
@@ -178,7 +233,8 @@ def _json_failure(path: Path, data: bytes, exc: orjson.JSONDecodeError):
         yield 1, ReadIssue("json_lines_in_json", "the .json file holds JSON Lines (one "
                                                  "object per line); read as JSON Lines",
                            row=False)
-        yield from iter_jsonl(path)
+        # The bytes already read, not the file again: it may have changed since.
+        yield from _jsonl_rows(io.BufferedReader(io.BytesIO(data)), max_row_bytes, None)
         return
     reason = str(exc).split(":", 1)[0]
     line, column = exc.lineno, exc.colno
@@ -235,36 +291,81 @@ def element_lines(data: bytes) -> list[int] | None:
     return lines
 
 
-def iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    """Rows of a Parquet file, numbered from 1, a record batch at a time."""
+# Arrow types the job's loader (JSON rows) cannot carry: their Python values are bytes,
+# Decimal, dates and times, or pairs, which no chat template renders and orjson refuses.
+def _unsupported_type(kind: Any) -> str | None:
+    import pyarrow as pa
+
+    t = pa.types
+    if (t.is_binary(kind) or t.is_large_binary(kind) or t.is_fixed_size_binary(kind)
+            or t.is_decimal(kind) or t.is_temporal(kind) or t.is_map(kind)
+            or t.is_union(kind) or getattr(t, "is_binary_view", lambda _: False)(kind)):
+        return str(kind)
+    if t.is_dictionary(kind):
+        return _unsupported_type(kind.value_type)
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return _unsupported_type(kind.value_type)
+    if t.is_struct(kind):
+        for index in range(kind.num_fields):
+            found = _unsupported_type(kind.field(index).type)
+            if found:
+                return found
+    return None
+
+
+def iter_parquet(path: Path, *, digest: Any = None) -> Iterator[tuple[int, Any]]:
+    """Rows of a Parquet file, numbered from 1, a record batch at a time.
+
+    Parquet is read by random access, so the file is hashed through the same descriptor
+    first, and its identity (inode, size, mtime) compared after: a file rewritten while it
+    was read can then never match the hash the caller took before.
+    """
     import pyarrow.parquet as pq
 
-    try:
-        reader = pq.ParquetFile(path)
-        number = 0
-        for batch in reader.iter_batches(batch_size=PARQUET_BATCH):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
-    except Exception as exc:  # a broken container is a finding, not a crash
-        yield 0, ReadIssue("file_unreadable", f"the Parquet file cannot be read: "
-                                              f"{type(exc).__name__}: {str(exc)[:200]}")
+    with open_regular(path) as handle:
+        if digest is not None:
+            drain(handle, digest)
+            handle.seek(0)
+        before = file_identity(handle)
+        try:
+            reader = pq.ParquetFile(handle)
+            for field in reader.schema_arrow:
+                found = _unsupported_type(field.type)
+                if found:
+                    yield 0, ReadIssue("column_type_unsupported", f"column '{field.name}' "
+                                       f"has type {found}, which the job cannot train on "
+                                       "(no rows were read)", row=False)
+                    return
+            number = 0
+            for batch in reader.iter_batches(batch_size=PARQUET_BATCH):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        except Exception as exc:  # a broken container is a finding, not a crash
+            yield 0, ReadIssue("file_unreadable", f"the Parquet file cannot be read: "
+                                                  f"{type(exc).__name__}: {str(exc)[:200]}")
+        if digest is not None and file_identity(handle) != before:
+            digest.update(b"\0changed while read")  # can never match the earlier hash
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line, row) for any supported data file."""
+def iter_rows(path: Path, *, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+              digest: Any = None) -> Iterator[tuple[int, Any]]:
+    """(line, row) for any supported data file; ``digest`` is fed the bytes read."""
     container = container_of(path)
     try:
         if container == "jsonl":
-            yield from iter_jsonl(path)
+            yield from iter_jsonl(path, max_row_bytes=max_row_bytes, digest=digest)
         elif container == "json":
-            yield from iter_json(path)
+            yield from iter_json(path, digest=digest, max_row_bytes=max_row_bytes)
         elif container == "parquet":
-            yield from iter_parquet(path)
+            yield from iter_parquet(path, digest=digest)
         else:
             yield 0, ReadIssue("file_unreadable", f"unsupported file type '.{container}'")
     except OSError as exc:
         yield 0, ReadIssue("file_unreadable", f"the file cannot be read: {exc.strerror or exc}")
+    except TunestepError as exc:  # not a regular file, a link loop: nothing was read
+        yield 0, ReadIssue(exc.code if exc.code != "path_link_loop" else "file_unreadable",
+                           exc.message, row=False)
 
 
 def iter_hub(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:

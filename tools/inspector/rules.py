@@ -14,6 +14,12 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 RULES: dict[str, tuple[str, str]] = {
     # reading the file
     "file_unreadable": (ERROR, "the file cannot be opened, or its container is broken"),
+    "row_too_large": (ERROR, "a row over data.max_row_bytes; skipped to its newline, never "
+                             "held in memory"),
+    "file_too_large": (ERROR, "a .json file over the size a whole-file parse may take; "
+                              "write it as JSON Lines"),
+    "column_type_unsupported": (ERROR, "a Parquet column of a type the job cannot train on "
+                                       "(binary, decimal, temporal, map, ...)"),
     "no_data_files": (ERROR, "the folder holds no .jsonl, .json or .parquet file"),
     "empty_file": (ERROR, "the file holds no rows"),
     "invalid_utf8": (ERROR, "bytes that are not UTF-8"),

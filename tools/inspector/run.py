@@ -121,6 +121,7 @@ def _candidates(ws: Workspace, plan: Plan, path: str):
 
 def _plan_settings(plan: Plan) -> dict:
     return {"grade_pattern": plan.grade_pattern, "batch_pattern": plan.data.batch_pattern,
+            "max_row_bytes": plan.data.max_row_bytes,
             "train": plan.paths.train, "validation": plan.paths.validation,
             "incremental": plan.paths.incremental, "mapped": plan.paths.mapped,
             "model": plan.model}
@@ -246,7 +247,7 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
         counter = TokenCounter(tokenizer, plan.training.max_length)
     engine = Engine(mode="inspect", max_errors=max_errors, grade_pattern=plan.grade_pattern,
                     holdout=holdout_index, references=references, tokens=counter,
-                    progress=progress)
+                    progress=progress, max_row_bytes=plan.data.max_row_bytes)
     engine.run(sources)
     in_input, of_earlier = engine.resolve_duplicates()
     overlap_rows, ignored = engine.resolve_overlaps() if engine.holdout else (0, 0)

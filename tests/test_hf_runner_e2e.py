@@ -45,3 +45,27 @@ def test_a_remote_step_runs_from_its_bundle_and_comes_home(fake_hub, tmp_path,
         step = conn.execute("SELECT hub_model_id, hub_revision FROM steps").fetchone()
     assert (step["hub_model_id"], step["hub_revision"]) == (chain_model, model_repo.head)
     assert FAKE_TOKEN not in "\n".join(logs)
+
+
+def test_a_remote_inspection_runs_on_the_runner_and_reports(fake_hub, tmp_path, monkeypatch):
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.workspace import open_workspace
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    fake_hub.tokens = {FAKE_TOKEN}
+    fake_hub.runner = hub_stub.JobRunner(max_seconds=240)
+    build_sample_workspace(tmp_path / "ws", plan_overrides={"hub": {"dataset_repo":
+                                                                    "tester/steps"}})
+    ws = open_workspace(tmp_path / "ws")
+    operator = Operator(tmp_path / "keys")
+    draft = draft_job(ws, DraftRequest(kind="inspect", batch="batch_100_01",
+                                       backend="hf-jobs"))
+    handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
+                        operator.trusted)
+    hub_job = fake_hub.wait_job(handle.external_id, timeout=240)
+    assert hub_job["status"]["stage"] == "COMPLETED", job_logs(ws, handle.job_id, 40).lines
+    status = job_status(ws, handle.job_id)
+    local = run_inspector(ws, "datasets/incremental/batch_100_01")
+    assert status.status == "succeeded"
+    assert (status.result["status"], status.result["counts"]) == (local.status, local.counts)

@@ -297,7 +297,7 @@ def _sign_promotion(args: argparse.Namespace, ws, key, request):
     from tunestep.tools.operator import sign_promotion
 
     err = Console(stderr=True, highlight=False)
-    render(err, request, as_json=False)
+    render(err, request, as_json=False, approving=True)
     if not _confirm(f"Make {request.version} the latest of {request.store} (now "
                     f"{request.latest or 'none'}) with key {key.name}?", args.yes):
         err.print("not approved")

@@ -536,6 +536,10 @@ def render_job(console: Console, status, view: View) -> None:
         console.print(f"eval loss   {before} -> {after}")
     if isinstance(result.get("seconds"), int | float):
         console.print(f"took        {duration(result['seconds'])}")
+    if status.promoted is not None:
+        moved = "latest moved to it" if status.promoted else \
+            "[yellow]promoted: false[/], latest stayed"
+        prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
 
 
 def render_job_list(console: Console, jobs, view: View) -> None:
@@ -552,6 +556,37 @@ def render_job_list(console: Console, jobs, view: View) -> None:
     console.print(table, soft_wrap=False)
 
 
+# --- promotion ---------------------------------------------------------------------------
+
+def render_promotion_request(console: Console, request, view: View) -> None:
+    console.print(f"[bold]{w(request.request_id)}[/]  make [bold]{w(request.version)}[/] the "
+                  f"latest (now {w(request.latest or 'none')})")
+    console.print(f"digest      {w(request.digest)}")
+    console.print(f"version     {request.files} files, identity {w(request.identity[:16])}")
+    console.print(f"  {w(request.version_path)}")
+    if request.step is not None:
+        gate = "-" if request.gate_promoted is None else (
+            "passed" if request.gate_promoted else "held it back")
+        prose(console, f"step        {request.step} ({request.batch}); the gate {gate}: "
+                       f"{request.gate_reason or '-'}")
+    if not view.approving:
+        console.print("approve it in your own terminal:")
+        console.print(f"  {w(request.approve_command)}")
+
+
+def render_promotion_result(console: Console, result, view: View) -> None:
+    console.print(f"[bold]latest[/] is now [bold]{w(result.latest)}[/] (was "
+                  f"{w(result.previous or 'none')}) in {w(result.store)}")
+    console.print(f"signed by   {w(result.operator)}, key {w(result.kid)}")
+
+
+def render_promotion_outcome(console: Console, outcome, view: View) -> None:
+    if outcome.result is not None:
+        render_promotion_result(console, outcome.result, view)
+    else:
+        render_promotion_request(console, outcome.request, view)
+
+
 def register_domain_renderers() -> None:
     """Bind the views above to their result types (imported lazily: heavy modules)."""
     from tunestep.tools.draft import JobDraft
@@ -560,9 +595,13 @@ def register_domain_renderers() -> None:
     from tunestep.tools.mapping import MappingResult
     from tunestep.tools.merge import MergeResult
     from tunestep.tools.preprocess import PreprocessResult
+    from tunestep.tools.promotion import PromotionOutcome, PromotionRequest, PromotionResult
     from tunestep.tools.submit import JobHandle
 
     _RENDERERS.update({InspectionReport: render_inspection, JobDraft: render_draft,
                        JobStatus: render_job, JobList: render_job_list,
                        MappingResult: render_mapping, MergeResult: render_merge,
-                       PreprocessResult: render_preprocess, JobHandle: render_handle})
+                       PreprocessResult: render_preprocess, JobHandle: render_handle,
+                       PromotionRequest: render_promotion_request,
+                       PromotionResult: render_promotion_result,
+                       PromotionOutcome: render_promotion_outcome})

@@ -190,9 +190,11 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
         with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
             ledger.audit(conn, "job.start", job_id, outcome="failed",
                          detail={"code": exc.code, "state": SUBMITTING})
-        raise TunestepError(exc.code, f"{exc.message}. Job {job_id} is still "
-                            f"'{SUBMITTING}' (no Hub job carries its token yet): "
-                            f"{RETRY_HINT}") from None
+        known = ("the Hub may have started it: job_status finds it by its label"
+                 if exc.code in EFFECT_UNKNOWN else "no Hub job carries its token yet")
+        raise HubError(exc.code, f"{exc.message}. Job {job_id} is still '{SUBMITTING}' "
+                       f"({known}): {RETRY_HINT}",
+                       retry_after=getattr(exc, "retry_after", None)) from None
     _record_running(ws, job_id, found, sub.dataset_repo)
     return found
 

@@ -86,6 +86,7 @@ FLAVORS: dict[str, Flavor] = {f.name: f for f in [
 # step; 0.85 per GPU is a planning figure, not a measurement.
 DDP_EFFICIENCY = 0.85
 PRICE_CACHE_S = 3600.0
+PRICE_RETRY_S = 300.0
 _price_cache: dict[str, tuple[float, dict[str, float] | None]] = {}  # by endpoint
 
 
@@ -98,8 +99,9 @@ def processes_for(flavor: str) -> int:
 def live_prices(refresh: bool = False) -> dict[str, float] | None:
     """USD/hour per flavor from the Hub's ``list_jobs_hardware()``; None offline or on error.
 
-    Asked at most once an hour per process (the prices are advisory: they are not in the
-    draft's digest), never when ``HF_HUB_OFFLINE`` is set.
+    Asked at most once an hour per process and endpoint (every 5 minutes while the Hub
+    does not answer; the prices are advisory: they are not in the draft's digest), never
+    when ``HF_HUB_OFFLINE`` is set.
     """
     import time
 
@@ -110,7 +112,9 @@ def live_prices(refresh: bool = False) -> dict[str, float] | None:
 
     api = hub_api(read_token())
     cached = _price_cache.get(api.endpoint)
-    if not refresh and cached and time.monotonic() - cached[0] < PRICE_CACHE_S:
+    # A failed ask is retried sooner than a good list is refreshed.
+    keep = PRICE_CACHE_S if cached and cached[1] is not None else PRICE_RETRY_S
+    if not refresh and cached and time.monotonic() - cached[0] < keep:
         return cached[1]
     prices = hardware_prices(api)
     _price_cache[api.endpoint] = (time.monotonic(), prices)

@@ -470,3 +470,89 @@ def test_parquet_columns_the_job_cannot_train_on_are_findings(sample_ws, kind):
         apply_mapping(sample_ws, "datasets/incremental/batch_100_04", default_spec("alpaca"))
     assert err.value.code == "mapping_source_invalid"
     assert "column_type_unsupported" in err.value.message
+
+
+# --- 3. read once -------------------------------------------------------------------------
+
+BATCH3 = "datasets/incremental/batch_100_03"
+INVALID_ROW = b'{"messages": [{"role": "assistant", "content": "no user turn"}]}\n'
+
+
+def test_a_file_swapped_between_hash_and_scan_is_never_cached_ready(sample_ws, monkeypatch):
+    """Case: the file is hashed, then swapped for INVALID rows before it is scanned
+    -> data_changed, nothing cached; the next call judges the new bytes (INVALID)."""
+    from tunestep.tools.inspector import run as inspector_run
+    from tunestep.tools.inspector import run_inspector
+
+    target = sample_ws.root / BATCH3 / "examples.jsonl"
+    real = inspector_run.comparison_context
+    swapped = []
+
+    def swap_then_compare(*args, **kwargs):  # runs after the hashes, before the scan
+        if not swapped:
+            target.write_bytes(INVALID_ROW * 5)
+            swapped.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inspector_run, "comparison_context", swap_then_compare)
+    with pytest.raises(TunestepError) as err:
+        run_inspector(sample_ws, BATCH3)
+    assert err.value.code == "data_changed" and "examples.jsonl" in (err.value.path or "")
+    assert run_inspector(sample_ws, BATCH3).status == "INVALID"
+
+
+def test_a_draft_pins_only_bytes_the_inspector_found_ready(model_ws, monkeypatch):
+    """Case: the batch is READY when inspected and swapped for INVALID rows right after,
+    before the draft reads it -> data_changed; no draft row, nothing to approve."""
+    from tunestep.tools import ledger, merge
+    from tunestep.tools.draft import DraftRequest, draft_job
+
+    target = model_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
+    real = merge._inspect
+
+    def inspect_then_swap(ws, path):
+        report = real(ws, path)
+        if path.endswith("batch_100_01"):
+            target.write_bytes(INVALID_ROW * 5)
+        return report
+
+    monkeypatch.setattr(merge, "_inspect", inspect_then_swap)
+    with pytest.raises(TunestepError) as err:
+        draft_job(model_ws, DraftRequest(batch="batch_100_01"))
+    assert err.value.code == "data_changed"
+    with ledger.open_ledger(model_ws) as conn:
+        assert conn.execute("SELECT count(*) FROM drafts").fetchone()[0] == 0
+
+
+def test_concurrent_apply_mapping_results_name_what_is_on_disk(sample_ws):
+    """Case: four apply_mapping calls on one output at once, two different specs; each
+    call holds .tunestep/locks/, so the one that returns last names the bytes on disk."""
+    import threading
+
+    from tunestep.tools.hashing import sha256_file
+    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+
+    source = "datasets/incremental/batch_100_02"
+    spec = suggest_mapping(sample_ws, source).mapping
+    specs = [spec, spec.model_copy(update={"system_prompt": "You grade code."})] * 2
+    finished: list = []
+    errors: list = []
+    barrier = threading.Barrier(len(specs))
+
+    def run(one) -> None:
+        barrier.wait()
+        try:
+            result = apply_mapping(sample_ws, source, one)
+            finished.append(result)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and len(finished) == len(specs)
+    last = finished[-1].files[0]
+    assert sha256_file(sample_ws.root / last.output) == last.output_sha256
+    assert list((sample_ws.state_dir / "locks").glob("*.lock"))

@@ -477,14 +477,18 @@ def bundle_name(ref: FileRef, files: list[FileRef]) -> str:
 
 
 def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:
-    """Exact token count of the training files, from the (cached) inspector."""
+    """The tokens training sees in the training files: each row cut at the plan's
+    ``training.max_length``, as the trainer truncates it (a 200 MB row costs max_length
+    tokens of compute, not millions). From the (cached) inspector."""
     from tunestep.tools.inspector import run_inspector
 
     total = 0
     for ref in files:
         if ref.role == "train":
             tokens = run_inspector(ws, ref.path, tokens=True).stats.tokens
-            total += tokens.total_tokens if tokens else 0
+            if tokens:
+                total += tokens.trained_tokens if tokens.trained_tokens is not None \
+                    else tokens.total_tokens
     return total
 
 

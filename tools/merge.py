@@ -186,7 +186,7 @@ def read_rows(path: Path, shown: str, data: bytes | None = None) -> list[tuple[i
     JSONL lines are split as Python's text mode splits them (universal newlines) and blank
     lines skipped, exactly as the job's loader does, so row *i* here is row *i* there.
     """
-    raw = path.read_bytes() if data is None else data
+    raw = _read_regular(path, shown) if data is None else data
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow as pa
@@ -219,6 +219,18 @@ def read_rows(path: Path, shown: str, data: bytes | None = None) -> list[tuple[i
             raise TunestepError("data_json", f"invalid JSON: {exc}", path=shown,
                                 line=number) from None
     return rows
+
+
+def _read_regular(path: Path, shown: str) -> bytes:
+    """The whole file, opened non-blocking and checked regular (never a FIFO or device).
+
+    Merge holds one source file in memory at a time; the inspector has already refused
+    every row over data.max_row_bytes and every .json over 64 MiB before this reads.
+    """
+    from tunestep.tools.readfile import open_regular
+
+    with open_regular(path, shown) as handle:
+        return handle.read()
 
 
 def _text(value: Any, normalize: bool) -> Any:
@@ -332,6 +344,10 @@ class _ReadyMemo:
 
     def key(self, ws: Workspace, source: _Source, original: str | None) -> str:
         own = _folder_hashes(ws, source.inspect)
+        folder = ws.resolve(source.inspect).is_dir()
+        # The shas this key stands for, by workspace path: what a hit vouches READY.
+        self.own = {f"{source.inspect}/{name}" if folder else source.inspect: sha
+                    for name, sha in own}
         if original is not None:
             own.append(["original", sha256_json(_folder_hashes(ws, original))])
         key = sha256_json({**self.base, "path": source.inspect, "files": own,
@@ -358,11 +374,11 @@ def _inspect(ws: Workspace, path: str) -> Any:
     return run_inspector(ws, path)
 
 
-def _require_ready(ws: Workspace, source: _Source, mapped_root: str) -> None:
+def _require_ready(ws: Workspace, source: _Source, mapped_root: str) -> Any:
     report = _inspect(ws, source.inspect)
     status = getattr(report, "status", None)
     if status == "READY":
-        return
+        return report
     errors = list(getattr(report, "errors", []) or [])
     count = getattr(report, "error_count", len(errors))
     listed = "; ".join(
@@ -433,15 +449,24 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     total = len(sources)
     memo = _ReadyMemo(ws, loaded.sha256, holdout_status.sha256 or "")
     originals = {b.name: b.path for b in batches}
+    # path -> the sha256 found READY: every file this step pins must be these bytes.
+    ready: dict[str, str] = {}
     try:
         for done, source in enumerate(sources):
             key = memo.key(ws, source,
                            originals[source.part] if source.origin == "mapped" else None)
             if key in memo.entries:
+                ready.update(memo.own)
                 continue
             if progress:
                 progress(done, total, f"inspecting {source.inspect}")
-            _require_ready(ws, source, plan.paths.mapped)
+            report = _require_ready(ws, source, plan.paths.mapped)
+            seen = {f.path: f.sha256 for f in getattr(report, "files", None) or []}
+            changed = sorted(p for p, sha in seen.items() if memo.own.get(p) != sha)
+            if changed:  # the inspector judged other bytes than this call hashed
+                raise TunestepError("data_changed", "the file changed while it was "
+                                    "inspected; run again", path=changed[0])
+            ready.update(seen or memo.own)
             memo.add(key)
     finally:
         memo.save()  # the sources found READY before a refusal stay known
@@ -459,7 +484,12 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     for source in sources:
         for rel in source.files:
             path = ws.resolve(rel)
-            data = path.read_bytes()
+            data = _read_regular(path, rel)
+            if hashlib.sha256(data).hexdigest() != ready.get(rel):
+                # Read once: the bytes selected (and so pinned by a draft) are the bytes
+                # the inspector found READY, or nothing is.
+                raise TunestepError("data_changed", "the file is not the one the inspector "
+                                    "found READY (it changed since); run again", path=rel)
             rows = read_rows(path, rel, data)
             keep = []
             grades.append([_grade(row, grade_re) for _, row in rows]

@@ -73,6 +73,9 @@ class TokenStats(BaseModel):
     # from the cached report instead of tokenizing again.
     overlong_rows: list[OverlongRow] = Field(default_factory=list)
     total_tokens: int
+    # What training sees: each row cut at max_length (the estimate counts these). None in
+    # a report made before this field existed.
+    trained_tokens: int | None = None
     rendering: str  # how rows were rendered: "template" or "template (cached shapes)"
 
 

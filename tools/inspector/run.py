@@ -292,6 +292,7 @@ def _token_stats(engine: Engine, plan: Plan, identity: str | None, counter,
         per_assistant_part=percentiles(stats.assistant_tokens),
         over_max_length=engine.findings.counts.get("over_max_length", 0),
         max_length=plan.training.max_length, total_tokens=total,
+        trained_tokens=sum(min(n, plan.training.max_length) for n in stats.row_tokens),
         rendering=counter.note or "chat template (each role sequence rendered once)")
 
 

@@ -66,30 +66,28 @@ def _client_factory(timeout: float):
 
     Several SDK calls pass ``timeout=None`` explicitly (``repo_info``, ``list_jobs``,
     paginated listings such as ``list_repo_tree``), which in httpx means *no* timeout,
-    whatever the client's default. The transport below puts ours back on every request
-    whose timeout is missing, and caps a caller's own (the SDK's 5 s / 120 s log-stream
-    read timeouts) at ours.
+    whatever the client's default. A request hook (it runs on every request, through any
+    transport or proxy, just before it is sent) puts ours back where one is missing, and
+    caps a caller's own (the SDK's 5 s / 120 s log-stream read timeouts) at ours.
     """
     import httpx2
     from huggingface_hub.utils import _http
 
-    class _TimeoutTransport(httpx2.HTTPTransport):
-        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-            given = request.extensions.get("timeout") or {}
-            ours = {"connect": min(timeout, 10.0), "pool": min(timeout, 10.0),
-                    "read": timeout, "write": timeout}
-            request.extensions["timeout"] = {
-                key: min(given[key], limit) if given.get(key) is not None else limit
-                for key, limit in ours.items()}
-            return super().handle_request(request)
+    ours = {"connect": min(timeout, 10.0), "pool": min(timeout, 10.0),
+            "read": timeout, "write": timeout}
+
+    def fill_timeout(request: httpx2.Request) -> None:
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            key: min(given[key], limit) if given.get(key) is not None else limit
+            for key, limit in ours.items()}
 
     def factory() -> httpx2.Client:
-        return httpx2.Client(
-            event_hooks={"request": [_http.hf_request_event_hook]},
-            follow_redirects=True,
-            timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
-            transport=_TimeoutTransport(),
-        )
+        client = _http.default_client_factory()
+        client.timeout = httpx2.Timeout(timeout, connect=min(timeout, 10.0))
+        client.event_hooks = {**client.event_hooks,
+                              "request": [*client.event_hooks.get("request", []), fill_timeout]}
+        return client
 
     return factory
 

@@ -89,7 +89,8 @@ def job_config(ws: Path, base_model: Path, *, step: int, batch: str, mode: str =
     train = train or ["datasets/processed/train.jsonl"]
     hp = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
           "learning_rate": 5e-3, "num_train_epochs": 3, "max_length": 256, "seed": 42,
-          "save_total_limit": 3, "precision": "auto", "max_steps": -1, **hp_overrides}
+          "save_total_limit": 3, "precision": "auto", "max_steps": -1, "warmup_ratio": 0.05,
+          "save_strategy": "no", **hp_overrides}
     return {
         "schema": 1, "draft_id": f"d{step:03d}{mode}", "step": step, "batch": batch,
         "mode": mode, "base_model": str(base_model), "resume_from": resume_from,
@@ -103,11 +104,17 @@ def job_config(ws: Path, base_model: Path, *, step: int, batch: str, mode: str =
         "outputs": {"model_store": "models/tiny_webdev", "model_name": "tiny_webdev",
                     "metrics_csv": f"logs/metrics_step_{batch}.csv", "train_log": "logs/train.log",
                     "samples_md": f"logs/samples_step_{batch}.md", "plots_dir": ".specs/plots",
-                    "history_json": ".specs/plots/history.json"},
+                    "history_json": ".specs/plots/history.json",
+                    "eval_json": f"logs/eval_step_{batch}.json",
+                    "eval_md": f"logs/eval_step_{batch}.md"},
         "samples": {"n": samples_n, "max_new_tokens": 16},
         "grade_pattern": GRADE_PATTERN,
         "trackio": {"project": "tunestep-test", "space_id": None, "dir": None},
         "hub": {"model_id": None, "private": True, "push": False},
+        "data": {"overlong": "truncate_prompt"},
+        "evaluation": {"batch_size": 8, "max_new_tokens": None},
+        "gate": None,
+        "expect_gpu": False,
     }
 
 

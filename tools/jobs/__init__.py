@@ -14,6 +14,8 @@ JOB_FILES = (
     "job_data.py",
     "job_train.py",
     "job_evaluate.py",
+    "job_stats.py",
+    "job_gate.py",
     "job_report.py",
     "job_store.py",
     "sft_data.py",

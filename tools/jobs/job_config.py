@@ -14,8 +14,10 @@ from typing import Any
 
 if __package__:  # tunestep.tools.jobs.<module>: the same files, as a package
     from .job_common import EXIT_BAD_INPUT, JobError
+    from .job_evaluate import METRICS
 else:  # beside the job script (its folder is on sys.path)
     from job_common import EXIT_BAD_INPUT, JobError
+    from job_evaluate import METRICS
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # Where HF Jobs mounts a step's bundle (tools/backends/hf_jobs.STEP_MOUNT_PATH): a remote
@@ -33,6 +35,9 @@ def mounted(path: str) -> str:
     if here and (path == STEP_MOUNT or path.startswith(STEP_MOUNT + "/")):
         return here + path[len(STEP_MOUNT):]
     return path
+
+OVERLONG = ("drop", "truncate_prompt", "error")
+
 # ---------------------------------------------------------------------------------------
 # Config
 
@@ -42,24 +47,30 @@ _SPEC: dict[str, Any] = {
     "resume_from": (str, type(None)), "train_files": list, "eval_file": dict,
     "tokenized_dir": (str, type(None)), "hyperparameters": dict, "lora": (dict, type(None)),
     "outputs": dict, "samples": dict, "grade_pattern": str, "trackio": dict, "hub": dict,
+    "data": dict, "evaluation": dict, "gate": (dict, type(None)), "expect_gpu": bool,
 }
 _NESTED: dict[str, dict[str, Any]] = {
     "hyperparameters": {
         "per_device_train_batch_size": int, "gradient_accumulation_steps": int,
         "learning_rate": (int, float), "num_train_epochs": (int, float),
         "max_length": (int, type(None)), "seed": int, "save_total_limit": (int, type(None)),
-        "precision": str, "max_steps": int,
+        "precision": str, "max_steps": int, "warmup_ratio": (int, float),
+        "save_strategy": str,
     },
     "lora": {"r": int, "alpha": (int, float), "dropout": (int, float),
              "target_modules": (str, list)},
     "outputs": {
         "model_store": str, "model_name": str, "metrics_csv": str, "train_log": str,
-        "samples_md": str, "plots_dir": str, "history_json": str,
+        "samples_md": str, "plots_dir": str, "history_json": str, "eval_json": str,
+        "eval_md": str,
     },
     "samples": {"n": int, "max_new_tokens": int},
     "trackio": {"project": str, "space_id": (str, type(None)), "dir": (str, type(None))},
     "hub": {"model_id": (str, type(None)), "private": bool, "push": bool},
     "eval_file": {"path": str, "sha256": str},
+    "data": {"overlong": str},
+    "evaluation": {"batch_size": int, "max_new_tokens": (int, type(None))},
+    "gate": {"metric": str, "max_regression": (int, float), "require_significance": bool},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -122,6 +133,15 @@ def validate_config(cfg: Any) -> dict:
              "save_total_limit must be >= 1 or null")
     _require(hp["precision"] in PRECISIONS, f"precision must be one of {PRECISIONS}")
     _require(hp["max_steps"] == -1 or hp["max_steps"] >= 1, "max_steps must be -1 or >= 1")
+    _require(0 <= hp["warmup_ratio"] < 1, "warmup_ratio must be in [0, 1)")
+    _require(hp["save_strategy"] in ("no", "epoch"), "save_strategy must be 'no' or 'epoch'")
+    _require(cfg["data"]["overlong"] in OVERLONG, f"data.overlong must be one of {OVERLONG}")
+    ev = cfg["evaluation"]
+    _require(ev["batch_size"] >= 1, "evaluation.batch_size must be >= 1")
+    _require(ev["max_new_tokens"] is None or ev["max_new_tokens"] >= 1,
+             "evaluation.max_new_tokens must be >= 1 or null")
+    if cfg["gate"] is not None:
+        _require(cfg["gate"]["metric"] in METRICS, f"gate.metric must be one of {METRICS}")
     if cfg["mode"] == "lora":
         _require(cfg["lora"] is not None, "mode 'lora' needs a lora block")
         lora = cfg["lora"]
@@ -161,6 +181,8 @@ class Paths:
     samples_md: Path
     plots_dir: Path
     history_json: Path
+    eval_json: Path
+    eval_md: Path
     trackio_dir: Path | None
     version_name: str = ""
 
@@ -198,6 +220,8 @@ def resolve_paths(cfg: dict, root: Path) -> Paths:
         samples_md=at_root(out["samples_md"]),
         plots_dir=at_root(out["plots_dir"]),
         history_json=at_root(out["history_json"]),
+        eval_json=at_root(out["eval_json"]),
+        eval_md=at_root(out["eval_md"]),
         trackio_dir=at_root(cfg["trackio"]["dir"]) if cfg["trackio"]["dir"] else None,
         version_name=f"{cfg['step']:04d}_{cfg['batch']}",
     )

@@ -17,7 +17,29 @@ else:  # a sibling of the job script, whose folder is on sys.path
 METRICS_COLUMNS = (
     "epoch", "step", "train_loss", "eval_loss", "grade_exact", "grade_within1",
     "grade_mae", "learning_rate", "tokens", "seconds",
+    # the whole hold-out evaluation: on the epoch-0 row (before training) and the last row
+    "eval_rows", "parse_rate", "grade_exact_low", "grade_exact_high", "grade_within1_low",
+    "grade_within1_high", "grade_mae_low", "grade_mae_high", "spearman", "kappa",
 )
+# CSV/history names of the evaluation's metrics (the CSV keeps its first names).
+_CSV_NAMES = {"parse_rate": "parse_rate", "grade_exact": "grade_exact",
+              "grade_within_1": "grade_within1", "grade_mae": "grade_mae",
+              "spearman": "spearman", "kappa": "kappa"}
+_INTERVAL_COLUMNS = ("grade_exact", "grade_within_1", "grade_mae")
+
+
+def eval_columns(report: dict, version: str) -> dict:
+    """One version's evaluation as metrics-CSV / history columns."""
+    m = report[version]
+    out = {"eval_rows": report["graded_rows"]}
+    for name, col in _CSV_NAMES.items():
+        out[col] = m[name]["value"]
+    for name in _INTERVAL_COLUMNS:
+        col = _CSV_NAMES[name]
+        out[f"{col}_low"], out[f"{col}_high"] = m[name]["low"], m[name]["high"]
+    return out
+
+
 def _fence(text: str) -> str:
     """A code fence longer than any backtick run inside ``text``."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -32,13 +54,15 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def render_samples_md(cfg: dict, samples: list[dict], before: dict, after: dict) -> str:
+def render_samples_md(cfg: dict, samples: list[dict], before: dict, after: dict,
+                      max_new_tokens: int) -> str:
     buf = io.StringIO()
     w = buf.write
     w(f"# Samples — step {cfg['step']}, batch {cfg['batch']}\n\n")
     w(f"Draft `{cfg['draft_id']}`, mode {cfg['mode']}. The first {len(samples)} hold-out "
-      f"prompts, answered greedily (max_new_tokens={cfg['samples']['max_new_tokens']}) "
-      "before and after this step. Grades parsed with the plan's grade pattern.\n\n")
+      f"prompts, answered greedily (max_new_tokens={max_new_tokens}) before and after this "
+      "step; the metrics cover the whole hold-out set (see the eval report). Grades parsed "
+      "with the plan's grade pattern.\n\n")
     w("| | grade exact | within 1 | MAE | parsed |\n|---|---|---|---|---|\n")
     for name, m in (("before", before), ("after", after)):
         w(f"| {name} | {_fmt(m['grade_exact'])} | {_fmt(m['grade_within1'])} | "
@@ -57,6 +81,43 @@ def render_samples_md(cfg: dict, samples: list[dict], before: dict, after: dict)
             head = f"**{label}**" if label == "Prompt" else f"**{label}** (grade: {_fmt(grade)})"
             fence = _fence(text)
             w(f"{head}\n\n{fence}text\n{text}\n{fence}\n\n")
+    return buf.getvalue()
+
+
+def render_eval_md(cfg: dict, report: dict, promotion: dict, before_label: str) -> str:
+    """The evaluation report for people: both versions, the change, the gate's decision."""
+    buf = io.StringIO()
+    w = buf.write
+    w(f"# Hold-out evaluation — step {cfg['step']}, batch {cfg['batch']}\n\n")
+    w(f"Every hold-out row ({report['rows']}; {report['graded_rows']} with a reference grade) "
+      f"answered greedily by the previous version ({before_label}) and by this step's, "
+      f"max_new_tokens={report['max_new_tokens']} (the longest reference answer is "
+      f"{report['longest_reference_tokens']} tokens). Grades on the scale "
+      f"{_fmt(report['scale']['low'])}–{_fmt(report['scale']['high'])}; "
+      f"{report['unparsed_rule']}.\n\n")
+    w("| metric | before [95 % CI] | after [95 % CI] | change [95 % CI] | p |\n"
+      "|---|---|---|---|---|\n")
+
+    def ci(m: dict) -> str:
+        return f"{_fmt(m['value'])} [{_fmt(m['low'])}, {_fmt(m['high'])}]"
+
+    for name in report["delta"]:
+        d = report["delta"][name]
+        w(f"| {name} | {ci(report['before'][name])} | {ci(report['after'][name])} | "
+          f"{ci(d)} | {_fmt(d['p_value'])} |\n")
+    pr = report["paired"]
+    w(f"\nPaired, row by row (absolute grade error): {pr['wins']} better, {pr['losses']} "
+      f"worse, {pr['ties']} unchanged; {pr['test']}: p = {_fmt(pr['p_value'])}.\n\n")
+    w("Intervals: Wilson for proportions, a seeded percentile bootstrap for MAE, Spearman "
+      "and kappa, and a paired bootstrap (the same resampled rows for both versions) for "
+      "every change. p-values: exact McNemar / sign tests where per-row outcomes exist.\n\n")
+    w("## Promotion\n\n")
+    verdict = "promoted: latest moves to this version" if promotion["promoted"] else \
+        "not promoted: latest stays where it was; the version is kept"
+    w(f"**{verdict}.** {promotion['reason']}.\n")
+    seconds = report["seconds"]
+    w(f"\nCost: {_fmt(seconds['before'])} s before, {_fmt(seconds['after'])} s after "
+      f"({_fmt(report['rows_per_second'])} rows/s, batch size {report['batch_size']}).\n")
     return buf.getvalue()
 
 
@@ -84,13 +145,16 @@ def plot_losses(rows: list[dict], batch: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("train_loss", "train"), ("eval_loss", "eval (hold-out)")):
+        # the epoch-0 row holds the hold-out loss before training: the curve starts there
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.set(xlabel="epoch", ylabel="loss", title=f"Loss per epoch — batch {batch}")
+    ax.set(xlabel="epoch", ylabel="loss", title=batch)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
     _save_figure(fig, path)
@@ -116,12 +180,27 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax1.legend()
     for key, label in (("grade_exact", "grade exact"), ("grade_within1", "within 1")):
         if pts := series(key):
-            ax2.plot(*zip(*pts, strict=True), marker="o", label=label)
+            xs, ys = zip(*pts, strict=True)
+            lows = [h.get(f"{key}_low") for h in history if h.get(key) is not None]
+            highs = [h.get(f"{key}_high") for h in history if h.get(key) is not None]
+            if all(v is not None for v in (*lows, *highs)):  # 95 % interval bars
+                yerr = [[max(0.0, y - lo) for y, lo in zip(ys, lows, strict=True)],
+                        [max(0.0, hi - y) for y, hi in zip(ys, highs, strict=True)]]
+                ax2.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=label)
+            else:
+                ax2.plot(xs, ys, marker="o", label=label)
     ax2.set(xlabel="step", ylabel="accuracy", ylim=(-0.05, 1.05))
     ax2.grid(alpha=0.3)
     ax3 = ax2.twinx()
     if pts := series("grade_mae"):
-        ax3.plot(*zip(*pts, strict=True), marker="s", linestyle="--", color="tab:red", label="MAE")
+        xs, ys = zip(*pts, strict=True)
+        lows = [h.get("grade_mae_low") for h in history if h.get("grade_mae") is not None]
+        highs = [h.get("grade_mae_high") for h in history if h.get("grade_mae") is not None]
+        yerr = ([[max(0.0, y - lo) for y, lo in zip(ys, lows, strict=True)],
+                 [max(0.0, hi - y) for y, hi in zip(ys, highs, strict=True)]]
+                if all(v is not None for v in (*lows, *highs)) else None)
+        ax3.errorbar(xs, ys, yerr=yerr, marker="s", linestyle="--", color="tab:red",
+                     capsize=3, label="MAE")
     ax3.set_ylabel("grade MAE")
     handles = ax2.get_legend_handles_labels()[0] + ax3.get_legend_handles_labels()[0]
     if handles:

@@ -38,7 +38,7 @@ def move_latest(store: Path, name: str) -> None:
     os.replace(tmp, latest)
 
 
-def push_version(cfg: dict, folder: Path, log: RunLog) -> dict:
+def push_version(cfg: dict, folder: Path, log: RunLog, promotion: dict | None = None) -> dict:
     """Upload the version folder to the Hub repo root as one commit, private by default.
 
     The returned commit sha pins this step: a later job resumes from
@@ -57,7 +57,9 @@ def push_version(cfg: dict, folder: Path, log: RunLog) -> dict:
            if p.is_file() and p.relative_to(folder).parts[0] not in ("checkpoints", "README.md")]
     info = api.create_commit(
         repo.repo_id, operations=ops, repo_type="model",
-        commit_message=f"tunestep step {cfg['step']:04d} ({cfg['batch']}), draft {cfg['draft_id']}",
+        commit_message=f"tunestep step {cfg['step']:04d} ({cfg['batch']}), draft {cfg['draft_id']}"
+                       + ("" if promotion is None or promotion["promoted"] else
+                          " (not promoted by the gate)"),
     )
     log(f"pushed the model to {repo.repo_id} at {info.oid} (private={hub['private']})")
     return {"model_id": repo.repo_id, "revision": info.oid, "private": hub["private"]}
@@ -78,6 +80,7 @@ def push_outputs(paths: Paths, result: dict, log: RunLog) -> dict | None:
 
     prefix = prefix.strip("/")
     files = [paths.metrics_csv, paths.train_log, paths.samples_md, paths.history_json,
+             paths.eval_json, paths.eval_md,
              paths.plots_dir / f"loss_step_{result['batch']}.png",
              paths.plots_dir / "val_progression.png"]
     ops = [CommitOperationAdd(f"{prefix}/result.json", json.dumps(result, indent=2).encode())]

@@ -25,19 +25,93 @@ else:  # a sibling of the job script, whose folder is on sys.path
 
 
 def resolve_precision(requested: str, cuda: bool, bf16_ok: bool) -> tuple[str, str | None]:
-    """The precision to train in, and a warning when the request had to fall back.
+    """The precision to train in, and why it differs from the request (None when it doesn't).
 
-    "auto": bf16 where the GPU has it, else fp16 on a GPU, else fp32. An explicit fp16/bf16
-    falls back instead of crashing (a T4 has no bf16, a CPU has neither).
+    "auto": bf16 where the GPU has it natively, else fp16 on a GPU, else fp32. An explicit
+    fp16/bf16 falls back instead of crashing (a T4 has no bf16, a CPU has neither).
     """
     if requested == "auto":
         return ("bf16" if bf16_ok else "fp16") if cuda else "fp32", None
     if requested == "bf16" and not (cuda and bf16_ok):
         fallback = "fp16" if cuda else "fp32"
-        return fallback, f"bf16 requested but this hardware lacks it; training in {fallback}"
+        why = "this GPU has no native bf16" if cuda else "no CUDA GPU is available"
+        return fallback, f"bf16 requested but {why}; training in {fallback}"
     if requested == "fp16" and not cuda:
         return "fp32", "fp16 requested but no CUDA GPU is available; training in fp32"
     return requested, None
+
+
+def bf16_supported(torch) -> bool:
+    """Native bf16 only: torch's default also counts emulation, which says True on a T4."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch releases before the keyword: they checked natively anyway
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def expects_gpu(cfg: dict, environ=os.environ) -> str | None:
+    """Why this job must have a GPU (the config, or HF Jobs' ``ACCELERATOR``), or None."""
+    if cfg["expect_gpu"]:
+        return "the job config says a GPU is expected (expect_gpu: true)"
+    accelerator = environ.get("ACCELERATOR", "").strip()
+    if accelerator and accelerator.lower() not in ("none", "cpu"):
+        return f"ACCELERATOR={accelerator} (a GPU flavor)"
+    return None
+
+
+def check_gpu(cfg: dict, torch, environ=os.environ) -> None:
+    """On a GPU flavor without usable CUDA, stop now: training on CPU would bill the GPU
+    until the timeout and end with nothing."""
+    reason = expects_gpu(cfg, environ)
+    if reason is None or torch.cuda.is_available():
+        return
+    built = torch.version.cuda or "none (a CPU-only build)"
+    raise JobError(f"{reason}, but CUDA is not usable (torch {torch.__version__}, CUDA "
+                   f"{built}, torch.cuda.is_available() is False): stopping before training "
+                   "instead of training on CPU", EXIT_BAD_INPUT)
+
+
+def memory_estimate(model, hp: dict, precision: str, torch) -> dict:
+    """Peak training memory, roughly, and whether activation checkpointing is needed.
+
+    Weights in fp32 (4 B/parameter) plus, for trainable ones, a gradient (4 B) and AdamW's
+    two moments (8 B); activations per layer about 34 x sequence x batch x hidden bytes at
+    half precision (Korthikanti et al. 2022, with fused attention: no sequence² term),
+    doubled in fp32; logits batch x sequence x vocabulary in fp32 and the half-precision
+    copy. Checkpointing recomputes the activations instead of keeping them (about a third
+    more compute), so it is turned on only on a GPU where this would pass 85 % of memory.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", 0) or 0
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    vocab = getattr(config, "vocab_size", 0) or 0
+    seq = hp["max_length"] or getattr(config, "max_position_embeddings", 2048) or 2048
+    batch = hp["per_device_train_batch_size"]
+    half = precision in ("bf16", "fp16")
+    static = params * 4 + trainable * 12
+    activations = layers * 34 * seq * batch * hidden * (1 if half else 2)
+    logits = batch * seq * vocab * (4 + (2 if half else 4))
+    need = static + activations + logits
+    out = {"estimate_bytes": int(need), "device_bytes": None, "checkpointing": False}
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        out["device_bytes"] = int(total)
+        out["checkpointing"] = need > 0.85 * total
+    gib = 2 ** 30
+    where = (f"{out['device_bytes'] / gib:.1f} GiB on the GPU" if out["device_bytes"]
+             else "CPU memory")
+    out["reason"] = (f"estimated peak {need / gib:.2f} GiB (batch {batch} x {seq} tokens) "
+                     f"against {where}: activation checkpointing "
+                     + ("on" if out["checkpointing"] else "off"))
+    return out
+
+
+def torch_dtype(torch, precision: str):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _hub_download(spec: str, log: RunLog) -> Path:
@@ -175,7 +249,8 @@ def configure_trackio_env(cfg: dict, paths: Paths) -> None:
             os.environ.pop(var, None)
 
 
-def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: bool, cuda: bool):
+def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: bool,
+                     checkpointing: bool):
     from trl import SFTConfig
 
     hp = cfg["hyperparameters"]
@@ -190,12 +265,24 @@ def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: 
         "trackio_static_space_id": False,
         "project": tr["project"],
     }
-    # Memory is the constraint on a GPU; on CPU recomputation only costs time. transformers
-    # 5.2x renamed gradient_checkpointing (TRL turns it on by default) activation_checkpointing.
+    # Recomputing activations costs about a third more compute: only when the memory
+    # estimate says they would not fit (see memory_estimate). transformers 5.2x renamed
+    # gradient_checkpointing (TRL turns it on by default) activation_checkpointing.
     if "activation_checkpointing" in names:
-        optional["activation_checkpointing"] = cuda
+        optional["activation_checkpointing"] = checkpointing
     else:
-        optional["gradient_checkpointing"] = cuda
+        optional["gradient_checkpointing"] = checkpointing
+    # Batches of similar lengths pad little (transformers 5: train_sampling_strategy;
+    # earlier releases: group_by_length).
+    if "train_sampling_strategy" in names:
+        optional["train_sampling_strategy"] = "group_by_length"
+    else:
+        optional["group_by_length"] = True
+    # transformers 5 takes a ratio as a float warmup_steps; earlier releases warmup_ratio.
+    if "warmup_ratio" in names:
+        optional["warmup_ratio"] = float(hp["warmup_ratio"])
+    else:
+        optional["warmup_steps"] = float(hp["warmup_ratio"])
     if tr["space_id"]:
         if "trackio_space_id" not in names:
             raise JobError("trackio.space_id needs a transformers release with trackio_space_id",
@@ -214,10 +301,11 @@ def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: 
         max_length=hp["max_length"],
         logging_strategy="epoch",
         eval_strategy="epoch",
-        save_strategy="epoch",
+        # Epoch checkpoints only when the config asks ("epoch"): nothing reads them, and
+        # the final weights are saved into the version folder anyway. A step restarts from
+        # the last committed version, never mid-run, so no optimizer state either.
+        save_strategy=hp["save_strategy"],
         save_total_limit=hp["save_total_limit"],
-        # Checkpoints are for picking an epoch, not for resuming mid-run (a step restarts
-        # from the last committed version), so optimizer state is not worth the disk.
         save_only_model=True,
         # TRL refuses assistant_only_loss on pre-tokenized rows; their labels already
         # carry the same assistant mask (sft_data.tokenize_chat).

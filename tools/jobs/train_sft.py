@@ -92,9 +92,8 @@ downloading, and never logged.
 
 On Hugging Face Jobs, tunestep's backend sets ``TUNESTEP_OUTPUT_REPO`` and
 ``TUNESTEP_OUTPUT_PATH``: the reports (metrics CSV, train log, samples, plots, history)
-and ``result.json`` are then committed to ``<repo>/<path>/<their path relative to --root>``,
-with a snapshot of each Trackio database of ``trackio.dir`` as ``<path>/trackio/<name>.db``
-(see ``push_outputs``); tunestep merges them into the workspace's cumulative files.
+and ``result.json`` are then committed to ``<repo>/<path>/<their path relative to --root>``
+(see ``push_outputs``).
 
 Outputs besides the model: ``metrics_csv`` (one row per epoch; the grade columns on the
 last row, from the after-samples), ``train_log`` (appended), ``samples_md``,
@@ -131,73 +130,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+T_PROCESS = time.monotonic()  # as soon as the interpreter reaches this script
+
 if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling modules
-    from . import sft_data
-    from .job_common import (
-        EXIT_BAD_INPUT,
-        EXIT_CANCELLED,
-        EXIT_FAILED,
-        Cancelled,
-        JobError,
-        RunLog,
-        atomic_write_text,
-        is_main_process,
-        launch_argv,
-        scrub,
-    )
-    from .job_config import Paths, resolve_paths, validate_config, verify_inputs
-    from .job_data import load_datasets
-    from .job_evaluate import generate_answers, score_samples
-    from .job_report import (
-        metrics_csv_text,
-        plot_history,
-        plot_losses,
-        render_samples_md,
-        update_history,
-    )
-    from .job_store import commit_version, move_latest, push_outputs, push_version
-    from .job_train import (
-        EpochRecorder,
-        build_sft_config,
-        configure_trackio_env,
-        load_model_and_tokenizer,
-        resolve_precision,
+    from . import (
+        job_common,
+        job_config,
+        job_data,
+        job_evaluate,
+        job_gate,
+        job_report,
+        job_store,
+        job_train,
+        sft_data,
     )
 else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at import
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import job_common
+    import job_config
+    import job_data
+    import job_evaluate
+    import job_gate
+    import job_report
+    import job_store
+    import job_train
     import sft_data
-    from job_common import (
-        EXIT_BAD_INPUT,
-        EXIT_CANCELLED,
-        EXIT_FAILED,
-        Cancelled,
-        JobError,
-        RunLog,
-        atomic_write_text,
-        is_main_process,
-        launch_argv,
-        scrub,
-    )
-    from job_config import Paths, resolve_paths, validate_config, verify_inputs
-    from job_data import load_datasets
-    from job_evaluate import generate_answers, score_samples
-    from job_report import (
-        metrics_csv_text,
-        plot_history,
-        plot_losses,
-        render_samples_md,
-        update_history,
-    )
-    from job_store import commit_version, move_latest, push_outputs, push_version
-    from job_train import (
-        EpochRecorder,
-        build_sft_config,
-        configure_trackio_env,
-        load_model_and_tokenizer,
-        resolve_precision,
-    )
 
-__all__ = ["JobError", "main", "resolve_precision", "validate_config"]  # what tests reach for
+# What callers and tests reach for by this module's name.
+JobError, Cancelled, RunLog = job_common.JobError, job_common.Cancelled, job_common.RunLog
+EXIT_BAD_INPUT, EXIT_FAILED = job_common.EXIT_BAD_INPUT, job_common.EXIT_FAILED
+EXIT_CANCELLED = job_common.EXIT_CANCELLED
+validate_config = job_config.validate_config
+resolve_precision = job_train.resolve_precision
+Paths = job_config.Paths
 
 RESULT_PREFIX = "TUNESTEP_RESULT"
 ERROR_PREFIX = "TUNESTEP_ERROR"
@@ -209,8 +174,8 @@ ERROR_PREFIX = "TUNESTEP_ERROR"
 
 def _install_cancel_handler(state: dict) -> None:
     def handler(signum, frame):
-        # After `latest` moved the step is done; while unwinding a first cancel, a second
-        # SIGTERM must not interrupt the cleanup.
+        # Once the version is being committed the step is done; while unwinding a first
+        # cancel, a second SIGTERM must not interrupt the cleanup.
         if state.get("committed") or state.get("cancelling"):
             return
         state["cancelling"] = True
@@ -228,11 +193,26 @@ def _config_summary(cfg: dict, paths: Paths, precision: str) -> str:
         f"train_files=[{files}] "
         f"eval_file={cfg['eval_file']['path']}@{cfg['eval_file']['sha256'][:12]} "
         f"tokenized_dir={cfg['tokenized_dir']} hyperparameters={json.dumps(hp, sort_keys=True)} "
-        f"lora={json.dumps(cfg['lora'], sort_keys=True)} store={paths.store} "
+        f"lora={json.dumps(cfg['lora'], sort_keys=True)} data={json.dumps(cfg['data'])} "
+        f"evaluation={json.dumps(cfg['evaluation'])} gate={json.dumps(cfg['gate'])} "
+        f"store={paths.store} "
         f"trackio_project={cfg['trackio']['project']} trackio_space={cfg['trackio']['space_id']} "
         f"hub_model={cfg['hub']['model_id']} push={cfg['hub']['push']} "
         f"private={cfg['hub']['private']}"
     )
+
+
+def _startup_seconds(now: float) -> dict:
+    """Wall time before training starts: since this process began, and since the launcher
+    started the job (``TUNESTEP_JOB_STARTED``, epoch seconds, when the launcher sets it: it
+    then includes the dependency install)."""
+    out = {"process_to_training": round(now - T_PROCESS, 2)}
+    started = os.environ.get("TUNESTEP_JOB_STARTED", "").strip()
+    try:
+        out["job_to_training"] = round(time.time() - float(started), 2) if started else None
+    except ValueError:
+        out["job_to_training"] = None
+    return out
 
 
 @dataclass
@@ -241,26 +221,28 @@ class Prepared:
     tokenizer: Any
     original_template: Any
     template: str
-    train_ds: Any
-    eval_ds: Any
-    pretokenized: bool
-    prompts: list[list[dict]]
-    references: list[str | None]
+    data: job_data.Datasets
+    holdout: job_evaluate.HoldOut
+    budget: int
+    longest_reference: int
     resumed_from: str | None
 
 
 def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
-    model, tokenizer, resumed_from = load_model_and_tokenizer(cfg, paths, log)
+    model, tokenizer, resumed_from = job_train.load_model_and_tokenizer(cfg, paths, log)
     try:
         template = sft_data.training_chat_template(tokenizer)
     except ValueError as exc:
         raise JobError(str(exc), EXIT_BAD_INPUT) from exc
-    train_ds, eval_ds, eval_rows, pretokenized = load_datasets(cfg, paths, tokenizer, template, log)
-    # Samples: the first n hold-out conversations, cut before their last assistant turn.
-    split = [sft_data.split_prompt(row) for row in eval_rows[:cfg["samples"]["n"]]]
-    return Prepared(model, tokenizer, tokenizer.chat_template, template, train_ds, eval_ds,
-                    pretokenized, [p for p, _ in split], [r for _, r in split],
-                    resumed_from)
+    data = job_data.load_datasets(cfg, paths, tokenizer, template, log)
+    # The whole hold-out set, each row cut before its last assistant turn.
+    holdout = job_evaluate.HoldOut.from_rows(data.eval_rows, cfg["grade_pattern"])
+    budget, longest, warnings = job_evaluate.answer_budget(
+        tokenizer, holdout.references, cfg["evaluation"], cfg["samples"]["max_new_tokens"])
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return Prepared(model, tokenizer, tokenizer.chat_template, template, data, holdout,
+                    budget, longest, resumed_from)
 
 
 def _last(rows: list[dict], key: str):
@@ -269,28 +251,35 @@ def _last(rows: list[dict], key: str):
 
 def run(cfg: dict, paths: Paths, state: dict) -> dict:
     t_start = time.monotonic()
-    main = is_main_process()
+    main = job_common.is_main_process()
     log = RunLog(paths.train_log if main else None, f"step {paths.version_name}")
-    configure_trackio_env(cfg, paths)
+    job_train.configure_trackio_env(cfg, paths)
 
     import torch
     from transformers import set_seed
     from trl import SFTTrainer
 
+    job_train.check_gpu(cfg, torch)  # a GPU flavor without CUDA stops here, not at timeout
     cuda = torch.cuda.is_available()
-    precision, warning = resolve_precision(cfg["hyperparameters"]["precision"], cuda,
-                                           cuda and torch.cuda.is_bf16_supported())
+    bf16_ok = job_train.bf16_supported(torch)
+    requested = cfg["hyperparameters"]["precision"]
+    precision, fallback = resolve_precision(requested, cuda, bf16_ok)
+    device = (f"cuda ({torch.cuda.get_device_name(0)}, native bf16: {bf16_ok})" if cuda
+              else "cpu")
     log(f"start: {_config_summary(cfg, paths, precision)}")
-    if warning:
-        log(f"warning: {warning}")
+    log(f"precision: requested {requested}, training in {precision} on {device}"
+        + (f"; fall-back: {fallback}" if fallback else ""))
     set_seed(cfg["hyperparameters"]["seed"])  # before LoRA init and sampling
     prep = prepare(cfg, paths, log)
-    max_new = cfg["samples"]["max_new_tokens"]
+    ev = cfg["evaluation"]
     before: list[str] = []
-    if main and prep.prompts:
+    seconds_before = 0.0
+    if main:
         prep.model.to(torch.device("cuda" if cuda else "cpu"))
-        before = generate_answers(prep.model, prep.tokenizer, prep.prompts, max_new)
-        log(f"generated {len(before)} samples before training")
+        before, seconds_before = job_evaluate.timed_answers(
+            prep.model, prep.tokenizer, prep.holdout, prep.budget, ev["batch_size"], precision)
+        log(f"evaluated the previous version on {len(before)} hold-out rows in "
+            f"{seconds_before:.1f}s (max_new_tokens={prep.budget})")
 
     draft_tag = re.sub(r"[^A-Za-z0-9._-]", "_", cfg["draft_id"])
     # Built beside versions/ (same filesystem, so the final rename is atomic) and never
@@ -300,9 +289,11 @@ def run(cfg: dict, paths: Paths, state: dict) -> dict:
         shutil.rmtree(staging, ignore_errors=True)  # a leftover of a failed attempt
         staging.mkdir(parents=True)
         (paths.store / "versions").mkdir(exist_ok=True)
+    ctx = {"precision": precision, "fallback": fallback, "requested": requested,
+           "cuda": cuda, "t_start": t_start, "before": before,
+           "seconds_before": seconds_before, "torch": torch}
     try:
-        result = _train_and_publish(cfg, paths, state, log, prep, before, staging, precision,
-                                    cuda, t_start, SFTTrainer)
+        result = _train_and_publish(cfg, paths, state, log, prep, staging, ctx, SFTTrainer)
     except BaseException:
         if main:  # nothing half-written stays in the store; the next attempt starts clean
             shutil.rmtree(staging, ignore_errors=True)
@@ -310,101 +301,172 @@ def run(cfg: dict, paths: Paths, state: dict) -> dict:
     return result
 
 
-def _train_and_publish(cfg, paths, state, log, prep: Prepared, before, staging: Path,
-                       precision: str, cuda: bool, t_start: float, SFTTrainer) -> dict:
+def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ctx: dict,
+                       SFTTrainer) -> dict:
+    torch, precision = ctx["torch"], ctx["precision"]
     tokenizer = prep.tokenizer
+    hp = cfg["hyperparameters"]
     # Train with the marker template (TRL masks with it); the saved tokenizer gets its own back.
     tokenizer.chat_template = prep.template
-    csv_path = paths.metrics_csv if is_main_process() else None
-    recorder = EpochRecorder(log, csv_path, time.monotonic())
+    main = job_common.is_main_process()
+    csv_path = paths.metrics_csv if main else None
+    memory = job_train.memory_estimate(prep.model, hp, precision, torch)
+    log(f"memory: {memory['reason']}")
+    recorder = job_train.EpochRecorder(log, csv_path, time.monotonic())
     trainer = SFTTrainer(
         model=prep.model,
-        args=build_sft_config(cfg, precision, staging / "checkpoints", prep.pretokenized, cuda),
-        train_dataset=prep.train_ds,
-        eval_dataset=prep.eval_ds,
+        args=job_train.build_sft_config(cfg, precision, staging / "checkpoints",
+                                        prep.data.pretokenized, memory["checkpointing"]),
+        train_dataset=prep.data.train,
+        eval_dataset=prep.data.eval,
         processing_class=tokenizer,
         callbacks=[recorder.callback],
     )
-    trainer.evaluate()  # hold-out loss of the starting point, for the step's before/after
-    log("training")
+    trainer.evaluate()  # hold-out loss of the starting point: the CSV's epoch-0 row
+    startup = _startup_seconds(time.monotonic())
+    log(f"training (started {startup['process_to_training']}s after the process"
+        + (f", {startup['job_to_training']}s after the job" if startup["job_to_training"]
+           is not None else "") + ")")
+    t_train = time.monotonic()
     train_out = trainer.train()
+    train_seconds = time.monotonic() - t_train
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    # Saved (and pushed) in the training dtype: half the bytes of fp32 master weights, and
+    # what a bf16/fp16 run means to serve.
+    save_dtype = job_train.torch_dtype(torch, precision)
+    if save_dtype is not torch.float32:
+        trained.to(save_dtype)
     trainer.save_model(str(staging))  # full model or adapter; on all ranks (sharded setups)
+    if hp["save_strategy"] == "no":  # nothing asked for epoch checkpoints: none are kept
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     tokenizer.chat_template = prep.original_template
     if not trainer.is_world_process_zero():
         return {}
     tokenizer.save_pretrained(str(staging))
 
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    after = generate_answers(trained, tokenizer, prep.prompts, cfg["samples"]["max_new_tokens"])
-    samples, m_before, m_after = score_samples(prep.prompts, prep.references, before, after,
-                                                cfg["grade_pattern"])
-    atomic_write_text(paths.samples_md, render_samples_md(cfg, samples, m_before, m_after))
-    log(f"samples written: before={json.dumps(m_before)} after={json.dumps(m_after)}")
+    ev = cfg["evaluation"]
+    after, seconds_after = job_evaluate.timed_answers(
+        trained, tokenizer, prep.holdout, prep.budget, ev["batch_size"], precision)
+    log(f"evaluated the new version on {len(after)} hold-out rows in {seconds_after:.1f}s")
+    report = job_evaluate.score_evaluation(prep.holdout, ctx["before"], after,
+                                           cfg["grade_pattern"], hp["seed"])
+    rows_total = 2 * len(after)
+    report.update({
+        "step": cfg["step"], "batch": cfg["batch"], "draft_id": cfg["draft_id"],
+        "before_version": prep.resumed_from or f"base model {cfg['base_model']}",
+        "after_version": f"versions/{paths.version_name}",
+        "max_new_tokens": prep.budget, "longest_reference_tokens": prep.longest_reference,
+        "batch_size": ev["batch_size"],
+        "seconds": {"before": round(ctx["seconds_before"], 2), "after": round(seconds_after, 2)},
+        "rows_per_second": round(rows_total / max(ctx["seconds_before"] + seconds_after, 1e-9),
+                                 2),
+    })
+    promotion = job_gate.decide_promotion(cfg["gate"], report)
+    report["promotion"] = promotion
+    job_common.atomic_write_text(paths.eval_json, json.dumps(report, indent=2) + "\n")
+    job_common.atomic_write_text(paths.eval_md, job_report.render_eval_md(
+        cfg, report, promotion, report["before_version"]))
+    log(f"promotion: {'promoted' if promotion['promoted'] else 'NOT promoted'}: "
+        f"{promotion['reason']}")
+
+    m_before = job_evaluate.legacy_metrics(report, "before")
+    m_after = job_evaluate.legacy_metrics(report, "after")
+    samples = job_evaluate.sample_rows(prep.holdout, ctx["before"], after, cfg["samples"]["n"],
+                                       cfg["grade_pattern"])
+    job_common.atomic_write_text(paths.samples_md, job_report.render_samples_md(
+        cfg, samples, m_before, m_after, prep.budget))
 
     rows = recorder.rows
+    baseline = {"epoch": 0, "step": 0, "eval_loss": recorder.eval_loss_before,
+                **job_report.eval_columns(report, "before")}
     if rows:
-        rows[-1].update({k: m_after[k] for k in ("grade_exact", "grade_within1", "grade_mae")})
-    atomic_write_text(paths.metrics_csv, metrics_csv_text(rows))
+        rows[-1].update(job_report.eval_columns(report, "after"))
+    rows = [baseline, *rows]
+    job_common.atomic_write_text(paths.metrics_csv, job_report.metrics_csv_text(rows))
     final_train, final_eval = _last(rows, "train_loss"), _last(rows, "eval_loss")
     train_tokens = _last(rows, "tokens")
+    epochs = len(recorder.rows)
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    evaluation = {k: report[k] for k in (
+        "rows", "graded_rows", "max_new_tokens", "longest_reference_tokens", "batch_size",
+        "seconds", "rows_per_second", "before", "after", "delta", "paired")}
+    evaluation["report"] = str(paths.eval_json)
     summary = {
         "draft_id": cfg["draft_id"], "step": cfg["step"], "batch": cfg["batch"],
         "mode": cfg["mode"], "model_name": cfg["outputs"]["model_name"],
         "base_model": cfg["base_model"], "resume_from": prep.resumed_from, "precision": precision,
+        "saved_dtype": str(save_dtype).removeprefix("torch."),
         "metrics_before": m_before, "metrics_after": m_after,
         "eval_loss_before": recorder.eval_loss_before,
         "final_train_loss": final_train, "final_eval_loss": final_eval,
         "train_runtime": round(train_out.metrics.get("train_runtime", 0.0), 2),
-        "train_tokens": train_tokens, "epochs": len(rows),
+        "train_tokens": train_tokens, "epochs": epochs, "promotion": promotion,
         "datasets": {"train_files": cfg["train_files"], "eval_file": cfg["eval_file"],
                      "tokenized_dir": cfg["tokenized_dir"]},
         "finished_at": finished_at,
     }
-    atomic_write_text(staging / "tunestep_version.json", json.dumps(summary, indent=2) + "\n")
+    job_common.atomic_write_text(staging / "tunestep_version.json",
+                                 json.dumps(summary, indent=2) + "\n")
 
-    plot_losses(rows, cfg["batch"], paths.plots_dir / f"loss_step_{cfg['batch']}.png")
-    history = update_history(paths.history_json, {
+    job_report.plot_losses(rows, cfg["batch"], paths.plots_dir / f"loss_step_{cfg['batch']}.png")
+    history = job_report.update_history(paths.history_json, {
         "step": cfg["step"], "batch": cfg["batch"], "draft_id": cfg["draft_id"],
         "mode": cfg["mode"], "eval_loss": final_eval, "eval_loss_before": recorder.eval_loss_before,
-        "train_loss": final_train, "grade_exact": m_after["grade_exact"],
-        "grade_within1": m_after["grade_within1"], "grade_mae": m_after["grade_mae"],
-        "grade_exact_before": m_before["grade_exact"], "grade_mae_before": m_before["grade_mae"],
+        "train_loss": final_train, **job_report.eval_columns(report, "after"),
+        **{f"{k}_before": v for k, v in job_report.eval_columns(report, "before").items()
+           if k != "eval_rows"},
+        "promoted": promotion["promoted"],
         "train_tokens": train_tokens, "version": f"versions/{paths.version_name}",
         "finished_at": finished_at,
     })
-    plot_history(history, paths.plots_dir / "val_progression.png")
+    job_report.plot_history(history, paths.plots_dir / "val_progression.png")
 
     final = paths.store / "versions" / paths.version_name
+    wall = time.monotonic() - T_PROCESS
     result = {
         "ok": True,
-        **{k: summary[k] for k in ("draft_id", "step", "batch", "mode", "model_name", "precision")},
+        **{k: summary[k] for k in ("draft_id", "step", "batch", "mode", "model_name", "precision",
+                                   "saved_dtype")},
+        "precision_requested": ctx["requested"], "precision_fallback": ctx["fallback"],
         "model_path": str(final), "version": f"versions/{paths.version_name}",
         "latest": str(paths.store / "latest"), "resume_from": prep.resumed_from,
+        "promoted": promotion["promoted"], "promotion": promotion, "evaluation": evaluation,
         "metrics_before": m_before, "metrics_after": m_after,
         "eval_loss_before": recorder.eval_loss_before,
         "final_train_loss": final_train, "final_eval_loss": final_eval,
-        "train_tokens": train_tokens, "epochs": len(rows), "hub": None,
+        "train_tokens": train_tokens, "epochs": epochs, "hub": None,
+        "rows_shortened": prep.data.rows_shortened, "rows_dropped": prep.data.rows_dropped,
+        "eval_rows_shortened": prep.data.eval_rows_shortened,
+        "eval_rows_dropped": prep.data.eval_rows_dropped,
+        "timing": {**_startup_seconds(t_train), "training": round(train_seconds, 2),
+                   "evaluation": round(ctx["seconds_before"] + seconds_after, 2)},
+        "memory": memory,
         "outputs": {"metrics_csv": str(paths.metrics_csv), "samples_md": str(paths.samples_md),
                     "train_log": str(paths.train_log), "history_json": str(paths.history_json),
+                    "eval_json": str(paths.eval_json), "eval_md": str(paths.eval_md),
                     "plots_dir": str(paths.plots_dir)},
     }
     # Pushes come before the local commit: on HF Jobs they are the only lasting copy, so a
     # failed push fails the step instead of leaving a version nobody can reach.
     if cfg["hub"]["push"]:
-        result["hub"] = push_version(cfg, staging, log)
-    result["seconds"] = round(time.monotonic() - t_start, 2)
-    result["output_repo"] = push_outputs(paths, result, log)
+        result["hub"] = job_store.push_version(cfg, staging, log, promotion)
+    result["seconds"] = round(time.monotonic() - ctx["t_start"], 2)
+    result["timing"]["wall"] = round(wall, 2)
+    result["timing"]["outside_training_share"] = round(1 - train_seconds / max(wall, 1e-9), 4)
+    result["output_repo"] = job_store.push_outputs(paths, result, log)
 
-    commit_version(staging, paths.store, paths.version_name)
-    move_latest(paths.store, paths.version_name)
-    state["committed"] = True
-    log(f"done: {final} is latest ({result['seconds']}s)")
+    state["committed"] = True  # from here a SIGTERM no longer unwinds the step
+    job_store.commit_version(staging, paths.store, paths.version_name)
+    if promotion["promoted"]:
+        job_store.move_latest(paths.store, paths.version_name)
+        log(f"done: {final} is latest ({result['seconds']}s)")
+    else:
+        log(f"done: {final} recorded, NOT promoted; latest unchanged ({result['seconds']}s)")
     return result
 
 
 def _fail(message: str, code: int, log_path: Path | None) -> int:
-    message = " ".join(scrub(message).split())  # one line
+    message = " ".join(job_common.scrub(message).split())  # one line
     if log_path is not None:
         RunLog(log_path, "train_sft", echo=False)(f"FAILED ({code}): {message}")
     print(f"train_sft: error: {message}", file=sys.stderr, flush=True)
@@ -435,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one training process per GPU (multi-GPU flavors): relaunches "
                              "itself through accelerate's launcher")
     args = parser.parse_args(argv)
-    relaunch = launch_argv(sys.argv[0], list(sys.argv[1:] if argv is None else argv),
-                           args.num_processes, dict(os.environ))
+    relaunch = job_common.launch_argv(sys.argv[0], list(sys.argv[1:] if argv is None else argv),
+                                      args.num_processes, dict(os.environ))
     if relaunch is not None:
         return _relaunch(relaunch, args.num_processes)
 
@@ -448,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = validate_config(json.loads(args.config.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise JobError(f"cannot read config {args.config}: {exc}", EXIT_BAD_INPUT) from exc
-        paths = resolve_paths(cfg, args.root)
-        log_path = paths.train_log if is_main_process() else None
-        verify_inputs(cfg, paths)
+        paths = job_config.resolve_paths(cfg, args.root)
+        log_path = paths.train_log if job_common.is_main_process() else None
+        job_config.verify_inputs(cfg, paths)
         result = run(cfg, paths, state)
     except JobError as exc:
         return _fail(str(exc), exc.code, log_path)
@@ -459,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line for the operator; the traceback goes to stderr
         import traceback
 
-        print(scrub(traceback.format_exc()), file=sys.stderr, flush=True)
+        print(job_common.scrub(traceback.format_exc()), file=sys.stderr, flush=True)
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, log_path)
     if result:
         print(f"{RESULT_PREFIX} {json.dumps(result, default=str)}", flush=True)

@@ -30,7 +30,9 @@ fake_hub = hub_stub.fake_hub  # the loopback Hub, for the push test
 JOB_SCRIPT = JOB_SCRIPT_PATH = Path(sft_data.__file__).with_name("train_sft.py")
 GRADE_PATTERN = r"(?i)grade\s*[:=]\s*(\d+(?:\.\d+)?)"
 METRICS_COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "grade_exact", "grade_within1",
-                   "grade_mae", "learning_rate", "tokens", "seconds"]
+                   "grade_mae", "learning_rate", "tokens", "seconds", "eval_rows", "parse_rate",
+                   "grade_exact_low", "grade_exact_high", "grade_within1_low",
+                   "grade_within1_high", "grade_mae_low", "grade_mae_high", "spearman", "kappa"]
 SNIPPETS = [
     '<div class="card"><h1>Title</h1></div>',
     "function add(a, b) { return a + b; }",
@@ -178,7 +180,19 @@ def full_steps(tmp_path_factory, tiny_model_dir):
         ws, tiny_model_dir, step=2, batch="batch_100_02", resume_from="models/tiny_webdev/latest",
         train=["datasets/processed/train.jsonl", "datasets/incremental/batch_100_02/rows.jsonl"],
         learning_rate=1e-3), name="job2.json")
-    return ws, store, first, second, after_first
+    # Step 3: a gate that cannot pass (a whole point of exact-grade accuracy gained), and a
+    # batch with one row far longer than max_length.
+    long_row = chat_rows(1, seed=9)[0]
+    long_row["messages"][1]["content"] = "Grade this code:\n" + " ".join(SNIPPETS * 12)
+    write_jsonl(ws / "datasets/incremental/batch_100_03/rows.jsonl",
+                [long_row, *chat_rows(7, seed=4)])
+    cfg3 = job_config(ws, tiny_model_dir, step=3, batch="batch_100_03",
+                      resume_from="models/tiny_webdev/latest", num_train_epochs=1,
+                      train=["datasets/incremental/batch_100_03/rows.jsonl"], max_length=128)
+    cfg3["gate"] = {"metric": "grade_exact", "max_regression": -1.0,
+                    "require_significance": True}
+    third = run_job(ws, cfg3, name="job3.json")
+    return ws, store, first, second, after_first, third
 
 
 # ---------------------------------------------------------------------------- sft_data
@@ -250,16 +264,6 @@ def test_load_chat_rows_drops_extra_keys_and_names_bad_lines(tmp_path):
         sft_data.load_chat_rows([bad])
 
 
-def test_precision_falls_back_instead_of_crashing():
-    resolve = train_sft.resolve_precision
-    assert resolve("auto", cuda=False, bf16_ok=False) == ("fp32", None)
-    assert resolve("auto", cuda=True, bf16_ok=False) == ("fp16", None)  # T4
-    assert resolve("auto", cuda=True, bf16_ok=True) == ("bf16", None)
-    assert resolve("bf16", cuda=True, bf16_ok=False)[0] == "fp16"
-    assert resolve("fp16", cuda=False, bf16_ok=False)[0] == "fp32"
-    assert "lacks" in resolve("bf16", cuda=False, bf16_ok=False)[1]
-
-
 @pytest.mark.parametrize(("change", "message"), [
     (lambda c: c.pop("grade_pattern"), "missing key(s) ['grade_pattern'] in config"),
     (lambda c: c["hyperparameters"].update(seed=True), "hyperparameters.seed must be int"),
@@ -269,6 +273,12 @@ def test_precision_falls_back_instead_of_crashing():
     (lambda c: c["hub"].update(push=True), "hub.push needs hub.model_id"),
     (lambda c: c.update(batch="../x"), "batch must match"),
     (lambda c: c.update(resume_from="hf://no-owner"), "resume_from must be a path, hf://"),
+    (lambda c: c["hyperparameters"].update(warmup_ratio=1.0), "warmup_ratio must be in [0, 1)"),
+    (lambda c: c["data"].update(overlong="cut"), "data.overlong must be one of"),
+    (lambda c: c.update(gate={"metric": "accuracy", "max_regression": 0.0,
+                              "require_significance": True}), "gate.metric must be one of"),
+    (lambda c: c["evaluation"].update(batch_size=0), "evaluation.batch_size must be >= 1"),
+    (lambda c: c.update(expect_gpu="yes"), "config.expect_gpu must be bool"),
 ])
 def test_config_contract_is_enforced(tmp_path, change, message):
     ws = make_workspace(tmp_path, tmp_path / "store")
@@ -320,15 +330,21 @@ def test_job_files_list_every_sibling_the_job_imports():
 
 
 def test_fresh_full_step_writes_every_output(full_steps):
-    ws, store, first, _, after_first = full_steps
+    ws, store, first, _, after_first, _ = full_steps
     result = result_of(first)
     rows = read_metrics(ws / "logs/metrics_step_batch_100_01.csv")
-    assert len(rows) == 3
-    losses = [float(r["train_loss"]) for r in rows]
+    # An epoch-0 row (before training: hold-out loss and the base model's evaluation),
+    # then one row per epoch; the new version's evaluation on the last.
+    assert len(rows) == 4 and rows[0]["epoch"] == "0" and rows[0]["train_loss"] == ""
+    assert float(rows[0]["eval_loss"]) == pytest.approx(result["eval_loss_before"])
+    assert rows[0]["parse_rate"] == "0.0" and rows[0]["eval_rows"] == "20"
+    losses = [float(r["train_loss"]) for r in rows[1:]]
     assert losses[-1] < losses[0], losses
     assert all(r["eval_loss"] for r in rows)
-    assert rows[-1]["grade_exact"] != "" and rows[0]["grade_exact"] == ""
-    assert int(rows[-1]["tokens"]) > int(rows[0]["tokens"]) > 0
+    assert rows[-1]["grade_exact"] != "" and rows[1]["grade_exact"] == ""
+    assert float(rows[-1]["grade_exact_low"]) <= float(rows[-1]["grade_exact"]) \
+        <= float(rows[-1]["grade_exact_high"])
+    assert int(rows[-1]["tokens"]) > int(rows[1]["tokens"]) > 0
 
     samples = (ws / "logs/samples_step_batch_100_01.md").read_text()
     assert samples.count("\n## Sample ") == 20
@@ -345,9 +361,60 @@ def test_fresh_full_step_writes_every_output(full_steps):
     assert result["model_path"] == str(version)
     assert result["metrics_after"]["n"] == 20 and result["train_tokens"] > 0
     # The random model answers nothing gradable; after training the "Grade: N" format parses.
+    # An unparsed answer counts as the largest error of the 0-10 scale, so MAE is defined.
     before, after = result["metrics_before"], result["metrics_after"]
-    assert before["n_parsed"] == 0 and before["grade_mae"] is None
-    assert after["n_parsed"] > 0 and after["grade_mae"] is not None
+    assert before["n_parsed"] == 0 and before["parse_rate"] == 0 and before["grade_mae"] >= 5
+    assert after["n_parsed"] > 0 and after["grade_mae"] < before["grade_mae"]
+    assert result["promoted"] is True and result["promotion"]["metric"] is None  # no gate
+    assert result["saved_dtype"] == "float32" and result["precision"] == "fp32"  # CPU
+
+
+def test_eval_report_covers_every_hold_out_row(full_steps):
+    ws, _, first, *_ = full_steps
+    result = result_of(first)
+    report = json.loads((ws / "logs/eval_step_batch_100_01.json").read_text())
+    holdout = sft_data.load_chat_rows([ws / "datasets/processed/validation.jsonl"])
+    assert report["rows"] == report["graded_rows"] == len(holdout) == 20
+    assert [r["row"] for r in report["per_row"]] == list(range(20))
+    assert [r["reference"] for r in report["per_row"]] == [
+        sft_data.parse_grade(row["messages"][-1]["content"], GRADE_PATTERN) for row in holdout]
+    # every grade reachable: the budget covers the longest reference answer
+    assert report["max_new_tokens"] > report["longest_reference_tokens"] > 0
+    for version in ("before", "after"):
+        for name, m in report[version].items():
+            if m["value"] is not None:
+                assert m["low"] <= m["value"] <= m["high"], (version, name, m)
+    paired = report["paired"]
+    assert paired["wins"] + paired["losses"] + paired["ties"] == 20
+    assert paired["wins"] > paired["losses"] and paired["p_value"] < 0.05
+    assert result["evaluation"]["delta"] == report["delta"]
+    assert report["delta"]["parse_rate"]["value"] == pytest.approx(
+        report["after"]["parse_rate"]["value"] - report["before"]["parse_rate"]["value"])
+    md = (ws / "logs/eval_step_batch_100_01.md").read_text()
+    assert "| grade_within_1 |" in md and "promoted" in md
+    history = json.loads((ws / ".specs/plots/history.json").read_text())
+    assert history[0]["grade_within1_low"] is not None and history[0]["promoted"] is True
+
+
+def test_gate_that_cannot_pass_records_the_version_and_keeps_latest(full_steps):
+    ws, store, *_, third = full_steps
+    result = result_of(third)
+    assert result["promoted"] is False
+    promotion = result["promotion"]
+    assert promotion["metric"] == "grade_exact" and promotion["max_regression"] == -1.0
+    assert "below the gate's threshold" in promotion["reason"]
+    assert promotion["interval"][1] < 1.0 and promotion["p_value"] is not None
+    assert os.readlink(store / "latest") == "versions/0002_batch_100_02"  # unchanged
+    version = store / "versions" / "0003_batch_100_03"
+    assert (version / "config.json").is_file()  # recorded all the same
+    meta = json.loads((version / "tunestep_version.json").read_text())
+    assert meta["promotion"]["promoted"] is False
+    assert "NOT promoted" in (ws / "logs/train.log").read_text()
+    history = json.loads((ws / ".specs/plots/history.json").read_text())
+    assert [h["promoted"] for h in history] == [True, True, False]
+    # The over-long row kept its answer: its prompt was shortened, nothing dropped.
+    assert result["rows_shortened"] == 1 and result["rows_dropped"] == 0
+    assert "overlong: shortened the prompt of train" in (ws / "logs/train.log").read_text()
     log = (ws / "logs/train.log").read_text()
     assert "start:" in log and "done:" in log
     # Trackio logged offline into TRACKIO_DIR; no workspace checkpoints.
@@ -356,7 +423,7 @@ def test_fresh_full_step_writes_every_output(full_steps):
 
 
 def test_second_step_resumes_from_latest(full_steps):
-    ws, store, first, second, _ = full_steps
+    ws, store, first, second, _, _ = full_steps
     result = result_of(second)
     assert result["resume_from"] == str(store / "versions" / "0001_batch_100_01")
     # It really starts from step 1's weights: same hold-out loss as step 1 ended with.
@@ -364,8 +431,9 @@ def test_second_step_resumes_from_latest(full_steps):
     assert result["eval_loss_before"] == pytest.approx(expected, rel=1e-4)
     assert os.readlink(store / "latest") == "versions/0002_batch_100_02"
     history = json.loads((ws / ".specs/plots/history.json").read_text())
-    assert [(h["step"], h["batch"]) for h in history] == [(1, "batch_100_01"), (2, "batch_100_02")]
-    assert len(read_metrics(ws / "logs/metrics_step_batch_100_02.csv")) == 3
+    assert [(h["step"], h["batch"]) for h in history][:2] == [(1, "batch_100_01"),
+                                                             (2, "batch_100_02")]
+    assert len(read_metrics(ws / "logs/metrics_step_batch_100_02.csv")) == 4  # epoch 0 + 3
     assert (store / "versions" / "0001_batch_100_01" / "config.json").is_file()  # untouched
 
 
@@ -384,7 +452,7 @@ def test_lora_fresh_then_resumed_from_adapter(tmp_path, tiny_model_dir):
     adapter = store / "versions" / "0001_b1"
     assert (adapter / "adapter_config.json").is_file()
     assert not (adapter / "model.safetensors").exists()  # an adapter, not a full model
-    assert first["metrics_before"]["n"] == 4
+    assert first["metrics_before"]["n"] == 20  # the whole hold-out, not the 4 samples
 
     rows = sft_data.load_chat_rows([ws / "datasets/processed/train.jsonl"])
     tokenizer = AutoTokenizer.from_pretrained(adapter)
@@ -399,7 +467,7 @@ def test_lora_fresh_then_resumed_from_adapter(tmp_path, tiny_model_dir):
     assert os.readlink(store / "latest") == "versions/0002_b2"
     assert (store / "versions" / "0002_b2" / "adapter_config.json").is_file()
     rows = read_metrics(ws / "logs/metrics_step_b2.csv")
-    assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert len(rows) == 4 and float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
 
 
 # ---------------------------------------------------------------------------- refusals

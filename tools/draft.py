@@ -262,7 +262,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         files += [FileRef(role="checkpoint", path=shown_path(ws, plan, p),
                           sha256=sha256_file(p)) for p in checkpoint_files(folder)]
     config = _job_config(plan, request, report, files, mode, start, backend,
-                         data.tokenized_dir)
+                         data.tokenized_dir, flavor)
     submission = None
     if backend == "hf-jobs":
         submission = _hf_submission(plan, request, report, files, flavor, timeout, config,
@@ -371,14 +371,16 @@ def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: boo
           # The plan's precision, everywhere: the job falls back (and logs why) where the
           # hardware lacks it, so the approval shows what the operator asked for.
           "precision": t.precision,
-          "max_steps": -1}
+          "max_steps": -1, "warmup_ratio": t.warmup_ratio,
+          # final weights only; epoch checkpoints are kept only on request ("epoch")
+          "save_strategy": "no"}
     hp.update({k: v for k, v in request.overrides.items() if not k.startswith("lora_")})
     return hp
 
 
 def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
                 files: list[FileRef], mode: str, start: StartPoint, backend: str,
-                tokenized_dir: str | None) -> dict[str, Any]:
+                tokenized_dir: str | None, flavor: str = "local") -> dict[str, Any]:
     """The job script's config (contract in tools/jobs/train_sft.py)."""
     remote = backend == "hf-jobs"
     batch = report.batch
@@ -414,6 +416,8 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
             "samples_md": f"{plan.paths.logs}/samples_step_{batch}.md",
             "plots_dir": plan.paths.plots,
             "history_json": f"{plan.paths.logs}/steps_history.json",
+            "eval_json": f"{plan.paths.logs}/eval_step_{batch}.json",
+            "eval_md": f"{plan.paths.logs}/eval_step_{batch}.md",
         },
         "samples": {"n": plan.samples.n, "max_new_tokens": plan.samples.max_new_tokens},
         "grade_pattern": plan.grade_pattern,
@@ -422,6 +426,12 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
                     "dir": "trackio" if remote else ".tunestep/trackio"},
         "hub": {"model_id": plan.hub.model_id, "private": plan.hub.private,
                 "push": plan.hub.push or (remote and plan.hub.model_id is not None)},
+        "data": {"overlong": plan.data.overlong},
+        # the whole hold-out, 8 prompts a batch; the budget follows the longest reference
+        "evaluation": {"batch_size": 8, "max_new_tokens": None},
+        "gate": plan.gate.model_dump(mode="json") if plan.gate is not None else None,
+        # a GPU flavor stops at once when CUDA is not usable, instead of training on CPU
+        "expect_gpu": remote and not flavor.startswith("cpu"),
     }
 
 

@@ -17,17 +17,18 @@
 # R525+ driver (CUDA minor-version compatibility), the drivers HF's own CUDA 12.4 images
 # run on. `make lock` writes train_sft.py.lock from this header; the job runs
 # `uv run --locked`, so it installs exactly the locked versions the draft's digest covers.
-"""One incremental supervised fine-tuning step: train, sample, version, report.
+"""One incremental supervised fine-tuning step: train, evaluate, decide, version, report.
 
 Runs the same on a laptop CPU, a local GPU and Hugging Face Jobs. It imports nothing from
 tunestep: only its declared dependencies and its sibling modules, which travel with it
 (``JOB_FILES`` in ``tools/jobs/__init__.py``; the draft's digest covers each):
 ``job_common`` (exit codes, errors, atomic writes, the run log), ``job_config`` (this
-contract), ``job_data`` (datasets), ``job_train`` (precision, model, SFTConfig),
-``job_evaluate`` (generation and grading), ``job_report`` (CSV, Markdown, plots, history),
-``job_store`` (versions, ``latest``, Hub pushes) and ``sft_data`` (loading, tokenization
-and grade parsing, which tunestep's preprocess imports too, as
-``tunestep.tools.jobs.sft_data``).
+contract), ``job_data`` (datasets, over-long rows), ``job_train`` (precision, GPU check,
+model, memory estimate, SFTConfig), ``job_evaluate`` (whole hold-out generation and
+grading), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
+``job_report`` (CSV, Markdown, plots, history), ``job_store`` (versions, ``latest``, Hub
+pushes) and ``sft_data`` (loading, tokenization and grade parsing, which tunestep's
+preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
 
 Usage::
 
@@ -60,25 +61,68 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             and the hold-out is tokenized by the same function
     hyperparameters   {per_device_train_batch_size, gradient_accumulation_steps,
                        learning_rate, num_train_epochs, max_length, seed, save_total_limit,
-                       precision: "auto"|"fp16"|"bf16"|"fp32", max_steps (-1 = by epochs)}
+                       precision: "auto"|"fp16"|"bf16"|"fp32", max_steps (-1 = by epochs),
+                       warmup_ratio: [0, 1) (linear warmup share of the steps; 0.05),
+                       save_strategy: "no" (final weights only) | "epoch" (also keep
+                       epoch checkpoints, model only, save_total_limit of them)}
     lora              {r, alpha, dropout, target_modules: "all-linear" | [names]} | null
     outputs           {model_store, model_name, metrics_csv, train_log, samples_md,
-                       plots_dir, history_json}
-    samples           {n, max_new_tokens}
+                       plots_dir, history_json, eval_json, eval_md}
+    samples           {n, max_new_tokens}   the first n hold-out rows shown in samples_md
     grade_pattern     regex whose first group captures a number
     trackio           {project, space_id: str|null, dir: str|null}
     hub               {model_id: str|null, private: bool, push: bool}
+    data              {overlong: "drop" | "truncate_prompt" | "error"}   a row longer than
+                            max_length (the real tokenizer and training template):
+                            truncate_prompt shortens the middle of the last user turn so the
+                            whole answer and its end token fit (a row whose answer alone
+                            cannot fit is dropped); drop leaves it out; error refuses (exit 2)
+    evaluation        {batch_size: int >= 1, max_new_tokens: int | null}   the whole hold-out
+                            set, batched greedy generation; null budget = the longest
+                            reference answer in tokens + 8, at least samples.max_new_tokens
+    gate              {metric, max_regression: number, require_significance: bool} | null
+                            promotion gate; metric one of parse_rate, grade_exact,
+                            grade_within_1, grade_mae, spearman, kappa. null = always promote
+    expect_gpu        bool  true on a GPU flavor: without usable CUDA the job stops (exit 2)
 
 What it does, in order: validate the config; check every train/eval file against its
-sha256 (a mismatch refuses to train); load the model (fresh or resumed, full or LoRA);
-generate ``samples.n`` greedy answers to the first hold-out prompts; train with TRL's
-``SFTTrainer`` (assistant-only loss, log/eval/save each epoch, Trackio offline unless a
-Space is configured, then private); generate the same answers again; write the metrics
-CSV, samples Markdown, plots and the cross-step history; save the model (or adapter) and
-tokenizer into ``<model_store>/versions/<NNNN>_<batch>/`` (epoch checkpoints, model only,
-under its ``checkpoints/``; built in ``<model_store>/.staging/`` and renamed into place);
-optionally push; then swing ``<model_store>/latest`` to it (a relative symlink, replaced
-atomically).
+sha256 (a mismatch refuses to train); stop if a GPU is expected (``expect_gpu`` or
+``$ACCELERATOR`` naming one) and CUDA is not usable; resolve the precision (``auto``: bf16
+where the GPU has it natively, ``is_bf16_supported(including_emulation=False)``, else
+fp16 on a GPU, else fp32; any fall-back from an explicit request is logged with its
+reason); load the model (fresh or resumed, full or LoRA, fp32 master weights); fit every
+row to ``max_length`` by ``data.overlong`` (each row shortened or dropped is logged);
+answer every hold-out prompt greedily with the previous version (the resumed one, or the
+base model on a fresh start); train with TRL's ``SFTTrainer`` (assistant-only loss,
+length-grouped batches, linear warmup, log/eval each epoch, activation checkpointing only
+when the memory estimate needs it, Trackio offline unless a Space is configured, then
+private); cast the weights to the training dtype (bf16/fp16; fp32 on CPU) and save them;
+answer every hold-out prompt again with the new version; score both (below) and decide
+promotion (``job_gate``); write the reports; save the model (or adapter) and tokenizer
+into ``<model_store>/versions/<NNNN>_<batch>/`` (epoch checkpoints only with
+``save_strategy: "epoch"``, under its ``checkpoints/``; built in ``<model_store>/.staging/``
+and renamed into place); optionally push; then, if promoted, swing
+``<model_store>/latest`` to it (a relative symlink, replaced atomically). A version that
+fails the gate is still written to ``versions/`` (and pushed when configured) but
+``latest`` stays where it was.
+
+Evaluation (``eval_json``, ``eval_md``): every hold-out row with a reference grade is
+scored for both versions: parse_rate, grade_exact, grade_within_1, grade_mae, spearman,
+kappa (quadratic-weighted). An answer with no parsable grade is wrong for the first three
+and counts as the grade of the scale (the references' range) farthest from the reference,
+error at least 1, for the others. Each metric has a 95 % interval (Wilson for
+proportions, a percentile bootstrap of 1000 resamples seeded with ``seed`` otherwise);
+``delta`` (after minus before) has a paired bootstrap interval and a p-value (exact
+McNemar for proportions, exact sign test on per-row absolute error for MAE, bootstrap for
+the correlations); ``paired`` counts rows whose absolute error fell, rose or stayed
+(wins/losses/ties) with an exact sign test. ``per_row`` lists each row's reference and
+parsed grades.
+
+Promotion (``gate``): improvement = delta, sign-flipped for grade_mae; threshold =
+-max_regression. Without ``require_significance`` the version is promoted when the
+improvement is at least the threshold; with it, unless the paired 95 % interval of the
+improvement lies wholly below the threshold (held back on evidence, not on noise). A
+metric that cannot be computed holds the version back. ``gate: null`` always promotes.
 
 Hub layout (``hub.push`` with ``hub.model_id``): the version folder (without
 ``checkpoints/`` and the generated README.md) is committed to the repo root, one commit
@@ -86,33 +130,47 @@ per step, private unless ``hub.private`` is false. The root is thus the latest f
 (``from_pretrained(model_id)``) or adapter (``PeftModel.from_pretrained(base, model_id)``)
 with its tokenizer and ``tunestep_version.json``; the result's ``hub.revision`` (the commit
 sha) pins the step, and a later job resumes with
-``"resume_from": "hf://<model_id>@<revision>"``. The push happens before ``latest`` moves,
-so a failed push fails the step. The token is read from ``HF_TOKEN`` only when pushing or
-downloading, and never logged.
+``"resume_from": "hf://<model_id>@<revision>"``. A version the gate held back is pushed
+too (its commit message says so): resume from the revision of the last promoted step.
+The push happens before the local commit, so a failed push fails the step. The token is
+read from ``HF_TOKEN`` only when pushing or downloading, and never logged.
 
 On Hugging Face Jobs, tunestep's backend sets ``TUNESTEP_OUTPUT_REPO`` and
-``TUNESTEP_OUTPUT_PATH``: the reports (metrics CSV, train log, samples, plots, history)
-and ``result.json`` are then committed to ``<repo>/<path>/<their path relative to --root>``
-(see ``push_outputs``).
+``TUNESTEP_OUTPUT_PATH``: the reports (metrics CSV, train log, samples, evaluation report,
+plots, history) and ``result.json`` are then committed to
+``<repo>/<path>/<their path relative to --root>``, with a snapshot of each Trackio
+database of ``trackio.dir`` as ``<path>/trackio/<name>.db`` (see ``push_outputs``);
+tunestep merges them into the workspace's cumulative files. A launcher may
+set ``TUNESTEP_JOB_STARTED`` (epoch seconds) so the time before training includes what
+preceded this process (the dependency install).
 
-Outputs besides the model: ``metrics_csv`` (one row per epoch; the grade columns on the
-last row, from the after-samples), ``train_log`` (appended), ``samples_md``,
-``<plots_dir>/loss_step_<batch>.png``, ``<plots_dir>/val_progression.png`` and
-``history_json`` (one summary per step, this step's appended). Every file is written
-atomically (temp file, fsync, rename); the CSV is rewritten after each epoch.
+Outputs besides the model: ``metrics_csv`` (an epoch-0 row: the hold-out loss and the
+previous version's evaluation before training; then one row per epoch, the new version's
+evaluation on the last), ``train_log`` (appended), ``samples_md``, ``eval_json``,
+``eval_md``, ``<plots_dir>/loss_step_<batch>.png`` (from epoch 0), ``<plots_dir>/
+val_progression.png`` (with 95 % interval bars) and ``history_json`` (one summary per
+step, this step's appended). Every file is written atomically (temp file, fsync, rename);
+the CSV is rewritten after each epoch.
 
-Exit status: 0 success, then the last stdout line is ``TUNESTEP_RESULT <json>`` with
-``model_path``, ``version``, ``metrics_before``/``metrics_after`` (grade_exact,
-grade_within1, grade_mae, counts), ``eval_loss_before``, ``final_train_loss``,
-``final_eval_loss``, ``train_tokens``, ``epochs``, ``seconds``, ``precision``, ``hub``;
-2 bad config or input (nothing trained, nothing written to the store; an existing
-``versions/<NNNN>_<batch>`` is never overwritten); 1 training or saving failed;
-143 cancelled (SIGTERM). On any failure ``latest`` does not move and the half-built
-version is removed; one line ``TUNESTEP_ERROR <json>`` goes to stdout and
+Exit status: 0 success (promoted or not), then the last stdout line is
+``TUNESTEP_RESULT <json>`` with ``model_path``, ``version``, ``promoted``, ``promotion``
+(promoted, reason, metric, before, after, delta, interval, p_value, max_regression,
+require_significance), ``evaluation`` (rows, graded_rows, max_new_tokens, seconds,
+rows_per_second, before, after, delta, paired, report), ``metrics_before``/
+``metrics_after`` (grade_exact, grade_within1, grade_mae, parse_rate, spearman, kappa,
+counts; over the whole hold-out), ``eval_loss_before``, ``final_train_loss``,
+``final_eval_loss``, ``train_tokens``, ``epochs``, ``seconds``, ``precision``,
+``precision_requested``, ``precision_fallback``, ``saved_dtype``, ``rows_shortened``,
+``rows_dropped``, ``timing`` (process_to_training, job_to_training, training,
+evaluation, wall, outside_training_share), ``memory``, ``hub``;
+2 bad config or input, or a GPU flavor without CUDA (nothing trained, nothing written to
+the store; an existing ``versions/<NNNN>_<batch>`` is never overwritten); 1 training or
+saving failed; 143 cancelled (SIGTERM). On any failure ``latest`` does not move and the
+half-built version is removed; one line ``TUNESTEP_ERROR <json>`` goes to stdout and
 ``train_sft: error: <message>`` to stderr.
 
 Several GPUs: ``accelerate launch train_sft.py ...`` runs the same code on every rank;
-only rank 0 generates samples and writes files.
+only rank 0 evaluates and writes files.
 """
 
 from __future__ import annotations

@@ -1,0 +1,205 @@
+"""The job's pieces without training: precision and the GPU check, over-long rows, the
+statistics of the hold-out evaluation and the promotion gate."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from tunestep.tools.jobs import job_data, job_evaluate, job_gate, job_stats, job_train, sft_data
+from tunestep.tools.jobs.job_common import JobError
+
+# ---------------------------------------------------------------------------- precision
+
+
+def fake_torch(cuda: bool, native_bf16: bool, emulated_bf16: bool = True, old: bool = False):
+    """A stand-in for the torch module's CUDA probes (no GPU here to ask)."""
+    def is_bf16_supported(including_emulation: bool = True):
+        return native_bf16 or (including_emulation and emulated_bf16)
+
+    def old_is_bf16_supported():  # releases before the keyword checked natively
+        return native_bf16
+
+    probe = old_is_bf16_supported if old else is_bf16_supported
+    return types.SimpleNamespace(
+        __version__="2.13.0", version=types.SimpleNamespace(cuda="12.8" if cuda else None),
+        cuda=types.SimpleNamespace(is_available=lambda: cuda, is_bf16_supported=probe))
+
+
+def test_bf16_is_detected_without_emulation():
+    # A T4: emulation says yes, natively no -> fp16.
+    t4 = fake_torch(cuda=True, native_bf16=False, emulated_bf16=True)
+    assert job_train.bf16_supported(t4) is False
+    assert job_train.resolve_precision("auto", True, job_train.bf16_supported(t4)) == \
+        ("fp16", None)
+    a100 = fake_torch(cuda=True, native_bf16=True)
+    assert job_train.resolve_precision("auto", True, job_train.bf16_supported(a100)) == \
+        ("bf16", None)
+    assert job_train.bf16_supported(fake_torch(cuda=True, native_bf16=True, old=True))
+    assert not job_train.bf16_supported(fake_torch(cuda=False, native_bf16=False))
+
+
+def test_precision_fall_back_says_why():
+    resolve = job_train.resolve_precision
+    assert resolve("auto", cuda=False, bf16_ok=False) == ("fp32", None)
+    precision, why = resolve("bf16", cuda=True, bf16_ok=False)
+    assert precision == "fp16" and "no native bf16" in why
+    precision, why = resolve("fp16", cuda=False, bf16_ok=False)
+    assert precision == "fp32" and "no CUDA GPU" in why
+    assert resolve("fp32", cuda=True, bf16_ok=True) == ("fp32", None)
+
+
+@pytest.mark.parametrize(("expect", "env", "stops"), [
+    (True, {}, True),
+    (False, {"ACCELERATOR": "t4-medium"}, True),
+    (False, {"ACCELERATOR": "none"}, False),
+    (False, {}, False),
+])
+def test_gpu_flavor_without_cuda_stops(expect, env, stops):
+    cfg = {"expect_gpu": expect}
+    no_cuda = fake_torch(cuda=False, native_bf16=False)
+    if stops:
+        with pytest.raises(JobError, match="CUDA is not usable") as info:
+            job_train.check_gpu(cfg, no_cuda, env)
+        assert info.value.code == 2
+    else:
+        job_train.check_gpu(cfg, no_cuda, env)
+    job_train.check_gpu(cfg, fake_torch(cuda=True, native_bf16=True), env)  # CUDA: fine
+
+
+# ---------------------------------------------------------------------------- over-long rows
+
+
+def long_row(words: int) -> dict:
+    return {"messages": [
+        {"role": "system", "content": "You grade web code from 0 to 10."},
+        {"role": "user", "content": "Grade this code:\n" + " ".join(
+            f"<div class='c{i}'>item {i}</div>" for i in range(words))},
+        {"role": "assistant", "content": "Review: tidy markup, no semantics. Grade: 6"},
+    ]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_truncate_prompt_keeps_the_whole_answer(tokenizer):
+    template = sft_data.training_chat_template(tokenizer)
+    rows = [long_row(3), long_row(200)]
+    lengths = [len(sft_data.tokenize_row(r["messages"], tokenizer, template, None)["input_ids"])
+               for r in rows]
+    max_length = 160
+    assert lengths[0] <= max_length < lengths[1]
+    lines: list[str] = []
+    kept, shortened, dropped = job_data.fit_rows(rows, ["a row 1", "a row 2"], tokenizer,
+                                                 template, max_length, "truncate_prompt",
+                                                 lines.append, "train")
+    assert (shortened, dropped) == (1, 0) and kept[0] == rows[0]
+    fixed = kept[1]["messages"]
+    assert fixed[2] == rows[1]["messages"][2] and fixed[0] == rows[1]["messages"][0]
+    user = fixed[1]["content"]
+    assert job_data.OMISSION in user and user.startswith("Grade this code:")
+    assert user.endswith(rows[1]["messages"][1]["content"][-20:])  # the middle went
+    rec = sft_data.tokenize_row(fixed, tokenizer, template, max_length)
+    assert len(rec["input_ids"]) <= max_length
+    trained = tokenizer.decode([t for t in rec["labels"] if t != -100])
+    assert "Grade: 6" in trained and trained.rstrip().endswith("<|im_end|>")
+    assert any("a row 2" in line and "shortened" in line for line in lines)
+
+
+def test_drop_and_error_policies(tokenizer):
+    template = sft_data.training_chat_template(tokenizer)
+    rows = [long_row(3), long_row(200)]
+    lines: list[str] = []
+    kept, shortened, dropped = job_data.fit_rows(rows, ["r1", "r2"], tokenizer, template, 160,
+                                                 "drop", lines.append, "train")
+    assert kept == rows[:1] and (shortened, dropped) == (0, 1)
+    assert any("dropped train r2" in line for line in lines)
+    with pytest.raises(JobError, match=r"train r2: .* longer than max_length 160") as info:
+        job_data.fit_rows(rows, ["r1", "r2"], tokenizer, template, 160, "error", print, "train")
+    assert info.value.code == 2
+    # An answer that cannot fit at all is dropped under truncate_prompt, never cut.
+    huge = long_row(3)
+    huge["messages"][2]["content"] = "word " * 300 + "Grade: 4"
+    kept, shortened, dropped = job_data.fit_rows([rows[0], huge], ["r1", "r2"], tokenizer,
+                                                 template, 160, "truncate_prompt", print,
+                                                 "train")
+    assert kept == rows[:1] and dropped == 1
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def test_intervals_and_tests():
+    low, high = job_stats.wilson(2, 20)  # issue 13: exact 2/20 -> [0.03, 0.30]
+    assert low == pytest.approx(0.0279, abs=1e-3) and high == pytest.approx(0.3010, abs=1e-3)
+    assert job_stats.wilson(0, 10)[0] == 0.0 and job_stats.wilson(10, 10)[1] == pytest.approx(1)
+    assert job_stats.sign_test(8, 2) == pytest.approx(0.109375)  # 2 * 56 / 1024
+    assert job_stats.sign_test(0, 0) is None
+    assert job_stats.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert job_stats.spearman([1, 2, 3], [5, 5, 5]) is None
+    assert job_stats.quadratic_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert job_stats.quadratic_kappa([0, 1, 2, 3], [3, 2, 1, 0]) == pytest.approx(-1.0)
+    a = job_stats.bootstrap_indices(30, seed=7)
+    assert a == job_stats.bootstrap_indices(30, seed=7) != job_stats.bootstrap_indices(30, 8)
+
+
+def holdout(grades: list[float]) -> job_evaluate.HoldOut:
+    return job_evaluate.HoldOut([[{"role": "user", "content": "q"}]] * len(grades),
+                                [f"Grade: {g:g}" for g in grades], grades)
+
+
+PATTERN = r"Grade:\s*(\d+(?:\.\d+)?)"
+
+
+def test_unparsed_answers_count_as_wrong_and_as_the_worst_error():
+    h = holdout([2, 8, 5, 5])
+    before = ["Grade: 2", "no idea", "Grade: 6", ""]
+    after = ["Grade: 2", "Grade: 8", "Grade: 5", "Grade: 9"]
+    r = job_evaluate.score_evaluation(h, before, after, PATTERN, seed=1, resamples=200)
+    b, a = r["before"], r["after"]
+    assert b["parse_rate"]["value"] == 0.5 and a["parse_rate"]["value"] == 1.0
+    assert b["grade_exact"]["value"] == 0.25 and b["grade_within_1"]["value"] == 0.5
+    # unparsed: row 2 (ref 8 on a 2..8 scale) counts 6 off, row 4 (ref 5) 3 off
+    assert b["grade_mae"]["value"] == pytest.approx((0 + 6 + 1 + 3) / 4)
+    assert a["grade_mae"]["value"] == pytest.approx(4 / 4)
+    # row 4: unparsed (3 off) before, 9 for a 5 after (4 off): a loss
+    assert r["paired"] == {**r["paired"], "wins": 2, "losses": 1, "ties": 1}
+    assert r["delta"]["grade_exact"]["value"] == pytest.approx(0.5)
+
+
+def report_with(metric: str, before: float, after: float, low: float, high: float) -> dict:
+    return {"before": {metric: {"value": before}}, "after": {metric: {"value": after}},
+            "delta": {metric: {"value": after - before, "low": low, "high": high,
+                               "p_value": 0.2}}}
+
+
+def test_gate_decisions():
+    gate = {"metric": "grade_within_1", "max_regression": 0.0, "require_significance": True}
+    noisy_drop = report_with("grade_within_1", 0.5, 0.45, -0.15, 0.05)
+    assert job_gate.decide_promotion(gate, noisy_drop)["promoted"] is True  # not evidence
+    real_drop = report_with("grade_within_1", 0.5, 0.3, -0.3, -0.1)
+    decided = job_gate.decide_promotion(gate, real_drop)
+    assert decided["promoted"] is False and "wholly below" in decided["reason"]
+    point = {**gate, "require_significance": False}
+    assert job_gate.decide_promotion(point, noisy_drop)["promoted"] is False
+    assert job_gate.decide_promotion({**point, "max_regression": 0.1}, noisy_drop)["promoted"]
+    impossible = {**gate, "max_regression": -1.0}
+    best = report_with("grade_within_1", 0.0, 0.9, 0.7, 0.99)
+    assert job_gate.decide_promotion(impossible, best)["promoted"] is False
+    # MAE: lower is better, so a fall in MAE is an improvement.
+    mae = {"metric": "grade_mae", "max_regression": 0.0, "require_significance": False}
+    assert job_gate.decide_promotion(mae, report_with("grade_mae", 3.0, 2.0, -1.5, -0.5))[
+        "promoted"]
+    assert not job_gate.decide_promotion(mae, report_with("grade_mae", 2.0, 3.0, 0.5, 1.5))[
+        "promoted"]
+    assert job_gate.decide_promotion(None, real_drop)["promoted"] is True
+    missing = {"before": {"spearman": {"value": None}}, "after": {"spearman": {"value": 0.3}},
+               "delta": {"spearman": {"value": None, "low": None, "high": None,
+                                      "p_value": None}}}
+    assert job_gate.decide_promotion({**gate, "metric": "spearman"}, missing)["promoted"] \
+        is False

@@ -556,3 +556,24 @@ def test_concurrent_apply_mapping_results_name_what_is_on_disk(sample_ws):
     last = finished[-1].files[0]
     assert sha256_file(sample_ws.root / last.output) == last.output_sha256
     assert list((sample_ws.state_dir / "locks").glob("*.lock"))
+
+
+def test_the_mcp_server_answers_a_fifo_and_a_link_loop_by_name(sample_ws):
+    """Case: run_inspector / apply_mapping over MCP on a FIFO and a link loop -> the named
+    code in the tool error, never the SDK's generic error or a hang."""
+    from tunestep.server.app import ServerConfig, build_server, error_code
+
+    batch = sample_ws.root / "datasets/incremental/batch_100_03"
+    _fifo(batch / "pipe.jsonl")
+    _loop(batch / "loop.jsonl")
+    server = build_server(ServerConfig(workspace=sample_ws.root))
+    for tool, args, code in [
+        ("run_inspector", {"path": f"{BATCH3}/pipe.jsonl"}, "file_not_regular"),
+        ("run_inspector", {"path": f"{BATCH3}/loop.jsonl"}, "path_link_loop"),
+        ("apply_mapping", {"source": f"{BATCH3}/pipe.jsonl"}, "file_not_regular"),
+    ]:
+        result = _call(server, tool, args)
+        assert error_code(result) == code, (tool, args, result.content[0].text)
+    # The folder itself: the FIFO and the loop are not data files; the rest is inspected.
+    result = _call(server, "run_inspector", {"path": BATCH3})
+    assert not result.is_error

@@ -32,8 +32,8 @@ def remote_result(draft, sha: str, **extra) -> dict:
             "hub": {"model_id": MODEL_REPO, "revision": sha, "private": True}, **extra}
 
 
-def map_batch_2(ws) -> None:
-    source = "datasets/incremental/batch_100_02"
+def map_batch_2(ws, batch: str = "batch_100_02") -> None:
+    source = f"datasets/incremental/{batch}"
     apply_mapping(ws, source, suggest_mapping(ws, source).mapping)
 
 

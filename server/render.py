@@ -162,6 +162,7 @@ CLI_COMMANDS = {
     "cancel_job": ("cancel", ["job_id"]),
     "list_jobs": ("status", []),
     "promote_version": ("promote", ["version"]),
+    "sync_model": ("sync", []),
 }
 
 

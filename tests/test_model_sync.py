@@ -54,6 +54,10 @@ def test_sync_downloads_the_steps_commit_and_moves_latest(ws, fake_hub, tiny_mod
     remote_step(ws, sha)
     store = ws.resolve_model_store("models/qwen3_webdev")
     assert latest_checkpoint(store) is None
+    before = check_batch(ws)
+    assert "model_not_synced" in {p.code for p in before.problems}
+    assert [(s.tool, s.args) for s in before.next_steps if s.tool == "sync_model"] == [
+        ("sync_model", {"version": "0001_batch_100_01"})]
 
     report = sync_model(ws)
     (synced,) = report.synced
@@ -69,8 +73,11 @@ def test_sync_downloads_the_steps_commit_and_moves_latest(ws, fake_hub, tiny_mod
     with ledger.open_ledger(ws) as conn:
         row = conn.execute("SELECT * FROM model_versions").fetchone()
     assert (row["source"], row["hub_model_id"], row["hub_revision"]) == ("hub", MODEL_REPO, sha)
-    # check_batch reports that checkpoint now.
-    assert check_batch(ws).checkpoint.latest == str(folder.resolve())
+    # check_batch reports that checkpoint now, and the commit it came from.
+    after = check_batch(ws)
+    assert after.checkpoint.latest == str(folder.resolve())
+    assert (after.checkpoint.source, after.checkpoint.hub_revision) == ("hub", sha)
+    assert "model_not_synced" not in {p.code for p in after.problems}
 
     # Again: nothing to do; by name it says it is there, and writes nothing.
     assert sync_model(ws).synced == []
@@ -81,11 +88,17 @@ def test_sync_downloads_the_steps_commit_and_moves_latest(ws, fake_hub, tiny_mod
 
 def test_a_failed_download_leaves_the_store_as_it_was_and_can_be_rerun(ws, fake_hub,
                                                                        tiny_model_dir):
+    from tunestep.tools.job_control import job_status
+
     sha, _ = push_step_model(fake_hub, tiny_model_dir, b"x")
-    remote_step(ws, sha)
+    _, job_id = remote_step(ws, sha)
     store = ws.resolve_model_store("models/qwen3_webdev")
     fault = fake_hub.inject("GET", f"/{MODEL_REPO}/resolve/*/model.safetensors", "500",
                             times=None)
+    status = job_status(ws, job_id)  # the job's success stands; the download failed
+    assert status.status == "succeeded" and status.model_sync is None
+    assert status.model_sync_error and FAKE_TOKEN not in status.model_sync_error
+    assert [s.tool for s in status.next_steps] == ["sync_model"]
     with pytest.raises(TunestepError) as err:
         sync_model(ws)
     assert err.value.code.startswith("hf_") or err.value.code.startswith("hub_")

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.model_sync import SyncedVersion
+from tunestep.tools.next_step import NextAction
 from tunestep.tools.workspace import Workspace
 
 TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
@@ -49,6 +50,7 @@ class JobStatus(BaseModel):
     model_sync: SyncedVersion | None = None
     model_sync_error: str | None = None
     next_actions: list[str] = []
+    next_steps: list[NextAction] = []  # the same, as data (each view in its own syntax)
     # A finished training step: whether its version became latest (the promotion gate),
     # and why; None until the job has said.
     promoted: bool | None = None
@@ -121,9 +123,11 @@ def _bring_model_home(ws: Workspace, status: JobStatus) -> JobStatus:
     try:
         report = sync_model(ws, step["version"])
     except TunestepError as exc:
-        return status.model_copy(update={
-            "model_sync_error": str(exc),
-            "next_actions": [f"sync_model(version='{step['version']}')"]})
+        again = NextAction(lead="bring the model home again:", tool="sync_model",
+                           args={"version": step["version"]})
+        return status.model_copy(update={"model_sync_error": str(exc),
+                                         "next_actions": [again.mcp()],
+                                         "next_steps": [again]})
     return status.model_copy(update={"model_sync": report.synced[0]})
 
 

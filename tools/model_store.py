@@ -24,6 +24,11 @@ class CheckpointStatus(BaseModel):
     latest: str | None  # resolved path of the latest checkpoint
     kind: str | None  # "full" | "lora"
     versions: list[str]
+    # Where the latest version came from, from the ledger (check_batch fills these in): its
+    # own local job or a download of a pushed commit, and that commit when known.
+    source: str | None = None
+    hub_model_id: str | None = None
+    hub_revision: str | None = None
 
 
 def checkpoint_kind(folder: Path) -> str | None:

@@ -200,6 +200,8 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
                                 message="the model store holds no checkpoint yet",
                                 path=plan.model_link))
 
+    _chain_state(ws, plan.model_link, link, checkpoint, problems, actions)
+
     if last_step is not None and not last_step.promoted:
         held = checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest else "none"
         problems.append(Problem(
@@ -366,3 +368,29 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem]) 
                     f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
                     "tunestep never writes it.", path=validation.path))
 
+
+def _chain_state(ws: Workspace, shown: str, link, checkpoint: CheckpointStatus,
+                 problems: list[Problem], actions: list) -> None:
+    """The latest version's origin, and a remote step whose model is not home yet."""
+    from pathlib import Path
+
+    from tunestep.tools.chain import unsynced_step, version_origin
+
+    with ledger.open_ledger(ws) as conn:
+        pending = unsynced_step(conn, link)
+        latest = Path(checkpoint.latest) if checkpoint.latest else None
+        origin = (version_origin(conn, shown, latest.name)
+                  if latest is not None and latest.parent.name == "versions" else None)
+    if origin is not None:
+        checkpoint.source = origin["source"]
+        checkpoint.hub_model_id = origin["hub_model_id"]
+        checkpoint.hub_revision = origin["hub_revision"]
+    if pending is not None:
+        problems.append(Problem(
+            code="model_not_synced", severity="warning",
+            message=f"step {pending['step']} ({pending['batch']}) trained on HF Jobs; its "
+                    f"model {pending['hub_model_id']}@{pending['hub_revision'][:12]} is not in "
+                    "the model store yet (a remote step resumes from it; a local one is "
+                    "refused until it is synced)", path=shown))
+        actions.append(NextAction(lead="bring it home:", tool="sync_model",
+                                  args={"version": pending["version"]}))

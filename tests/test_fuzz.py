@@ -120,7 +120,7 @@ def broken_row(draw, row: dict) -> tuple[object, set[str]]:
         "not_object", "messages_null", "messages_type", "messages_empty", "message_type",
         "role_missing", "role_unknown", "content_missing", "content_type", "content_empty",
         "no_assistant", "last_not_assistant", "system_not_first", "consecutive_role",
-        "first_not_user", "tool_order"]))
+        "tool_order"]))
     messages = row["messages"]
     if kind == "not_object":
         value = draw(st.none() | st.booleans() | ints | words
@@ -179,14 +179,6 @@ def broken_row(draw, row: dict) -> tuple[object, set[str]]:
         at = _turn(draw, row, "user")
         messages.insert(at, {"role": "user", "content": draw(words)})
         return row, {"consecutive_role"}
-    if kind == "first_not_user":
-        first = _turn(draw, row, "user")
-        if first == next(i for i, m in enumerate(messages) if m["role"] == "user"):
-            del messages[first]
-            return row, {"first_not_user", "consecutive_role"}
-        messages.insert(0 if messages[0]["role"] != "system" else 1,
-                        {"role": "assistant", "content": draw(words)})
-        return row, {"first_not_user", "consecutive_role"}
     at = _turn(draw, row, "user")  # tool_order: a tool result right after a user turn
     messages.insert(at + 1, {"role": "tool", "content": draw(words)})
     return row, {"tool_order", "consecutive_role"}
@@ -531,24 +523,21 @@ def test_a_bom_file_is_ready_and_the_job_reads_it(fuzz_ws, container):
     assert len(sft_data.load_chat_rows([fuzz_ws.resolve(shown)])) == 2
 
 
-# Known gaps, each a file the inspector calls READY that the job's own loader refuses. They
-# are marked xfail(strict): the day the loader reads them, these fail and the mark goes.
-
-
-@pytest.mark.xfail(strict=True, raises=sft_data.DataError,
-                   reason="tools/jobs/sft_data.py _normalise_row wants string content and "
-                          "drops tool_calls; the inspector accepts an assistant tool call "
-                          "with null content (.specs/inspector_rules.md)")
-def test_known_gap_an_openai_tool_call_is_ready_but_the_job_refuses_it(fuzz_ws):
+def test_an_openai_tool_call_is_ready_and_the_job_reads_it(fuzz_ws):
+    """Once a known gap (a strict xfail): the loader now keeps tool calls and tools."""
     call = {"type": "function", "function": {"name": "lint", "arguments": "{}"}}
+    tool = {"type": "function", "function": {"name": "lint", "parameters": {}}}
     row = {"messages": [{"role": "user", "content": "lint this"},
                         {"role": "assistant", "content": None, "tool_calls": [call]},
                         {"role": "tool", "content": "no problems"},
-                        {"role": "assistant", "content": "Grade: 9"}]}
+                        {"role": "assistant", "content": "Grade: 9"}],
+           "tools": [tool]}
     shown = fresh_batch(fuzz_ws, "rows.jsonl", orjson.dumps(row) + b"\n")
     assert run_inspector(fuzz_ws, BATCH).status == "READY"
-    assert sft_data.load_chat_rows([fuzz_ws.resolve(shown)])[0]["messages"][1].get(
-        "tool_calls") == [call]
+    loaded = sft_data.load_chat_rows([fuzz_ws.resolve(shown)])[0]
+    assert loaded["messages"][1] == {"role": "assistant", "content": None,
+                                     "tool_calls": [call]}
+    assert loaded["tools"] == [tool]
 
 
 # ---------------------------------------------------------------------------------------

@@ -223,8 +223,6 @@ CRAFTED = [
     ("consecutive_role", {"messages": [{"role": "user", "content": "q"},
                                        {"role": "user", "content": "q2"},
                                        {"role": "assistant", "content": "a"}]}),
-    ("first_not_user", {"messages": [{"role": "system", "content": "s"},
-                                     {"role": "assistant", "content": "a"}]}),
     ("tool_order", {"messages": [{"role": "user", "content": "q"},
                                  {"role": "tool", "content": "{}"},
                                  {"role": "assistant", "content": "a"}]}),
@@ -266,6 +264,18 @@ def test_warnings_do_not_block_ready(sample_ws):
     assert {(1, "unexpected_key"), (1, "template_placeholder"), (2, "weight_ignored"),
             (2, "grade_unparseable")} <= found
     assert report.error_count == 0 and report.warning_count == 4
+
+
+def test_an_answer_without_a_user_turn_trains_with_a_warning(sample_ws):
+    """OpenAI's fine-tuning takes a system turn and an answer alone: READY, a warning."""
+    folder = sample_ws.resolve("datasets/incremental/batch_100_04")
+    write_jsonl(folder / "rows.jsonl", [
+        chat(user="fine", answer="Grade: 9"),
+        {"messages": [{"role": "system", "content": "Be kind."},
+                      {"role": "assistant", "content": "Grade: 8"}]}])
+    report = run_inspector(sample_ws, "datasets/incremental/batch_100_04")
+    assert report.status == "READY" and (2, "first_not_user") in codes_at(report)
+    assert RULES["first_not_user"][0] == "warning"
 
 
 def test_errors_are_capped_but_all_counted(sample_ws):

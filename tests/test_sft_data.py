@@ -229,6 +229,34 @@ def test_rows_the_batched_route_refuses_go_row_by_row(tiny_tokenizer):
     assert_same(first, tiny_tokenizer, None, template)
 
 
+def test_tool_call_rows_train_as_trl_prepares_them(tiny_tokenizer, tiny_model_dir, tmp_path):
+    """OpenAI-style tool calls (null content) and a tools column: the call is trained."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    call = {"type": "function", "function": {"name": "lint", "arguments": {"path": "a.css"}}}
+    tool = {"type": "function", "function": {"name": "lint", "description": "lint a file",
+                                             "parameters": {"type": "object"}}}
+    # The tool row first: Dataset.from_list takes its columns from the first row.
+    rows = [{"messages": [{"role": "user", "content": "lint this"},
+                          {"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "content": "no problems"},
+                          {"role": "assistant", "content": "Grade: 9"}],
+             "tools": [tool]}, *tricky_rows(4, seed=7)]
+    ours = sft_data.tokenize_chat(rows, tiny_tokenizer, None)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    theirs = SFTTrainer(
+        model=model, processing_class=tiny_tokenizer, train_dataset=Dataset.from_list(rows),
+        args=SFTConfig(output_dir=str(tmp_path / "unused"), assistant_only_loss=True,
+                       bf16=False, report_to=[], activation_checkpointing=False)).train_dataset
+    assert ours["input_ids"][:] == theirs["input_ids"][:]
+    assert ours["labels"][:] == theirs["labels"][:]
+    trained = tiny_tokenizer.decode([t for t in ours["labels"][0] if t != -100])
+    assert '"name": "lint"' in trained and "Grade: 9" in trained
+    assert "lint a file" in tiny_tokenizer.decode(ours["input_ids"][0])  # the tools block
+
+
 def test_rows_without_assistant_tokens_fail_or_drop_as_before(tiny_tokenizer):
     rows = tricky_rows(6, seed=6)
     rows.insert(2, {"messages": [{"role": "user", "content": "no answer"}]})

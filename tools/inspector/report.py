@@ -19,7 +19,7 @@ from tunestep.tools.hashing import sha256_json
 from tunestep.tools.inspector.spec import MappingSpec
 from tunestep.tools.next_step import NextAction
 
-INSPECTOR_VERSION = "3"  # bump when a rule changes what a report says
+INSPECTOR_VERSION = "4"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path
 
 Status = Literal["READY", "NEEDS_MAPPING", "INVALID"]

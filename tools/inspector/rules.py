@@ -51,7 +51,10 @@ RULES: dict[str, tuple[str, str]] = {
     "content_empty": (ERROR, "content that is empty or only whitespace"),
     "system_not_first": (ERROR, "a system message after the first turn"),
     "consecutive_role": (ERROR, "two user or two assistant turns in a row"),
-    "first_not_user": (ERROR, "the first turn after the system prompt is not the user's"),
+    # A warning: the conversation still trains (OpenAI's fine-tuning takes a system turn
+    # followed by an assistant answer), it only opens unusually.
+    "first_not_user": (WARNING, "the first turn after the system prompt is the assistant's, "
+                                "not the user's (trainable)"),
     "tool_order": (ERROR, "a tool result that does not follow an assistant turn"),
     "no_assistant": (ERROR, "no assistant turn: nothing to train on"),
     "last_not_assistant": (ERROR, "the last turn is not the assistant's"),
@@ -108,7 +111,8 @@ def check_roles(roles: tuple) -> list[tuple[str, str]]:
         previous = role
     if first_turn is not None and first_turn[1] != "user":
         issues.append(("first_not_user", f"message {first_turn[0]} is the first turn and "
-                                         f"it is {first_turn[1]}'s, not the user's"))
+                                         f"it is {first_turn[1]}'s, not the user's; it "
+                                         "still trains"))
     if "assistant" not in roles:
         issues.append(("no_assistant", "no assistant turn: nothing to train on"))
     elif roles and roles[-1] != "assistant":

@@ -42,8 +42,15 @@ class DataError(ValueError):
 # Loading
 
 
+# Message keys the chat templates read besides role/content (OpenAI-style tool calls);
+# kept so that a tool-calling row trains as the inspector said it would.
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
 def _normalise_row(obj: object, where: str) -> dict:
-    """Keep only ``messages`` with ``role``/``content`` strings; reject anything else."""
+    """Keep ``messages`` (role, content string; tool calls) and a ``tools`` list; reject
+    anything else. An assistant turn with ``tool_calls`` may have null content: the calls
+    are its answer, as in OpenAI's format."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: row must be a JSON object, got {type(obj).__name__}")
     messages = obj.get("messages")
@@ -56,12 +63,23 @@ def _normalise_row(obj: object, where: str) -> dict:
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
             raise DataError(f"{where}: messages[{i}].role must be one of {ROLES}, got {role!r}")
-        if not isinstance(content, str):
+        calls = msg.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list)
+                                  or not all(isinstance(c, dict) for c in calls)):
+            raise DataError(f"{where}: messages[{i}].tool_calls must be a list of objects "
+                            "on an assistant turn")
+        if not isinstance(content, str) and not (content is None and calls):
             raise DataError(f"{where}: messages[{i}].content must be a string")
-        out.append({"role": role, "content": content})
+        message = {"role": role, "content": content}
+        message.update({k: msg[k] for k in TOOL_KEYS if msg.get(k) is not None})
+        out.append(message)
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: no assistant message, nothing to train on")
-    return {"messages": out}
+    row: dict = {"messages": out}
+    tools = obj.get("tools")
+    if isinstance(tools, list) and tools:
+        row["tools"] = tools  # TRL passes a tools column to the chat template
+    return row
 
 
 def _iter_file(path: Path) -> Iterable[tuple[object, str]]:
@@ -161,7 +179,7 @@ def training_chat_template(tokenizer) -> str:
 
 
 def tokenize_row(messages: list[dict], tokenizer, chat_template: str,
-                 max_length: int | None) -> dict:
+                 max_length: int | None, tools: list | None = None) -> dict:
     """input_ids / attention_mask / labels for one conversation (labels -100 off-assistant).
 
     The reference: ``apply_chat_template`` exactly as TRL calls it. ``tokenize_chat`` gets
@@ -169,6 +187,7 @@ def tokenize_row(messages: list[dict], tokenizer, chat_template: str,
     """
     out = tokenizer.apply_chat_template(
         messages,
+        tools=tools or None,
         chat_template=chat_template,
         tokenize=True,
         return_dict=True,
@@ -201,7 +220,8 @@ def tokenize_chat(rows: Sequence[dict], tokenizer, max_length: int | None,
     slow_labels: dict[int, list[int]] = {}
     for i, got in enumerate(fast):  # in row order, so errors surface as row by row
         if got is None:
-            rec = tokenize_row(rows[i]["messages"], tokenizer, template, None)
+            rec = tokenize_row(rows[i]["messages"], tokenizer, template, None,
+                               rows[i].get("tools"))
             ids_row = rec["input_ids"]
             slow_labels[i] = rec["labels"]
             first = next((k for k, label in enumerate(rec["labels"]) if label != -100), None)
@@ -485,6 +505,8 @@ def _plain_messages(row) -> bool:
     """Messages of only role/content strings: transformers passes them to the template as
     they are."""
     messages = row.get("messages") if isinstance(row, dict) else None
+    if isinstance(row, dict) and row.get("tools"):
+        return False  # a tools block: apply_chat_template renders it (tokenize_row)
     return type(messages) is list and bool(messages) and all(
         type(m) is dict and m.keys() == {"role", "content"}
         and type(m["role"]) is str and type(m["content"]) is str for m in messages)

@@ -121,16 +121,17 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 @command("map")
 def cmd_map(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.inspector import MappingSpec
+    from tunestep.tools.inspector.spec import parse_mapping_spec
     from tunestep.tools.mapping import apply_mapping, suggest_mapping
 
     ws = _workspace(args)
     if args.spec:
         try:
-            spec = MappingSpec.model_validate_json(Path(args.spec).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise TunestepError("mapping_spec_invalid", f"cannot read the spec: {exc}",
-                                path=args.spec) from None
+            data = Path(args.spec).expanduser().read_bytes()
+        except OSError as exc:
+            raise TunestepError("mapping_spec_invalid", f"cannot read the spec file: "
+                                f"{exc.strerror or exc}", path=args.spec) from None
+        spec = parse_mapping_spec(data, args.spec)
     else:
         suggestion = suggest_mapping(ws, args.source)
         if suggestion.mapping is None:

@@ -222,7 +222,13 @@ def _from_sharegpt(row: dict, spec: MappingSpec) -> list:
 
 
 def _apply_role(role: Any, content: Any, spec: MappingSpec, source: dict | None) -> dict:
-    mapped = spec.role_map.get(role, role) if isinstance(role, str) else role
+    mapped = role
+    if isinstance(role, str):
+        mapped = spec.role_map.get(role)
+        if mapped is None and spec.source_format == "sharegpt":  # System, Human, GPT
+            mapped = next((v for k, v in spec.role_map.items()
+                           if k.casefold() == role.casefold()), None)
+        mapped = role if mapped is None else mapped
     if mapped == "tool_call":
         text = content if isinstance(content, str) else None
         if text is not None and text.strip():

@@ -156,3 +156,81 @@ def default_spec(source_format: SourceFormat, **overrides) -> MappingSpec:
         base.update(history_field="history", system_field="system")
     base.update(overrides)
     return MappingSpec.model_validate(base)
+
+
+# --- reading a spec a person wrote --------------------------------------------------------
+
+# An example value per field, for an error that says what a right one looks like.
+_EXAMPLES = {
+    "source_format": '"sharegpt" (one of chat, sharegpt, alpaca, prompt_completion, '
+                     'chatml_text)',
+    "role_map": '{"human": "user", "gpt": "assistant"} (to system, user, assistant, tool '
+                'or tool_call)',
+    "drop_where": '[{"field": "label", "equals": false}]',
+    "empty_turns": '"drop_exchange" (one of keep, drop_exchange, drop_row)',
+    "on_invalid": '"drop" or "fail"',
+    "join_template": '"{instruction}\\n\\n{input}"',
+    "tools_template": 'a text holding {tools}',
+    "tool_call_template": '"<tool_call>\\n{content}\\n</tool_call>"',
+    "replace_system": "true or false",
+    "trim_trailing": "true or false",
+    "history_field": '"history" or null',
+}
+SPEC_EXAMPLE = ('{"source_format": "sharegpt", "messages_field": "conversations", '
+                '"role_key": "from", "content_key": "value", '
+                '"role_map": {"human": "user", "gpt": "assistant"}}')
+
+
+def parse_mapping_spec(data: bytes | str, shown: str):
+    """A MappingSpec from JSON text, or ``mapping_spec_invalid`` naming each wrong field,
+    what is wrong, and an example of a right value (no validator internals, no URLs)."""
+    import orjson
+    from pydantic import ValidationError
+
+    from tunestep.tools.errors import TunestepError
+
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).split(":", 1)[0]
+        line, column = exc.lineno, exc.colno
+        if reason.startswith("unexpected end of data"):  # where the text stops, not after
+            text = (data.decode("utf-8", "replace") if isinstance(data, bytes)
+                    else data).rstrip()
+            line, column = text.count("\n") + 1, len(text) - text.rfind("\n") - 1
+            reason = "it ends before the JSON is complete"
+        raise TunestepError("mapping_spec_invalid", f"the spec is not valid JSON: {reason} "
+                            f"(line {line}, column {column}); e.g. {SPEC_EXAMPLE}",
+                            path=shown) from None
+    if not isinstance(raw, dict):
+        raise TunestepError("mapping_spec_invalid", f"the spec must be a JSON object, not "
+                            f"{type(raw).__name__}; e.g. {SPEC_EXAMPLE}", path=shown)
+    try:
+        return MappingSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_spec_problem(e) for e in exc.errors(include_url=False)]
+        raise TunestepError("mapping_spec_invalid", f"{len(problems)} problem(s) in the spec: "
+                            + "; ".join(problems), path=shown) from None
+
+
+def _spec_problem(error: dict) -> str:
+    loc = ".".join(str(part) for part in error.get("loc", ())) or "the spec"
+    top = str(error["loc"][0]) if error.get("loc") else ""
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        known = ", ".join(MappingSpec.model_fields)
+        return f"{loc}: not a MappingSpec field (the fields: {known})"
+    if kind == "missing":
+        what = "required"
+    else:
+        what = error.get("msg", "wrong").removeprefix("Value error, ")
+        what = what[:1].lower() + what[1:]
+        given = error.get("input")
+        if kind != "missing" and not isinstance(given, dict | list) and given is not None:
+            shown = repr(given)
+            what += f" (got {shown[:40]}{'...' if len(shown) > 40 else ''})"
+    example = _EXAMPLES.get(top)
+    if example is None and top in MappingSpec.model_fields:
+        annotation = str(MappingSpec.model_fields[top].annotation)
+        example = '"a_column"' if "str" in annotation else None
+    return f"{loc}: {what}" + (f"; e.g. {example}" if example else "")

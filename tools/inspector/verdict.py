@@ -171,10 +171,21 @@ def _shape(spec: MappingSpec) -> dict:
     return dumped
 
 
+def role_target(spec: MappingSpec, role: str) -> str | None:
+    """What ``role`` maps to: exactly, or for ShareGPT whatever its case (``System``,
+    ``Human``, ``GPT``), as the ShareGPT loaders of FastChat and LLaMA-Factory read it."""
+    if role in spec.role_map:
+        return spec.role_map[role]
+    if spec.source_format == "sharegpt":
+        folded = {k.casefold(): v for k, v in spec.role_map.items()}
+        return folded.get(role.casefold())
+    return None
+
+
 def _pruned(spec: MappingSpec, state: FileState) -> MappingSpec:
     """The spec with only what this file uses: the roles it has, the columns it fills."""
-    update: dict = {"role_map": {k: v for k, v in spec.role_map.items()
-                                 if k in state.raw_roles}}
+    update: dict = {"role_map": {role: mapped for role in sorted(map(str, state.raw_roles))
+                                 if (mapped := role_target(spec, role)) is not None}}
     for name in ("system_field", "tools_field", "history_field"):
         value = getattr(spec, name)
         if value and value not in state.fields_seen:

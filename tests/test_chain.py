@@ -158,3 +158,32 @@ def test_a_pushed_local_version_chains_by_its_commit(local_ws, tiny_model_dir):
     nxt = draft_job(ws, DraftRequest(**REMOTE))
     assert nxt.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
     assert not [f for f in nxt.files if f.role == "checkpoint"]
+
+
+def test_a_local_start_is_committed_from_a_verified_copy_streamed_from_disk(
+        local_ws, fake_hub, monkeypatch, tmp_path):
+    from conftest import Operator
+
+    from tunestep.tools import hf_submit
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.submit import submit_job
+
+    ws = local_ws
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(hf_jobs, "BUNDLE_INLINE_MAX", 1024)  # the weights go by path
+    operator = Operator(tmp_path / "keys")
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
+    submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id), operator.trusted)
+    repo = fake_hub.repo("tester/qwen3_webdev-steps")
+    weights = ws.resolve_model_store("models/qwen3_webdev") / "versions/0000_base"
+    committed = repo.tree(repo.head)
+    prefix = f"steps/{draft.draft_id}/start/"
+    assert committed[prefix + "model.safetensors"] == (weights / "model.safetensors").read_bytes()
+    assert committed[prefix + "config.json"] == (weights / "config.json").read_bytes()
+    assert not list((ws.state_dir / "jobs").glob("*/start/*"))  # the spool is gone
+
+    # A file that changes between the draft's check and the read is never committed.
+    (weights / "config.json").write_text((weights / "config.json").read_text() + " ")
+    with pytest.raises(TunestepError) as err:
+        hf_submit._spooled(ws, draft, "job-x", "start/config.json", weights / "config.json")
+    assert err.value.code == "draft_stale"

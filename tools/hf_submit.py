@@ -158,7 +158,9 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
             if hub.get("push") and hub.get("model_id"):  # private before the job pushes
                 hf_jobs.ensure_repo(api, hub["model_id"], "model", private=private)
             revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id,
-                                                  _bundle_files(ws, draft), private=private)
+                                                  _bundle_files(ws, draft, job_id),
+                                                  private=private)
+            _drop_spool(ws, job_id)
             _update_submit_state(ws, job_id, revision=revision)
             try:
                 ref = hf_jobs.submit_hf_job(
@@ -182,6 +184,7 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
                 if found is None:
                     raise
     except Exception as exc:  # a bug or an odd failure must not keep the lease either
+        _drop_spool(ws, job_id)
         if not isinstance(exc, TunestepError):
             logger.exception("hf-jobs submit of %s failed", job_id)
             exc = TunestepError("backend_failed", f"the submission failed unexpectedly "
@@ -199,7 +202,7 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
     return found
 
 
-def _bundle_files(ws: Workspace, draft) -> dict:
+def _bundle_files(ws: Workspace, draft, job_id: str) -> dict:
     from pathlib import Path
 
     from tunestep.tools.draft import JOBS_DIR
@@ -210,10 +213,53 @@ def _bundle_files(ws: Workspace, draft) -> dict:
         if source.startswith("job:"):
             files[name] = JOBS_DIR / source.removeprefix("job:")
         elif source.startswith("checkpoint:"):  # a local start (chain.py), hashed in the draft
-            files[name] = Path(source.removeprefix("checkpoint:"))
+            files[name] = _spooled(ws, draft, job_id, name, Path(source.removeprefix(
+                "checkpoint:")))
         else:
             files[name] = ws.resolve(source)
     return files
+
+
+def _spool_dir(ws: Workspace, job_id: str):
+    from tunestep.tools.backends.local import job_dir
+
+    return job_dir(ws, job_id) / "start"
+
+
+def _spooled(ws: Workspace, draft, job_id: str, name: str, source) -> object:
+    """A private copy of one checkpoint file, hashed while copied and checked against the
+    draft: the commit carries the approved bytes even if the store changes meanwhile, and
+    a multi-GB weight file is streamed from disk, never held in memory."""
+    import hashlib
+    import shutil
+
+    from tunestep.tools.atomic import atomic_open
+
+    rel = name.split("/", 1)[1]
+    expected = next((f.sha256 for f in draft.files
+                     if f.role == "checkpoint" and f.path.endswith("/" + rel)), None)
+    target = _spool_dir(ws, job_id) / rel
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+                writer.write(chunk)
+    except OSError as exc:
+        raise TunestepError("hf_bundle_unreadable", f"cannot read the start checkpoint's "
+                            f"file: {exc.strerror}", path=str(source)) from None
+    if digest.hexdigest() != expected:
+        shutil.rmtree(_spool_dir(ws, job_id), ignore_errors=True)
+        raise TunestepError("draft_stale", f"the start checkpoint's {rel} changed since the "
+                            "draft; draft again and ask the operator for a new approval",
+                            path=str(source))
+    return target
+
+
+def _drop_spool(ws: Workspace, job_id: str) -> None:
+    import shutil
+
+    shutil.rmtree(_spool_dir(ws, job_id), ignore_errors=True)
 
 
 def settle_submitting(ws: Workspace, row) -> None:

@@ -228,16 +228,25 @@ def _api_token(api: HfApi) -> str | None:
 # --------------------------------------------------------------------------- bundle
 
 
-def _read_bundle(files: Mapping[str, Path | bytes]) -> dict[str, bytes]:
+# A bundle file larger than this is sent from its path (the client streams it) instead of
+# from memory: a checkpoint that travels in the bundle is gigabytes. Callers pass such files
+# as a private copy they verified (hf_submit spools a local start and checks its sha256).
+BUNDLE_INLINE_MAX = 32 << 20
+
+
+def _read_bundle(files: Mapping[str, Path | bytes]) -> dict[str, bytes | str]:
     if not files:
         raise TunestepError("hf_bad_argument", "a step bundle needs at least one file")
-    contents: dict[str, bytes] = {}
+    contents: dict[str, bytes | str] = {}
     for name, source in files.items():
         _check_relative(name, "bundle file name")
         if isinstance(source, bytes | bytearray):
             contents[name] = bytes(source)
             continue
         try:
+            if Path(source).stat().st_size > BUNDLE_INLINE_MAX:
+                contents[name] = str(source)
+                continue
             contents[name] = Path(source).read_bytes()
         except OSError as exc:
             raise TunestepError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -32,14 +34,26 @@ def lengths_by_hand(ws, rel: str) -> list[tuple[int, int, int]]:
         messages = orjson.loads(raw)["messages"]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # The job shortens the last user turn before the last answer, nothing else.
+        answer = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        last_user = max(i for i in range(answer) if messages[i]["role"] == "user")
         user, at = 0, 0
-        for m in messages:
+        for i, m in enumerate(messages):
             start = text.index(m["content"], at)
             at = start + len(m["content"])
-            if m["role"] == "user":
-                user += sum(1 for s, e in enc["offset_mapping"] if e > start and s < at)
+            if i == last_user:
+                user = sum(1 for s, e in enc["offset_mapping"] if e > start and s < at)
         out.append((line, len(enc["input_ids"]), len(enc["input_ids"]) - user))
     return out
+
+
+def marker(ws) -> int:
+    from transformers import AutoTokenizer
+
+    from tunestep.tools.jobs.job_data import OMISSION
+
+    tokenizer = AutoTokenizer.from_pretrained(load_plan(ws).plan.model)
+    return len(tokenizer(OMISSION, add_special_tokens=False)["input_ids"])
 
 
 def over(ws, limit: int) -> list[tuple[str, int, int, int]]:
@@ -51,7 +65,7 @@ def test_truncate_prompt_counts_the_rows_the_job_shortens(model_ws):
     ws = model_ws
     set_plan(ws, max_length=400)
     expected = over(ws, 400)
-    assert expected and all(rest + 32 <= 400 for *_, rest in expected)
+    assert expected and all(rest + marker(ws) + 1 <= 400 for *_, rest in expected)
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
     lengths = draft.lengths
     assert (lengths.policy, lengths.max_length, lengths.rows) == ("truncate_prompt", 400, 300)
@@ -89,16 +103,48 @@ def test_drop_counts_and_error_refuses_naming_file_and_line(model_ws):
     assert f"{expected[0][0]}:{expected[0][1]} ({expected[0][2]:,} tokens)" in err.value.message
 
 
-def test_a_row_whose_answer_cannot_fit_is_refused(model_ws):
-    """truncate_prompt can only cut the user turn: when the rest is still too long the row
-    would train without its grade, so draft_job refuses it."""
+def test_a_row_whose_answer_cannot_fit_is_counted_as_dropped(model_ws):
+    """truncate_prompt can only cut the last user turn: a row still too long without it
+    would lose its grade, so the job drops it (its own rule); the draft counts and names
+    those rows, and the rest as shortened."""
     ws = model_ws
     limit = 200
-    hopeless = [r for r in over(ws, limit) if r[3] + 32 > limit]
-    assert hopeless
+    rows = over(ws, limit)
+    hopeless = [r for r in rows if r[3] + marker(ws) + 1 > limit]
+    assert hopeless and len(hopeless) < len(rows)
     set_plan(ws, max_length=limit)
-    with pytest.raises(TunestepError) as err:
-        draft_job(ws, DraftRequest(batch="batch_100_01"))
-    assert err.value.code == "answer_overlong"
-    assert (err.value.path, err.value.line) == hopeless[0][:2]
-    assert f"{hopeless[0][3]:,} of them outside the user turn" in err.value.message
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    lengths = draft.lengths
+    assert lengths.dropped == len(hopeless)
+    assert lengths.shortened == len(rows) - len(hopeless)
+    assert lengths.answer_too_long[0] == f"{hopeless[0][0]}:{hopeless[0][1]}"
+    warning = next(w for w in draft.warnings if "cannot keep their answer" in w)
+    assert f"{hopeless[0][0]}:{hopeless[0][1]}" in warning
+
+
+def test_the_host_counts_what_the_job_does(model_ws):
+    """The job's own shortening (tools/jobs/job_data.shorten_prompt, with the training
+    template) agrees with the host's count on which rows it can keep."""
+    from transformers import AutoTokenizer
+
+    from tunestep.tools.jobs import job_data, sft_data
+
+    ws = model_ws
+    limit = 200
+    set_plan(ws, max_length=limit)
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    tokenizer = AutoTokenizer.from_pretrained(load_plan(ws).plan.model)
+    template = (Path(job_data.__file__).parent / "qwen3_training.jinja").read_text()
+    rows = {(rel, line): orjson.loads(raw)["messages"] for rel in (BASE, BATCH)
+            for line, raw in enumerate(ws.resolve(rel).read_bytes().splitlines(), start=1)}
+    agree = 0
+    for listed in draft.lengths.listed:
+        fitted = job_data.shorten_prompt({"messages": rows[(listed.file, listed.line)]},
+                                         tokenizer, template, limit)
+        assert (fitted is not None) == (listed.action == "shorten_prompt"), listed
+        if fitted is not None:
+            n = len(sft_data.tokenize_row(fitted["messages"], tokenizer, template,
+                                          None)["input_ids"])
+            assert n <= limit
+        agree += 1
+    assert agree == len(draft.lengths.listed) > 0

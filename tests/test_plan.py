@@ -46,3 +46,14 @@ def test_invalid_yaml_names_the_line():
 
 def test_plan_defaults_are_private():
     assert Plan().hub.private and not Plan().hub.push
+
+
+def test_a_gate_names_only_metrics_the_job_computes():
+    from tunestep.tools.jobs.job_evaluate import METRICS
+    from tunestep.tools.plan import GATE_METRICS
+
+    assert set(GATE_METRICS) == set(METRICS)
+    with pytest.raises(TunestepError) as err:
+        parse_plan_text("---\ngate:\n  metric: eval_loss\n---\n")
+    assert err.value.code == "plan_bad_value" and "gate.metric" in err.value.message
+    assert parse_plan_text("---\ngate: null\n---\n").gate is None

@@ -299,14 +299,21 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
 
 
 def _length_warnings(lengths: LengthCheck) -> list[str]:
+    warnings = []
     if lengths.shortened:
-        return [f"{lengths.shortened} row(s) are longer than max_length {lengths.max_length} "
-                f"(the longest {lengths.longest} tokens): the job shortens the middle of "
-                "their user turn and keeps the whole answer (data.overlong truncate_prompt)"]
-    if lengths.dropped:
-        return [f"{lengths.dropped} row(s) are longer than max_length {lengths.max_length}: "
-                "the job leaves them out (data.overlong drop)"]
-    return []
+        warnings.append(f"{lengths.shortened} row(s) are longer than max_length "
+                        f"{lengths.max_length} (the longest {lengths.longest} tokens): the job "
+                        "shortens the middle of their user turn and keeps the whole answer "
+                        "(data.overlong truncate_prompt)")
+    if lengths.answer_too_long:
+        shown = ", ".join(lengths.answer_too_long[:5])
+        warnings.append(f"{lengths.dropped} row(s) cannot keep their answer within max_length "
+                        f"{lengths.max_length} even with the user turn shortened, so the job "
+                        f"leaves them out: {shown}; raise training.max_length to keep them")
+    elif lengths.dropped:
+        warnings.append(f"{lengths.dropped} row(s) are longer than max_length "
+                        f"{lengths.max_length}: the job leaves them out (data.overlong drop)")
+    return warnings
 
 
 def source_uses(data) -> list[SourceUse]:

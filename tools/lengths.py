@@ -7,11 +7,12 @@ come from the inspector's cached report (``run_inspector(tokens=True)``: cached 
 content of each file, the tokenizer and ``max_length``), so an unchanged file is not
 tokenized again. Each over-long row is then handled as ``data.overlong`` says:
 
-- ``truncate_prompt`` (default): the job shortens the middle of the user turn and keeps
-  the whole answer. The host checks that this can work: the row without its user turns
-  (system prompt, answer, template) plus ``MIN_PROMPT_TOKENS`` of the user turn must fit;
-  a row where even that is too long would train without its grade, and the draft is
-  refused (``answer_overlong``, naming file and line).
+- ``truncate_prompt`` (default): the job shortens the middle of the last user turn
+  before the answer and keeps the whole answer (``tools/jobs/job_data.shorten_prompt``).
+  The host applies the job's own rule to count: a row fits that way when the row without
+  that user turn's content, plus the omission marker and one kept token, fits; the job
+  drops a row that does not (its answer alone is too long), and the host counts it as
+  dropped and says so, naming the rows.
 - ``drop``: the job leaves the row out; the host counts how many.
 - ``error``: the draft is refused (``row_overlong``, naming file and line).
 
@@ -28,9 +29,8 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.plan import Plan
 from tunestep.tools.workspace import Workspace
 
-# The fewest user-turn tokens a shortened prompt keeps (its head and tail around the cut,
-# with the marker the job puts in the middle): a prompt cut to less says nothing.
-MIN_PROMPT_TOKENS = 32
+# What the job keeps of a shortened user turn besides its omission marker: one token.
+MIN_PROMPT_TOKENS = 1
 SHOWN = 20  # over-long rows listed in a draft; all are counted
 
 Policy = Literal["drop", "truncate_prompt", "error"]
@@ -56,14 +56,16 @@ class LengthCheck(BaseModel):
     dropped: int = 0  # drop: rows the job leaves out
     longest: int = 0
     listed: list[LongRow] = Field(default_factory=list)  # the first SHOWN
+    # truncate_prompt: rows the job drops because even without their last user turn they
+    # do not fit (their answer alone is too long), as file:line (the first SHOWN)
+    answer_too_long: list[str] = Field(default_factory=list)
 
 
 def check_lengths(ws: Workspace, plan: Plan, files: list[str], max_length: int,
                   policy: Policy) -> LengthCheck:
     """Count every row of the step's training files and apply ``policy`` to the long ones.
 
-    Raises ``row_overlong`` (policy ``error``) or ``answer_overlong`` (``truncate_prompt``
-    where the answer cannot be kept) naming the first such row's file and line.
+    Raises ``row_overlong`` (policy ``error``) naming the first such row's file and line.
     """
     from tunestep.tools.inspector import run_inspector
 
@@ -106,23 +108,16 @@ def check_lengths(ws: Workspace, plan: Plan, files: list[str], max_length: int,
         check.listed = [LongRow(file=f, line=line, tokens=n, action="drop")
                         for f, line, n in long_rows[:SHOWN]]
         return check
-    rests = _rest_tokens(ws, plan, long_rows)
-    hopeless = [(f, line, n, rest) for (f, line, n), rest in zip(long_rows, rests, strict=True)
-                if rest + MIN_PROMPT_TOKENS > max_length]
-    if hopeless:
-        f, line, n, rest = hopeless[0]
-        raise TunestepError(
-            "answer_overlong",
-            f"{len(hopeless)} training row(s) cannot keep their answer within "
-            f"training.max_length {max_length:,} even with the user turn shortened: "
-            f"{f}:{line} is {n:,} tokens, {rest:,} of them outside the user turn. Training "
-            "it would cut the answer and its grade: shorten the system prompt or answer, "
-            "raise training.max_length, or set data.overlong to drop",
-            path=f, line=line)
-    check.shortened = len(long_rows)
-    check.listed = [LongRow(file=f, line=line, tokens=n, rest_tokens=rest,
-                            action="shorten_prompt")
-                    for (f, line, n), rest in list(zip(long_rows, rests, strict=True))[:SHOWN]]
+    rests, marker = _rest_tokens(ws, plan, long_rows)
+    actions = ["shorten_prompt" if rest + marker + MIN_PROMPT_TOKENS <= max_length
+               else "drop" for rest in rests]
+    check.shortened = actions.count("shorten_prompt")
+    check.dropped = actions.count("drop")
+    check.listed = [LongRow(file=f, line=line, tokens=n, rest_tokens=rest, action=action)
+                    for (f, line, n), rest, action in
+                    list(zip(long_rows, rests, actions, strict=True))[:SHOWN]]
+    check.answer_too_long = [f"{f}:{line}" for (f, line, _), action in
+                             zip(long_rows, actions, strict=True) if action == "drop"][:SHOWN]
     return check
 
 
@@ -151,12 +146,15 @@ def _count(ws: Workspace, plan: Plan, rel: str, max_length: int) -> list[tuple[i
 
 
 def _rest_tokens(ws: Workspace, plan: Plan, long_rows: list[tuple[str, int | None, int]]
-                 ) -> list[int]:
-    """Per over-long row: its tokens outside the user turns' contents (what must fit)."""
+                 ) -> tuple[list[int], int]:
+    """Per over-long row: its tokens outside the user turn the job shortens (the last one
+    before the last answer); and the omission marker's tokens."""
     from tunestep.tools.inspector.tokens import load_tokenizer
+    from tunestep.tools.jobs.job_data import OMISSION
     from tunestep.tools.merge import read_rows
 
     tokenizer, _ = load_tokenizer(ws, plan.model)
+    marker = len(tokenizer(OMISSION, add_special_tokens=False)["input_ids"])
     by_file: dict[str, dict[int, object]] = {}
     for rel in dict.fromkeys(f for f, *_ in long_rows):
         wanted = {line for f, line, _ in long_rows if f == rel}
@@ -165,19 +163,22 @@ def _rest_tokens(ws: Workspace, plan: Plan, long_rows: list[tuple[str, int | Non
     rests = []
     for rel, line, _ in long_rows:
         messages, roles, contents, tools = _messages(by_file[rel][line])
+        answer = max((i for i, r in enumerate(roles) if r == "assistant"), default=-1)
+        users = [i for i in range(answer) if roles[i] == "user"]
+        cut_turn = users[-1] if users else None
         text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
         encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
         user = 0
         at = 0
-        for role, content in zip(roles, contents, strict=True):
+        for index, content in enumerate(contents):
             found = text.find(content, at) if content else -1
             if found < 0:
                 continue
             at = found + len(content)
-            if role == "user":
+            if index == cut_turn:
                 first = encoding.char_to_token(found)
                 last = encoding.char_to_token(at - 1)
                 if first is not None and last is not None:
-                    user += last - first + 1
+                    user = last - first + 1
         rests.append(len(encoding.ids) - user)
-    return rests
+    return rests, marker

@@ -94,13 +94,18 @@ USER = "tester"
 DIFFERENCES = """\
 What this stand-in does not do like the real Hub:
 - no LFS or xet storage: every file is a regular git blob sent inline (the real Hub asks
-  for LFS/xet above ~10 MB or for binary files, and the client then uploads elsewhere);
-- jobs run as a local subprocess with this interpreter, not in the Docker image; no GPU,
-  no image pull, no `uv` dependency install (billed time on the real service); the
-  `/tmp` and `$HOME` of a job are a fresh scratch folder;
-- no rate limits, quotas, billing, credit checks or scheduling delay unless injected;
-- no pagination of long listings, no tags/PRs/branches API beyond reading them, no gated
-  repos, no organisation membership beyond `FakeHub.orgs`;
+  for LFS/xet for large or binary files, and the client then uploads them elsewhere);
+  no `.gitattributes`-driven behaviour beyond the initial commit's file;
+- jobs run as a local subprocess with this interpreter, not in the Docker image: no GPU,
+  no image pull, no `uv` dependency install or lock check (billed minutes on the real
+  service); the volume is a copied folder at another path (`$TUNESTEP_STEP_DIR` says
+  where), not a read-only mount at `mountPath`; `/tmp` and `$HOME` are scratch folders;
+- no billing, credits (402), quotas, scheduling delay or hardware shortage; rate limits
+  and faults only when a test sets `rate_limit` or injects them;
+- every valid token has write access (no read-only or fine-grained tokens), orgs are
+  `FakeHub.orgs`; no gated repos, tags, PRs or branch creation;
+- listings are paged only when `page_size` is set; the job answer echoes secret values
+  (the worst case for a client), which the real Hub does not;
 - log lines carry the time they were captured, not the container's clock.
 """
 

@@ -242,3 +242,18 @@ def test_the_rate_limit_answers_429_with_retry_after(api, fake_hub):
     response = limited.value.response
     assert response.status_code == 429 and 295 <= int(response.headers["Retry-After"]) <= 300
     assert "rate limit" in str(limited.value)
+
+
+def test_a_job_past_its_timeout_is_stopped_as_an_error(api, fake_hub):
+    fake_hub.runner = JobRunner()
+    api.create_repo(REPO, repo_type="dataset", private=True)
+    sha = _commit(api, {"steps/s1/job.py": JOB_SCRIPT.encode(), "steps/s1/data.txt": b"x"})
+    job = api.run_job(
+        image="ghcr.io/astral-sh/uv:python3.12-bookworm",
+        command=["uv", "run", "/tunestep/step/job.py", "--out", "/tmp/o"],
+        env={"MODE": "sleep", "OUT_REPO": REPO, "EXPECT_MOUNT_NAME": "mount0"},
+        flavor="cpu-basic", timeout=1, namespace=hub_stub.USER,
+        volumes=[Volume(type="dataset", source=REPO, revision=sha, path="steps/s1",
+                        mount_path="/tunestep/step")])
+    done = fake_hub.wait_job(job.id, timeout=60)
+    assert done["status"] == {"stage": "ERROR", "message": "Job timeout"}

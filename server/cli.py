@@ -575,7 +575,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return _COMMANDS[args.command](args, make_console())
     except TunestepError as exc:
-        _error("error", str(exc))
+        _error("error", f"{exc.code}: {exc.message}{exc.where()}")
+        if exc.hint is not None:  # in CLI syntax, not the MCP call str(exc) carries
+            from types import SimpleNamespace
+
+            from tunestep.server.render import View, make_console, next_steps
+
+            next_steps(make_console(stderr=True), SimpleNamespace(next_steps=[exc.hint]),
+                       View(workspace=getattr(args, "hint_workspace", None)))
         return EXIT_PROBLEM
     except KeyboardInterrupt:
         _error("interrupted", "")

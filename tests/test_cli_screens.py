@@ -330,3 +330,16 @@ def test_json_is_json_for_every_command(sample_ws, capsys, argv):
     code, out, err = run(capsys, *argv, "-w", str(sample_ws.root), "--json")
     assert code in (0, 1), err
     assert isinstance(json.loads(out), dict)
+
+
+def test_an_error_hint_is_a_command_on_the_cli_and_a_call_over_mcp(sample_ws, capsys):
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.errors import TunestepError
+
+    code, _, err = run(capsys, "draft", "--kind", "inspect", "-w", str(sample_ws.root))
+    assert code == 1 and "draft_kind_backend" in err
+    assert "next: tunestep inspect datasets/incremental/batch_100_01" in err
+    assert "run_inspector(" not in err
+    with pytest.raises(TunestepError) as exc:  # what the MCP tool error carries
+        draft_job(sample_ws, DraftRequest(kind="inspect"))
+    assert "next: run_inspector(path='datasets/incremental/batch_100_01')" in str(exc.value)

@@ -528,8 +528,13 @@ def build_inspect_draft(ws: Workspace, request: DraftRequest,
     from tunestep.tools.selfwheel import build_self_wheel
 
     if request.backend != "hf-jobs":
+        from tunestep.tools.next_step import NextAction
+
         raise TunestepError("draft_kind_backend", "an inspect draft runs on hf-jobs only; "
-                            "inspecting locally is free: call run_inspector instead")
+                            "inspecting locally is free",
+                            hint=NextAction(tool="run_inspector",
+                                            args={"path": report.batch_path})
+                            if report.batch_path else None)
     if request.mode is not None or request.overrides:
         raise TunestepError("draft_kind_option", "mode and overrides are training settings; "
                             "an inspect draft takes batch, flavor and timeout only")

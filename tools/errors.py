@@ -19,15 +19,20 @@ class TunestepError(Exception):
         *,
         path: str | None = None,
         line: int | None = None,
+        hint=None,
     ) -> None:
         self.code = code
         self.message = message
         self.path = path
         self.line = line
+        # What to do next as a structured step (tools/next_step.NextAction): the MCP text
+        # says it as a tool call, the CLI as the tunestep command.
+        self.hint = hint
         super().__init__(str(self))
 
+    def where(self) -> str:
+        return f" ({self.path}{f':{self.line}' if self.line else ''})" if self.path else ""
+
     def __str__(self) -> str:
-        where = ""
-        if self.path:
-            where = f" ({self.path}{f':{self.line}' if self.line else ''})"
-        return f"{self.code}: {self.message}{where}"
+        hint = f"; next: {self.hint.mcp()}" if self.hint is not None else ""
+        return f"{self.code}: {self.message}{hint}{self.where()}"

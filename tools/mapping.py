@@ -382,8 +382,7 @@ def _write_file(source: Source, index: int, engine: Engine, target: Path) -> tup
             count += 1
     if read.hexdigest() != source.sha256:
         raise TunestepError("data_changed", "the source changed between the scan and the "
-                            "write; nothing was published: run apply_mapping again",
-                            path=source.shown)
+                            "write; nothing was published: map it again", path=source.shown)
     return count, digest.hexdigest()
 
 

@@ -662,9 +662,12 @@ def step_datasets(ws: Workspace, batch: str | None = None, *, max_length: int | 
             if not cached:
                 _audit_merge(ws, loaded.plan.paths.merged, step, merged)
         if merged is None:
+            from tunestep.tools.next_step import NextAction
+
             raise TunestepError(
                 "merge_stale", "strategy 'file': the merged file is missing or was made from "
-                "other data or options; run merge_datasets first", path=loaded.plan.paths.merged)
+                "other data or options; merge first", path=loaded.plan.paths.merged,
+                hint=NextAction(tool="merge_datasets", args={"batch": step.batch}))
         step.merged = loaded.plan.paths.merged
         step.train_files = [TrainFile(path=step.merged, sha256=merged["output"]["sha256"],
                                       rows=merged["output"]["rows"])]

@@ -187,3 +187,16 @@ def test_a_local_start_is_committed_from_a_verified_copy_streamed_from_disk(
     with pytest.raises(TunestepError) as err:
         hf_submit._spooled(ws, draft, "job-x", "start/config.json", weights / "config.json")
     assert err.value.code == "draft_stale"
+
+
+def test_a_remote_step_without_a_pushed_commit_stops_the_next_draft(hub_ws):
+    ws = hub_ws
+    first = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
+    result = remote_result(first, SHA1)
+    result["hub"] = None  # as when the job's result.json never came back
+    job_id = record_job_end(ws, first.draft_id, "hf-jobs", result)
+    map_batch_2(ws)
+    for request in (DraftRequest(**REMOTE), DraftRequest()):
+        with pytest.raises(TunestepError) as err:
+            draft_job(ws, request)
+        assert err.value.code == "remote_step_unpushed" and job_id in err.value.message

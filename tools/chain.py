@@ -100,6 +100,24 @@ def unsynced_step(conn: sqlite3.Connection, store: Path) -> sqlite3.Row | None:
     return newest
 
 
+def _refuse_unpushed(conn: sqlite3.Connection, store: Path, link: str) -> None:
+    """The newest promoted step ran remotely but the ledger knows no commit it pushed and
+    the store lacks its version: any start would silently skip it."""
+    newest = conn.execute(
+        "SELECT s.*, j.backend FROM steps s LEFT JOIN jobs j ON j.job_id = s.job_id"
+        " WHERE s.promoted = 1 ORDER BY s.step DESC, s.recorded_at DESC LIMIT 1").fetchone()
+    if newest is None or newest["backend"] != "hf-jobs" or newest["hub_revision"]:
+        return
+    if newest["version"] and (store / "versions" / newest["version"]).is_dir():
+        return
+    raise TunestepError(
+        "remote_step_unpushed",
+        f"step {newest['step']} ({newest['batch']}) succeeded on HF Jobs, but the ledger holds "
+        "no commit of the model it pushed (its result.json was not fetched), so the next step "
+        f"cannot start from it: ask `tunestep status {newest['job_id']}` again, or put that "
+        "model into the store by hand", path=link)
+
+
 def _draft_base(conn: sqlite3.Connection, draft_id: str | None) -> str | None:
     row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
                        (draft_id,)).fetchone() if draft_id else None
@@ -117,6 +135,7 @@ def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
     store = ws.resolve_model_store(plan.model_link)
     latest = latest_checkpoint(store) if store.is_dir() else None
     with ledger.open_ledger(ws) as conn:
+        _refuse_unpushed(conn, store, plan.model_link)
         pending = unsynced_step(conn, store)
         origin = (version_origin(conn, plan.model_link, latest.name)
                   if latest is not None and latest.parent.name == "versions" else None)

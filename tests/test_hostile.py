@@ -577,3 +577,31 @@ def test_the_mcp_server_answers_a_fifo_and_a_link_loop_by_name(sample_ws):
     # The folder itself: the FIFO and the loop are not data files; the rest is inspected.
     result = _call(server, "run_inspector", {"path": BATCH3})
     assert not result.is_error
+
+
+def test_merge_refuses_a_parquet_batch_of_bytes_by_name(sample_ws):
+    """Case: the first batch is parquet with a binary column -> merge names the finding
+    (batch_not_ready ... column_type_unsupported), never 'not JSON serializable'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunestep.tools.merge import merge_datasets
+
+    folder = sample_ws.root / "datasets/incremental/batch_100_01"
+    rows = [orjson_loads(line) for line in (folder / "examples.jsonl").read_bytes()
+            .splitlines()[:4]]
+    (folder / "examples.jsonl").unlink()
+    table = pa.table({"messages": [r["messages"] for r in rows],
+                      "blob": pa.array([b"\x00"] * len(rows))})
+    pq.write_table(table, folder / "rows.parquet")
+    for strategy in ("list", "file"):
+        with pytest.raises(TunestepError) as err:
+            merge_datasets(sample_ws, "batch_100_01", strategy=strategy)
+        assert err.value.code == "batch_not_ready"
+        assert "column_type_unsupported" in err.value.message
+
+
+def orjson_loads(raw: bytes):
+    import orjson
+
+    return orjson.loads(raw)

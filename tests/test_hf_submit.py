@@ -217,3 +217,16 @@ def test_over_mcp_a_hub_fault_is_a_named_tool_error(ws, approved, fake_hub):
         assert error_code(result) == "hub_unavailable", result.content[0].text
         assert "try again" in result.content[0].text
         assert FAKE_TOKEN not in result.content[0].text
+
+
+def test_rows_wiped_from_the_ledger_still_give_one_job(ws, approved, fake_hub):
+    """Whatever the local files say: the Hub's nonce label is the last word."""
+    draft, token, trusted = approved
+    first = submit_job(ws, draft.draft_id, token, trusted)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("DELETE FROM approvals")
+        conn.execute("DELETE FROM jobs")
+    again = submit_job(ws, draft.draft_id, token, trusted)
+    assert again.external_id == first.external_id and len(fake_hub.jobs) == 1
+    (row,), _ = _rows(ws)
+    assert ledger.loads(row["result"])["adopted"] is True

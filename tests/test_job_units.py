@@ -131,6 +131,22 @@ def test_drop_and_error_policies(tokenizer):
     assert kept == rows[:1] and dropped == 1
 
 
+def test_answer_budget_reaches_every_grade(tokenizer):
+    refs = ["Short. Grade: 3", "A much longer review of the markup and the styles. " * 6
+            + "Grade: 7"]
+    longest = len(tokenizer(refs[1], add_special_tokens=False)["input_ids"])
+    budget, got, warnings = job_evaluate.answer_budget(
+        tokenizer, refs, {"batch_size": 8, "max_new_tokens": None}, 16)
+    assert got == longest and budget > longest  # the end token fits too
+    assert len(warnings) == 1 and "samples.max_new_tokens=16 is shorter than 1 of 2" in \
+        warnings[0]
+    budget, _, warnings = job_evaluate.answer_budget(
+        tokenizer, refs, {"batch_size": 8, "max_new_tokens": 12}, 16)
+    assert budget == 12 and "evaluation.max_new_tokens=12" in warnings[0]
+    assert job_evaluate.answer_budget(tokenizer, refs[:1], {"batch_size": 8,
+                                                            "max_new_tokens": None}, 64)[2] == []
+
+
 # ---------------------------------------------------------------------------- statistics
 
 

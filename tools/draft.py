@@ -434,8 +434,10 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
         "hub": {"model_id": plan.hub.model_id, "private": plan.hub.private,
                 "push": plan.hub.push or (remote and plan.hub.model_id is not None)},
         "data": {"overlong": plan.data.overlong},
-        # the whole hold-out, 8 prompts a batch; the budget follows the longest reference
-        "evaluation": {"batch_size": 8, "max_new_tokens": None},
+        # the whole hold-out, batched (wider on a GPU, where a batch costs about what one
+        # prompt does); the budget follows the longest reference answer
+        "evaluation": {"batch_size": 32 if remote and not flavor.startswith("cpu") else 8,
+                       "max_new_tokens": None},
         "gate": plan.gate.model_dump(mode="json") if plan.gate is not None else None,
         # a GPU flavor stops at once when CUDA is not usable, instead of training on CPU
         "expect_gpu": remote and not flavor.startswith("cpu"),

@@ -154,8 +154,38 @@ def preprocess_rows(args) -> list[Row]:
     ]
 
 
+def job_rows(args) -> list[Row]:
+    import bench_job
+
+    results = bench_job.run(eval_rows=args.eval_rows)
+    bench_job.report(results)
+    pad, store, gen = results["padding"], results["store"], results["generation"]
+    old, new = store["old"], store["new"]
+    share_old = old["timing"]["outside_training_share"]
+    share_new = new["timing"]["outside_training_share"]
+    return [
+        Row(f"training padding share, batch {pad['batch']} ({pad['rows']} rows), "
+            "length-grouped", f"{pad['grouped']:.1%}", f"{pad['random']:.1%} random order",
+            f"{pad['grouped'] / pad['random']:.2f}x", "< 1 %", _met(pad["grouped"] < 0.01)),
+        Row("model-store bytes written per step, final weights only (3 epochs)",
+            f"{new['copies']:.2f} model copies",
+            f"{old['copies']:.2f} copies with a checkpoint each epoch",
+            f"{new['copies'] / old['copies']:.2f}x", "<= 1.2 copies",
+            _met(new["copies"] <= 1.2)),
+        Row("job wall time outside training (start-up, whole hold-out eval, save, reports)",
+            f"{share_new:.0%} of {new['timing']['wall']:.0f} s",
+            f"{share_old:.0%} with epoch checkpoints", f"{share_new / share_old:.2f}x",
+            "(for reference)", "-"),
+        Row(f"whole hold-out generation, {gen['rows']} rows, batches of 16 (tiny model, CPU)",
+            f"{gen['batched']:.1f} rows/s", f"{gen['one_at_a_time']:.1f} rows/s one at a time",
+            f"{gen['batched'] / gen['one_at_a_time']:.1f}x", ">= 3x",
+            _met(gen["batched"] >= 3 * gen["one_at_a_time"])),
+    ]
+
+
 BENCHMARKS: list[tuple[str, Callable]] = [
-    ("server", server_rows), ("inspector", inspector_rows), ("preprocess", preprocess_rows)]
+    ("server", server_rows), ("inspector", inspector_rows), ("preprocess", preprocess_rows),
+    ("job", job_rows)]
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -220,6 +250,8 @@ def main() -> int:
     parser.add_argument("--server-repeats", type=int, default=5, help="cold starts per side")
     parser.add_argument("--preprocess-rows", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=50, help="steps for the growth run")
+    parser.add_argument("--eval-rows", type=int, default=64,
+                        help="hold-out rows for the job's generation rows/s")
     parser.add_argument("--only", choices=[name for name, _ in BENCHMARKS], action="append",
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--section", choices=[name for name, _ in BENCHMARKS],

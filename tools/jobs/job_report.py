@@ -46,6 +46,10 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def _fmt_p(value: float | None) -> str:
+    return "–" if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "–"
@@ -104,10 +108,10 @@ def render_eval_md(cfg: dict, report: dict, promotion: dict, before_label: str) 
     for name in report["delta"]:
         d = report["delta"][name]
         w(f"| {name} | {ci(report['before'][name])} | {ci(report['after'][name])} | "
-          f"{ci(d)} | {_fmt(d['p_value'])} |\n")
+          f"{ci(d)} | {_fmt_p(d['p_value'])} |\n")
     pr = report["paired"]
     w(f"\nPaired, row by row (absolute grade error): {pr['wins']} better, {pr['losses']} "
-      f"worse, {pr['ties']} unchanged; {pr['test']}: p = {_fmt(pr['p_value'])}.\n\n")
+      f"worse, {pr['ties']} unchanged; {pr['test']}: p = {_fmt_p(pr['p_value'])}.\n\n")
     w("Intervals: Wilson for proportions, a seeded percentile bootstrap for MAE, Spearman "
       "and kappa, and a paired bootstrap (the same resampled rows for both versions) for "
       "every change. p-values: exact McNemar / sign tests where per-row outcomes exist.\n\n")

@@ -160,7 +160,8 @@ rows_per_second, before, after, delta, paired, report), ``metrics_before``/
 ``metrics_after`` (grade_exact, grade_within1, grade_mae, parse_rate, spearman, kappa,
 counts; over the whole hold-out), ``eval_loss_before``, ``final_train_loss``,
 ``final_eval_loss``, ``train_tokens``, ``epochs``, ``seconds``, ``precision``,
-``precision_requested``, ``precision_fallback``, ``saved_dtype``, ``rows_shortened``,
+``precision_requested``, ``precision_fallback``, ``saved_dtype``, ``warnings`` (e.g.
+``samples.max_new_tokens`` shorter than reference answers), ``rows_shortened``,
 ``rows_dropped``, ``timing`` (process_to_training, job_to_training, training,
 evaluation, wall, outside_training_share), ``memory``, ``hub``;
 2 bad config or input, or a GPU flavor without CUDA (nothing trained, nothing written to
@@ -284,6 +285,7 @@ class Prepared:
     budget: int
     longest_reference: int
     resumed_from: str | None
+    warnings: list[str]
 
 
 def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
@@ -300,7 +302,7 @@ def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
     for warning in warnings:
         log(f"warning: {warning}")
     return Prepared(model, tokenizer, tokenizer.chat_template, template, data, holdout,
-                    budget, longest, resumed_from)
+                    budget, longest, resumed_from, warnings)
 
 
 def _last(rows: list[dict], key: str):
@@ -493,6 +495,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         "eval_loss_before": recorder.eval_loss_before,
         "final_train_loss": final_train, "final_eval_loss": final_eval,
         "train_tokens": train_tokens, "epochs": epochs, "hub": None,
+        "warnings": prep.warnings + ([ctx["fallback"]] if ctx["fallback"] else []),
         "rows_shortened": prep.data.rows_shortened, "rows_dropped": prep.data.rows_dropped,
         "eval_rows_shortened": prep.data.eval_rows_shortened,
         "eval_rows_dropped": prep.data.eval_rows_dropped,

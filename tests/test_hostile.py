@@ -475,7 +475,7 @@ def test_parquet_columns_the_job_cannot_train_on_are_findings(sample_ws, kind):
 # --- 3. read once -------------------------------------------------------------------------
 
 BATCH3 = "datasets/incremental/batch_100_03"
-INVALID_ROW = b'{"messages": [{"role": "assistant", "content": "no user turn"}]}\n'
+INVALID_ROW = b"{\"messages\": [{\"role\": \"user\", not json\n"  # invalid_json
 
 
 def test_a_file_swapped_between_hash_and_scan_is_never_cached_ready(sample_ws, monkeypatch):

@@ -575,6 +575,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return _COMMANDS[args.command](args, make_console())
     except TunestepError as exc:
+        if getattr(args, "json", False):  # --json: a refusal is JSON on stdout too
+            import json
+
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message,
+                                        "path": exc.path, "line": exc.line,
+                                        "next": exc.hint.mcp() if exc.hint else None}},
+                             indent=2))
         _error("error", f"{exc.code}: {exc.message}{exc.where()}")
         if exc.hint is not None:  # in CLI syntax, not the MCP call str(exc) carries
             from types import SimpleNamespace

@@ -343,3 +343,10 @@ def test_an_error_hint_is_a_command_on_the_cli_and_a_call_over_mcp(sample_ws, ca
     with pytest.raises(TunestepError) as exc:  # what the MCP tool error carries
         draft_job(sample_ws, DraftRequest(kind="inspect"))
     assert "next: run_inspector(path='datasets/incremental/batch_100_01')" in str(exc.value)
+
+
+def test_json_refusals_are_json_too(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "check", "--json")
+    assert code == 1 and "workspace_not_found" in err
+    assert json.loads(out)["error"]["code"] == "workspace_not_found"

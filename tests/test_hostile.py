@@ -605,3 +605,29 @@ def orjson_loads(raw: bytes):
     import orjson
 
     return orjson.loads(raw)
+
+
+def test_a_holdout_swapped_before_its_index_is_built_is_never_indexed(sample_ws, monkeypatch):
+    """Case: the hold-out set is hashed for the comparison, then swapped before its leakage
+    index is read -> data_changed (an index cached under a sha holds those bytes only)."""
+    import uuid
+
+    import orjson
+
+    from tunestep.tools.inspector import run as inspector_run
+    from tunestep.tools.inspector import run_inspector
+
+    holdout = sample_ws.root / "datasets/processed_webdev_coding/validation.jsonl"
+    unique = {"messages": [{"role": "user", "content": f"review {uuid.uuid4().hex} now"},
+                           {"role": "assistant", "content": "Grade: 4"}]}
+    holdout.write_bytes(holdout.read_bytes() + orjson.dumps(unique) + b"\n")
+    real = inspector_run.inspect_sources
+
+    def swap_then_inspect(*args, **kwargs):
+        holdout.write_bytes(holdout.read_bytes() + orjson.dumps(unique) + b"\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inspector_run, "inspect_sources", swap_then_inspect)
+    with pytest.raises(TunestepError) as err:
+        run_inspector(sample_ws, BATCH3)
+    assert err.value.code == "data_changed" and err.value.path == "validation.jsonl"

@@ -111,7 +111,7 @@ def holdout_index(holdout: Path, shown: str, sha256: str,
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    index = _build(holdout, shown, train)
+    index = _build(holdout, shown, train, sha256, train_sha256)
     with _lock:
         _cache[key] = index
         while len(_cache) > _CACHE_SIZE:
@@ -119,11 +119,13 @@ def holdout_index(holdout: Path, shown: str, sha256: str,
     return index
 
 
-def _build(holdout: Path, shown: str, train: Path | None) -> HoldoutIndex:
+def _build(holdout: Path, shown: str, train: Path | None, sha256: str | None = None,
+           train_sha256: str | None = None) -> HoldoutIndex:
+    """Every pass over a file checks it is still the bytes the index is cached under."""
     index = HoldoutIndex(path=shown, rows=0)
     gram_rows: dict[int, int] = {}  # 8-gram hash -> hold-out rows holding it
     word_rows: dict[str, int] = {}  # word -> hold-out rows holding it
-    for line, roles, contents in canonical_rows(holdout):
+    for line, roles, contents in canonical_rows(holdout, sha256):
         index.rows += 1
         words = user_text(roles, contents).lower().split()
         index.users.add(hash(tuple(words)))
@@ -141,13 +143,13 @@ def _build(holdout: Path, shown: str, train: Path | None) -> HoldoutIndex:
     limit = boilerplate_limit(index.rows)
     common_words = {w for w, n in word_rows.items() if n > limit}
     if train is not None:
-        common_words |= _common_words(train, set(word_rows))
+        common_words |= _common_words(train, set(word_rows), train_sha256)
     # A kept 8-gram is rare itself and holds at least two distinct rare words. A sequence
     # of words that many rows use (a template line, a code idiom) is boilerplate, and so
     # is one that adds a single uncommon word to them: generated or templated data
     # recombines its parts, so such sequences recur by chance. A copied prompt carries
     # many rare words (names, numbers, topic words) and is still caught.
-    for line, roles, contents in canonical_rows(holdout):
+    for line, roles, contents in canonical_rows(holdout, sha256):
         words = user_text(roles, contents).lower().split()
         for start, gram in enumerate(map(hash, _grams(words))):
             if gram_rows[gram] > limit or gram in index.grams:
@@ -158,18 +160,18 @@ def _build(holdout: Path, shown: str, train: Path | None) -> HoldoutIndex:
             index.grams[gram] = line
             index.rare_words.update(rare)
     if train is not None and index.grams:
-        for gram in _common_in(train, set(index.grams)):
+        for gram in _common_in(train, set(index.grams), train_sha256):
             del index.grams[gram]
     index.ignored_grams = len(gram_rows) - len(index.grams)
-    _add_windows(holdout, index)
+    _add_windows(holdout, index, sha256)
     return index
 
 
-def _common_words(path: Path, vocabulary: set[str]) -> set[str]:
+def _common_words(path: Path, vocabulary: set[str], sha256: str | None = None) -> set[str]:
     """Words of ``vocabulary`` used by more than max(2, 1%) of the rows of ``path``."""
     counts: dict[str, int] = {}
     rows = 0
-    for _, roles, contents in canonical_rows(path):
+    for _, roles, contents in canonical_rows(path, sha256):
         rows += 1
         for word in vocabulary.intersection(user_text(roles, contents).lower().split()):
             counts[word] = counts.get(word, 0) + 1
@@ -177,11 +179,11 @@ def _common_words(path: Path, vocabulary: set[str]) -> set[str]:
     return {w for w, n in counts.items() if n > limit}
 
 
-def _common_in(path: Path, grams: set[int]) -> set[int]:
+def _common_in(path: Path, grams: set[int], sha256: str | None = None) -> set[int]:
     """The grams among ``grams`` that are boilerplate in the rows of ``path``."""
     counts: dict[int, int] = {}
     rows = 0
-    for _, roles, contents in canonical_rows(path):
+    for _, roles, contents in canonical_rows(path, sha256):
         rows += 1
         words = user_text(roles, contents).lower().split()
         for gram in grams.intersection(map(hash, _grams(words))):
@@ -190,11 +192,11 @@ def _common_in(path: Path, grams: set[int]) -> set[int]:
     return {g for g, n in counts.items() if n > limit}
 
 
-def _add_windows(holdout: Path, index: HoldoutIndex) -> None:
+def _add_windows(holdout: Path, index: HoldoutIndex, sha256: str | None = None) -> None:
     """The 5-word windows at offsets 0..3 of every kept 8-gram."""
     if not index.grams:
         return
-    for _, roles, contents in canonical_rows(holdout):
+    for _, roles, contents in canonical_rows(holdout, sha256):
         words = user_text(roles, contents).lower().split()
         for start, gram in enumerate(map(hash, _grams(words))):
             if gram in index.grams:

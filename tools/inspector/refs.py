@@ -8,6 +8,7 @@ cached per process by file content hash and rebuilt by a new process.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunestep.tools.errors import TunestepError
 from tunestep.tools.inspector.formats import (
     NOT_OBJECT,
     PREFERENCE,
@@ -45,10 +47,24 @@ def content_text(message: dict) -> str:
     return orjson.dumps(message.get("tool_calls")).decode()
 
 
-def canonical_rows(path: Path) -> Iterator[tuple[int, tuple, tuple]]:
-    """(line, roles, contents) of every row of a file that converts to valid chat."""
+def canonical_rows(path: Path, sha256: str | None = None
+                   ) -> Iterator[tuple[int, tuple, tuple]]:
+    """(line, roles, contents) of every row of a file that converts to valid chat.
+
+    With ``sha256`` the bytes are hashed as they are read and must be those: an index
+    cached under that sha is then an index of exactly those bytes (else ``data_changed``
+    once the rows are consumed).
+    """
     specs: dict[str, Any] = {}
-    for line, row in iter_rows(path):
+    digest = hashlib.sha256() if sha256 else None
+    yield from _canonical(path, specs, digest)
+    if digest is not None and digest.hexdigest() != sha256:
+        raise TunestepError("data_changed", "the file changed while it was read; run "
+                            "again", path=path.name)
+
+
+def _canonical(path: Path, specs: dict, digest: Any) -> Iterator[tuple[int, tuple, tuple]]:
+    for line, row in iter_rows(path, digest=digest):
         if isinstance(row, ReadIssue):
             continue
         fmt = classify(row)
@@ -94,7 +110,7 @@ def reference_set(path: Path, shown: str, sha256: str) -> ReferenceSet:
             return _cache[cache_key]
     keys: list[int] = []
     lines: list[int] = []
-    for line, roles, contents in canonical_rows(path):
+    for line, roles, contents in canonical_rows(path, sha256):
         keys.append(row_key(roles, contents))
         lines.append(line)
     key_array = np.array(keys, dtype=np.int64)

@@ -68,6 +68,20 @@ def test_gpu_flavor_without_cuda_stops(expect, env, stops):
     job_train.check_gpu(cfg, fake_torch(cuda=True, native_bf16=True), env)  # CUDA: fine
 
 
+def test_time_before_training_counts_from_the_job_start(monkeypatch):
+    import time
+
+    from tunestep.tools.jobs import train_sft
+
+    monkeypatch.delenv("TUNESTEP_OUTPUT_REPO", raising=False)
+    monkeypatch.delenv("TUNESTEP_JOB_STARTED", raising=False)
+    alone = train_sft._startup_seconds()
+    assert alone["process_to_training"] > 0 and alone["job_to_training"] is None
+    monkeypatch.setenv("TUNESTEP_JOB_STARTED", str(time.time() - 100))
+    launched = train_sft._startup_seconds()
+    assert 100 <= launched["job_to_training"] < 200
+
+
 # ---------------------------------------------------------------------------- over-long rows
 
 

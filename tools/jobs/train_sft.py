@@ -142,7 +142,8 @@ plots, history) and ``result.json`` are then committed to
 database of ``trackio.dir`` as ``<path>/trackio/<name>.db`` (see ``push_outputs``);
 tunestep merges them into the workspace's cumulative files. A launcher may
 set ``TUNESTEP_JOB_STARTED`` (epoch seconds) so the time before training includes what
-preceded this process (the dependency install).
+preceded this process (the dependency install); on HF Jobs without it, the age of the
+container's first process (``uv run``, which installs the dependencies) stands in.
 
 Outputs besides the model: ``metrics_csv`` (an epoch-0 row: the hold-out loss and the
 previous version's evaluation before training; then one row per epoch, the new version's
@@ -261,16 +262,33 @@ def _config_summary(cfg: dict, paths: Paths, precision: str) -> str:
     )
 
 
-def _startup_seconds(now: float) -> dict:
-    """Wall time before training starts: since this process began, and since the launcher
-    started the job (``TUNESTEP_JOB_STARTED``, epoch seconds, when the launcher sets it: it
-    then includes the dependency install)."""
-    out = {"process_to_training": round(now - T_PROCESS, 2)}
+def _process_age(pid: str = "self") -> float | None:
+    """Seconds since a process started, from /proc (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _startup_seconds() -> dict:
+    """Wall time before training starts: since this process began (interpreter start and
+    imports included), and since the job began: ``TUNESTEP_JOB_STARTED`` (epoch seconds)
+    when a launcher sets it, else on Hugging Face Jobs (``TUNESTEP_OUTPUT_REPO`` set) the
+    age of the container's first process, ``uv run``, so the dependency install counts."""
+    own = _process_age()
+    out = {"process_to_training": round(own if own is not None
+                                        else time.monotonic() - T_PROCESS, 2),
+           "job_to_training": None}
     started = os.environ.get("TUNESTEP_JOB_STARTED", "").strip()
     try:
-        out["job_to_training"] = round(time.time() - float(started), 2) if started else None
+        if started:
+            out["job_to_training"] = round(time.time() - float(started), 2)
+        elif os.environ.get("TUNESTEP_OUTPUT_REPO") and (first := _process_age("1")):
+            out["job_to_training"] = round(first, 2)
     except ValueError:
-        out["job_to_training"] = None
+        pass
     return out
 
 
@@ -383,7 +401,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         callbacks=[recorder.callback],
     )
     trainer.evaluate()  # hold-out loss of the starting point: the CSV's epoch-0 row
-    startup = _startup_seconds(time.monotonic())
+    startup = _startup_seconds()
     log(f"training (started {startup['process_to_training']}s after the process"
         + (f", {startup['job_to_training']}s after the job" if startup["job_to_training"]
            is not None else "") + ")")
@@ -482,7 +500,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     job_report.plot_history(history, paths.plots_dir / "val_progression.png")
 
     final = paths.store / "versions" / paths.version_name
-    wall = time.monotonic() - T_PROCESS
+    wall = max(time.monotonic() - T_PROCESS, _process_age() or 0.0)
     result = {
         "ok": True,
         **{k: summary[k] for k in ("draft_id", "step", "batch", "mode", "model_name", "precision",
@@ -499,7 +517,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         "rows_shortened": prep.data.rows_shortened, "rows_dropped": prep.data.rows_dropped,
         "eval_rows_shortened": prep.data.eval_rows_shortened,
         "eval_rows_dropped": prep.data.eval_rows_dropped,
-        "timing": {**_startup_seconds(t_train), "training": round(train_seconds, 2),
+        "timing": {**startup, "training": round(train_seconds, 2),
                    "evaluation": round(ctx["seconds_before"] + seconds_after, 2)},
         "memory": memory,
         "outputs": {"metrics_csv": str(paths.metrics_csv), "samples_md": str(paths.samples_md),

@@ -260,9 +260,14 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         """
         return promotion.promote(workspace(), version, approval_token, trusted_keys())
 
-    @tool(server, "Job status", REMOTE_READ)
+    # Not read-only: a finished job's outputs are fetched and its model brought home.
+    @tool(server, "Job status", FETCHES_MODEL)
     def job_status(job_id: str) -> job_control.JobStatus:
-        """Where a job is now (running, succeeded, failed, cancelled, lost), with its result."""
+        """Where a job is now (running, succeeded, failed, cancelled, lost), with its result.
+
+        When an hf-jobs step has succeeded, its reports are merged into the workspace and
+        the model it pushed is downloaded into the local model store (as `sync_model`).
+        """
         return job_control.job_status(workspace(), job_id)
 
     @tool(server, "Job logs", REMOTE_READ)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import anyio
 import pytest
+from conftest import REPO_ROOT
 from mcp import Client, StdioServerParameters
 
 from tunestep.server.app import ServerConfig, build_server, error_code
@@ -27,6 +29,21 @@ async def test_tools_have_annotations_and_output_schema(sample_ws):
     assert tool.annotations.open_world_hint is False
     assert tool.output_schema and "ready" in tool.output_schema["properties"]
     assert "hold-out" in tool.description
+
+
+async def test_annotations_are_the_ones_mcp_surface_md_lists(sample_ws):
+    # The table in .specs/mcp_surface.md is what clients are promised: a tool that writes
+    # (job_status brings a model home) must not be announced as read-only.
+    spec = (REPO_ROOT / ".specs" / "mcp_surface.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)\(.*?\| (yes|no) \| (yes|no) \| (yes|no) \| (yes|no) \|",
+                      spec, flags=re.M)
+    assert len(rows) >= 10
+    async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    for name, *flags in rows:
+        a = tools[name].annotations
+        got = [a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint]
+        assert got == [f == "yes" for f in flags], name
 
 
 async def test_check_batch_returns_structured_report(sample_ws):

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from tunestep.tools import ledger
 from tunestep.tools.atomic import atomic_write_text
@@ -36,11 +34,18 @@ from tunestep.tools.chain import (
     shown_path,
     starting_point,
 )
+from tunestep.tools.draft_model import (  # re-exported: callers import them from here
+    DraftRequest,
+    FileRef,
+    HfSubmission,
+    InspectEstimate,
+    JobDraft,
+    SourceUse,
+)
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
     FLAVORS,
     LOCKED_INSTALL_SECONDS,
-    Estimate,
     estimate_job,
     format_duration,
     live_prices,
@@ -53,6 +58,7 @@ from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
 from tunestep.tools.lengths import LengthCheck, check_lengths
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
+from tunestep.tools.run_plan import write_run_plan
 from tunestep.tools.workspace import Workspace
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -77,103 +83,12 @@ OVERRIDABLE = {"per_device_train_batch_size": int, "gradient_accumulation_steps"
                "lora_r": int, "lora_alpha": int, "lora_dropout": float}
 
 
-class DraftRequest(BaseModel):
-    """What the caller asked for; stored so the draft can be recomputed at submit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["train", "inspect"] = "train"
-    batch: str | None = None
-    mode: Literal["full", "lora"] | None = None
-    backend: Literal["local", "hf-jobs"] = "local"
-    flavor: str | None = None
-    timeout: str | None = None
-    overrides: dict[str, float | int | str] = Field(default_factory=dict)
-
-
-class FileRef(BaseModel):
-    # inspect drafts: "inspect" (the files inspected), "reference" (base train set and
-    # earlier batches, for duplicates), "plan" (the plan document); eval is the hold-out.
-    # "checkpoint": a file of a local start that an hf-jobs bundle carries (chain.py).
-    role: Literal["train", "eval", "script", "tokenized", "inspect", "reference", "plan",
-                  "checkpoint"]
-    path: str  # workspace-relative (job scripts: their name in the bundle; a checkpoint
-    # file outside the workspace: its absolute path, never sent to the job)
-    sha256: str
-    rows: int | None = None
-
-
-class HfSubmission(BaseModel):
-    """The exact Hugging Face Jobs request, secrets by name only."""
-
-    image: str
-    command: list[str]
-    flavor: str
-    timeout_seconds: int
-    labels: dict[str, str]
-    secrets: list[str]
-    dataset_repo: str
-    bundle: dict[str, str]  # name in the bundle -> workspace path (or job file)
-
-
-class InspectEstimate(BaseModel):
-    """Time and cost of a remote inspection: no training fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    flavor: str
-    rows: int
-    rows_per_second: float
-    minutes: float
-    usd: float
-    usd_per_hour: float
-    max_usd: float  # the whole timeout billed: the most this job can cost
-    suggested_timeout: str
-    timeout_seconds: int
-    method: str
-    warnings: list[str]
-
-
-class SourceUse(BaseModel):
-    """How many rows of one source the step trains, and why (the run plan's data table)."""
-
-    part: str  # "base" or the batch name
-    path: str
-    rows: int  # rows in the source
-    trained: int  # rows of it the job trains on
-    why: str
-
-
-class JobDraft(BaseModel):
-    draft_id: str
-    digest: str
-    kind: Literal["train", "inspect"]
-    batch: str
-    step: int
-    backend: Literal["local", "hf-jobs"]
-    request: DraftRequest
-    job_config: dict[str, Any]
-    files: list[FileRef]
-    submission: HfSubmission | None
-    estimate: Estimate | InspectEstimate = Field(union_mode="left_to_right")
-    warnings: list[str]
-    run_plan: str
-    approve_command: str
-    regime: str | None = None  # train drafts: data.regime, and what it made of the sources
-    sources: list[SourceUse] = Field(default_factory=list)
-    start: StartPoint | None = None  # where the step starts (train drafts), for people
-    lengths: LengthCheck | None = None  # train drafts: over-long rows and what happens to them
-    gate: dict[str, Any] | None = None  # train drafts: the plan's promotion gate (null: none)
-
-
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     """Compute the draft, store it in the ledger and write the run plan for the operator.
 
     Derived data the step needs (a replay sample's file, the merged file of strategy
     ``file``) is written here when missing; a recompute (approve, submit) only checks it.
     """
-    from tunestep.tools.run_plan import write_run_plan
-
     report = check_batch(ws, request.batch)
     draft = build_draft(ws, request, report, write=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):

@@ -8,7 +8,7 @@ itself always re-reads the ledger, never this file.
 from __future__ import annotations
 
 from tunestep.tools.atomic import atomic_write_text
-from tunestep.tools.draft import JobDraft
+from tunestep.tools.draft_model import JobDraft
 from tunestep.tools.preflight import PreflightReport
 from tunestep.tools.workspace import Workspace
 

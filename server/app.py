@@ -12,13 +12,13 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
@@ -52,6 +52,30 @@ MOVES_LATEST = ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                idempotent_hint=False, open_world_hint=False)
 REMOTE_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                               idempotent_hint=True, open_world_hint=True)
+
+
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs inlined (it sits inside another schema)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+# The client sees MappingSpec's schema; the server validates the spec itself, so a wrong
+# one is refused as mapping_spec_invalid naming the field and an example, not with the
+# SDK's validator text.
+MappingArg = Annotated[dict[str, Any] | None, WithJsonSchema(
+    {"anyOf": [_inline_schema(inspector.MappingSpec), {"type": "null"}], "default": None})]
 
 
 class ServerConfig(BaseModel):
@@ -158,7 +182,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                                        tokens=tokens, max_errors=max_errors)
 
     @tool(server, "Map a foreign format to chat", WRITES_DERIVED)
-    async def apply_mapping(source: str, mapping: inspector.MappingSpec | None = None,
+    async def apply_mapping(source: str, mapping: MappingArg = None,
                             ctx: Context | None = None) -> mappings.MappingResult:
         """Write `source` as canonical chat JSONL into the plan's *_mapped/ folder.
 
@@ -171,7 +195,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         ws = workspace()
 
         def apply(progress) -> mappings.MappingResult:
-            spec = mapping
+            from tunestep.tools.inspector.spec import parse_mapping_spec
+
+            spec = None if mapping is None else parse_mapping_spec(mapping)
             if spec is None:
                 suggestion = mappings.suggest_mapping(ws, source, progress=progress)
                 if suggestion.mapping is None:

@@ -59,3 +59,27 @@ def test_sharegpt_roles_in_any_case_map_and_keep_every_row(sample_ws):
                                                  "gpt": "assistant"}})
     again = apply_mapping(sample_ws, "datasets/incremental/batch_100_04", lower)
     assert again.rows_out == 6
+
+
+def test_over_mcp_a_bad_spec_reads_the_same_and_the_schema_is_mappingspec(sample_ws):
+    import anyio
+    from mcp import Client
+
+    from tunestep.server.app import ServerConfig, build_server, error_code
+
+    async def main():
+        async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            schema = tools["apply_mapping"].input_schema["properties"]["mapping"]
+            spec = schema["anyOf"][0]
+            assert spec["properties"]["source_format"]["enum"][0] == "chat"
+            assert "$ref" not in json.dumps(schema)
+            result = await client.call_tool("apply_mapping", {
+                "source": "datasets/incremental/batch_100_02",
+                "mapping": {"source_format": "shargpt"}})
+            text = result.content[0].text
+            assert error_code(result) == "mapping_spec_invalid"
+            assert "source_format:" in text and 'e.g. "sharegpt"' in text
+            assert "pydantic" not in text and "https://" not in text
+
+    anyio.run(main)

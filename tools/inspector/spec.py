@@ -181,16 +181,17 @@ SPEC_EXAMPLE = ('{"source_format": "sharegpt", "messages_field": "conversations"
                 '"role_map": {"human": "user", "gpt": "assistant"}}')
 
 
-def parse_mapping_spec(data: bytes | str, shown: str):
-    """A MappingSpec from JSON text, or ``mapping_spec_invalid`` naming each wrong field,
-    what is wrong, and an example of a right value (no validator internals, no URLs)."""
+def parse_mapping_spec(data: bytes | str | dict, shown: str | None = None):
+    """A MappingSpec from JSON text (or its parsed object), or ``mapping_spec_invalid``
+    naming each wrong field, what is wrong, and an example of a right value (no validator
+    internals, no URLs)."""
     import orjson
     from pydantic import ValidationError
 
     from tunestep.tools.errors import TunestepError
 
     try:
-        raw = orjson.loads(data)
+        raw = data if isinstance(data, dict) else orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         reason = str(exc).split(":", 1)[0]
         line, column = exc.lineno, exc.colno

@@ -81,9 +81,12 @@ def _take_lease(ws: Workspace, job_id: str) -> None:
         state = result.setdefault("submit", {})
         if state.get("lease_until", 0) > now:
             wait = int(state["lease_until"] - now) + 1
+            from tunestep.tools.next_step import NextAction
+
             raise TunestepError("submit_in_progress", f"another submit of this token is "
-                                f"running (job {job_id}); its lease ends in {wait} s: ask "
-                                f"job_status(job_id='{job_id}') or submit again after that")
+                                f"running (job {job_id}); its lease ends in {wait} s: ask for "
+                                "its status, or submit again after that",
+                                hint=NextAction(tool="job_status", args={"job_id": job_id}))
         state.update(lease_until=now + LEASE_S, attempts=state.get("attempts", 0) + 1)
         state.pop("error", None)
         conn.execute("UPDATE jobs SET result = ? WHERE job_id = ?",

@@ -17,11 +17,7 @@ TOOLS = ROOT / "tools"
 SERVER = ROOT / "server"
 
 # Circles that are known and accepted, each with why. Keep it empty if you can.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # merge needs preprocess's find_tokenized (lazily) and preprocess merge's step data:
-    # being split (the tokenized-cache lookup moves down a floor).
-    frozenset({"tunestep.tools.merge", "tunestep.tools.preprocess"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 # Libraries too heavy for an adapter's module level: the CLI's and the server's start
 # must not pay for them (the domain imports them inside the functions that need them).

@@ -374,8 +374,8 @@ def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_di
                         where, name)
                 # what a draft would pick up: nothing, or exactly the finished folder
                 step_data = merge.select_rows(ws, batch)
-                found = preprocess.find_tokenized(ws, load_plan(ws).plan, step_data,
-                                                  max_length)
+                found = merge.find_tokenized(ws, load_plan(ws).plan, step_data,
+                                            max_length)
                 assert found is None or named == "new", where
                 return named
             return check

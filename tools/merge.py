@@ -52,97 +52,26 @@ from tunestep.tools.hashing import canonical_json, sha256_file, sha256_json
 from tunestep.tools.model_store import trained_checkpoint
 from tunestep.tools.plan import LoadedPlan, Plan, load_plan
 from tunestep.tools.preflight import BatchInfo, discover_batches, pinned_validation
+from tunestep.tools.step_data import (  # re-exported: callers import them from here
+    DuplicateRow,
+    HoldoutInfo,
+    ReplayInfo,
+    RowRef,
+    SourceFile,
+    StepDatasets,
+    Strategy,
+    TrainFile,
+)
+from tunestep.tools.tokenized_cache import find_tokenized
 from tunestep.tools.workspace import Workspace
 
 Progress = Callable[[int, int | None, str], None]
-Strategy = Literal["list", "file"]
-Regime = Literal["replay", "cumulative", "from_base"]
 
 STRATEGIES: tuple[str, ...] = ("list", "file")
 BASE_PART = "base"  # the part name of the base training set (batch names match a pattern)
 MANIFEST_VERSION = 1
 SHOWN = 100  # rows listed in a result; the manifest lists every one
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's own record, not data
-
-
-class RowRef(BaseModel):
-    path: str  # workspace-relative
-    line: int  # 1-based: the line in a JSONL file, the element of a JSON array, the Parquet row
-
-
-class DuplicateRow(RowRef):
-    duplicate_of: RowRef
-
-
-class SourceFile(BaseModel):
-    """One file of the step's data, in training order."""
-
-    path: str
-    sha256: str
-    rows: int
-    part: str  # "base" or the batch name
-    step: int  # 0 for the base set
-    origin: Literal["base", "original", "mapped"]
-    selected: list[int] | None = None  # 0-based rows kept (strategy file); None: all rows
-
-
-class TrainFile(BaseModel):
-    """A file the job reads, as the job config lists it."""
-
-    path: str
-    sha256: str
-    rows: int
-
-
-class TokenizedFile(BaseModel):
-    path: str
-    sha256: str
-    size: int
-
-
-class ReplayInfo(BaseModel):
-    # off: regime cumulative/from_base; nothing_earlier: the first batch; fresh_start:
-    # nothing trained to resume from; sampled: the earlier rows were sampled.
-    mode: Literal["off", "nothing_earlier", "fresh_start", "sampled"]
-    fraction: float
-    seed: int
-    regime: Regime = "replay"
-    earlier_rows: int = 0  # earlier rows after dedup, the population sampled from
-    sampled_rows: int = 0
-    strata: int = 0  # (source, grade) groups sampled from
-    # replay: earlier batches whose step was not promoted, trained in full again
-    held_back: list[str] = Field(default_factory=list)
-    reason: str = ""  # why the step trains the rows it trains, in one sentence
-
-
-class HoldoutInfo(BaseModel):
-    path: str
-    sha256: str
-    rows: int
-
-
-class StepDatasets(BaseModel):
-    """What a step trains on, and how it reaches the job (draft_job's input)."""
-
-    batch: str
-    step: int
-    strategy: Strategy
-    sources: list[SourceFile]
-    train_files: list[TrainFile]  # list: the sources; file: the merged file
-    rows: int  # rows the job trains on
-    dedup: bool
-    duplicate_count: int
-    duplicates_dropped: bool  # only the merged file can drop rows
-    duplicates: list[DuplicateRow]
-    replay: ReplayInfo
-    holdout: HoldoutInfo
-    digest: str  # over sources, their hashes and selections, hold-out, options
-    merged: str | None = None  # strategy file: the merged file, fresh for this digest
-    replay_file: str | None = None  # strategy list + sampled replay: the sample's own file
-    tokenized_dir: str | None = None  # a tokenized dataset matching these rows, if any
-    tokenized_key: str | None = None
-    tokenized_files: list[TokenizedFile] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
 
 
 class MergeSource(BaseModel):
@@ -671,8 +600,6 @@ def step_datasets(ws: Workspace, batch: str | None = None, *, max_length: int | 
         step.merged = loaded.plan.paths.merged
         step.train_files = [TrainFile(path=step.merged, sha256=merged["output"]["sha256"],
                                       rows=merged["output"]["rows"])]
-    from tunestep.tools.preprocess import find_tokenized
-
     found = find_tokenized(ws, loaded.plan, step, max_length)
     if found is not None:
         step.tokenized_dir, step.tokenized_key, step.tokenized_files = found

@@ -460,6 +460,9 @@ def render_draft(console: Console, draft, view: View = View()) -> None:
                   + (f" ({est.processes} GPUs, one process each)"
                      if getattr(est, "processes", 1) > 1 else "")
                   + f"; suggested timeout {w(est.suggested_timeout)}")
+    if getattr(est, "eval_rows", 0):  # counted in the estimate above
+        console.print(f"evaluation  ~{_minutes(est.eval_minutes)} of it: {est.eval_rows:,} "
+                      f"rows x 2 versions, <= {est.eval_max_new_tokens:,} new tokens")
     _draft_warnings_and_approval(console, draft, view)
 
 

@@ -52,6 +52,7 @@ from tunestep.tools.estimate import (
     parse_duration,
     processes_for,
 )
+from tunestep.tools.eval_estimate import HoldOutLengths, holdout_lengths, token_budget
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
@@ -193,7 +194,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         precision=config["hyperparameters"]["precision"] if backend == "hf-jobs" else "auto",
         timeout=timeout, prices=live_prices() if backend == "hf-jobs" else None,
         install_seconds=LOCKED_INSTALL_SECONDS
-        if backend == "hf-jobs" and plan.job.install == "locked" else 0.0)
+        if backend == "hf-jobs" and plan.job.install == "locked" else 0.0,
+        **_eval_estimate_args(ws, plan, config, report.validation.rows))
     body = {"kind": request.kind, "request": request.model_dump(mode="json"),
             "job_config": config, "files": [f.model_dump() for f in files],
             "submission": submission.model_dump() if submission else None,
@@ -408,6 +410,22 @@ def bundle_name(ref: FileRef, files: list[FileRef]) -> str:
         return "data/validation.jsonl"
     index = [f for f in files if f.role == "train"].index(ref)
     return f"data/train_{index:03d}_{Path(ref.path).name}"
+
+
+def _eval_estimate_args(ws: Workspace, plan: Plan, config: dict, rows: int | None) -> dict:
+    """The hold-out evaluation the job runs after training, as the estimate counts it:
+    lengths from the hold-out file (a JSONL one; another format counts its rows with the
+    samples budget), the job's token budget and batch size."""
+    path = ws.resolve(plan.paths.validation)
+    if path.suffix.lower() == ".jsonl":
+        holdout = holdout_lengths(path, plan.paths.validation)
+    else:
+        holdout = HoldOutLengths(rows=rows or 0, longest_reference_chars=0, prompt_chars=0)
+    evaluation = config["evaluation"]
+    budget = token_budget(holdout.longest_reference_chars,
+                          config["samples"]["max_new_tokens"], evaluation["max_new_tokens"])
+    return {"holdout": holdout, "eval_max_new_tokens": budget,
+            "eval_batch_size": evaluation["batch_size"]}
 
 
 def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:

@@ -23,6 +23,7 @@ import orjson
 from pydantic import BaseModel
 
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.eval_estimate import HoldOutLengths, estimate_evaluation
 
 
 class Flavor(BaseModel):
@@ -155,6 +156,12 @@ class Estimate(BaseModel):
     gpus: int = 0
     processes: int = 1  # training processes: one per GPU (accelerate launch)
     price_source: str = "table"  # hub (live list_jobs_hardware), table, guess
+    # The whole hold-out evaluation after training (two greedy passes), counted in minutes;
+    # 0 in a draft made before the estimate counted it.
+    eval_minutes: float = 0.0
+    eval_rows: int = 0
+    eval_max_new_tokens: int = 0
+    eval_method: str = ""
 
 
 def parse_duration(text: str) -> int:
@@ -215,9 +222,14 @@ def estimate_job(
     timeout: str,
     prices: dict[str, float] | None = None,
     install_seconds: float = 0.0,
+    holdout: HoldOutLengths | None = None,
+    eval_max_new_tokens: int = 0,
+    eval_batch_size: int = 8,
 ) -> Estimate:
     """Minutes, dollars, memory and warnings for one training job; ``install_seconds`` is
-    the dependency install before training (billed on HF Jobs)."""
+    the dependency install before training (billed on HF Jobs); ``holdout`` the hold-out's
+    lengths, whose evaluation (``eval_max_new_tokens`` a row, ``eval_batch_size`` a batch)
+    the job runs after training."""
     hw = local_flavor() if flavor == "local" else FLAVORS.get(flavor)
     if hw is None:
         raise TunestepError("unknown_flavor", f"unknown hardware flavor '{flavor}'; known: "
@@ -234,7 +246,13 @@ def estimate_job(
     tokens_per_second = hw.tflops * 1e12 * mfu * scaling / flops_per_token
     total_tokens = int(train_tokens * epochs)
     startup = LOCAL_STARTUP_MINUTES if flavor == "local" else STARTUP_MINUTES
-    minutes = startup + install_seconds / 60 + total_tokens / tokens_per_second / 60
+    evaluation = estimate_evaluation(
+        flavor=flavor, gpus=hw.gpus, flops_per_s=hw.tflops * 1e12 * mfu, params=params,
+        lengths=holdout, max_new_tokens=eval_max_new_tokens, batch_size=eval_batch_size,
+        local=flavor == "local") if holdout is not None else None
+    eval_minutes = evaluation.minutes if evaluation else 0.0
+    minutes = (startup + install_seconds / 60 + total_tokens / tokens_per_second / 60
+               + eval_minutes)
     timeout_seconds = parse_duration(timeout)
     suggested = max(300, math.ceil(minutes * 60 * TIMEOUT_MARGIN / 300) * 300)
     memory = params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
@@ -259,7 +277,10 @@ def estimate_job(
                + f", +{startup:g} min start-up"
                + (f", +{install_seconds:g} s dependency install (billed)" if install_seconds
                   else ""), warnings=warnings,
-        gpus=hw.gpus, processes=processes, price_source=price_source)
+        gpus=hw.gpus, processes=processes, price_source=price_source,
+        eval_minutes=eval_minutes, eval_rows=evaluation.rows if evaluation else 0,
+        eval_max_new_tokens=evaluation.max_new_tokens if evaluation else 0,
+        eval_method=evaluation.method if evaluation else "")
 
 
 def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,

@@ -23,6 +23,13 @@ _PRICE_SOURCES = {"hub": "the Hub's live hardware list", "table": "tunestep's ta
                   "published prices", "guess": "tunestep's own guess (no published price)"}
 
 
+def _eval_line(est) -> str:
+    """The hold-out evaluation's share of the estimate (counted in its minutes)."""
+    if not getattr(est, "eval_rows", 0):
+        return "- Evaluation: not counted (no hold-out rows)."
+    return (f"- Evaluation: ~{est.eval_minutes:g} min of it (included): {est.eval_method}.")
+
+
 def _processes_line(est) -> str:
     gpus = getattr(est, "gpus", 0)
     processes = getattr(est, "processes", 1)
@@ -138,6 +145,7 @@ Backend **{draft.backend}**, mode **{cfg['mode']}**. Nothing runs until the oper
 - About **{est.minutes:g} min** and **${est.usd:.2f}** (${est.usd_per_hour:g}/h, price from
   {_PRICE_SOURCES.get(est.price_source, est.price_source)}). Method:
   {est.method}.
+{_eval_line(est)}
 - Timeout {est.timeout_seconds} s; suggested {est.suggested_timeout} (estimate + 30 %).
 - Memory needed about {est.memory_needed_gb:g} GB.
 

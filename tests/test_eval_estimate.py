@@ -1,0 +1,108 @@
+"""The estimate counts the job's whole hold-out evaluation (two greedy passes)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import orjson
+
+from tunestep.tools.estimate import estimate_job
+from tunestep.tools.eval_estimate import (
+    BUDGET_MARGIN,
+    CHARS_PER_TOKEN,
+    HoldOutLengths,
+    holdout_lengths,
+    token_budget,
+)
+
+ARGS = dict(model="Qwen/Qwen3-0.6B", mode="full", train_tokens=200_000, rows=200, epochs=1,
+            batch_size=2, grad_accum=1, precision="auto", timeout="10h")
+
+
+def _est(flavor="a10g-large", rows=2000, ref_chars=400, batch=32, samples=128):
+    holdout = HoldOutLengths(rows=rows, longest_reference_chars=ref_chars,
+                             prompt_chars=rows * 800)
+    return estimate_job(flavor=flavor, holdout=holdout, eval_batch_size=batch,
+                        eval_max_new_tokens=token_budget(ref_chars, samples), **ARGS)
+
+
+def test_the_budget_follows_the_job():
+    from tunestep.tools.jobs import job_evaluate
+
+    assert BUDGET_MARGIN == job_evaluate.BUDGET_MARGIN
+    assert token_budget(4000, 128) == 4000 / CHARS_PER_TOKEN + BUDGET_MARGIN
+    assert token_budget(40, 128) == 128  # never below samples.max_new_tokens
+    assert token_budget(4000, 128, chosen=64) == 64  # evaluation.max_new_tokens wins
+
+
+def test_more_rows_and_longer_answers_cost_more_and_are_in_the_total():
+    base = _est()
+    assert base.eval_minutes > 0 and base.eval_rows == 2000
+    assert _est(rows=4000).eval_minutes > base.eval_minutes
+    longer = _est(ref_chars=4000)
+    assert longer.eval_max_new_tokens > base.eval_max_new_tokens
+    assert longer.eval_minutes > base.eval_minutes
+    assert longer.minutes > base.minutes  # counted in the job's minutes and cost
+    without = estimate_job(flavor="a10g-large", **ARGS)
+    assert without.eval_minutes == 0
+    assert base.minutes >= without.minutes + base.eval_minutes - 0.1
+
+
+def test_a_gpu_evaluates_faster_than_cpu_basic():
+    assert _est("a10g-large").eval_minutes < _est("cpu-basic", batch=8).eval_minutes
+
+
+def test_a_long_evaluation_moves_the_suggested_timeout():
+    short, long = _est(rows=10), _est(rows=20_000, ref_chars=8000)
+    assert long.suggested_timeout != short.suggested_timeout
+    tight = estimate_job(flavor="a10g-large", **{**ARGS, "timeout": "20m"},
+                         holdout=HoldOutLengths(rows=20_000, longest_reference_chars=8000,
+                                                prompt_chars=0),
+                         eval_max_new_tokens=2008, eval_batch_size=32)
+    assert any("killed" in w for w in tight.warnings)
+
+
+def test_holdout_lengths_streams_the_last_answer(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "q" * 50},
+                          {"role": "assistant", "content": "a" * 30},
+                          {"role": "user", "content": "again"},
+                          {"role": "assistant", "content": "b" * 700}]},
+            {"messages": [{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "Grade: 3"}]}]
+    path = tmp_path / "val.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\nnot json\n\n")
+    got = holdout_lengths(path)
+    assert (got.rows, got.longest_reference_chars) == (3, 700)
+    assert got.prompt_chars == 50 + 30 + 5 + 2
+
+
+def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir):
+    from rich.console import Console
+
+    from tunestep.server.render import View, render_draft
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.workspace import open_workspace
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")
+    build_sample_workspace(tmp_path / "ws", store=store, with_model=True, plan_overrides={
+        "hub": {"dataset_repo": "tester/steps", "model_id": "tester/qwen3_webdev"}})
+    ws = open_workspace(tmp_path / "ws")
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01", backend="hf-jobs",
+                                       flavor="a10g-large"))
+    est = draft.estimate
+    val = ws.root / "datasets/processed_webdev_coding/validation.jsonl"
+    assert est.eval_rows == sum(1 for line in val.read_bytes().splitlines() if line.strip())
+    assert est.eval_minutes > 0
+    assert est.eval_max_new_tokens >= draft.job_config["samples"]["max_new_tokens"]
+    plan = (ws.root / draft.run_plan).read_text()
+    assert f"Evaluation: ~{est.eval_minutes:g} min" in plan
+    for view in (View(), View(approving=True)):
+        out = io.StringIO()
+        render_draft(Console(file=out, width=80), draft, view)
+        lines = out.getvalue().splitlines()
+        shown = [line for line in lines if line.startswith("evaluation  ~")]
+        assert len(shown) == 1 and f"{est.eval_rows:,} rows" in shown[0]
+        assert all(len(line) <= 80 for line in lines)

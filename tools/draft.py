@@ -60,6 +60,7 @@ from tunestep.tools.lengths import LengthCheck, check_lengths
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
 from tunestep.tools.run_plan import write_run_plan
+from tunestep.tools.step_context import step_context
 from tunestep.tools.workspace import Workspace
 
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
@@ -90,6 +91,11 @@ def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     Derived data the step needs (a replay sample's file, the merged file of strategy
     ``file``) is written here when missing; a recompute (approve, submit) only checks it.
     """
+    with step_context(ws):  # the whole call: one plan read, one hash per unchanged file
+        return _draft_job(ws, request)
+
+
+def _draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     report = check_batch(ws, request.batch)
     draft = build_draft(ws, request, report, write=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
@@ -119,7 +125,8 @@ def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
 
 def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
     """The stored draft's request drafted again now: a different digest means stale."""
-    return build_draft(ws, stored.request, check_batch(ws, stored.batch))
+    with step_context(ws):
+        return build_draft(ws, stored.request, check_batch(ws, stored.batch))
 
 
 def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *,

@@ -12,7 +12,16 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a regular file, read in chunks; a FIFO or device is refused, never read."""
+    """sha256 of a regular file, read in chunks; a FIFO or device is refused, never read.
+
+    Inside a step context (tools/step_context.py) an unchanged file is hashed once per call.
+    """
+    from tunestep.tools.step_context import memo_hash
+
+    return memo_hash(path, _sha256_file)
+
+
+def _sha256_file(path: Path) -> str:
     from tunestep.tools.readfile import open_regular
 
     digest = hashlib.sha256()

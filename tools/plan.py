@@ -312,7 +312,16 @@ def _resolver(ws: Workspace):
 
 
 def load_plan(ws: Workspace) -> LoadedPlan:
-    """Load the workspace's plan; a missing plan means defaults plus a note."""
+    """Load the workspace's plan; a missing plan means defaults plus a note.
+
+    Inside a step context (tools/step_context.py) the plan is read once per tool call.
+    """
+    from tunestep.tools.step_context import memo_plan
+
+    return memo_plan(ws, ws.root / PLAN_PATH, _read_plan)
+
+
+def _read_plan(ws: Workspace) -> LoadedPlan:
     path: Path = ws.resolve(PLAN_PATH)
     if not path.is_file():
         plan = Plan()

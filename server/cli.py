@@ -386,7 +386,9 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _show(args, console, logs)
     else:
-        print("\n".join(logs.lines))
+        from tunestep.server.render import visible_text
+
+        print("\n".join(visible_text(line) for line in logs.lines))
     return EXIT_OK
 
 

@@ -101,6 +101,16 @@ def safe_text(value: Any) -> str:
     return escape(_UNSAFE.sub(_visible, "" if value is None else str(value)))
 
 
+def visible_text(value: Any) -> str:
+    """Like ``safe_text`` for plain ``print`` (no rich): controls visible, tabs kept.
+
+    For job output, which carries row text the assistant wrote: an ESC in a training
+    row must not reach the operator's terminal as an escape sequence.
+    """
+    text = "" if value is None else str(value)
+    return _UNSAFE.sub(lambda m: "\t" if m.group() == "\t" else _visible(m), text)
+
+
 w = safe_text  # short, for the many f-strings below
 
 

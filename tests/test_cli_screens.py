@@ -350,3 +350,18 @@ def test_json_refusals_are_json_too(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "check", "--json")
     assert code == 1 and "workspace_not_found" in err
     assert json.loads(out)["error"]["code"] == "workspace_not_found"
+
+
+def test_logs_show_control_characters_from_job_output_visibly(sample_ws, capsys,
+                                                              monkeypatch):
+    # A training row's text reaches the job's output; its ESC must not reach the terminal.
+    from tunestep.tools import job_control
+
+    lines = ["epoch 1\tloss 0.5", "row: \x1b]0;owned\x07 \x1b[2Jcleared"]
+    monkeypatch.setattr(job_control, "job_logs",
+                        lambda ws, job_id, tail: job_control.JobLogs(job_id=job_id,
+                                                                     lines=lines))
+    code, out, _ = run(capsys, "logs", "job-1", "-w", str(sample_ws.root))
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b]0;owned\\x07" in out and "epoch 1\tloss 0.5" in out

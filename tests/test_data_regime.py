@@ -99,10 +99,14 @@ def test_a_held_back_batch_is_trained_in_full_again(resumed_ws):
     assert uses["batch_100_02"][0] == 100 and "not promoted" in uses["batch_100_02"][1]
     assert uses["batch_100_03"][0] == 100
     assert draft.job_config["train_files"][0]["path"].endswith("replay/batch_100_03.jsonl")
-    # Once the operator promotes that version its rows count as learned.
+    # Once the operator promotes that version (the signed move is the record, see
+    # tools/lineage) its rows count as learned.
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("INSERT INTO model_versions(store, version, source, promoted, "
-                     "recorded_at) VALUES ('models/qwen3_webdev', '0002_batch_100_02', "
-                     "'job', 1, 0)")
+        conn.execute("INSERT INTO promotion_requests(request_id, digest, store, version, "
+                     "payload, created_at) VALUES ('promote-x', 'd', 'models/qwen3_webdev', "
+                     "'0002_batch_100_02', '{}', 0)")
+        conn.execute("INSERT INTO promotions(nonce, request_id, store, version, kid, operator,"
+                     " at) VALUES ('n', 'promote-x', 'models/qwen3_webdev', "
+                     "'0002_batch_100_02', 'k', 'tester', ?)", (time.time(),))
     again = draft_job(ws, DraftRequest())
     assert {u.part: u.trained for u in again.sources}["batch_100_02"] == 20

@@ -88,11 +88,23 @@ def version_origin(conn: sqlite3.Connection, store: str, version: str) -> sqlite
                         (store, version)).fetchone()
 
 
-def unsynced_step(conn: sqlite3.Connection, store: Path) -> sqlite3.Row | None:
-    """The newest promoted step, when it lives only on the Hub (not yet in the store)."""
-    newest = conn.execute(
-        "SELECT * FROM steps WHERE promoted = 1 ORDER BY step DESC, recorded_at DESC LIMIT 1"
-    ).fetchone()
+def latest_step(conn: sqlite3.Connection, link: str | None = None) -> sqlite3.Row | None:
+    """The step whose version is latest (``tools/lineage``: the gate's moves and the
+    operator's signed ones, replayed), with the backend its job ran on."""
+    from tunestep.tools.lineage import lineage
+
+    line = lineage(conn, link)
+    if line.latest_step is None:
+        return None
+    return conn.execute(
+        "SELECT s.*, j.backend FROM steps s LEFT JOIN jobs j ON j.job_id = s.job_id"
+        " WHERE s.step = ? ORDER BY s.recorded_at DESC LIMIT 1", (line.latest_step,)).fetchone()
+
+
+def unsynced_step(conn: sqlite3.Connection, store: Path,
+                  link: str | None = None) -> sqlite3.Row | None:
+    """The latest version's step, when its model lives only on the Hub (not in the store)."""
+    newest = latest_step(conn, link)
     if newest is None or not newest["hub_revision"] or not newest["version"]:
         return None
     if (store / "versions" / newest["version"]).is_dir():
@@ -101,11 +113,9 @@ def unsynced_step(conn: sqlite3.Connection, store: Path) -> sqlite3.Row | None:
 
 
 def _refuse_unpushed(conn: sqlite3.Connection, store: Path, link: str) -> None:
-    """The newest promoted step ran remotely but the ledger knows no commit it pushed and
+    """The latest version's step ran remotely but the ledger knows no commit it pushed and
     the store lacks its version: any start would silently skip it."""
-    newest = conn.execute(
-        "SELECT s.*, j.backend FROM steps s LEFT JOIN jobs j ON j.job_id = s.job_id"
-        " WHERE s.promoted = 1 ORDER BY s.step DESC, s.recorded_at DESC LIMIT 1").fetchone()
+    newest = latest_step(conn, link)
     if newest is None or newest["backend"] != "hf-jobs" or newest["hub_revision"]:
         return
     if newest["version"] and (store / "versions" / newest["version"]).is_dir():
@@ -136,7 +146,7 @@ def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
     latest = latest_checkpoint(store) if store.is_dir() else None
     with ledger.open_ledger(ws) as conn:
         _refuse_unpushed(conn, store, plan.model_link)
-        pending = unsynced_step(conn, store)
+        pending = unsynced_step(conn, store, plan.model_link)
         origin = (version_origin(conn, plan.model_link, latest.name)
                   if latest is not None and latest.parent.name == "versions" else None)
         pending_base = _draft_base(conn, pending["draft_id"]) if pending else None

@@ -248,8 +248,8 @@ def source_uses(data) -> list[SourceUse]:
         if f.part == data.batch:
             why = "the new batch, in full"
         elif f.part in data.replay.held_back:
-            why = ("its step was not promoted, so the weights this step starts from never "
-                   "learned it: in full")
+            why = ("its step was not promoted (or latest was rolled back past it), so the "
+                   "weights this step starts from never learned it: in full")
         elif data.replay.mode == "sampled":
             why = f"replay sample ({data.replay.fraction:g}, by source and grade)"
         else:

@@ -506,12 +506,12 @@ def _shares(total: int, sizes: dict) -> dict:
 
 
 def _held_back(conn) -> set[str]:
-    """Batches whose step's version never became latest: the gate held it back and the
-    operator did not promote it. The weights a step resumes from never learned them."""
-    rows = conn.execute(
-        "SELECT s.batch FROM steps s LEFT JOIN model_versions v ON v.version = s.version "
-        "WHERE s.promoted = 0 AND COALESCE(v.promoted, 0) = 0")
-    return {row["batch"] for row in rows}
+    """Batches trained only into versions outside the latest version's line: the gate held
+    the step back (and no one promoted it since), or the operator rolled latest back past
+    it (``tools/lineage``). The weights a step resumes from never learned them."""
+    from tunestep.tools.lineage import lineage
+
+    return set(lineage(conn).not_learned)
 
 
 def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[str | None]],

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from tunestep.tools import ledger
 from tunestep.tools.chain import record_version, version_origin, version_step
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.lineage import lineage
 from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
 from tunestep.tools.plan import load_plan
 from tunestep.tools.workspace import Workspace
@@ -83,7 +84,8 @@ def _store(ws: Workspace, link: str) -> Path:
 def sync_step(ws: Workspace, link: str, store: Path, row) -> SyncedVersion:
     """One pushed step into ``versions/<version>``; idempotent for the same commit."""
     name, model_id, sha = row["version"], row["hub_model_id"], row["hub_revision"]
-    promoted = bool(row["promoted"])
+    with ledger.open_ledger(ws) as conn:  # in the latest version's line (tools/lineage)
+        promoted = lineage(conn, link).holds(name)
     final = store / "versions" / name
     done = SyncedVersion(version=name, path=f"{link}/versions/{name}", step=row["step"],
                          batch=row["batch"], hub_model_id=model_id, hub_revision=sha,

@@ -20,6 +20,7 @@ from tunestep.tools.datafiles import (
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hf_token import token_status
+from tunestep.tools.lineage import lineage
 from tunestep.tools.model_store import CheckpointStatus, inspect_store
 from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import LoadedPlan, load_plan
@@ -170,6 +171,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         validation = check_validation(ws, conn, plan.paths.validation)
         last = conn.execute("SELECT step, batch, version, promoted, promotion_reason FROM steps"
                             " ORDER BY step DESC LIMIT 1").fetchone()
+        line = lineage(conn, plan.model_link)
         inspection = None
         if chosen is not None:
             inspection = last_inspection(ws, conn, f"{plan.paths.mapped}/{chosen.name}",
@@ -177,8 +179,15 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
     _validation_problems(validation, problems)
     last_step = None
     if last is not None:
-        last_step = LastStep(step=last["step"], batch=last["batch"], version=last["version"],
-                             promoted=bool(last["promoted"]), reason=last["promotion_reason"])
+        # Promoted = in the latest version's line (the gate's move or the operator's).
+        rolled = line.moved_by == "operator" and not line.holds(
+            last["version"] or f"step-{last['step']}")
+        last_step = LastStep(
+            step=last["step"], batch=last["batch"], version=last["version"],
+            promoted=line.holds(last["version"] or f"step-{last['step']}")
+            if line.latest is not None else bool(last["promoted"]),
+            reason=f"the operator moved latest to {line.latest}" if rolled
+            else last["promotion_reason"])
     if inspection is not None and inspection.current and inspection.status == "INVALID":
         problems.append(Problem(
             code="batch_invalid", severity="error",
@@ -377,7 +386,7 @@ def _chain_state(ws: Workspace, shown: str, link, checkpoint: CheckpointStatus,
     from tunestep.tools.chain import unsynced_step, version_origin
 
     with ledger.open_ledger(ws) as conn:
-        pending = unsynced_step(conn, link)
+        pending = unsynced_step(conn, link, shown)
         latest = Path(checkpoint.latest) if checkpoint.latest else None
         origin = (version_origin(conn, shown, latest.name)
                   if latest is not None and latest.parent.name == "versions" else None)

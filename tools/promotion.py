@@ -235,9 +235,8 @@ def promote_version(ws: Workspace, version: str, approval_token: str | None,
                         " kid, operator, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (claims.nonce, stored.request_id, link, name, previous, claims.kid,
                          claims.op, time.time()))
-                    # The version is the store's latest now: what a resume starts from.
-                    conn.execute("UPDATE model_versions SET promoted = 1 WHERE store = ? AND "
-                                 "version = ?", (link, name))
+                    # This row is the whole record of the move: which version is latest
+                    # and which batches it learned are derived from it (tools/lineage).
                     move_latest(store, name)
                     ledger.audit(conn, "version.promote", f"{link}/versions/{name}",
                                  detail={"request_id": stored.request_id, "previous": previous,

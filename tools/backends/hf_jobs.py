@@ -74,8 +74,8 @@ _UNIT_PER_HOUR = {"second": 3600, "minute": 60, "hour": 1}
 # --------------------------------------------------------------------------- models
 
 
-class HfJobRef(BaseModel):
-    """A submitted job: where to find it. Never carries secrets or environment."""
+class _HfJob(BaseModel):
+    """What the Hub says of any job, submitted just now or looked up later."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -86,23 +86,19 @@ class HfJobRef(BaseModel):
     message: str | None = None
     flavor: str | None = None
     created_at: datetime | None = None
+
+
+class HfJobRef(_HfJob):
+    """A submitted job: where to find it. Never carries secrets or environment."""
+
     repo_id: str
     revision: str
 
 
-class HfJobStatus(BaseModel):
+class HfJobStatus(_HfJob):
     """Where a job is now; ``terminal`` once it can no longer change."""
 
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    namespace: str
-    url: str
-    stage: str
-    message: str | None = None
     terminal: bool
-    flavor: str | None = None
-    created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     running_seconds: int | None = None
@@ -441,35 +437,28 @@ def submit_hf_job(
             namespace=namespace,
         )
     logger.info("submitted HF job %s for draft %s on %s", job.id, draft_id, flavor)
-    return HfJobRef(
-        job_id=job.id,
-        namespace=job.owner.name,
-        url=job.url,
-        stage=str(_stage(job.status.stage)),
-        message=job.status.message,
-        flavor=str(job.flavor) if job.flavor else None,
-        created_at=job.created_at,
-        repo_id=repo_id,
-        revision=revision,
-    )
+    return HfJobRef(**_job_fields(job), repo_id=repo_id, revision=revision)
 
 
 def _stage(stage: Any) -> str:
     return getattr(stage, "value", stage)
 
 
+def _job_fields(job: Any) -> dict[str, Any]:
+    """The fields every _HfJob takes from the client's JobInfo, read one way for both
+    (an enum's value, not its repr, for the stage and the flavor)."""
+    return {"job_id": job.id, "namespace": job.owner.name, "url": job.url,
+            "stage": str(_stage(job.status.stage)), "message": job.status.message,
+            "flavor": str(_stage(job.flavor)) if job.flavor else None,
+            "created_at": job.created_at}
+
+
 def _status_of(job: Any) -> HfJobStatus:
     stage = str(_stage(job.status.stage))
     durations = getattr(job, "durations", None)
     return HfJobStatus(
-        job_id=job.id,
-        namespace=job.owner.name,
-        url=job.url,
-        stage=stage,
-        message=job.status.message,
+        **_job_fields(job),
         terminal=stage in TERMINAL_STAGES,
-        flavor=str(_stage(job.flavor)) if job.flavor else None,
-        created_at=job.created_at,
         started_at=getattr(job, "started_at", None),
         finished_at=getattr(job, "finished_at", None),
         running_seconds=durations.running_secs if durations else None,

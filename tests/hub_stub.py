@@ -469,20 +469,11 @@ class _Handler(BaseHTTPRequestHandler):
             all_headers["X-Error-Code"] = code
         self._send(status, {"error": message}, headers=all_headers)
 
-    def do_GET(self) -> None:
+    def _handle(self) -> None:
         self._dispatch(self._record())
 
-    def do_HEAD(self) -> None:
-        self._dispatch(self._record())
-
-    def do_POST(self) -> None:
-        self._dispatch(self._record())
-
-    def do_PUT(self) -> None:
-        self._dispatch(self._record())
-
-    def do_DELETE(self) -> None:
-        self._dispatch(self._record())
+    # http.server calls do_<METHOD>; every method is recorded and routed the same way.
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
 
     def _limited(self) -> float | None:
         """Seconds until the window frees a call, when this one is over the limit."""

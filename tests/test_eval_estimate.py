@@ -106,3 +106,22 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
         shown = [line for line in lines if line.startswith("evaluation  ~")]
         assert len(shown) == 1 and f"{est.eval_rows:,} rows" in shown[0]
         assert all(len(line) <= 80 for line in lines)
+
+
+def test_other_ranks_wait_out_rank_zeros_evaluation(model_ws, tmp_path):
+    """On several GPUs rank 0 answers the hold-out while the others wait in collectives:
+    the SFTConfig's ddp_timeout outlasts that pass (never below transformers' 1800 s)."""
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.jobs import job_train
+
+    assert job_train.ddp_timeout_seconds(40, 64, 32) == job_train.DEFAULT_DDP_TIMEOUT
+    big = job_train.ddp_timeout_seconds(2000, 2008, 32)
+    # 63 batches x 2,008 steps at the planning 30 steps/s is ~70 min; the wait allows more
+    assert big > 63 * 2008 / 30 * 2
+    assert job_train.ddp_timeout_seconds(4000, 2008, 32) > big
+    assert job_train.ddp_timeout_seconds(2000, 4008, 32) > big
+    cfg = draft_job(model_ws, DraftRequest(batch="batch_100_01")).job_config
+    args = job_train.build_sft_config(cfg, "fp32", tmp_path / "out", False, False, big)
+    assert args.ddp_timeout == big
+    assert job_train.build_sft_config(cfg, "fp32", tmp_path / "o2", False,
+                                      False).ddp_timeout == 1800

@@ -249,8 +249,28 @@ def configure_trackio_env(cfg: dict, paths: Paths) -> None:
             os.environ.pop(var, None)
 
 
+# On several GPUs only rank 0 answers the hold-out, before training (the previous version)
+# while the other ranks already wait in the process group's rendezvous and first
+# collectives. Their wait must outlast that pass, or they die at transformers' default
+# ddp_timeout (1800 s). A pass costs at most batches x budget decode steps; 0.25 s a step
+# is ~6-10x the estimate's per-flavor figure (tools/eval_estimate.py), so a slow GPU still
+# fits; 120 s a batch covers its prefill; 600 s the model moves and the start of training.
+WAIT_SECONDS_PER_STEP = 0.25
+WAIT_SECONDS_PER_BATCH = 120.0
+WAIT_SLACK_SECONDS = 600.0
+DEFAULT_DDP_TIMEOUT = 1800
+
+
+def ddp_timeout_seconds(rows: int, budget: int, batch_size: int) -> int:
+    """The collective timeout that lets the other ranks wait out rank 0's hold-out pass:
+    never below transformers' default."""
+    batches = math.ceil(rows / max(batch_size, 1))
+    wait = batches * (budget * WAIT_SECONDS_PER_STEP + WAIT_SECONDS_PER_BATCH)
+    return max(DEFAULT_DDP_TIMEOUT, math.ceil(wait + WAIT_SLACK_SECONDS))
+
+
 def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: bool,
-                     checkpointing: bool):
+                     checkpointing: bool, ddp_timeout: int = DEFAULT_DDP_TIMEOUT):
     from trl import SFTConfig
 
     hp = cfg["hyperparameters"]
@@ -259,6 +279,8 @@ def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: 
     # Fields that newer transformers releases added or renamed; tunestep's own environment
     # may hold any version in its supported range, so only pass what this one knows.
     optional = {
+        # the process group's timeout (ddp_timeout_seconds): ranks waiting on rank 0
+        "ddp_timeout": ddp_timeout,
         # transformers would otherwise create a static Trackio Space on a Hub push, and
         # Spaces/repos are public unless hub_private_repo=True (DESIGN §4). Releases
         # without this field never create one.

@@ -393,8 +393,12 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     recorder = job_train.EpochRecorder(log, csv_path, time.monotonic())
     trainer = SFTTrainer(
         model=prep.model,
-        args=job_train.build_sft_config(cfg, precision, staging / "checkpoints",
-                                        prep.data.pretokenized, memory["checkpointing"]),
+        args=job_train.build_sft_config(
+            cfg, precision, staging / "checkpoints", prep.data.pretokenized,
+            memory["checkpointing"],
+            # every rank derives the same value from the same hold-out and budget
+            job_train.ddp_timeout_seconds(len(prep.holdout.prompts), prep.budget,
+                                          cfg["evaluation"]["batch_size"])),
         train_dataset=prep.data.train,
         eval_dataset=prep.data.eval,
         processing_class=tokenizer,

@@ -631,3 +631,27 @@ def test_a_holdout_swapped_before_its_index_is_built_is_never_indexed(sample_ws,
     with pytest.raises(TunestepError) as err:
         run_inspector(sample_ws, BATCH3)
     assert err.value.code == "data_changed" and err.value.path == "validation.jsonl"
+
+
+def test_the_estimate_counts_tokens_after_max_length(model_ws):
+    """Case: one ~1 MB row in the batch -> the draft's estimate counts it as max_length
+    tokens (what training sees), not its full length."""
+    import orjson
+
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.plan import load_plan
+
+    target = model_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
+    long_row = {"messages": [{"role": "user", "content": "review this code " * 60000},
+                             {"role": "assistant", "content": "Grade: 3"}]}
+    target.write_bytes(target.read_bytes() + orjson.dumps(long_row) + b"\n")
+    report = run_inspector(model_ws, "datasets/incremental/batch_100_01/examples.jsonl",
+                           tokens=True)
+    tokens = report.stats.tokens
+    max_length = load_plan(model_ws).plan.training.max_length
+    assert tokens.total_tokens > tokens.trained_tokens
+    assert tokens.trained_tokens <= sum(f.rows for f in report.files) * max_length
+    draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
+    rows = sum(f.rows or 0 for f in draft.files if f.role == "train")
+    assert draft.estimate.train_tokens <= rows * max_length

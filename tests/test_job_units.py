@@ -4,6 +4,7 @@ statistics of the hold-out evaluation and the promotion gate."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,26 @@ def test_gate_decisions():
                                       "p_value": None}}}
     assert job_gate.decide_promotion({**gate, "metric": "spearman"}, missing)["promoted"] \
         is False
+
+
+
+def test_the_job_grades_with_a_linear_time_engine():
+    # `(a|aa)*(c)` passes the plan's checks (no nested repeat) but backtracks
+    # exponentially on Python's re; the job grades every generated answer with it.
+    import subprocess
+    import sys
+
+    from tunestep.tools.patterns import compile_pattern
+
+    pattern = "(a|aa)*(c)"
+    compile_pattern(pattern)  # the plan accepts it
+    assert type(sft_data._grade_regex(pattern)).__module__.startswith("re2")
+    assert "google-re2" in (Path(sft_data.__file__).parent / "train_sft.py").read_text()
+    # 60 a's: on `re` this is ~2^40 steps; RE2 answers at once. A child process, so a
+    # regression fails this test instead of hanging the suite.
+    code = ("from tunestep.tools.jobs import sft_data;"
+            "print(sft_data.parse_grade('a' * 60 + 'b', '(a|aa)*(c)'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "None"
+    assert sft_data.parse_grade("Grade: 4", r"Grade:\s*(\d+)") == 4.0

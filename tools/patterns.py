@@ -6,11 +6,11 @@ MCP server, ``cancel_job`` included. Every plan pattern is compiled with RE2
 (``google-re2``), whose matching time is linear in the text, and a pattern RE2 does not
 support (backreferences, lookaround) is refused at plan load.
 
-The job script is standalone and matches ``grade_pattern`` with Python's ``re``, a
-backtracking engine. So the plan also refuses what ``re`` cannot compile and a repetition
-nested inside another unbounded one (``(a+)+``, ``(\\d+\\s*)*``): the job then only ever
-gets patterns whose backtracking stays tame. Known difference: in RE2 ``\\d``, ``\\s`` and
-``\\w`` are ASCII classes; in ``re`` they are Unicode.
+The job grades with RE2 as well (``google-re2`` is in its locked header); it falls back to
+Python's ``re``, a backtracking engine, only where RE2 is missing. So the plan also refuses
+what ``re`` cannot compile and a repetition nested inside another unbounded one
+(``(a+)+``, ``(\\d+\\s*)*``), the patterns that backtrack worst there. Known difference:
+in RE2 ``\\d``, ``\\s`` and ``\\w`` are ASCII classes; in ``re`` they are Unicode.
 """
 
 from __future__ import annotations

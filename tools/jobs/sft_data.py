@@ -547,6 +547,27 @@ def _agrees(row: dict, got: tuple, tokenizer, template: str) -> bool:
 # Grades
 
 
+@functools.lru_cache(maxsize=16)
+def _grade_regex(pattern: str):
+    """The plan's pattern on RE2 (linear time) where installed: the job and tunestep.
+
+    The assistant writes the plan; on a backtracking engine a pattern like ``(a|aa)*c``
+    would spin for the rest of the paid job's timeout on one generated answer. The job's
+    header installs ``google-re2``; Python's ``re`` is the fallback only where it is
+    missing (tunestep's plan check refuses the patterns that backtrack worst there).
+    """
+    try:
+        import re2
+    except ImportError:
+        return re.compile(pattern)
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error:
+        return re.compile(pattern)  # the plan check already refused what RE2 cannot run
+
+
 def parse_grade(text: str | None, pattern: str) -> float | None:
     """The number captured by the pattern's first group in ``text``, or None.
 
@@ -556,7 +577,7 @@ def parse_grade(text: str | None, pattern: str) -> float | None:
     if not text:
         return None
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL)
-    match = re.search(pattern, text)
+    match = _grade_regex(pattern).search(text)
     if not match:
         return None
     try:

@@ -9,6 +9,7 @@
 #     "accelerate>=1.10,<2",
 #     "huggingface_hub>=1.16,<3",
 #     "matplotlib>=3.9,<4",
+#     "google-re2>=1.1,<2",
 #     "torch==2.10.0",
 # ]
 # ///

@@ -153,6 +153,8 @@ def cli_command(action, view: View) -> str | None:
             words += [flag, shlex.quote(str(value))]
     if action.from_result.get("mapping") == "suggested_mapping":
         words.append("--suggested")
+    if "approval_token" in action.from_result:  # the token a person pastes: read from stdin
+        words += ["--token", "-"]
     if view.workspace:
         words += ["--workspace", shlex.quote(view.workspace)]
     return " ".join(words)
@@ -253,8 +255,15 @@ def render_preflight(console: Console, report: PreflightReport, view: View) -> N
                       "drop the next batch in")
     else:
         verdict = "[bold green]READY[/]" if report.ready else "[bold red]NOT READY[/]"
-        batch = (f"{w(report.batch)} (step {report.step})" if report.batch
-                 else "no batch chosen")
+        if report.batch:
+            batch = f"{w(report.batch)} (step {report.step})"
+        elif report.requested:  # asked for by name, and not there: say so, and what is
+            known = ", ".join(b.name for b in report.batches[:SHOWN]) or "none yet"
+            more = f" and {len(report.batches) - SHOWN} more" if len(report.batches) > SHOWN \
+                else ""
+            batch = f"no batch {w(report.requested)}; the batches: {w(known)}{more}"
+        else:
+            batch = "no batch chosen"
         console.print(f"{verdict}  {batch}")
     if report.inspection is not None:
         i = report.inspection
@@ -554,6 +563,23 @@ def render_job(console: Console, status, view: View) -> None:
         moved = "latest moved to it" if status.promoted else \
             "[yellow]promoted: false[/], latest stayed"
         prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
+    _model_sync(console, status)
+    next_steps(console, status, view)
+
+
+def _model_sync(console: Console, status) -> None:
+    """A finished hf-jobs step: which version came home from which Hub commit, or why not
+    (the re-run command is among the next steps)."""
+    synced = status.model_sync
+    if synced is not None:
+        how = "already in the store" if synced.already_synced else "brought home"
+        latest = "latest moved to it" if synced.latest_moved else "latest not moved"
+        console.print(f"model sync  {how}: {w(synced.version)} ({latest})")
+        console.print(f"  from {w(synced.hub_model_id)}@{w(synced.hub_revision)}")
+        console.print(f"  to   {w(synced.path)}")
+    elif status.model_sync_error:
+        console.print("[bold red]model sync failed[/] (the job's outcome stands)")
+        prose(console, status.model_sync_error, indent=2)
 
 
 def render_job_list(console: Console, jobs, view: View) -> None:
@@ -584,8 +610,7 @@ def render_promotion_request(console: Console, request, view: View) -> None:
         prose(console, f"step        {request.step} ({request.batch}); the gate {gate}: "
                        f"{request.gate_reason or '-'}")
     if not view.approving:
-        console.print("approve it in your own terminal:")
-        console.print(f"  {w(request.approve_command)}")
+        next_steps(console, request, view)
 
 
 def render_promotion_result(console: Console, result, view: View) -> None:

@@ -365,3 +365,76 @@ def test_logs_show_control_characters_from_job_output_visibly(sample_ws, capsys,
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b]0;owned\\x07" in out and "epoch 1\tloss 0.5" in out
+
+
+# --- follow-up: a named batch that is missing, promotion hints, model sync in status -----
+
+def test_check_of_a_missing_batch_names_it_and_the_known_ones(sample_ws, capsys):
+    code, out, _ = run(capsys, "check", "batch_100_99", "-w", str(sample_ws.root))
+    assert code == 1 and "no batch chosen" not in out  # one was chosen: it is not there
+    head = whole(out.split("hold-out")[0])
+    assert head == ("NOT READY no batch batch_100_99; the batches: batch_100_01, "
+                    "batch_100_02, batch_100_03")
+
+
+def test_a_promotion_request_hints_in_each_views_syntax(model_ws, capsys):
+    import shutil
+
+    from rich.console import Console
+
+    from tunestep.server.render import render
+    from tunestep.tools.promotion import promote
+
+    store = model_ws.resolve_model_store("models/qwen3_webdev")
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
+    request = promote(model_ws, "0001_batch_100_01", None, {}).request
+    # MCP keeps the call; the CLI says the command to type, and it parses.
+    assert any("promote_version(version='0001_batch_100_01', approval_token=<the token "
+               "they paste>)" in a for a in request.next_actions)
+    console = Console(width=80, record=True, force_terminal=False)
+    render(console, request, False, workspace=str(model_ws.root))
+    screen = console.export_text()
+    assert "promote_version(" not in screen and "approval_token" not in screen
+    command = (f"tunestep promote 0001_batch_100_01 --token - --workspace {model_ws.root}")
+    assert command in whole(screen)
+    assert f"tunestep approve {request.request_id} --workspace {model_ws.root}" in whole(screen)
+    build_parser().parse_args(command.split()[1:])
+
+
+@pytest.fixture
+def remote_ws(tmp_path, tiny_model_dir, fake_hub, monkeypatch):
+    from chain_helpers import host_base_model, hub_base_workspace
+    from conftest import FAKE_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    host_base_model(fake_hub, tiny_model_dir, FAKE_TOKEN)
+    return hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10)
+
+
+def test_status_of_a_finished_remote_step_says_what_came_home(remote_ws, fake_hub,
+                                                              tiny_model_dir, capsys):
+    from test_model_sync import push_step_model, remote_step
+
+    sha, _ = push_step_model(fake_hub, tiny_model_dir, b"one")
+    _, job_id = remote_step(remote_ws, sha)
+    code, out, err = run(capsys, "status", job_id, "-w", str(remote_ws.root))
+    assert code == 0, err
+    text = whole(out)
+    assert "model sync brought home: 0001_batch_100_01 (latest moved to it)" in text
+    assert f"@{sha}" in text and "versions/0001_batch_100_01" in text
+
+
+def test_status_of_a_failed_model_sync_says_why_and_how_to_rerun(remote_ws, fake_hub,
+                                                                 tiny_model_dir, capsys):
+    from test_model_sync import push_step_model, remote_step
+
+    sha, _ = push_step_model(fake_hub, tiny_model_dir, b"two")
+    _, job_id = remote_step(remote_ws, sha)
+    fake_hub.inject("GET", "/*/resolve/*/model.safetensors", "500", times=None)
+    code, out, err = run(capsys, "status", job_id, "-w", str(remote_ws.root))
+    assert code == 0, err
+    text = whole(out)
+    assert "model sync failed" in text and "sync_model(" not in text
+    rerun = f"tunestep sync --version 0001_batch_100_01 --workspace {remote_ws.root}"
+    assert rerun in text
+    build_parser().parse_args(rerun.split()[1:])

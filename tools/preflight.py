@@ -92,6 +92,7 @@ class PreflightReport(BaseModel):
     last_step: LastStep | None = None
     next_steps: list[NextAction] = Field(default_factory=list)  # next_actions, structured
     inspection: LastInspection | None = None
+    requested: str | None = None  # the batch asked for by name (None: the next one)
     nothing_left: bool = False  # every batch folder is trained: nothing to do until the next
 
 
@@ -257,6 +258,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         next_actions=mcp_texts(actions),
         next_steps=actions,
         inspection=inspection,
+        requested=batch,
         nothing_left=batch is None and chosen is None and bool(batches)
         and all(b.trained for b in batches),
     )

@@ -39,6 +39,7 @@ from tunestep.tools.atomic import fsync_dir
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.model_store import checkpoint_kind
+from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import load_plan
 from tunestep.tools.workspace import Workspace
 
@@ -69,6 +70,7 @@ class PromotionRequest(BaseModel):
     approve_command: str
     promote_command: str
     next_actions: list[str] = Field(default_factory=list)
+    next_steps: list[NextAction] = Field(default_factory=list)  # next_actions, as data
 
 
 class PromotionResult(BaseModel):
@@ -142,11 +144,15 @@ def build_request(ws: Workspace, version: str) -> PromotionRequest:
         step = _step_of(conn, name)
     evaluation = ledger.loads(step["evaluation"]) if step is not None else {}
     latest = current_latest(store)
-    actions = [f"the operator signs it in their terminal: tunestep approve {request_id} "
-               f"--workspace {ws.root}; then call promote_version(version='{name}', "
-               "approval_token=<the token they paste>)"]
+    # The token goes to promote_version over MCP, to `tunestep promote --token -` on the CLI
+    # (server/render.py says each in its own syntax).
+    actions = [NextAction(lead=f"the operator signs it in their terminal: tunestep approve "
+                               f"{request_id} --workspace {ws.root}; then apply the token:",
+                          tool="promote_version", args={"version": name},
+                          from_result={"approval_token": "<the token they paste>"})]
     if latest == name:
-        actions.insert(0, f"latest already points at {name}: promoting it changes nothing")
+        actions.insert(0, NextAction(note=f"latest already points at {name}: promoting it "
+                                          "changes nothing"))
     return PromotionRequest(
         request_id=request_id, digest=digest, store=link, version=name,
         version_path=f"{link}/versions/{name}", identity=identity, files=count,
@@ -157,7 +163,7 @@ def build_request(ws: Workspace, version: str) -> PromotionRequest:
         evaluation=evaluation or {},
         approve_command=f"tunestep approve {request_id} --workspace {ws.root}",
         promote_command=f"tunestep promote {name} --workspace {ws.root}",
-        next_actions=actions)
+        next_actions=mcp_texts(actions), next_steps=actions)
 
 
 def request_promotion(ws: Workspace, version: str) -> PromotionRequest:
@@ -180,8 +186,8 @@ def load_request(ws: Workspace, request_id: str) -> PromotionRequest:
                            (request_id,)).fetchone()
     if row is None:
         raise TunestepError("promotion_unknown", f"no promotion request {request_id!r} in this "
-                            "workspace's ledger: call promote_version(version=...) without a "
-                            "token first")
+                            "workspace's ledger: request the promotion of the version first "
+                            "(promote it without a token)")
     return PromotionRequest.model_validate_json(row["payload"])
 
 

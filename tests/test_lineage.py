@@ -209,3 +209,45 @@ def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, ope
     back = draft_job(ws, DraftRequest())
     assert back.job_config["resume_from"].endswith(one)
     assert trained(back)["batch_8_02"] == 8  # all of batch 2's rows again
+
+
+def test_a_promotion_while_a_step_runs_does_not_change_what_it_trained_from(
+        two_local_steps, operator):
+    """Step 3 is drafted on V1; while its job runs the operator promotes V2. Step 3's
+    weights still descend from V1 only: batch 2 is not learned by them."""
+    ws = two_local_steps
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    third = draft_job(ws, DraftRequest())
+    assert third.job_config["resume_from"].endswith(V1) and third.parent_version == V1
+    move(ws, operator, V2)  # the job is running now
+    v3 = f"{third.step:04d}_{third.batch}"
+    fake_local_version(ws, store / "versions/0000_base", v3)
+    record_job_end(ws, third.draft_id, "local", local_result(ws, third))
+    with ledger.open_ledger(ws) as conn:
+        parent = conn.execute("SELECT parent FROM steps WHERE step = ?",
+                              (third.step,)).fetchone()[0]
+        line = lineage(conn, "models/qwen3_webdev")
+    assert parent == V1
+    assert (line.latest, line.line) == (v3, [V1, v3])
+    assert line.learned == ["batch_100_01", third.batch]
+    assert line.not_learned == ["batch_100_02"]
+
+
+def test_a_clock_that_jumps_back_does_not_reorder_the_moves_of_latest(
+        two_local_steps, operator, monkeypatch):
+    """The operator promotes V2, then the clock jumps back an hour and they roll back to
+    V1: the rollback is the later event, so V1 is latest (by wall clock it would sort
+    before the promotion, and before the steps too)."""
+    import time
+
+    ws = two_local_steps
+    move(ws, operator, V2)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    move(ws, operator, V1)
+    with ledger.open_ledger(ws) as conn:
+        stamps = [r[0] for r in conn.execute("SELECT at FROM promotions ORDER BY seq")]
+        line = lineage(conn, "models/qwen3_webdev")
+    assert stamps[1] < stamps[0]  # the clock did go back
+    assert (line.latest, line.line, line.moved_by) == (V1, [V1], "operator")
+    assert line.not_learned == ["batch_100_02"]

@@ -57,6 +57,7 @@ from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
 from tunestep.tools.lengths import LengthCheck, check_lengths
+from tunestep.tools.lineage import start_parent
 from tunestep.tools.plan import Plan, load_plan
 from tunestep.tools.preflight import PreflightReport, check_batch
 from tunestep.tools.run_plan import write_run_plan
@@ -219,7 +220,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         run_plan=plan.paths.run_plan,
         approve_command=approve_command(draft_id, ws),
         regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths,
-        gate=plan.gate.model_dump() if plan.gate else None)
+        gate=plan.gate.model_dump() if plan.gate else None,
+        parent_version=start_parent(ws, start))
 
 
 def _length_warnings(lengths: LengthCheck) -> list[str]:

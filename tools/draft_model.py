@@ -104,3 +104,6 @@ class JobDraft(BaseModel):
     start: StartPoint | None = None  # where the step starts (train drafts), for people
     lengths: LengthCheck | None = None  # train drafts: over-long rows and what happens to them
     gate: dict[str, Any] | None = None  # train drafts: the plan's promotion gate (null: none)
+    # train drafts: the version the job trains from, resolved now ('' = the base model;
+    # None: not a train draft or made before this was recorded). record_step stores it.
+    parent_version: str | None = None

@@ -149,6 +149,20 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     );
     """,
+    # 5: lineage that a running job or a clock jump cannot bend (tools/lineage.py): each
+    # step's parent, the version its job actually trained from (resolved when the draft was
+    # made; '' = the base model; NULL = recorded before schema 5), and one monotonic
+    # sequence number per step record and per signed move of latest, taken from the
+    # ``sequence`` table inside the writing transaction, so replay order is write order.
+    """
+    ALTER TABLE steps ADD COLUMN parent TEXT;
+    ALTER TABLE steps ADD COLUMN seq INTEGER;
+    ALTER TABLE promotions ADD COLUMN seq INTEGER;
+    CREATE TABLE sequence (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -223,6 +237,14 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | None) -> Any:
     return orjson.loads(text) if text else None
+
+
+def next_seq(conn: sqlite3.Connection) -> int:
+    """The next ledger sequence number (call inside the write transaction that uses it).
+
+    AUTOINCREMENT never hands out a number twice or a smaller one, whatever the clock says.
+    """
+    return int(conn.execute("INSERT INTO sequence(at) VALUES (?)", (time.time(),)).lastrowid)
 
 
 def audit(

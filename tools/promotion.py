@@ -238,9 +238,9 @@ def promote_version(ws: Workspace, version: str, approval_token: str | None,
                 with ledger.transaction(conn):
                     conn.execute(
                         "INSERT INTO promotions(nonce, request_id, store, version, previous,"
-                        " kid, operator, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " kid, operator, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (claims.nonce, stored.request_id, link, name, previous, claims.kid,
-                         claims.op, time.time()))
+                         claims.op, time.time(), ledger.next_seq(conn)))
                     # This row is the whole record of the move: which version is latest
                     # and which batches it learned are derived from it (tools/lineage).
                     move_latest(store, name)

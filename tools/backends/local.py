@@ -165,12 +165,15 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     model_id, revision, version, promoted = step_outcome(result)
     conn.execute(
         "INSERT OR REPLACE INTO steps(step, batch, draft_id, job_id, digest, mode, datasets,"
-        " model_path, metrics, recorded_at, hub_model_id, hub_revision, version, promoted)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " model_path, metrics, recorded_at, hub_model_id, hub_revision, version, promoted,"
+        " parent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (config["step"], config["batch"], draft_id, job_id, draft["digest"], config["mode"],
          ledger.dumps(datasets), result.get("model_path"),
          ledger.dumps({k: v for k, v in result.items() if k != "model_path"}), time.time(),
-         model_id, revision, version, int(promoted)))
+         model_id, revision, version, int(promoted),
+         # What the job trained from, fixed when the draft was made: a promotion while the
+         # job ran does not change it (None: a draft from before schema 5).
+         payload.get("parent_version"), ledger.next_seq(conn)))
     # Did the step help: the job's hold-out evaluation summary and its gate's reason.
     promotion = result.get("promotion") if isinstance(result.get("promotion"), dict) else {}
     evaluation = result.get("evaluation") if isinstance(result.get("evaluation"), dict) else {}

@@ -486,8 +486,18 @@ def render_draft(console: Console, draft, view: View = View()) -> None:
 
 
 def _precision_note(draft, precision: str) -> str:
-    if draft.backend == "local" and precision in ("fp16", "bf16"):
-        return " (without a CUDA GPU the job falls back to fp32 and logs it)"
+    from tunestep.tools.estimate import expected_precision
+
+    if draft.backend == "local":
+        if precision == "auto":
+            return " (bf16 where the GPU has it, else fp16; fp32 without CUDA)"
+        if precision in ("fp16", "bf16"):
+            return " (without a CUDA GPU the job falls back to fp32 and logs it)"
+        return ""
+    flavor = draft.submission.flavor if draft.submission else draft.request.flavor
+    resolved = expected_precision(precision, flavor)
+    if resolved and resolved != precision:
+        return f" (trains in {resolved} on {w(flavor)})"
     return ""
 
 

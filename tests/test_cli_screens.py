@@ -270,7 +270,7 @@ def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, mo
     assert code == 0 and "…" not in err
     for f in draft["files"]:
         assert f["path"] in screen and f["sha256"][:16] in screen
-    assert "precision fp16" in screen  # the plan's, not "auto"
+    assert "precision auto (bf16 where the GPU has it" in screen  # what it will be
     assert "tunestep approve" not in screen
     resume = draft["job_config"]["resume_from"]
     assert resume and f"resume from {resume}" in screen  # under its label, whole

@@ -63,3 +63,14 @@ def test_params_from_local_config(tiny_model_dir):
     assert 1e4 < model_params(str(tiny_model_dir)) < 1e7
     assert model_params("Qwen/Qwen3-0.6B") == 0.6e9
     assert set(FLAVORS) >= {"t4-medium", "a10g-large", "h200"}
+
+
+def test_expected_precision_follows_the_flavor_the_way_the_job_resolves_it():
+    from tunestep.tools.estimate import expected_precision
+
+    assert expected_precision("auto", "a10g-large") == "bf16"
+    assert expected_precision("auto", "t4-medium") == "fp16"  # a T4 has no native bf16
+    assert expected_precision("bf16", "t4-small") == "fp16"
+    assert expected_precision("auto", "cpu-basic") == "fp32"
+    assert expected_precision("fp16", "h200") == "fp16"
+    assert expected_precision("auto", None) is None  # local: the hardware is not known

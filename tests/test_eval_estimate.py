@@ -106,6 +106,8 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
         shown = [line for line in lines if line.startswith("evaluation  ~")]
         assert len(shown) == 1 and f"{est.eval_rows:,} rows" in shown[0]
         assert all(len(line) <= 80 for line in lines)
+        # precision auto, shown as what the job will resolve it to on this flavor
+        assert "precision auto (trains in bf16 on a10g-large)" in " ".join(" ".join(lines).split())
 
 
 def test_other_ranks_wait_out_rank_zeros_evaluation(model_ws, tmp_path):

@@ -196,6 +196,7 @@ def test_hf_jobs_submission_sends_the_approved_bundle(tmp_path, tiny_model_dir, 
 
     from conftest import FAKE_TOKEN, Operator
 
+    from tunestep.tools.estimate import expected_precision
     from tunestep.tools.sample_workspace import build_sample_workspace
     from tunestep.tools.workspace import open_workspace
 
@@ -210,8 +211,9 @@ def test_hf_jobs_submission_sends_the_approved_bundle(tmp_path, tiny_model_dir, 
                                        flavor="t4-medium", timeout="45m"))
     assert draft.submission.secrets == ["HF_TOKEN"]
     assert FAKE_TOKEN not in draft.model_dump_json()
-    assert any("no bf16" in w or "fp16" in w for w in draft.warnings) or \
-        draft.job_config["hyperparameters"]["precision"] == "fp16"
+    # precision auto on a T4 (no native bf16): the job trains in fp16, the screen says so.
+    assert draft.job_config["hyperparameters"]["precision"] == "auto"
+    assert expected_precision("auto", draft.submission.flavor) == "fp16"
     handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
                         operator.trusted)
     assert handle.backend == "hf-jobs" and handle.external_id in fake_hub.jobs

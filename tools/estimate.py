@@ -208,6 +208,19 @@ def local_flavor() -> Flavor:
                   bf16=False, fp16=False, gpus=0)
 
 
+def expected_precision(precision: str, flavor: str | None) -> str | None:
+    """What the job will train in on ``flavor`` (the job resolves it the same way:
+    tools/jobs/job_train.py), or None where the hardware is not known (local backend)."""
+    hw = FLAVORS.get(flavor or "")
+    if hw is None:
+        return None
+    if precision == "fp32" or not hw.gpus:
+        return "fp32"
+    if precision in ("auto", "bf16") and hw.bf16:
+        return "bf16"
+    return "fp16" if hw.fp16 else "fp32"
+
+
 def estimate_job(
     *,
     model: str,

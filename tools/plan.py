@@ -129,7 +129,9 @@ class Training(_Section):
     resume_learning_rate: float = Field(1e-5, gt=0)
     num_train_epochs: float = Field(3, gt=0)
     max_length: int = Field(2048, ge=16)
-    precision: Literal["auto", "fp16", "bf16", "fp32"] = "fp16"
+    # auto: bf16 where the GPU has it natively (A10G, L4, A100, H100), fp16 on a T4,
+    # fp32 without CUDA; the job resolves it and logs any fall-back.
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     save_total_limit: int = Field(3, ge=1)
     seed: int = 42
     # A short warmup keeps the first updates of a resumed model from undoing earlier steps.

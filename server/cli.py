@@ -422,6 +422,16 @@ BATCH_HELP = ("a batch folder name under datasets/incremental/, e.g. batch_100_0
               "(default: the next untrained batch)")
 
 
+def _signing_key_arguments(p: argparse.ArgumentParser) -> None:
+    """Which operator key signs: the same three options for approve and promote."""
+    p.add_argument("--name", help="which operator key signs (default: the only key, or the "
+                   "one operator init made the default)")
+    p.add_argument("--key", type=Path, metavar="PATH",
+                   help="a private key file instead of one from the key folder")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--workspace", "-w", metavar="DIR", help=WORKSPACE_HELP)
@@ -508,12 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("approve", parents=common, help="review a stored draft and sign it")
     p.add_argument("draft_id", help="the draft to approve, e.g. draft-3f9a0c1d2e4b (from "
                    "tunestep draft or the assistant)")
-    p.add_argument("--name", help="which operator key signs (default: the only key, or the "
-                   "one operator init made the default)")
-    p.add_argument("--key", type=Path, metavar="PATH",
-                   help="a private key file instead of one from the key folder")
-    p.add_argument("--config-dir", type=Path, metavar="DIR",
-                   help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
+    _signing_key_arguments(p)
     p.add_argument("--ttl", default="1h", help="how long the token stays valid (default 1h)")
     p.add_argument("--yes", action="store_true", help="skip the confirmation question")
 
@@ -523,12 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "0002_batch_100_02")
     p.add_argument("--token", help="apply a token from `tunestep approve promote-...` "
                    "instead of signing here (- reads it from stdin)")
-    p.add_argument("--name", help="which operator key signs (default: the only key, or the "
-                   "one operator init made the default)")
-    p.add_argument("--key", type=Path, metavar="PATH",
-                   help="a private key file instead of one from the key folder")
-    p.add_argument("--config-dir", type=Path, metavar="DIR",
-                   help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
+    _signing_key_arguments(p)
     p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
     p.add_argument("--yes", action="store_true", help="skip the confirmation question")
     p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",

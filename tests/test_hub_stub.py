@@ -138,7 +138,7 @@ def _run(api: HfApi, sha: str, mode: str = "ok", **kw):
                     mount_path="/tunestep/step", read_only=True)
     return api.run_job(
         image="ghcr.io/astral-sh/uv:python3.12-bookworm",
-        command=["uv", "run", "--locked", "/tunestep/step/job.py", "--out", "/tmp/work/out"],
+        command=["uv", "run", "--locked", "/tunestep/step/job.py", "--out", "/tmp/job-out"],
         env={"MODE": mode, "OUT_REPO": REPO, "EXPECT_MOUNT_NAME": "mount0"},
         secrets={"HF_TOKEN": TOKEN}, flavor="cpu-basic", timeout=600, volumes=[volume],
         labels={"tunestep-draft": "d1", "tunestep-nonce": f"n-{mode}"},

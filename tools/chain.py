@@ -21,34 +21,21 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
 from tunestep.tools.plan import Plan
+from tunestep.tools.start_point import StartPoint
 from tunestep.tools.workspace import Workspace
 
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 START_DIR = "start"  # a local start's folder inside the bundle
 # Files of a version folder that never travel: epoch checkpoints and generated cards.
 SKIPPED_PARTS = ("checkpoints", "README.md", ".cache", ".tunestep_sync.json")
-
-
-class StartPoint(BaseModel):
-    """What a draft's job loads, and from where, in the words of the job config."""
-
-    base_model: str
-    resume_from: str | None
-    source: Literal["base", "local", "hub", "bundle"]
-    described: str  # one line for the run plan
-    checkpoint: str | None = None  # a local folder the bundle carries (source "bundle")
-    hub_model_id: str | None = None
-    hub_revision: str | None = None
-    warnings: list[str] = Field(default_factory=list)
 
 
 def version_step(name: str) -> int | None:

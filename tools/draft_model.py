@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunestep.tools.chain import StartPoint
 from tunestep.tools.estimate import Estimate
 from tunestep.tools.lengths import LengthCheck
+from tunestep.tools.start_point import StartPoint
 
 
 class DraftRequest(BaseModel):

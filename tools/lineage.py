@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
 
-if TYPE_CHECKING:  # chain imports this module: the type only, no import circle
-    from tunestep.tools.chain import StartPoint
+if TYPE_CHECKING:
+    from tunestep.tools.start_point import StartPoint
     from tunestep.tools.workspace import Workspace
 
 BASE = ""  # steps.parent of a step that trained from the base model

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.approval import (
+    ACTION_PROMOTE,
+    ACTION_SUBMIT_JOB,
     default_operator_dir,
     load_private_key,
     parse_ttl,
@@ -132,20 +134,30 @@ def review_draft(ws: Workspace, draft_id: str) -> JobDraft:
     return stored
 
 
-def sign_draft(ws: Workspace, draft: JobDraft, *, name: str, key_path: Path,
-               passphrase: bytes, ttl: str) -> ApprovalGrant:
+def _sign(ws: Workspace, subject_id: str, digest: str, *, act: str, audit_action: str,
+          audit_detail: dict, name: str, key_path: Path, passphrase: bytes,
+          ttl: str) -> ApprovalGrant:
+    """Sign one stored subject (a draft or a promotion request) and audit the signing."""
     private_key = load_private_key(key_path, passphrase)
     seconds = parse_ttl(ttl)
-    with ledger.open_ledger(ws) as conn:  # the ledger the draft is stored in
+    with ledger.open_ledger(ws) as conn:  # the ledger the subject is stored in
         identity = ledger.ledger_id(conn)
-    token = sign_approval(private_key, draft_id=draft.draft_id, digest=draft.digest,
+    token = sign_approval(private_key, draft_id=subject_id, digest=digest,
                           workspace=str(ws.root), op=name, ttl_seconds=seconds,
-                          ledger_id=identity)
+                          ledger_id=identity, act=act)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        ledger.audit(conn, "draft.approve", draft.draft_id,
-                     detail={"digest": draft.digest, "operator": name, "ttl": seconds})
-    return ApprovalGrant(draft_id=draft.draft_id, digest=draft.digest, operator=name,
+        ledger.audit(conn, audit_action, subject_id,
+                     detail={"digest": digest, **audit_detail, "operator": name,
+                             "ttl": seconds})
+    return ApprovalGrant(draft_id=subject_id, digest=digest, operator=name,
                          expires_in_seconds=seconds, token=token)
+
+
+def sign_draft(ws: Workspace, draft: JobDraft, *, name: str, key_path: Path,
+               passphrase: bytes, ttl: str) -> ApprovalGrant:
+    return _sign(ws, draft.draft_id, draft.digest, act=ACTION_SUBMIT_JOB,
+                 audit_action="draft.approve", audit_detail={}, name=name,
+                 key_path=key_path, passphrase=passphrase, ttl=ttl)
 
 
 def sign_promotion(ws: Workspace, request, *, name: str, key_path: Path, passphrase: bytes,
@@ -154,18 +166,6 @@ def sign_promotion(ws: Workspace, request, *, name: str, key_path: Path, passphr
 
     ``request`` is a reviewed ``tunestep.tools.promotion.PromotionRequest``.
     """
-    from tunestep.tools.approval import ACTION_PROMOTE
-
-    private_key = load_private_key(key_path, passphrase)
-    seconds = parse_ttl(ttl)
-    with ledger.open_ledger(ws) as conn:  # the ledger the request is stored in
-        identity = ledger.ledger_id(conn)
-    token = sign_approval(private_key, draft_id=request.request_id, digest=request.digest,
-                          workspace=str(ws.root), op=name, ttl_seconds=seconds,
-                          ledger_id=identity, act=ACTION_PROMOTE)
-    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        ledger.audit(conn, "promotion.approve", request.request_id,
-                     detail={"digest": request.digest, "version": request.version,
-                             "operator": name, "ttl": seconds})
-    return ApprovalGrant(draft_id=request.request_id, digest=request.digest, operator=name,
-                         expires_in_seconds=seconds, token=token)
+    return _sign(ws, request.request_id, request.digest, act=ACTION_PROMOTE,
+                 audit_action="promotion.approve", audit_detail={"version": request.version},
+                 name=name, key_path=key_path, passphrase=passphrase, ttl=ttl)

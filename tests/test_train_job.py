@@ -189,8 +189,7 @@ def full_steps(tmp_path_factory, tiny_model_dir):
     cfg3 = job_config(ws, tiny_model_dir, step=3, batch="batch_100_03",
                       resume_from="models/tiny_webdev/latest", num_train_epochs=1,
                       train=["datasets/incremental/batch_100_03/rows.jsonl"], max_length=128)
-    cfg3["gate"] = {"metric": "grade_exact", "max_regression": -1.0,
-                    "require_significance": True}
+    cfg3["gate"] = {"metric": "grade_exact", "margin": -1.0}
     third = run_job(ws, cfg3, name="job3.json")
     return ws, store, first, second, after_first, third
 
@@ -275,8 +274,12 @@ def test_load_chat_rows_drops_extra_keys_and_names_bad_lines(tmp_path):
     (lambda c: c.update(resume_from="hf://no-owner"), "resume_from must be a path, hf://"),
     (lambda c: c["hyperparameters"].update(warmup_ratio=1.0), "warmup_ratio must be in [0, 1)"),
     (lambda c: c["data"].update(overlong="cut"), "data.overlong must be one of"),
-    (lambda c: c.update(gate={"metric": "accuracy", "max_regression": 0.0,
-                              "require_significance": True}), "gate.metric must be one of"),
+    (lambda c: c.update(gate={"metric": "accuracy", "margin": 0.0}),
+     "gate.metric must be one of"),
+    (lambda c: c.update(gate={"metric": "grade_exact", "max_regression": 0.0,
+                              "require_significance": True}), "unknown key(s)"),
+    (lambda c: c.update(gate={"metric": "grade_exact", "margin": 2.0}),
+     "gate.margin must be in [-1, 1]"),
     (lambda c: c["evaluation"].update(batch_size=0), "evaluation.batch_size must be >= 1"),
     (lambda c: c.update(expect_gpu="yes"), "config.expect_gpu must be bool"),
 ])
@@ -401,8 +404,8 @@ def test_gate_that_cannot_pass_records_the_version_and_keeps_latest(full_steps):
     result = result_of(third)
     assert result["promoted"] is False
     promotion = result["promotion"]
-    assert promotion["metric"] == "grade_exact" and promotion["max_regression"] == -1.0
-    assert "below the gate's threshold" in promotion["reason"]
+    assert promotion["metric"] == "grade_exact" and promotion["margin"] == -1.0
+    assert "is not above +1" in promotion["reason"] and "latest stays" in promotion["reason"]
     assert promotion["interval"][1] < 1.0 and promotion["p_value"] is not None
     assert os.readlink(store / "latest") == "versions/0002_batch_100_02"  # unchanged
     version = store / "versions" / "0003_batch_100_03"

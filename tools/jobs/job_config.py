@@ -70,7 +70,7 @@ _NESTED: dict[str, dict[str, Any]] = {
     "eval_file": {"path": str, "sha256": str},
     "data": {"overlong": str},
     "evaluation": {"batch_size": int, "max_new_tokens": (int, type(None))},
-    "gate": {"metric": str, "max_regression": (int, float), "require_significance": bool},
+    "gate": {"metric": str, "margin": (int, float)},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -142,6 +142,7 @@ def validate_config(cfg: Any) -> dict:
              "evaluation.max_new_tokens must be >= 1 or null")
     if cfg["gate"] is not None:
         _require(cfg["gate"]["metric"] in METRICS, f"gate.metric must be one of {METRICS}")
+        _require(-1 <= cfg["gate"]["margin"] <= 1, "gate.margin must be in [-1, 1]")
     if cfg["mode"] == "lora":
         _require(cfg["lora"] is not None, "mode 'lora' needs a lora block")
         lora = cfg["lora"]

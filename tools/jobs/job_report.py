@@ -88,40 +88,81 @@ def render_samples_md(cfg: dict, samples: list[dict], before: dict, after: dict,
     return buf.getvalue()
 
 
+def _metric_cell(m: dict) -> str:
+    """A metric with its interval and the parse rate it stands on; undefined says so."""
+    parsed = m.get("parse_rate")
+    tail = f"; parsed {_fmt(parsed)}" if parsed is not None else ""
+    if m["value"] is None:
+        return f"undefined{tail}"
+    return f"{_fmt(m['value'])} [{_fmt(m['low'])}, {_fmt(m['high'])}]{tail}"
+
+
+def _change_cell(d: dict) -> str:
+    if d["value"] is None:
+        return "undefined"
+    return f"{_fmt(d['value'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
+
+
+def _undefined_notes(report: dict) -> list[str]:
+    notes = []
+    for version in ("before", "after"):
+        for name, m in report[version].items():
+            if m["value"] is None and m.get("undefined"):
+                notes.append(f"- {name} ({version}) is undefined: {m['undefined']}")
+    return notes
+
+
 def render_eval_md(cfg: dict, report: dict, promotion: dict, before_label: str) -> str:
     """The evaluation report for people: both versions, the change, the gate's decision."""
     buf = io.StringIO()
     w = buf.write
     w(f"# Hold-out evaluation — step {cfg['step']}, batch {cfg['batch']}\n\n")
+    reused = report.get("before_reused")
+    before_how = ("its answers **reused** from the version's kept hold-out answers (same "
+                  "weights, hold-out and generation settings: not generated again)"
+                  if reused else "answered again")
     w(f"Every hold-out row ({report['rows']}; {report['graded_rows']} with a reference grade) "
-      f"answered greedily by the previous version ({before_label}) and by this step's, "
-      f"max_new_tokens={report['max_new_tokens']} (the longest reference answer is "
-      f"{report['longest_reference_tokens']} tokens). Grades on the scale "
+      f"answered greedily by the previous version ({before_label}; {before_how}) and by "
+      f"this step's, max_new_tokens={report['max_new_tokens']} (the longest reference "
+      f"answer is {report['longest_reference_tokens']} tokens). Grades on the scale "
       f"{_fmt(report['scale']['low'])}–{_fmt(report['scale']['high'])}; "
       f"{report['unparsed_rule']}.\n\n")
     w("| metric | before [95 % CI] | after [95 % CI] | change [95 % CI] | p |\n"
       "|---|---|---|---|---|\n")
-
-    def ci(m: dict) -> str:
-        return f"{_fmt(m['value'])} [{_fmt(m['low'])}, {_fmt(m['high'])}]"
-
     for name in report["delta"]:
         d = report["delta"][name]
-        w(f"| {name} | {ci(report['before'][name])} | {ci(report['after'][name])} | "
-          f"{ci(d)} | {_fmt_p(d['p_value'])} |\n")
+        w(f"| {name} | {_metric_cell(report['before'][name])} | "
+          f"{_metric_cell(report['after'][name])} | {_change_cell(d)} | "
+          f"{_fmt_p(d['p_value'])} |\n")
+    notes = _undefined_notes(report)
+    if notes:
+        w("\n" + "\n".join(notes) + "\n")
+    vb = report.get("versus_best")
+    if vb:
+        w(f"\nAgainst the best version on the line ({vb['version']}), paired on the same "
+          "rows:\n\n| metric | best [95 % CI] | change [95 % CI] |\n|---|---|---|\n")
+        for name, d in vb["delta"].items():
+            w(f"| {name} | {_metric_cell(vb['metrics'][name])} | {_change_cell(d)} |\n")
+    else:
+        w("\nThe best version on the line is the previous one: the comparison above is "
+          "also the comparison with the line's best.\n")
     pr = report["paired"]
     w(f"\nPaired, row by row (absolute grade error): {pr['wins']} better, {pr['losses']} "
       f"worse, {pr['ties']} unchanged; {pr['test']}: p = {_fmt_p(pr['p_value'])}.\n\n")
     w("Intervals: Wilson for proportions, a seeded percentile bootstrap for MAE, Spearman "
-      "and kappa, and a paired bootstrap (the same resampled rows for both versions) for "
-      "every change. p-values: exact McNemar / sign tests where per-row outcomes exist.\n\n")
+      "and kappa; for every change Tango's paired score interval (proportions) or a paired "
+      "bootstrap (the same resampled rows for both versions). p-values: exact McNemar / "
+      "sign tests where per-row outcomes exist.\n\n")
     w("## Promotion\n\n")
     verdict = "promoted: latest moves to this version" if promotion["promoted"] else \
         "not promoted: latest stays where it was; the version is kept"
     w(f"**{verdict}.** {promotion['reason']}.\n")
     seconds = report["seconds"]
-    w(f"\nCost: {_fmt(seconds['before'])} s before, {_fmt(seconds['after'])} s after "
-      f"({_fmt(report['rows_per_second'])} rows/s, batch size {report['batch_size']}).\n")
+    gen = report.get("generation") or {}
+    before_cost = "0 s before (reused)" if reused else f"{_fmt(seconds['before'])} s before"
+    w(f"\nCost: {before_cost}, {_fmt(seconds['after'])} s after "
+      f"({_fmt(report['rows_per_second'])} rows/s, batch size {report['batch_size']}"
+      + (f"; after: {gen['after']}" if gen.get("after") else "") + ").\n")
     return buf.getvalue()
 
 

@@ -128,7 +128,8 @@ def _hub_download(spec: str, log: RunLog) -> Path:
 
 
 def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
-    """(model, tokenizer, what it resumed from) for fresh/resumed, full/LoRA training.
+    """(model, tokenizer, what it resumed from, its local folder or None) for fresh/resumed,
+    full/LoRA training (the folder holds the previous version's kept hold-out answers).
 
     The model is loaded in fp32: mixed precision (fp16/bf16 autocast) keeps fp32 master
     weights, which fp16 gradient scaling requires and which keep small updates from
@@ -175,7 +176,7 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
             ))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(f"LoRA trainable parameters: {trainable}")
-    return model, tokenizer, label
+    return model, tokenizer, label, resume
 
 def _clean(value: Any) -> Any:
     """Floats that JSON can carry (NaN/inf become None)."""

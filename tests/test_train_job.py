@@ -364,10 +364,13 @@ def test_fresh_full_step_writes_every_output(full_steps):
     assert result["model_path"] == str(version)
     assert result["metrics_after"]["n"] == 20 and result["train_tokens"] > 0
     # The random model answers nothing gradable; after training the "Grade: N" format parses.
-    # An unparsed answer counts as the largest error of the 0-10 scale, so MAE is defined.
+    # Nothing parsed: MAE, Spearman and kappa are undefined (never imputed), with the reason.
     before, after = result["metrics_before"], result["metrics_after"]
-    assert before["n_parsed"] == 0 and before["parse_rate"] == 0 and before["grade_mae"] >= 5
-    assert after["n_parsed"] > 0 and after["grade_mae"] < before["grade_mae"]
+    assert before["n_parsed"] == 0 and before["parse_rate"] == 0
+    assert before["grade_mae"] is None and before["spearman"] is None and before["kappa"] is None
+    assert "only 0 of 20" in result["evaluation"]["before"]["grade_mae"]["undefined"]
+    assert after["n_parsed"] > 0
+    assert result["evaluation"]["before_reused"] is False  # a fresh start: the base answers
     assert result["promoted"] is True and result["promotion"]["metric"] is None  # no gate
     assert result["saved_dtype"] == "float32" and result["precision"] == "fp32"  # CPU
 
@@ -437,6 +440,15 @@ def test_second_step_resumes_from_latest(full_steps):
     assert [(h["step"], h["batch"]) for h in history][:2] == [(1, "batch_100_01"),
                                                              (2, "batch_100_02")]
     assert len(read_metrics(ws / "logs/metrics_step_batch_100_02.csv")) == 4  # epoch 0 + 3
+    # Its "before" is step 1's "after", kept with version 0001 and reused, not regenerated.
+    assert result["evaluation"]["before_reused"] is True
+    assert result["evaluation"]["seconds"]["before"] == 0
+    kept = json.loads((store / "versions/0001_batch_100_01/holdout_answers.json").read_text())
+    assert kept["version"] == "versions/0001_batch_100_01" and len(kept["answers"]) == 20
+    step1 = json.loads((ws / "logs/eval_step_batch_100_01.json").read_text())
+    step2 = json.loads((ws / "logs/eval_step_batch_100_02.json").read_text())
+    assert [r["before"] for r in step2["per_row"]] == [r["after"] for r in step1["per_row"]]
+    assert "**reused**" in (ws / "logs/eval_step_batch_100_02.md").read_text()
     assert (store / "versions" / "0001_batch_100_01" / "config.json").is_file()  # untouched
 
 

@@ -46,11 +46,13 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
     FLAVORS,
     LOCKED_INSTALL_SECONDS,
+    before_answers_kept,
     estimate_job,
     format_duration,
     live_prices,
     parse_duration,
     processes_for,
+    require_fits_timeout,
 )
 from tunestep.tools.eval_estimate import HoldOutLengths, holdout_lengths, token_budget
 from tunestep.tools.hashing import sha256_file, sha256_json
@@ -203,7 +205,10 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         timeout=timeout, prices=live_prices() if backend == "hf-jobs" else None,
         install_seconds=LOCKED_INSTALL_SECONDS
         if backend == "hf-jobs" and plan.job.install == "locked" else 0.0,
+        eval_before_kept=before_answers_kept(ws, start),
         **_eval_estimate_args(ws, plan, config, report.validation.rows))
+    if backend == "hf-jobs":  # killed at the timeout, the trained model would be lost
+        require_fits_timeout(estimate)
     body = {"kind": request.kind, "request": request.model_dump(mode="json"),
             "job_config": config, "files": [f.model_dump() for f in files],
             "submission": submission.model_dump() if submission else None,

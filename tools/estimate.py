@@ -238,6 +238,7 @@ def estimate_job(
     holdout: HoldOutLengths | None = None,
     eval_max_new_tokens: int = 0,
     eval_batch_size: int = 8,
+    eval_before_kept: bool = False,
 ) -> Estimate:
     """Minutes, dollars, memory and warnings for one training job; ``install_seconds`` is
     the dependency install before training (billed on HF Jobs); ``holdout`` the hold-out's
@@ -262,7 +263,7 @@ def estimate_job(
     evaluation = estimate_evaluation(
         flavor=flavor, gpus=hw.gpus, flops_per_s=hw.tflops * 1e12 * mfu, params=params,
         lengths=holdout, max_new_tokens=eval_max_new_tokens, batch_size=eval_batch_size,
-        local=flavor == "local") if holdout is not None else None
+        local=flavor == "local", before_kept=eval_before_kept) if holdout is not None else None
     eval_minutes = evaluation.minutes if evaluation else 0.0
     minutes = (startup + install_seconds / 60 + total_tokens / tokens_per_second / 60
                + eval_minutes)
@@ -313,3 +314,38 @@ def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,
         out.append(f"the model needs about {memory:.0f} GB to train this way; {hw.name} has "
                    f"{hw.memory_gb:g} GB{per}: choose a larger flavor or LoRA")
     return out
+
+
+def require_fits_timeout(estimate: Estimate) -> None:
+    """Refuse a draft whose estimated training plus evaluation outlasts its timeout.
+
+    A job killed at the timeout loses the trained model (it is saved only at the end), so
+    this is a refusal before anyone signs, not a warning: raise ``job.timeout`` (the
+    suggestion covers the estimate with a margin) or shorten the evaluation.
+    """
+    needed = estimate.minutes * 60
+    if estimate.timeout_seconds >= needed:
+        return
+    train = estimate.minutes - estimate.eval_minutes
+    raise TunestepError(
+        "draft_exceeds_timeout",
+        f"the job is estimated at {estimate.minutes:.0f} min ({train:.0f} min start-up and "
+        f"training, {estimate.eval_minutes:.0f} min evaluating {estimate.eval_rows} hold-out "
+        f"rows at up to {estimate.eval_max_new_tokens} new tokens) but the timeout is "
+        f"{format_duration(estimate.timeout_seconds)}: it would be killed and the trained "
+        f"model lost. Raise job.timeout to {estimate.suggested_timeout} or shorten the "
+        "evaluation (evaluation.max_new_tokens, a smaller hold-out set)")
+
+
+def before_answers_kept(ws, start) -> bool:
+    """Whether the version a draft resumes from carries its hold-out answers, which the
+    job reuses instead of generating them (tools/jobs/job_answers.py): one pass, not two.
+    Only a local folder can be looked at; a Hub start counts both passes."""
+    folder = start.checkpoint or (start.resume_from if start.source == "local" else None)
+    if not folder:
+        return False
+    try:
+        path = Path(folder) if Path(folder).is_absolute() else ws.resolve(folder)
+    except TunestepError:
+        return False
+    return (path / "holdout_answers.json").is_file()

@@ -45,7 +45,7 @@ CPU_STEP_OVERHEAD_S = 0.05  # per decode step on a CPU, beside the arithmetic
 # The previous version is loaded from disk (or the Hub mount) for its pass; the new one is
 # already in memory. Billed time outside training, beside the job's start-up.
 PREVIOUS_LOAD_SECONDS = 20.0
-PASSES = 2  # previous version and new one
+PASSES = 2  # previous version and new one; 1 when the previous version's answers are kept
 
 
 class HoldOutLengths(BaseModel):
@@ -115,9 +115,11 @@ def decode_steps_per_s(flavor: str, gpus: int, flops_per_s: float, params: float
 
 def estimate_evaluation(*, flavor: str, gpus: int, flops_per_s: float, params: float,
                         lengths: HoldOutLengths, max_new_tokens: int, batch_size: int,
-                        local: bool = False) -> EvalEstimate:
-    """Minutes of both evaluation passes; ``flops_per_s`` is the flavor's sustained rate
-    (peak x MFU of one GPU, or the CPU's). Only rank 0 evaluates, so one GPU's figures."""
+                        local: bool = False, before_kept: bool = False) -> EvalEstimate:
+    """Minutes of the evaluation passes; ``flops_per_s`` is the flavor's sustained rate
+    (peak x MFU of one GPU, or the CPU's). Only rank 0 evaluates, so one GPU's figures.
+    ``before_kept``: the previous version carries its hold-out answers
+    (``holdout_answers.json``), so the job answers only with the new version."""
     if lengths.rows == 0:
         return EvalEstimate(rows=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             minutes=0.0, method="no hold-out rows")
@@ -127,10 +129,13 @@ def estimate_evaluation(*, flavor: str, gpus: int, flops_per_s: float, params: f
     prompt_tokens = lengths.prompt_chars / CHARS_PER_TOKEN
     prefill_s = 2.0 * params * prompt_tokens / flops_per_s
     load_s = 0.0 if local else PREVIOUS_LOAD_SECONDS
-    seconds = PASSES * (decode_s + prefill_s) + load_s
+    passes = 1 if before_kept else PASSES
+    seconds = passes * (decode_s + prefill_s) + load_s
     return EvalEstimate(
         rows=lengths.rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
         minutes=round(seconds / 60, 1),
-        method=f"{PASSES} passes x {lengths.rows} rows in batches of {batch_size} x "
+        method=f"{passes} pass{'es' if passes > 1 else ''}"
+               + (" (the previous version's answers are kept)" if before_kept else "")
+               + f" x {lengths.rows} rows in batches of {batch_size} x "
                f"{max_new_tokens} new tokens at ~{steps:.3g} decode steps/s"
                + (f", +{load_s:g} s loading the previous version" if load_s else ""))

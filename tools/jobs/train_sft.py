@@ -26,7 +26,8 @@ tunestep: only its declared dependencies and its sibling modules, which travel w
 ``job_common`` (exit codes, errors, atomic writes, the run log), ``job_config`` (this
 contract), ``job_data`` (datasets, over-long rows), ``job_train`` (precision, GPU check,
 model, memory estimate, SFTConfig), ``job_evaluate`` (whole hold-out generation and
-grading), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
+grading), ``job_answers`` (hold-out answers kept with a version and reused, continuous
+batching where faster), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
 ``job_report`` (CSV, Markdown, plots, history), ``job_store`` (versions, ``latest``, Hub
 pushes) and ``sft_data`` (loading, tokenization and grade parsing, which tunestep's
 preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
@@ -110,15 +111,19 @@ fails the gate is still written to ``versions/`` (and pushed when configured) bu
 
 Evaluation (``eval_json``, ``eval_md``): every hold-out row with a reference grade is
 scored for both versions: parse_rate, grade_exact, grade_within_1, grade_mae, spearman,
-kappa (quadratic-weighted). An answer with no parsable grade is wrong for the first three
-and counts as the grade of the scale (the references' range) farthest from the reference,
-error at least 1, for the others. Each metric has a 95 % interval (Wilson for
-proportions, a percentile bootstrap of 1000 resamples seeded with ``seed`` otherwise);
-``delta`` (after minus before) has a paired bootstrap interval and a p-value (exact
-McNemar for proportions, exact sign test on per-row absolute error for MAE, bootstrap for
-the correlations); ``paired`` counts rows whose absolute error fell, rose or stayed
-(wins/losses/ties) with an exact sign test. ``per_row`` lists each row's reference and
-parsed grades.
+kappa (quadratic-weighted). An answer with no parsable grade is wrong for grade_exact and
+grade_within_1; grade_mae, spearman and kappa use the parsed rows only and are undefined
+(``value`` null, ``undefined`` says why) below 5 parsed rows or for a constant predictor:
+nothing is imputed, and each metric carries the ``parse_rate`` it stands on. Each metric
+has a 95 % interval (Wilson for proportions, a percentile bootstrap of 1000 resamples
+seeded with ``seed`` otherwise); ``delta`` (after minus before) has a paired interval
+(Tango's score interval for proportions, a paired bootstrap otherwise) and a p-value
+(exact McNemar for proportions, exact sign test on per-row absolute error for MAE,
+bootstrap for the correlations); ``versus_best`` compares the new version with the best
+version on the line the same way (null when that is the previous version); ``paired``
+counts rows whose absolute error fell, rose or stayed (wins/losses/ties; a parsed grade
+beats none) with an exact sign test. ``per_row`` lists each row's reference and parsed
+grades; ``before_reused`` says whether the previous version's answers were reused.
 
 Promotion (``gate``): gain = delta, sign-flipped for grade_mae. Promoted only when the
 lower end of the gain's paired 95 % interval is above -margin, against the previous
@@ -498,7 +503,8 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     evaluation = {k: report[k] for k in (
         "rows", "graded_rows", "max_new_tokens", "longest_reference_tokens", "batch_size",
-        "seconds", "rows_per_second", "before", "after", "delta", "paired")}
+        "seconds", "rows_per_second", "before", "after", "delta", "paired", "versus_best",
+        "before_reused", "generation")}
     evaluation["report"] = str(paths.eval_json)
     summary = {
         "draft_id": cfg["draft_id"], "step": cfg["step"], "batch": cfg["batch"],

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.eval_estimate import HoldOutLengths, estimate_evaluation
+from tunestep.tools.jobs.job_train import distributed_batch
 
 
 class Flavor(BaseModel):
@@ -155,6 +156,10 @@ class Estimate(BaseModel):
     warnings: list[str]
     gpus: int = 0
     processes: int = 1  # training processes: one per GPU (accelerate launch)
+    # The global batch an optimizer step sees: the plan's per_device x accumulation, kept
+    # on N GPUs by fewer accumulation steps (or a smaller per-device batch); larger only
+    # where neither divides (job_train.distributed_batch, the job's own rule).
+    effective_batch: int = 0
     price_source: str = "table"  # hub (live list_jobs_hardware), table, guess
     # The whole hold-out evaluation after training (two greedy passes), counted in minutes;
     # 0 in a draft made before the estimate counted it.
@@ -257,6 +262,8 @@ def estimate_job(
     mfu = CPU_MFU if hw.gpus == 0 else MFU
     processes = max(hw.gpus, 1)
     scaling = 1.0 if processes == 1 else processes * DDP_EFFICIENCY
+    per_device, accumulation, batch_note = distributed_batch(batch_size, grad_accum, processes)
+    effective_batch = per_device * accumulation * processes
     tokens_per_second = hw.tflops * 1e12 * mfu * scaling / flops_per_token
     total_tokens = int(train_tokens * epochs)
     startup = LOCAL_STARTUP_MINUTES if flavor == "local" else STARTUP_MINUTES
@@ -271,6 +278,8 @@ def estimate_job(
     suggested = max(300, math.ceil(minutes * 60 * TIMEOUT_MARGIN / 300) * 300)
     memory = params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
     warnings = _warnings(hw, precision, memory, minutes, timeout_seconds)
+    if batch_note:
+        warnings.append(batch_note)
     if price_source == "guess":
         warnings.append(f"no published price for {flavor} in tunestep's table and the Hub's "
                         f"live list was not available: ${hw.usd_per_hour:g}/h is a guess")
@@ -278,8 +287,8 @@ def estimate_job(
         flavor=flavor, params=params, train_tokens=train_tokens, epochs=epochs,
         total_tokens=total_tokens,
         # One batch per process per micro-step: N GPUs take N times fewer optimizer steps.
-        optimizer_steps=math.ceil(rows / (batch_size * grad_accum * processes))
-        * math.ceil(epochs),
+        optimizer_steps=math.ceil(rows / effective_batch) * math.ceil(epochs),
+        effective_batch=effective_batch,
         tokens_per_second=round(tokens_per_second, 1), minutes=round(minutes, 1),
         usd=round(hw.usd_per_hour * math.ceil(minutes) / 60, 2),
         usd_per_hour=hw.usd_per_hour, suggested_timeout=format_duration(suggested),

@@ -294,3 +294,33 @@ def test_the_job_grades_with_a_linear_time_engine():
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "None"
     assert sft_data.parse_grade("Grade: 4", r"Grade:\s*(\d+)") == 4.0
+
+
+def test_the_progression_plot_follows_the_lineage(tmp_path):
+    from tunestep.tools.jobs import job_report
+
+    def entry(step, parent, promoted, mode="full", within=0.5):
+        return {"step": step, "batch": f"b{step}", "version": f"versions/000{step}_b{step}",
+                "parent": parent, "promoted": promoted, "mode": mode, "eval_loss": 1.0,
+                "grade_within1": within, "grade_within1_low": within - 0.1,
+                "grade_within1_high": within + 0.1, "grade_within1_before": 0.0,
+                "eval_loss_before": 3.0}
+
+    history = [entry(1, "base", True), entry(2, "versions/0001_b1", False, within=0.3),
+               entry(3, "versions/0001_b1", True, mode="lora", within=0.7),
+               entry(4, "versions/0003_b3", True, within=0.8)]
+    layout = job_report.lineage_layout(history)
+    assert layout["latest"] == "versions/0004_b4"
+    # step 2 was held back: a branch off step 1; the line is base -> 1 -> 3 -> 4
+    assert layout["on_line"] == {"versions/0001_b1", "versions/0003_b3", "versions/0004_b4"}
+    assert layout["parents"]["versions/0003_b3"] == "versions/0001_b1"
+    assert layout["parents"]["versions/0001_b1"] is None  # the base
+    # an operator's roll-back: step 5 resumed from step 1, so 3 and 4 become a branch
+    history.append(entry(5, "versions/0001_b1", True, within=0.6))
+    layout = job_report.lineage_layout(history)
+    assert layout["on_line"] == {"versions/0001_b1", "versions/0005_b5"}
+    out = tmp_path / "val_progression.png"
+    job_report.plot_history(history, out)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(out)).shape[0] > 100

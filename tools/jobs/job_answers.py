@@ -247,3 +247,19 @@ def next_line_best(metric: str, promoted: bool, report: dict, before_label: str,
     if promoted and better_or_equal(metric, report["after"][metric]["value"], value):
         return {"version": after_label, "answers": after, "key": key}
     return incumbent
+
+
+def version_label(folder) -> str:
+    """``versions/<name>`` of the folder a step resumed from (its kept answers say; else
+    the store's layout), or "base" for a fresh start: the plot's parent of the step."""
+    if folder is None:
+        return "base"
+    path = Path(folder)
+    try:
+        label = json.loads((path / ANSWERS_FILE).read_text(encoding="utf-8")).get("version")
+        if isinstance(label, str):
+            return label
+    except (OSError, ValueError, AttributeError):
+        pass
+    resolved = path.resolve()
+    return f"versions/{resolved.name}" if resolved.parent.name == "versions" else str(path)

@@ -530,7 +530,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         "train_loss": final_train, **job_report.eval_columns(report, "after"),
         **{f"{k}_before": v for k, v in job_report.eval_columns(report, "before").items()
            if k != "eval_rows"},
-        "promoted": promotion["promoted"],
+        "promoted": promotion["promoted"], "parent": job_answers.version_label(prep.resume_folder),
         "train_tokens": train_tokens, "version": f"versions/{paths.version_name}",
         "finished_at": finished_at,
     })

@@ -480,8 +480,13 @@ def render_draft(console: Console, draft, view: View = View()) -> None:
                      if getattr(est, "processes", 1) > 1 else "")
                   + f"; suggested timeout {w(est.suggested_timeout)}")
     if getattr(est, "eval_rows", 0):  # counted in the estimate above
-        console.print(f"evaluation  ~{_minutes(est.eval_minutes)} of it: {est.eval_rows:,} "
-                      f"rows x 2 versions, <= {est.eval_max_new_tokens:,} new tokens")
+        passes = getattr(est, "eval_passes", 2)
+        budget = ("" if getattr(est, "eval_budget", "estimated") == "exact"
+                  else "~")  # ~: characters / 4, the tokenizer was not at hand
+        prose(console, f"evaluation  ~{_minutes(est.eval_minutes)} of it: {est.eval_rows:,} "
+                       f"rows x {passes} version{'s' if passes > 1 else ''}"
+                       + (" (the previous one's answers are kept)" if passes == 1 else "")
+                       + f", up to {budget}{est.eval_max_new_tokens:,} new tokens a row")
     _draft_warnings_and_approval(console, draft, view)
 
 

@@ -54,7 +54,12 @@ from tunestep.tools.estimate import (
     processes_for,
     require_fits_timeout,
 )
-from tunestep.tools.eval_estimate import HoldOutLengths, holdout_lengths, token_budget
+from tunestep.tools.eval_estimate import (
+    HoldOutLengths,
+    holdout_lengths,
+    reference_tokens,
+    token_budget,
+)
 from tunestep.tools.hashing import sha256_file, sha256_json
 from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
@@ -436,10 +441,15 @@ def _eval_estimate_args(ws: Workspace, plan: Plan, config: dict, rows: int | Non
     else:
         holdout = HoldOutLengths(rows=rows or 0, longest_reference_chars=0, prompt_chars=0)
     evaluation = config["evaluation"]
+    counted = (reference_tokens(ws, config["base_model"], path, plan.paths.validation)
+               if path.suffix.lower() == ".jsonl" else None)  # the job's own count
     budget = token_budget(holdout.longest_reference_chars,
-                          config["samples"]["max_new_tokens"], evaluation["max_new_tokens"])
+                          config["samples"]["max_new_tokens"], evaluation["max_new_tokens"],
+                          counted)
     return {"holdout": holdout, "eval_max_new_tokens": budget,
-            "eval_batch_size": evaluation["batch_size"]}
+            "eval_batch_size": evaluation["batch_size"],
+            "eval_budget_counted": counted is not None or evaluation["max_new_tokens"]
+            is not None}
 
 
 def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:

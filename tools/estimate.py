@@ -167,6 +167,10 @@ class Estimate(BaseModel):
     eval_rows: int = 0
     eval_max_new_tokens: int = 0
     eval_method: str = ""
+    eval_passes: int = 2  # 1 when the previous version's kept answers are reused
+    # how eval_max_new_tokens was found: the plan's number or the model's tokenizer
+    # ("exact"), or characters / 4 where the tokenizer was not at hand ("estimated")
+    eval_budget: str = "estimated"
 
 
 def parse_duration(text: str) -> int:
@@ -244,6 +248,7 @@ def estimate_job(
     eval_max_new_tokens: int = 0,
     eval_batch_size: int = 8,
     eval_before_kept: bool = False,
+    eval_budget_counted: bool = False,
 ) -> Estimate:
     """Minutes, dollars, memory and warnings for one training job; ``install_seconds`` is
     the dependency install before training (billed on HF Jobs); ``holdout`` the hold-out's
@@ -303,7 +308,9 @@ def estimate_job(
         gpus=hw.gpus, processes=processes, price_source=price_source,
         eval_minutes=eval_minutes, eval_rows=evaluation.rows if evaluation else 0,
         eval_max_new_tokens=evaluation.max_new_tokens if evaluation else 0,
-        eval_method=evaluation.method if evaluation else "")
+        eval_method=evaluation.method if evaluation else "",
+        eval_passes=1 if eval_before_kept else 2,
+        eval_budget="exact" if eval_budget_counted else "estimated")
 
 
 def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,

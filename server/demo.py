@@ -117,6 +117,9 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
     console.print(f"  eval loss {result.get('final_eval_loss')}, grade exact "
                   f"{before.get('grade_exact')} -> {after.get('grade_exact')}, "
                   f"model {result.get('model_path')}")
+    # The gate's one sentence: the metric against latest with its interval (issue 18).
+    console.print(f"  gate: {'promoted' if result.get('promoted') else 'held back'}: "
+                  f"{(result.get('promotion') or {}).get('reason', '-')}", markup=False)
     return status.status
 
 

@@ -441,8 +441,10 @@ def _eval_estimate_args(ws: Workspace, plan: Plan, config: dict, rows: int | Non
     else:
         holdout = HoldOutLengths(rows=rows or 0, longest_reference_chars=0, prompt_chars=0)
     evaluation = config["evaluation"]
-    counted = (reference_tokens(ws, config["base_model"], path, plan.paths.validation)
-               if path.suffix.lower() == ".jsonl" else None)  # the job's own count
+    # The job's own count, with the plan model's tokenizer as the host sees it (the job
+    # config's base_model may be a path inside the job's container).
+    counted = (reference_tokens(ws, plan.model, path, plan.paths.validation)
+               if path.suffix.lower() == ".jsonl" else None)
     budget = token_budget(holdout.longest_reference_chars,
                           config["samples"]["max_new_tokens"], evaluation["max_new_tokens"],
                           counted)

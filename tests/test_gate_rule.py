@@ -10,10 +10,6 @@ import pytest
 from tunestep.tools.jobs import job_evaluate, job_gate, job_stats
 from tunestep.tools.plan import Gate
 
-scipy_stats = pytest.importorskip("scipy.stats")
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
-np = pytest.importorskip("numpy")
-
 PATTERN = r"Grade:\s*(\d+)"
 
 
@@ -95,6 +91,10 @@ def test_the_paired_interval_keeps_its_coverage_on_the_side_the_gate_uses():
 
 
 def test_statistics_match_scipy_and_sklearn():
+    # test-only dependencies (pyproject's dev extra); the job itself declares neither
+    scipy_stats = pytest.importorskip("scipy.stats")
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    np = pytest.importorskip("numpy")
     rng = random.Random(11)
     for _ in range(20):
         n = rng.randint(5, 80)

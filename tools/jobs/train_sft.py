@@ -82,7 +82,7 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
     evaluation        {batch_size: int >= 1, max_new_tokens: int | null}   the whole hold-out
                             set, batched greedy generation; null budget = the longest
                             reference answer in tokens + 8, at least samples.max_new_tokens
-    gate              {metric, margin: number in [-1, 1]} | null
+    gate              {metric, margin: finite number} | null
                             promotion gate (non-inferiority, see job_gate); metric one of
                             parse_rate, grade_exact, grade_within_1, grade_mae, spearman,
                             kappa. null = always promote

@@ -27,6 +27,7 @@ RESULT_PREFIX = "TUNESTEP_RESULT "
 SCRIPT_NAME = JOB_SCRIPT  # copied into the job folder with the other JOB_FILES
 # Variables a local job never needs; the token is passed on only when the job pushes.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_OPERATOR_PASSPHRASE")
+RECORD_ATTEMPTS = 20  # each waits ledger.wait_s() (30 s) for the ledger
 
 
 def job_dir(ws: Workspace, job_id: str) -> Path:
@@ -115,7 +116,13 @@ def supervise(root: str, job_id: str) -> int:
                 result = orjson.loads(raw[len(RESULT_PREFIX):])
     code = child.wait()
     status = "cancelled" if cancelled else ("succeeded" if code == 0 else "failed")
-    record_outcome(ws, job_id, status, code, result)
+    for attempt in range(RECORD_ATTEMPTS):  # the result must land: a busy ledger is waited
+        try:                                # out, not left for job_status to call "lost"
+            record_outcome(ws, job_id, status, code, result)
+            break
+        except ledger.LedgerBusy:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
     return code
 
 

@@ -89,6 +89,19 @@ def test_a_wait_too_long_is_ledger_busy_not_database_locked(sample_ws):
         ledger.audit(conn, "x.test")  # and once it is free, the write goes through
 
 
+def test_a_new_file_held_in_set_up_too_long_is_ledger_busy(sample_ws):
+    import fcntl
+
+    sample_ws.state_dir.mkdir()
+    with open(sample_ws.state_dir / ledger.FIRST_USE_LOCK, "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another process setting the file up
+        with pytest.raises(TunestepError) as err, ledger.open_ledger(sample_ws, wait=0.2):
+            pass
+    assert err.value.code == "ledger_busy"
+    with ledger.open_ledger(sample_ws) as conn:  # released: the set-up goes through
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_the_cli_says_ledger_busy_with_its_code(sample_ws):
     with ledger.open_ledger(sample_ws):
         pass  # made, but the hold-out set not pinned yet: check must write

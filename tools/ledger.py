@@ -218,7 +218,7 @@ def _connect(path: str, wait: float) -> sqlite3.Connection:
     return conn
 
 
-def _ensure_wal(conn: sqlite3.Connection, lock_path: Path, deadline: float) -> None:
+def _ensure_wal(conn: sqlite3.Connection, lock_path: Path, wait: float) -> None:
     """Switch a new ledger file to WAL once, whoever else is opening it right now.
 
     WAL is a property of the file: once set, every later connection finds it (the query
@@ -230,7 +230,8 @@ def _ensure_wal(conn: sqlite3.Connection, lock_path: Path, deadline: float) -> N
     """
     if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
         return  # the usual case: no lock, no write
-    with _first_use_lock(lock_path, deadline):
+    deadline = time.monotonic() + wait
+    with _first_use_lock(lock_path, deadline, wait):
         pause = 0.005
         while True:
             try:
@@ -244,7 +245,7 @@ def _ensure_wal(conn: sqlite3.Connection, lock_path: Path, deadline: float) -> N
 
 
 @contextlib.contextmanager
-def _first_use_lock(path: Path, deadline: float) -> Iterator[None]:
+def _first_use_lock(path: Path, deadline: float, wait: float) -> Iterator[None]:
     """An exclusive flock on ``.tunestep/state.sqlite.lock`` while a new file is set up."""
     try:
         import fcntl
@@ -259,7 +260,7 @@ def _first_use_lock(path: Path, deadline: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise sqlite3.OperationalError("database is locked") from None
+                    raise LedgerBusy(wait) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.1)
         try:
@@ -327,7 +328,7 @@ def open_ledger(ws: Workspace, *, wait: float | None = None) -> Iterator[sqlite3
             raise LedgerBusy(wait) from None
         raise
     try:
-        _ensure_wal(conn, ws.state_dir / FIRST_USE_LOCK, time.monotonic() + wait)
+        _ensure_wal(conn, ws.state_dir / FIRST_USE_LOCK, wait)
         migrate(conn)
         yield conn
     except sqlite3.OperationalError as exc:

@@ -10,7 +10,7 @@
    list_jobs in turn; a quarter in, ``tunestep approve`` signs the draft and submit_job
    starts a local job on the tiny model (then the same token is tried again over HTTP
    and on the CLI: refused). Every call ends with its result or a named error.
-   Baseline in the same run, after the load: check_batch and job_status one at a time.
+   Baseline in the same run, after the load: the same five tools, one call at a time.
 
 Prints calls/s held and the p95 latency of check and job_status under load against the
 same calls one at a time, and the ratios; asserts nothing (``tests/test_load.py`` asserts
@@ -109,6 +109,7 @@ class Call:
 @dataclass
 class LoadRun:
     calls: int = 0
+    mcp_calls: int = 0  # of which over MCP (the rest: CLI processes)
     seconds: float = 0.0
     channels: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)
@@ -316,8 +317,8 @@ def mixed_load(root: Path, operator_info, passphrase: bytes, *, seconds: float, 
             await anyio.sleep(1.0)
 
     async def one_at_a_time(stdio) -> None:
-        for kind, tool, args in (("check", "check_batch", {}),
-                                 ("status", "job_status", {"job_id": state["job_id"]})):
+        for kind in KINDS:  # the same tools the sessions called, on the same server
+            tool, args = _mcp_call_args(kind, state["job_id"])
             for _ in range(baseline):
                 call, _ = await mcp_call(stdio, "baseline", kind, tool, args, rec)
                 run.baseline.setdefault(kind, []).append(call.seconds)
@@ -360,8 +361,10 @@ def mixed_load(root: Path, operator_info, passphrase: bytes, *, seconds: float, 
             run.codes[call.code] = run.codes.get(call.code, 0) + 1
         if call.unnamed:
             run.unnamed.append(f"{call.channel} {call.kind}: {call.unnamed}")
-        if call.channel in ("stdio", "http") and call.code is None and not call.unnamed:
-            run.latencies.setdefault(call.kind, []).append(call.seconds)
+        if call.channel in ("stdio", "http"):
+            run.mcp_calls += 1
+            if call.code is None and not call.unnamed:
+                run.latencies.setdefault(call.kind, []).append(call.seconds)
     return run
 
 
@@ -408,11 +411,17 @@ def report(results: dict) -> None:
             print(f"{kind} p95: {p95(under) * 1000:.0f} ms under load ({len(under)} calls), "
                   f"{p95(alone) * 1000:.0f} ms one at a time ({len(alone)}): "
                   f"{p95(under) / p95(alone):.1f}x")
-    alone = [s for values in load.baseline.values() for s in values]
+    held, alone = rates(load)
     if alone:
-        rate = len(alone) / sum(alone)
-        print(f"calls/s: {load.calls / load.seconds:.2f} held under load, {rate:.2f} one at "
-              f"a time: {load.calls / load.seconds / rate:.2f}x")
+        print(f"calls/s: {held:.2f} held by the MCP sessions under load "
+              f"({load.calls / load.seconds:.2f} with the CLI processes), {alone:.2f} one at "
+              f"a time over the same tools: {held / alone:.2f}x")
+
+
+def rates(load: LoadRun) -> tuple[float, float]:
+    """MCP calls/s held under the load, and the same tools' calls/s one at a time."""
+    alone = [s for values in load.baseline.values() for s in values]
+    return load.mcp_calls / load.seconds, (len(alone) / sum(alone) if alone else 0.0)
 
 
 def main() -> int:

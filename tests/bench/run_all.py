@@ -195,9 +195,8 @@ def load_rows(args) -> list[Row]:
         Row(f"first use: {total} `tunestep check` at once on a new workspace",
             f"{burst.ok}/{total} reports", "(every one)", "-", "no failure",
             _met(not burst.failures)),
-        Row(f"mixed load, {load.seconds:.0f} s: MCP calls/s held by 3 sessions (stdio, 2 "
-            f"HTTP) beside 2 CLI loops and a local job; {load.calls} calls, "
-            f"{len(load.unnamed)} without a result or named error",
+        Row(f"MCP calls/s held, {load.seconds:.0f} s of mixed load (stdio + 2 HTTP sessions, "
+            f"2 CLI loops, a local job; {load.calls} calls, {len(load.unnamed)} unnamed errors)",
             f"{held:.2f} calls/s", f"{one:.2f} calls/s, same tools one at a time",
             f"{held / one:.2f}x" if one else "-", "every call named, job succeeded",
             _met(not load.unnamed and load.job_status == "succeeded")),

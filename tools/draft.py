@@ -162,6 +162,11 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     lengths = check_lengths(ws, plan, [f.path for f in files], max_length,
                             plan.data.overlong)
     length_warnings = _length_warnings(lengths)
+    from tunestep.tools.inspector.holdout_guard import check_train_files  # holdout_leak
+    length_warnings += check_train_files(
+        ws, [(f.path, f.sha256) for f in files],
+        (plan.paths.validation, report.validation.sha256 or ""),
+        next(((s.path, s.sha256) for s in data.sources if s.part == "base"), None))
     if lengths.overlong and data.tokenized_dir:
         # A tokenized dataset holds the rows cut at max_length; the job must tokenize
         # itself to shorten or drop them.

@@ -41,6 +41,7 @@ from tunestep.tools.workspace import Workspace
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder
 HUB_PREFIX = "hf://datasets/"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+MAX_LISTED = 100_000  # max_errors: the most findings a report lists (all are counted)
 
 
 @dataclass
@@ -62,6 +63,9 @@ def run_inspector(ws: Workspace, path: str, tokens: bool = False, max_errors: in
     ``tokens`` every row is tokenized with the plan model's tokenizer and chat template.
     ``progress(done_rows, total_or_None, message)`` is called every few thousand rows.
     """
+    if not 0 <= max_errors <= MAX_LISTED:
+        raise TunestepError("bad_argument", f"max_errors must be between 0 and "
+                            f"{MAX_LISTED:,} (every finding is counted either way)")
     plan = load_plan(ws).plan
     if path.startswith(HUB_PREFIX):
         return _inspect_hub(ws, plan, path, tokens, max_errors, progress)

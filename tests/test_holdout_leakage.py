@@ -19,7 +19,7 @@ from tunestep.tools import merge
 from tunestep.tools.draft import DraftRequest, draft_job
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.inspector.leakage import NEAR_MATCH, prompt_key, prompt_words
+from tunestep.tools.inspector.leakage import NEAR_MATCH, normalize_prompt, prompt_words
 from tunestep.tools.sample_workspace import make_row
 
 HOLDOUT = "datasets/processed_webdev_coding/validation.jsonl"
@@ -108,10 +108,9 @@ def test_the_normalization_folds_what_a_reader_cannot_see():
                     "Grade \u200bthis: \u200b<img \u200bsrc=\"cart1.png\"> \u200bnow",
                     "Gr\u00adade th\u2060is:\n<img\u00a0src=\"cart1.png\">\u200e now",
                     "\uff27rade this:\x00\n<img src=\"cart1.png\">\x1b now"]:
-        assert prompt_key(prompt_words(spelled)) == prompt_key(plain), spelled
+        assert normalize_prompt(spelled)[1] == "".join(plain), spelled
     # Different words stay different.
-    assert prompt_key(prompt_words("Grade this: <img src=\"cart2.png\"> now")) != \
-        prompt_key(plain)
+    assert normalize_prompt("Grade this: <img src=\"cart2.png\"> now")[1] != "".join(plain)
 
 
 def test_a_reworded_instruction_over_the_same_code_is_a_near_match(sample_ws):

@@ -33,8 +33,8 @@ from tunestep.tools.inspector.leakage import (
     GRAM,
     HoldoutIndex,
     OverlapHits,
+    normalize_prompt,
     prompt_text,
-    prompt_words,
 )
 from tunestep.tools.inspector.reader import (
     BOM,
@@ -516,8 +516,8 @@ class Engine:
               contents: tuple) -> bool:
         """Hold-out checks on the prompt; True when it is a hold-out prompt (rejected)."""
         holdout = self.holdout
-        words = prompt_words(prompt_text(roles, contents, self._users[sid]))
-        copy = holdout.exact(words)
+        words, joined = normalize_prompt(prompt_text(roles, contents, self._users[sid]))
+        copy = holdout.exact(joined)
         if copy is not None:
             self.holdout_exact += 1
             self._reject(state, line, [("holdout_duplicate", f"the same prompt as hold-out "

@@ -98,8 +98,8 @@ def _scan(path: Path, sha: str, index: leakage.HoldoutIndex, held_sha: str,
     # The sha is checked over the bytes read (data_changed otherwise): the answer is
     # remembered under exactly the bytes it was computed from.
     for line, roles, contents in canonical_rows(path, sha):
-        words = leakage.prompt_words(leakage.prompt_text(roles, contents))
-        held = index.exact(words)
+        words, joined = leakage.normalize_prompt(leakage.prompt_text(roles, contents))
+        held = index.exact(joined)
         if held is not None:
             found.exact_count += 1
             if len(found.exact) < LISTED:

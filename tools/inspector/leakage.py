@@ -3,7 +3,7 @@
 The prompt is the row's user turn(s) (the code to grade is in them); a row without a user
 turn is judged on its system turn. System prompts and answers are left out on purpose: a
 hold-out question trained with another system prompt or a reworded answer still teaches
-the model the hold-out question. Prompts are compared after ``prompt_words``: Unicode
+the model the hold-out question. Prompts are compared after ``normalize_prompt``: Unicode
 NFKC, case folding, the invisible characters dropped (zero-width and other
 Default_Ignorable code points, control characters that are not whitespace) and runs of
 whitespace folded, so a copy with a zero-width space after every space is a copy.
@@ -41,7 +41,6 @@ per kept 8-gram one hash and its 5-word windows (bounded by ``MAX_GRAMS``).
 from __future__ import annotations
 
 import math
-import re
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -72,19 +71,28 @@ _CONTROLS = [c for c in [*range(0x20), *range(0x7F, 0xA0)] if not chr(c).isspace
 _DROP: dict[int, str | None] = dict.fromkeys(
     [*_CONTROLS, *(c for lo, hi in _IGNORABLE for c in range(lo, hi + 1))])
 _DROP[0x200B] = " "  # a zero-width *space* separates words (the others join or vanish)
-_ASCII_CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROLS
-                                          if c < 0x80) + "]")
 _ASCII_DROP = {c: None for c in _CONTROLS if c < 0x80}
 
 
-def prompt_words(text: str) -> list[str]:
-    """The words of a prompt as compared with the hold-out set (see the module doc)."""
+def normalize_prompt(text: str) -> tuple[list[str], str]:
+    """(words, the words joined with no separator) of a prompt, as compared with the
+    hold-out set (see the module doc): the words for shingles, the join for exact."""
     if text.isascii():  # NFKC and case folding change nothing in ASCII but the case
-        if _ASCII_CONTROL.search(text) is not None:
-            text = text.translate(_ASCII_DROP)
-        return text.lower().split()
-    text = unicodedata.normalize("NFKC", text).translate(_DROP).casefold()
-    return text.split()
+        words = text.lower().split()
+        joined = "".join(words)
+        # split() took the whitespace controls; any other control character is left in a
+        # word, where isprintable() (one C pass over the join, needed anyway) finds it.
+        if joined.isprintable():
+            return words, joined
+        words = text.translate(_ASCII_DROP).lower().split()
+    else:
+        words = unicodedata.normalize("NFKC", text).translate(_DROP).casefold().split()
+    return words, "".join(words)
+
+
+def prompt_words(text: str) -> list[str]:
+    """The normalized words of a prompt."""
+    return normalize_prompt(text)[0]
 
 
 def prompt_text(roles: tuple, contents: tuple, users: tuple | None = None) -> str:
@@ -98,10 +106,10 @@ def prompt_text(roles: tuple, contents: tuple, users: tuple | None = None) -> st
     return "\n".join(c for r, c in zip(roles, contents, strict=True) if r == "system")
 
 
-def prompt_key(words: list[str]) -> int:
-    """The exact-match key: the words with no separator at all, so a space removed, added
-    or replaced by an invisible character changes nothing."""
-    return hash("".join(words))
+def prompt_key(joined: str) -> int:
+    """The exact-match key: the normalized words with no separator at all, so a space
+    removed, added or replaced by an invisible character changes nothing."""
+    return hash(joined)
 
 
 def boilerplate_limit(rows: int) -> int:
@@ -121,7 +129,7 @@ def _windows(words: list[str]):
 def _words_of(path: Path, sha256: str | None):
     """(line, prompt words) of every valid row of a file."""
     for line, roles, contents in canonical_rows(path, sha256):
-        yield line, prompt_words(prompt_text(roles, contents))
+        yield line, normalize_prompt(prompt_text(roles, contents))[0]
 
 
 @dataclass
@@ -142,9 +150,9 @@ class HoldoutIndex:
     ignored_grams: int = 0
     note: str | None = None
 
-    def exact(self, words: list[str]) -> int | None:
-        """The hold-out line whose prompt is these words, or None."""
-        return self.prompts.get(prompt_key(words)) if words else None
+    def exact(self, joined: str) -> int | None:
+        """The hold-out line whose normalized prompt is ``joined``, or None."""
+        return self.prompts.get(prompt_key(joined)) if joined else None
 
     def overlaps(self, words: list[str]) -> list[tuple[int, int, int]]:
         """(gram hash, hold-out line, start word) of each kept 8-gram the words share."""
@@ -210,7 +218,7 @@ def _build(holdout: Path, shown: str, train: Path | None, sha256: str | None = N
     for line, words in _words_of(holdout, sha256):
         index.rows += 1
         if words:
-            index.prompts.setdefault(prompt_key(words), line)
+            index.prompts.setdefault(prompt_key("".join(words)), line)
         if len(gram_rows) > MAX_GRAMS:
             continue
         for word in set(words):

@@ -12,7 +12,8 @@ import pytest
 
 from tunestep.tools.draft import DraftRequest, draft_job
 from tunestep.tools.errors import TunestepError
-from tunestep.tools.plan import PLAN_PATH, check_overrides, parse_plan_text
+from tunestep.tools.plan import PLAN_PATH, parse_plan_text
+from tunestep.tools.plan_values import check_overrides
 
 DIGITS = "9" * 5000
 

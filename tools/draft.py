@@ -280,7 +280,7 @@ def _trained_again(report: PreflightReport) -> list[str]:
 
 def _check_overrides(overrides: dict[str, Any], timeout: str | None = None) -> None:
     """Each override (and the draft's own timeout) by its plan key's type and range."""
-    from tunestep.tools.plan import check_overrides, check_request_timeout
+    from tunestep.tools.plan_values import check_overrides, check_request_timeout
 
     check_overrides(overrides)
     if timeout is not None:

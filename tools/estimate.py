@@ -167,7 +167,7 @@ class Estimate(BaseModel):
 def parse_duration(text: str) -> int:
     """'2h', '90m', '45s', '1h30m', '1d' or plain seconds -> seconds (every part bounded
     in digits: a 5,000-digit timeout is a bad_duration, not a traceback)."""
-    from tunestep.tools.plan import duration_seconds
+    from tunestep.tools.plan_values import duration_seconds
 
     seconds = duration_seconds(str(text))
     if seconds is None:

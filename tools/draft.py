@@ -158,7 +158,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
                             plan.data.overlong)
     length_warnings = _length_warnings(lengths)
     from tunestep.tools.inspector.holdout_guard import check_train_files  # holdout_leak
-    length_warnings += check_train_files(
+    leak_warnings = check_train_files(
         ws, [(f.path, f.sha256) for f in files],
         (plan.paths.validation, report.validation.sha256 or ""),
         next(((s.path, s.sha256) for s in data.sources if s.part == "base"), None))
@@ -215,7 +215,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
         step=report.step, backend=backend, request=request, job_config=config, files=files,
         submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + start.warnings + length_warnings
+        warnings=list(estimate.warnings) + leak_warnings + start.warnings + length_warnings
         + _trained_again(report),
         run_plan=plan.paths.run_plan,
         approve_command=approve_command(draft_id, ws),

@@ -31,6 +31,7 @@ from tunestep.tools.inspector.findings import Findings
 from tunestep.tools.inspector.formats import RowProblem, classify, convert
 from tunestep.tools.inspector.leakage import (
     GRAM,
+    NEAR_LISTED,
     HoldoutIndex,
     OverlapHits,
     normalize_prompt,
@@ -170,8 +171,10 @@ class Engine:
         self.lines = array("I")
         self.file_starts: list[int] = []
         self.overlaps = OverlapHits()
-        # (file index, line, hold-out line, containment) of each near match, in order
+        # (file index, line, hold-out line, containment): the first NEAR_LISTED near
+        # matches (the findings count every one)
         self.near_matches: list[tuple[int, int, int, float]] = []
+        self.near_match_rows = 0
         self.drops: dict[tuple[int, int], str] = {}  # mode "map": rows the writer skips
         self.holdout_exact = 0
         self.done_before = 0  # rows of the files already scanned
@@ -529,8 +532,16 @@ class Engine:
         if len(words) >= GRAM:
             found = holdout.overlaps(words)
             near = holdout.nearest(found) if found else None
-            if near is not None:
-                self.near_matches.append((state.index, line, near.line, near.containment))
+            if near is not None:  # no batch-boilerplate rule: reported at once
+                self.near_match_rows += 1
+                if len(self.near_matches) < NEAR_LISTED:
+                    self.near_matches.append((state.index, line, near.line,
+                                              near.containment))
+                self.findings.add(state.index, line, "holdout_near_match",
+                                  f"the prompt holds {near.containment:.0%} of the "
+                                  "distinctive 8-word sequences of hold-out row "
+                                  f"{holdout.path}:{near.line} (a near match from 50 %): "
+                                  "the gate would measure a question the model trained on")
             else:
                 for gram, held_line, start in found:
                     self.overlaps.add(gram, (state.index, line, held_line,
@@ -622,15 +633,8 @@ class Engine:
             self.drops.setdefault((index, line), f"{code}: {message}")
 
     def resolve_overlaps(self) -> tuple[int, int]:
-        """holdout_near_match and holdout_overlap warnings, one per row; (overlap rows,
-        boilerplate grams ignored)."""
+        """holdout_overlap warnings, one per row; (rows, boilerplate grams ignored)."""
         path = self.holdout.path
-        for index, line, held_line, share in self.near_matches:
-            self.findings.add(index, line, "holdout_near_match",
-                              f"the prompt holds {share:.0%} of the distinctive 8-word "
-                              f"sequences of hold-out row {path}:{held_line} (a near match "
-                              "from 50 %): the gate would measure a question the model "
-                              "trained on")
         rows = sum(state.accepted for state in self.files)
         hits, ignored = self.overlaps.leaks(rows)
         first: dict[tuple[int, int], tuple] = {}

@@ -268,10 +268,10 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
     names = [s.shown for s in sources]
     near = [NearMatchRow(file=names[i], line=line, holdout_line=held,
                          containment=round(share, 3))
-            for i, line, held, share in engine.near_matches[:leakage.NEAR_LISTED]]
+            for i, line, held, share in engine.near_matches]
     leak = Leakage(holdout=context.holdout[1] if context.holdout else None,
                    checked=holdout_index is not None, exact=engine.holdout_exact,
-                   near_match_rows=len(engine.near_matches),
+                   near_match_rows=engine.near_match_rows,
                    near_match_threshold=leakage.NEAR_MATCH, near_matches=near,
                    overlap_rows=overlap_rows, ignored_boilerplate_grams=ignored +
                    (holdout_index.ignored_grams if holdout_index else 0),

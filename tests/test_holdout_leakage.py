@@ -15,7 +15,6 @@ import random
 import orjson
 import pytest
 
-from tunestep.tools import merge
 from tunestep.tools.draft import DraftRequest, draft_job
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.inspector import run_inspector
@@ -164,15 +163,26 @@ def test_an_attack_blocks_the_draft_naming_both_files_and_lines(model_ws, attack
     assert digests(model_ws) == before
 
 
-def test_the_draft_checks_the_rows_itself_when_a_verdict_is_forged(model_ws, monkeypatch):
-    """Case: the inspector's READY verdict comes from the workspace (its ledger cache, the
-    READY memo), which the assistant can write: the draft reads the train files itself."""
+def test_the_draft_checks_the_rows_itself_when_a_verdict_is_forged(model_ws):
+    """Case: the inspector's verdict is cached in the ledger, which the assistant can
+    write: the INVALID report of a leaked batch is rewritten to READY in the SQLite file
+    itself. The draft reads the train files itself and still refuses, naming both rows."""
+    import sqlite3
+
     held = held_rows(model_ws)
     write_rows(model_ws, LEAK, [make_row(random.Random(3), 9100),
                                 zero_width_after_spaces(held[2]), other_system_prompt(held[9])])
-    ready = type("Ready", (), {"status": "READY", "errors": [], "error_count": 0,
-                               "files": []})()
-    monkeypatch.setattr(merge, "_inspect", lambda ws, path: ready)
+    report = run_inspector(model_ws, BATCH)
+    assert report.status == "INVALID" and report.leakage.exact == 2
+    forged = report.model_copy(update={"status": "READY", "errors": [], "error_count": 0,
+                                       "counts": {}, "leakage": report.leakage.model_copy(
+                                           update={"exact": 0})})
+    db = sqlite3.connect(model_ws.root / ".tunestep" / "state.sqlite")
+    with db:
+        changed = db.execute("UPDATE inspections SET report = ? WHERE cache_key = ?",
+                             (forged.model_dump_json(), report.cache_key)).rowcount
+    db.close()
+    assert changed == 1 and run_inspector(model_ws, BATCH).status == "READY"  # believed
     before = digests(model_ws)
     with pytest.raises(TunestepError) as err:
         draft_job(model_ws, DraftRequest(batch="batch_100_01"))

@@ -378,6 +378,8 @@ def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,
 
 
 def list_jobs(ws: Workspace, limit: int = 20) -> JobList:
+    if limit < 1 or limit > 1000:  # SQLite takes 64-bit integers only: never a traceback
+        raise TunestepError("bad_argument", "limit must be between 1 and 1000 jobs")
     with ledger.open_ledger(ws) as conn:
         rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
                             (limit,)).fetchall()

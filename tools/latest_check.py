@@ -73,11 +73,13 @@ def latest_state(ws: Workspace, conn: sqlite3.Connection, link: str, model: str,
     if latest is not None:
         folder = store / "versions" / latest
         if not folder.is_dir():
-            hub = conn.execute("SELECT hub_revision FROM steps WHERE version = ?",
-                               (latest,)).fetchone()
-            state.pending_sync = bool(hub and hub["hub_revision"])
+            # A remote step's version not home yet: sync_model brings it and moves the
+            # link (model_not_synced / remote_step_unpushed say what is missing).
+            remote = conn.execute("SELECT 1 FROM steps WHERE version = ?",
+                                  (latest,)).fetchone()
+            state.pending_sync = remote is not None
             if state.pending_sync or latest.startswith("step-"):
-                return state  # sync_model moves the link when it brings the version home
+                return state
         state.matches = (written is not None and points is not None
                          and points == folder.resolve())
     else:

@@ -10,6 +10,10 @@ first remote step after local steps, or a local base model) travels inside the s
 bundle, hashed file by file into the draft's digest, and the remote config names its
 mount path: a remote job config never holds a path of this machine.
 
+The local start is the ledger's latest version (``tools/latest_check``), its files checked
+against the record made with it; the store's ``latest`` link is never followed, and a link
+that disagrees with the ledger refuses the draft (``latest_link_mismatch``).
+
 A local step after a remote one needs that remote model in the store first
 (``sync_model`` / ``tunestep sync``): it is refused with ``model_not_synced`` rather
 than silently training on an older checkpoint.

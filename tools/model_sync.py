@@ -3,8 +3,10 @@
 A step on Hugging Face Jobs ends in a container that is thrown away; what lasts is the
 commit it pushed to the private model repo (``steps.hub_revision``). Syncing downloads
 exactly that commit (``snapshot_download(revision=<sha>)``) into the store's
-``.staging/`` and then does what a local step does: rename it to
-``versions/NNNN_<batch>/`` and, if the job promoted it, move ``latest`` to it
+``.staging/``, hashes it (its files' sha256 and sizes become the version's record in the
+ledger, ``tools/version_files``) and then does what a local step does: rename it to
+``versions/NNNN_<batch>/`` and, when the ledger's line (``tools/lineage``: the gate as
+decided on the host, the verified signed moves) makes it latest, move ``latest`` to it
 atomically, with the job's own functions (``tools/jobs/job_store.py``). A download that
 fails or is killed leaves only a staging folder, which the next sync removes first: the
 store is as it was, and the sync can be run again. Each synced version is recorded in

@@ -214,7 +214,10 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
     _latest_evidence(ws, plan.model_link, plan.model, link, problems, actions)
 
     if last_step is not None and not last_step.promoted:
-        held = line.latest or "the base model"  # the ledger's line, not the link
+        # The ledger's line; where that is the base, the base folder the link names (a
+        # link elsewhere is latest_link_mismatch, reported apart).
+        held = line.latest or (checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest
+                               else "the base model")
         problems.append(Problem(
             code="step_not_promoted", severity="warning",
             message=f"step {last_step.step} ({last_step.batch}) was not promoted: "

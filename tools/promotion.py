@@ -7,7 +7,8 @@ goes through the same gate as a job: a token the operator signed.
 
 1. ``request_promotion(ws, version)`` (MCP ``promote_version`` without a token) stores a
    promotion request: the version's path in the store and its content identity (sha256
-   over every file's path and sha256, the epoch checkpoints left out). Its digest is over
+   over every file's path and sha256, the epoch checkpoints left out; no symlink followed,
+   each file read up to its recorded size: ``tools/version_files``). Its digest is over
    that, the store and the workspace; its id is ``promote-`` + 12 hex of the digest.
 2. The operator signs it: ``tunestep approve promote-…`` (act ``promote``), or
    ``tunestep promote VERSION`` in one go.
@@ -17,7 +18,8 @@ goes through the same gate as a job: a token the operator signed.
    (``approval_wrong_ledger``); the token names this request, workspace and digest, and
    the request is for ``version`` (``approval_wrong_draft``); the version's identity now is
    the one signed (``promotion_stale``); the nonce is new (``approval_replayed``: inserted
-   with a PRIMARY KEY in the transaction that records the move). Then ``latest`` is
+   with a PRIMARY KEY in the transaction that records the move, the token kept in the
+   row: every later read verifies it, ``tools/promotion_records``). Then ``latest`` is
    swapped atomically (a new relative link under a temp name, renamed over: the job's own
    way, ``tools/jobs/job_store.move_latest``).
 """

@@ -39,6 +39,7 @@ def _workspace(args: argparse.Namespace):
 
     ws = find_workspace(args.workspace)
     args.hint_workspace = _hint_workspace(ws.root)
+    _bind_reader_keys(args, ws.root)
     return ws
 
 
@@ -103,17 +104,15 @@ def _trusted_key_paths(args: argparse.Namespace) -> list:
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
 
 
-def _bind_reader_keys(args: argparse.Namespace) -> None:
+def _bind_reader_keys(args: argparse.Namespace, root: Path) -> None:
     """The keys every read of the ledger's line checks signed promotion records with (as
     `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
-    public halves in the operator's key folder."""
+    public halves in the operator's key folder; none from inside the workspace."""
     from tunestep.tools.promotion_records import bind_trusted, reader_keys
 
-    if args.command in ("operator", "demo"):
-        return
-    sources = (_trusted_key_paths(args) if hasattr(args, "operator_key") else
-               _trusted_key_paths(argparse.Namespace(operator_key=None)))
-    bind_trusted(reader_keys(sources, getattr(args, "config_dir", None)))
+    sources = _trusted_key_paths(args if hasattr(args, "operator_key")
+                                 else argparse.Namespace(operator_key=None))
+    bind_trusted(reader_keys(sources, getattr(args, "config_dir", None), root))
 
 
 def _fingerprints(args: argparse.Namespace) -> list[str]:
@@ -588,7 +587,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args, None)
         from tunestep.server.render import make_console
 
-        _bind_reader_keys(args)
         return _COMMANDS[args.command](args, make_console())
     except TunestepError as exc:
         if getattr(args, "json", False):  # --json: a refusal is JSON on stdout too

@@ -120,8 +120,15 @@ def resume_folder(ws: Workspace, conn: sqlite3.Connection, link: str,
     one not in the store yet: the chain resumes from its commit)."""
     store = store if store is not None else ws.resolve_model_store(link)
     latest = lineage(conn, link).latest
-    if latest is None or latest.startswith("step-"):
+    if latest is None:
         return None
+    if latest.startswith("step-"):  # a step recorded before versions were (schema 1)
+        raise TunestepError(
+            "version_unrecorded", f"the ledger's latest is {latest}, recorded without a "
+            "version folder or its files, so no folder can be checked as the resume point: "
+            "the operator promotes the version it made, signed, which records it",
+            path=link, hint=NextAction(note="have the operator promote that version "
+                                            "(signed): promote_version(version=...)"))
     folder = store / "versions" / latest
     if not folder.is_dir() or folder.is_symlink():
         return None

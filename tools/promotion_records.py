@@ -130,28 +130,35 @@ def _payload(text: str | None) -> Any:
         return None
 
 
-def reader_keys(sources: list, folder=None) -> dict:
+def reader_keys(sources: list, folder, workspace) -> dict:
     """The keys a CLI command verifies promotion records with, found the way `tunestep
     promote` finds them: the given key files or inline PEMs (``--operator-key``,
-    ``$TUNESTEP_OPERATOR_KEYS``), else every public half in the operator's key folder
-    (outside the workspace; a file there that is no key is passed over)."""
+    ``$TUNESTEP_OPERATOR_KEYS``), else every public half in the operator's key folder (a
+    file there that is no key is passed over). A given key inside ``workspace`` is refused
+    (``operator_key_in_workspace``), one in the folder passed over: the assistant can
+    write there."""
     from pathlib import Path
 
     from tunestep.tools.approval import (
         default_operator_dir,
+        ensure_keys_outside_workspace,
         key_id,
         load_public_key,
         pin_trusted_keys,
     )
 
     if sources:
+        ensure_keys_outside_workspace(sources, workspace)
         return dict(pin_trusted_keys(sources))
     found: dict = {}
+    root = Path(workspace).resolve()
     try:
         files = sorted(Path(folder or default_operator_dir()).glob("*.pub.pem"))
     except OSError:
         return found
     for path in files:
+        if path.resolve().is_relative_to(root):
+            continue
         try:
             key = load_public_key(path)
         except TunestepError:

@@ -155,8 +155,12 @@ LONG = "datasets/incremental/batch_100_04/webdev_grading_examples_from_the_revie
 
 
 def whole(text: str) -> str:
-    """The screen's words joined by single spaces: a path cut or folded mid-word is gone."""
-    return " ".join(text.split())
+    """The screen's words joined by single spaces: a path cut or folded mid-word is gone.
+
+    A long command continues after a shell backslash (it runs as printed when pasted): the
+    continuation is joined as the shell joins it.
+    """
+    return " ".join(text.replace(" \\\n", " ").split())
 
 
 def trained(ws, *batches: str) -> None:
@@ -273,7 +277,12 @@ def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, mo
     assert "precision auto (bf16 where the GPU has it" in screen  # what it will be
     assert "tunestep approve" not in screen
     resume = draft["job_config"]["resume_from"]
-    assert resume and f"resume from {resume}" in screen  # under its label, whole
+    # The resume point by version name, its path whole, and whether its content is signed.
+    assert resume and "resume from version 0001_batch_100_01" in screen and resume in screen
+    if any(f["role"] == "checkpoint" for f in draft["files"]):
+        assert "content sha256" in screen
+    else:
+        assert "its files are not in the signature" in screen
 
 
 def test_an_already_trained_batch_warns_on_the_approval_screen(sample_ws, capsys,

@@ -175,7 +175,7 @@ def _resume(console: Screen, facts: DraftReview) -> None:
         console.print(f"resume from version [bold]{token(r.name)}[/] [bold red](its files are "
                       "not in the signature: weights changed after you sign would be "
                       "trained from)[/]")
-    if r.path and r.source != "base":
+    if r.path and not r.pinned and r.source != "base":  # where the unsigned files are
         console.print(f"            {token(r.path)}")
 
 

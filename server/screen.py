@@ -88,7 +88,8 @@ def token(value: Any) -> str:
     (``'batch 1/my file.jsonl'``: copied whole, it is the name) and kept on one line.
     """
     text = _UNSAFE.sub(_visible, "" if value is None else str(value))
-    if " " in text or text == "":
+    quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""  # a repr() already
+    if (" " in text and not quoted) or text == "":
         text = shlex.quote(text)
     return escape(text).replace(" ", _KEPT_SPACE)
 
@@ -126,6 +127,8 @@ def wrap_markup(markup: str, width: int, *, style: str = "", hang: int | None = 
         pad = min(pad, max(width // 2, 0))
         for n, part in enumerate(text.divide(_breaks(plain, width, width - pad))):
             part.rstrip()
+            if n == 0 and part.cell_len > width and " " not in part.plain.strip():
+                part = part[len(part.plain) - len(part.plain.lstrip(" ")):]  # one wide word
             part.plain = part.plain.replace(_KEPT_SPACE, " ")
             if n:  # a word too wide for the indent moves left, never past the width
                 part = Text(" " * max(0, min(pad, width - part.cell_len))) + part
@@ -159,20 +162,26 @@ class Screen:
     def command(self, command: str, indent: int = 2, lead: str | None = None) -> None:
         """A command to type, whole words only: a long one continues on the next line
         after a shell ``\\``, so it still runs as printed when pasted."""
-        words: list[str] = []
+        groups: list[list[str]] = []
         for word in (_UNSAFE.sub(_visible, shlex.quote(w)) for w in shlex.split(command)):
-            if words and words[-1].startswith("--") and " " not in words[-1] \
+            if groups and len(groups[-1]) == 1 and groups[-1][0].startswith("--") \
                     and not word.startswith("-"):
-                words[-1] += " " + word  # a flag and its value stay on one line
+                groups[-1].append(word)  # a flag and its value stay on one line
             else:
-                words.append(word)
-        lines, line = [], (" " * indent if lead is None else lead) + words[0]
-        for word in words[1:]:
-            if cell_len(line) + 1 + cell_len(word) + 2 > self.console.width:
+                groups.append([word])
+        width, more = self.console.width, indent + 4
+        units: list[str] = []
+        for group in groups:  # a flag with a value too wide to share a line: one line each
+            unit = " ".join(group)
+            units += group if more + cell_len(unit) + 2 > width else [unit]
+        lines, line = [], (" " * indent if lead is None else lead) + units[0]
+        for unit in units[1:]:
+            if cell_len(line) + 1 + cell_len(unit) + 2 > width:
                 lines.append(line + " \\")
-                line = " " * (indent + 4) + word
+                # a word wider than the line starts at the left edge, whole
+                line = " " * max(0, min(more, width - 2 - cell_len(unit))) + unit
             else:
-                line += " " + word
+                line += " " + unit
         for text in [*lines, line]:
             self.console.print(Text(text), soft_wrap=True)
 

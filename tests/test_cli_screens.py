@@ -328,7 +328,7 @@ def test_views_show_content_and_cli_hints(sample_ws, capsys, monkeypatch):
     # Run elsewhere, a hint carries the workspace it needs.
     monkeypatch.chdir(sample_ws.root.parent)
     code, out, _ = run(capsys, "check", "-w", ws)
-    assert f"--workspace {ws}" in out
+    assert f"--workspace {ws}" in whole(out)
 
 
 @pytest.mark.parametrize("argv", [

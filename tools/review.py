@@ -10,8 +10,8 @@ signed are all of them except ``estimate``, ``warnings``, ``run_plan`` and
 
 Fields a draft may not carry yet (a local job's timeout) are read defensively: absent,
 the review says so instead of guessing. The worst-case cost multiplies the signed flavor
-and timeout by the flavor's hourly price; the price itself comes from the estimate's
-price list and is labelled as such.
+and timeout by the flavor's hourly price: the higher of tunestep's price table and the
+estimate's (possibly live) price, labelled as not signed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
 from tunestep.tools.draft_model import FileRef, JobDraft
+from tunestep.tools.estimate import FLAVORS
 
 NEAR_MATCH = "holdout near match"  # the prefix of a hold-out near-match warning
 DATA_ROLES = ("train", "tokenized", "eval", "inspect", "reference", "plan")
@@ -53,7 +54,7 @@ class DraftReview(BaseModel):
     flavor: str
     processes: int
     timeout_seconds: int | None  # None: the job has no time limit (a local job today)
-    usd_per_hour: float  # the flavor's price in the estimate's price list (not signed)
+    usd_per_hour: float  # the signed flavor's price per hour (a price list: not signed)
     price_source: str
     worst_case_usd: float | None  # usd_per_hour x timeout; None without a timeout
     image: str | None
@@ -152,7 +153,13 @@ def review(draft: JobDraft, workspace: str) -> DraftReview:
         timeout = timeout if isinstance(timeout, int) and timeout > 0 else None
         command = [str(c) for c in cfg.get("command") or []]
         secrets = ["HF_TOKEN"] if hub.get("push") else []
-    price = float(getattr(est, "usd_per_hour", 0.0) or 0.0)
+    # The flavor is signed, its price is not: the higher of tunestep's table price for the
+    # signed flavor and the estimate's (a live Hub price), so an edited estimate can only
+    # make the worst case look worse, never cheaper.
+    quoted = float(getattr(est, "usd_per_hour", 0.0) or 0.0)
+    table = FLAVORS[flavor].usd_per_hour if flavor in FLAVORS else 0.0
+    price = max(table, quoted)
+    source = "table" if table >= quoted and table > 0 else getattr(est, "price_source", "table")
     worst = round(price * timeout / 3600, 4) if timeout is not None else (
         0.0 if price == 0 else None)
     inputs = [f for f in draft.files if f.role in DATA_ROLES]
@@ -160,7 +167,7 @@ def review(draft: JobDraft, workspace: str) -> DraftReview:
         draft_id=draft.draft_id, digest=draft.digest, workspace=workspace, kind=draft.kind,
         step=draft.step, batch=draft.batch, mode=cfg.get("mode"), backend=draft.backend,
         flavor=flavor, processes=_processes(command), timeout_seconds=timeout,
-        usd_per_hour=price, price_source=getattr(est, "price_source", "table"),
+        usd_per_hour=price, price_source=source,
         worst_case_usd=worst, image=image, command=command, secrets=secrets,
         base_model=cfg.get("base_model"), resume=resume_point(draft),
         push=bool(hub.get("push")), model_repo=hub.get("model_id"),

@@ -39,6 +39,7 @@ from tunestep.server.screen import (  # noqa: F401  (safe_text, visible_text: th
 from tunestep.tools.preflight import PreflightReport
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+WHOLE_KEYS = {"fingerprint", "digest", "sha256", "kid", "code"}  # generic view: one word each
 SHOWN = 20  # list items shown before "... and N more" (--json has every one)
 
 
@@ -180,6 +181,8 @@ def _generic_value(console: Console, key: str, value: Any, depth: int) -> None:
             else:
                 console.print(f"{pad}  - {w(_scalar(item))}")
         _more(console, len(value), SHOWN)
+    elif isinstance(value, str) and (key.endswith("path") or key in WHOLE_KEYS):
+        console.print(f"{pad}[bold]{w(key)}[/] {token(value)}")  # one word, never cut
     else:
         console.print(f"{pad}[bold]{w(key)}[/] {w(_scalar(value))}")
 

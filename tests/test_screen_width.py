@@ -128,6 +128,8 @@ def eighty(monkeypatch):
 def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch, tmp_path):
     from chain_helpers import record_job_end
 
+    from tunestep.tools import ledger
+
     # A long key folder, so operator init's paths and fingerprint are longer than a line.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ("config-" + "k" * 60)))
     s = Screens(capsys, model_ws.root)
@@ -158,9 +160,13 @@ def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch
     log = model_ws.root / ".tunestep" / "jobs" / job / "output.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("epoch 1 loss 0.5\n" + "a long job line " * 10 + "\n")
+    with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE jobs SET log_path = ? WHERE job_id = ?",
+                     (model_ws.relative(log), job))
     s.run_both("status")
     s.run_both("status", job)
-    s.run("logs", job)
+    code, screen = s.run("logs", job)
+    assert code == 0 and "a long job line a long" in screen
     s.run_both("cancel", job)
     s.run_both("sync")
     s.run("serve", "--workspace", str(tmp_path / "no" / ("deep" * 20)), workspace=False)

@@ -141,7 +141,7 @@ def test_old_gate_keys_are_refused_with_the_migration():
     with pytest.raises(TunestepError) as err:
         parse_plan_text("---\ngate:\n  metric: grade_exact\n  max_regression: 0.0\n"
                         "  require_significance: true\n---\n")
-    assert err.value.code == "plan_bad_value"
+    assert err.value.code == "plan_value_invalid"
     assert "max_regression and require_significance were replaced" in err.value.message
     assert "margin" in err.value.message
     plan = parse_plan_text("---\ngate:\n  metric: grade_exact\n  margin: 0.05\n---\n")

@@ -124,4 +124,6 @@ def test_a_multi_gpu_draft_says_so(tmp_path, tiny_model_dir, monkeypatch):
 
     out = io.StringIO()
     render_draft(Console(file=out, width=80), eight)
-    assert "(8 GPUs, one process each)" in " ".join(out.getvalue().split())
+    # batch 2x1 does not split over 8 GPUs: the screen names the effective batch
+    assert eight.estimate.effective_batch == 16
+    assert "(8 GPUs, one process each, batch 16)" in " ".join(out.getvalue().split())

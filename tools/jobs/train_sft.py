@@ -206,7 +206,30 @@ if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling m
         sft_data,
     )
 else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at import
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import importlib.abc
+    import importlib.util
+
+    _HERE = Path(__file__).resolve().parent
+    _SIBLINGS = frozenset({"job_common", "job_config", "job_data", "job_evaluate", "job_gate",
+                           "job_report", "job_stats", "job_store", "job_train", "sft_data"})
+
+    class _Siblings(importlib.abc.MetaPathFinder):
+        """The job's own modules, each loaded from its exact file beside this script.
+
+        No folder goes on the import path (the launcher runs ``python -I``, and the
+        script's folder and the working directory are taken off ``sys.path`` here too), so
+        a module planted in the workspace or the job folder (an ``orjson.py``) is never
+        imported: only these names resolve to files of this folder.
+        """
+
+        def find_spec(self, name, path=None, target=None):
+            if name in _SIBLINGS:
+                return importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
+            return None
+
+    sys.path[:] = [p for p in sys.path
+                   if p not in ("", ".") and Path(p).resolve() not in (_HERE, Path.cwd())]
+    sys.meta_path.insert(0, _Siblings())
     import job_common
     import job_config
     import job_data
@@ -313,6 +336,8 @@ def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
         template = sft_data.training_chat_template(tokenizer)
     except ValueError as exc:
         raise JobError(str(exc), EXIT_BAD_INPUT) from exc
+    if paths.resume_label is not None and resumed_from == str(paths.resume_from):
+        resumed_from = paths.resume_label  # the verified copy stands for the configured folder
     data = job_data.load_datasets(cfg, paths, tokenizer, template, log)
     # The whole hold-out set, each row cut before its last assistant turn.
     holdout = job_evaluate.HoldOut.from_rows(data.eval_rows, cfg["grade_pattern"])
@@ -549,13 +574,15 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     return result
 
 
-def _fail(message: str, code: int, log_path: Path | None) -> int:
+def _fail(message: str, code: int, log_path: Path | None, reason: str | None = None) -> int:
     message = " ".join(job_common.scrub(message).split())  # one line
     if log_path is not None:
         RunLog(log_path, "train_sft", echo=False)(f"FAILED ({code}): {message}")
     print(f"train_sft: error: {message}", file=sys.stderr, flush=True)
-    print(f"{ERROR_PREFIX} {json.dumps({'ok': False, 'error': message, 'exit_code': code})}",
-          flush=True)
+    error = {"ok": False, "error": message, "exit_code": code}
+    if reason:
+        error["code"] = reason
+    print(f"{ERROR_PREFIX} {json.dumps(error)}", flush=True)
     return code
 
 
@@ -577,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="job config JSON")
     parser.add_argument("--root", type=Path, default=Path.cwd(),
                         help="folder that relative config paths resolve against (default: cwd)")
+    parser.add_argument("--config-sha256", default=None,
+                        help="sha256 of the config file's bytes; the job refuses to run "
+                             "when they differ (tunestep's launchers always pass it)")
     parser.add_argument("--num-processes", type=int, default=1,
                         help="one training process per GPU (multi-GPU flavors): relaunches "
                              "itself through accelerate's launcher")
@@ -589,17 +619,24 @@ def main(argv: list[str] | None = None) -> int:
     state: dict = {}
     _install_cancel_handler(state)
     log_path = None
+    snapshot = None
     try:
         try:
-            cfg = validate_config(json.loads(args.config.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
+            # The bytes are read once, hashed, and only then parsed: what runs is what
+            # the launcher's digest names.
+            data = args.config.read_bytes()
+            job_config.verify_config_bytes(data, args.config_sha256)
+            cfg = validate_config(json.loads(data.decode("utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise JobError(f"cannot read config {args.config}: {exc}", EXIT_BAD_INPUT) from exc
         paths = job_config.resolve_paths(cfg, args.root)
         log_path = paths.train_log if job_common.is_main_process() else None
         job_config.verify_inputs(cfg, paths)
+        snapshot = job_config.make_snapshot_dir()
+        paths = job_config.snapshot_inputs(cfg, paths, snapshot)
         result = run(cfg, paths, state)
     except JobError as exc:
-        return _fail(str(exc), exc.code, log_path)
+        return _fail(str(exc), exc.code, log_path, exc.reason)
     except Cancelled:
         return _fail("cancelled (SIGTERM); latest not moved", EXIT_CANCELLED, log_path)
     except Exception as exc:  # one clear line for the operator; the traceback goes to stderr
@@ -607,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(job_common.scrub(traceback.format_exc()), file=sys.stderr, flush=True)
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, log_path)
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
     if result:
         print(f"{RESULT_PREFIX} {json.dumps(result, default=str)}", flush=True)
     return 0

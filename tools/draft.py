@@ -1,14 +1,18 @@
-"""draft_job: everything a job will do, fixed in one payload with one digest.
+"""draft_job: everything a job will do, fixed in one signed manifest with one digest.
 
-A draft is computed from the request, the plan and the files as they are now. It is
-stored in the ledger and rendered as the run plan for the operator. Nothing in it
-depends on the clock, so the same inputs give the same digest and the same id; at
-submit time the draft is computed again from its stored request, and any difference
-(a dataset edited, the checkpoint moved, the plan changed, the job script changed)
-makes it stale.
+A draft is computed from the request, the plan and the files as they are now. Its signed
+part is one canonical document, the DraftManifest (``.specs/manifest.md``): the digest is
+sha256 over its exact stored bytes and the id derives from the digest. It is stored in
+the ledger and rendered as the run plan for the operator. Nothing in it depends on the
+clock, so the same inputs give the same digest and the same id; at submit time the draft
+is computed again from its stored request, only to detect staleness: any difference (a
+dataset edited, the checkpoint moved, the plan changed, the job script changed) makes it
+stale. What runs is parsed from the stored manifest bytes, never from the recompute.
 
-The digest covers what runs: the request, the job config, every file's sha256 and the
-remote submission. It leaves out the estimate, which depends on live prices.
+The manifest covers what runs and what it may cost: the request, backend, flavor,
+processes, timeout, the job config, every input's sha256 (the local start checkpoint's
+files too) and the remote submission. The estimate (live prices), warnings and the run
+plan's path are stored apart and never feed execution.
 
 Two kinds of draft: ``train`` (a fine-tuning step, local or on HF Jobs) and ``inspect``
 (the inspector run on HF Jobs, cpu-basic by default: it costs money, so it is approved

@@ -3,8 +3,11 @@
 Order of checks (each refusal is an audit event and a TunestepError whose code names
 the reason): the token verifies against a key given at launch (approval.verify_approval:
 missing, malformed, untrusted key, bad signature, audience, action, expiry); the draft
-exists; the token names this draft, this workspace and the stored digest; the draft
-recomputed now has the same digest (else stale); the nonce was never used. The nonce
+exists; the token names this draft and this workspace; the stored manifest bytes hash to
+the stored digest (else draft_tampered) and to the token's digest; the draft recomputed
+now has the same digest (else stale; the recompute only detects that); the nonce was
+never used. What runs (job.json, the Hub request) is made from the verified manifest
+bytes only, and the job is started with the digests it verifies against. The nonce
 row and the job row are written in one transaction before the backend is called, so
 two concurrent submits of one token give exactly one job. An hf-jobs row stays
 'submitting' until the Hub has its job, and the same token may resume it (hf_submit.py).

@@ -33,11 +33,17 @@ preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
 
 Usage::
 
-    python train_sft.py --config job.json [--root DIR]
-    uv run train_sft.py --config job.json --root DIR            # on HF Jobs
+    python -I train_sft.py --config job.json --config-sha256 HEX [--root DIR]
+    uv run train_sft.py --config job.json --config-sha256 HEX --root DIR  # on HF Jobs
     accelerate launch train_sft.py --config job.json            # several GPUs
 
 Relative paths in the config resolve against ``--root`` (default: the current directory).
+``--config-sha256`` (tunestep's launchers always pass it) is the sha256 of job.json's
+bytes: the job reads the file once, and refuses it before anything else when its bytes
+hash to anything else (``config_tampered``). The job's own modules are loaded by file
+from the script's folder; no folder is put on the import path (``python -I`` locally,
+``PYTHONSAFEPATH`` on HF Jobs, and the script's folder and the working directory are
+taken off ``sys.path``), so a module planted in the workspace is never imported.
 
 Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refused::
 
@@ -60,6 +66,13 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             Its labels already hold the assistant mask, so TRL gets
                             assistant_only_loss=False (it refuses the flag on tokenized rows)
                             and the hold-out is tokenized by the same function
+    tokenized_files   [{"path", "sha256"}]   every file of tokenized_dir (paths relative
+                            to it); [] when tokenized_dir is null. Only these are loaded
+    checkpoint        {"of": "resume_from" | "base_model", "files": [{"path", "sha256"}]}
+                            | null   every file of a local start folder (the one named by
+                            resume_from, or by base_model for LoRA on a full fine-tune),
+                            paths relative to it; required when resume_from is a local
+                            path. Only these files are loaded
     hyperparameters   {per_device_train_batch_size, gradient_accumulation_steps,
                        learning_rate, num_train_epochs, max_length, seed, save_total_limit,
                        precision: "auto"|"fp16"|"bf16"|"fp32", max_steps (-1 = by epochs),
@@ -86,8 +99,15 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             grade_within_1, grade_mae, spearman, kappa. null = always promote
     expect_gpu        bool  true on a GPU flavor: without usable CUDA the job stops (exit 2)
 
-What it does, in order: validate the config; check every train/eval file against its
-sha256 (a mismatch refuses to train); stop if a GPU is expected (``expect_gpu`` or
+What it does, in order: check job.json's bytes against ``--config-sha256``; validate
+the config; copy every input (the train files, the hold-out set, the tokenized dataset's
+files, the local start checkpoint's files) into a private snapshot folder outside the
+workspace (``tempfile.mkdtemp``: 0700, removed at the end) while hashing the very bytes
+copied, refusing any mismatch with its sha256 (``input_changed``, exit 2; nothing
+trained), and from then on read only the snapshot: a file swapped after the check
+changes nothing. (A fault point for the tests: ``TUNESTEP_JOB_PAUSE=<stage>:<folder>``
+with stage ``before_inputs`` or ``after_inputs`` waits there for ``<folder>/<stage>.go``.)
+Then stop if a GPU is expected (``expect_gpu`` or
 ``$ACCELERATOR`` naming one) and CUDA is not usable; resolve the precision (``auto``: bf16
 where the GPU has it natively, ``is_bf16_supported(including_emulation=False)``, else
 fp16 on a GPU, else fp32; any fall-back from an explicit request is logged with its

@@ -158,7 +158,7 @@ def parse_manifest(data: bytes, digest: str, draft_id: str) -> DraftManifest:
 
 def manifest_of_row(row, draft_id: str) -> DraftManifest | None:
     """The verified manifest of a ``drafts`` row (its ``digest`` and ``manifest``
-    columns); None for a draft stored before manifests (schema 6); ``draft_tampered`` when
+    columns); None for a draft stored before manifests (schema 7); ``draft_tampered`` when
     the bytes no longer hash to the stored digest."""
     data = row["manifest"]
     if data is None:

@@ -38,7 +38,7 @@ def checked_bytes(data: bytes, digest: str, draft_id: str) -> bytes:
 
 def signed_fields(row: Any, draft_id: str) -> dict | None:
     """The verified manifest of a ``drafts`` row (``digest``, ``manifest``) as a dict;
-    None for a draft stored before manifests (schema 6)."""
+    None for a draft stored before manifests (schema 7)."""
     if row["manifest"] is None:
         return None
     data = checked_bytes(as_bytes(row["manifest"]), row["digest"], draft_id)

@@ -28,6 +28,7 @@ ERROR_PREFIX = "TUNESTEP_ERROR "
 SCRIPT_NAME = JOB_SCRIPT  # copied into the job folder with the other JOB_FILES
 # Variables a local job never needs; the token is passed on only when the job pushes.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_OPERATOR_PASSPHRASE")
+RECORD_ATTEMPTS = 20  # each waits ledger.wait_s() (30 s) for the ledger
 
 
 def job_dir(ws: Workspace, job_id: str) -> Path:
@@ -140,7 +141,13 @@ def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "")
     code = child.wait()
     shutil.rmtree(scripts, ignore_errors=True)
     status = "cancelled" if cancelled else ("succeeded" if code == 0 else "failed")
-    record_outcome(ws, job_id, status, code, result)
+    for attempt in range(RECORD_ATTEMPTS):  # the result must land: a busy ledger is waited
+        try:                                # out, not left for job_status to call "lost"
+            record_outcome(ws, job_id, status, code, result)
+            break
+        except ledger.LedgerBusy:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
     return code
 
 
@@ -182,6 +189,7 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     from tunestep.tools.chain import record_version
     from tunestep.tools.draft_model import job_config_of, manifest_of_row
     from tunestep.tools.errors import TunestepError
+    from tunestep.tools.version_files import made_files
 
     draft = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                          (draft_id,)).fetchone()
@@ -195,7 +203,7 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     if manifest is not None:
         payload = {"parent_version": manifest.parent_version}
         config = job_config_of(manifest, draft_id)
-    else:  # a draft stored before manifests (schema 6): its job was submitted before
+    else:  # a draft stored before manifests (schema 7): its job was submitted before
         payload = ledger.loads(draft["payload"])
         config = payload["job_config"]
     datasets = [*config["train_files"], config["eval_file"]]
@@ -223,7 +231,7 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
         record_version(conn, store=config["outputs"]["model_store"], version=version,
                        step=config["step"], batch=config["batch"], job_id=job_id,
                        source="job", hub_model_id=model_id, hub_revision=revision,
-                       promoted=promoted)
+                       promoted=promoted, files=made_files(result))
     ledger.audit(conn, "step.record", config["batch"],
                  detail={"step": config["step"], "job_id": job_id,
                          "model_path": result.get("model_path"), "hub_revision": revision,

@@ -62,12 +62,19 @@ def _update_manifest(ws: Workspace, draft_id: str, manifest: dict, *,
 
 
 def _with_prior_version(ws: Workspace) -> Path:
-    """latest -> a trained-looking local version, so the next step resumes from it."""
+    """A step 1 recorded as a local job leaves it (its version's files recorded, latest
+    moved), and batch 2 mapped: the next draft (batch_100_02) resumes from that version."""
+    from chain_helpers import fake_local_version, record_job_end
+
+    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+
     store = ws.resolve_model_store(STORE_LINK)
-    shutil.copytree(store / "versions/0000_base", store / "versions/0001_prior")
-    (store / "latest").unlink()
-    (store / "latest").symlink_to("versions/0001_prior")
-    return store / "versions/0001_prior"
+    record_job_end(ws, draft_job(ws, DraftRequest(batch="batch_100_01")).draft_id, "local",
+                   {"version": "versions/0001_batch_100_01", "hub": None})
+    prior = fake_local_version(ws, store / "versions/0000_base", "0001_batch_100_01")
+    source = "datasets/incremental/batch_100_02"
+    apply_mapping(ws, source, suggest_mapping(ws, source).mapping)
+    return prior
 
 
 def _paused(monkeypatch, tmp_path: Path, stage: str) -> Path:
@@ -170,16 +177,20 @@ def test_a_local_resume_checkpoint_changed_after_approval_is_stale(model_ws, ope
     """Case: a weight file of the local start changed after approval -> draft_stale."""
     ws = model_ws
     prior = _with_prior_version(ws)
-    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    draft = draft_job(ws, DraftRequest(batch="batch_100_02"))
     assert draft.job_config["checkpoint"]["of"] == "resume_from"
     signed = {f["path"] for f in draft.job_config["checkpoint"]["files"]}
     assert "model.safetensors" in signed
     token = operator.approve(ws, draft.draft_id)
     _corrupt(prior / "model.safetensors")
+    jobs = _jobs(ws)  # step 1's
     with pytest.raises(TunestepError) as err:
         submit_job(ws, draft.draft_id, token, operator.trusted)
-    assert err.value.code == "draft_stale" and "model.safetensors" in err.value.message
-    assert _jobs(ws) == 0
+    # the recompute hashes the start again; the version's own record (evidence) may
+    # name it first
+    assert err.value.code in ("draft_stale", "version_files_changed")
+    assert "model.safetensors" in err.value.message
+    assert _jobs(ws) == jobs
 
 
 def test_a_checkpoint_swapped_after_submit_is_refused_by_the_job(
@@ -188,7 +199,7 @@ def test_a_checkpoint_swapped_after_submit_is_refused_by_the_job(
     restored afterwards) -> the job refuses, input_changed; latest stays."""
     ws = model_ws
     prior = _with_prior_version(ws)
-    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    draft = draft_job(ws, DraftRequest(batch="batch_100_02"))
     pause = _paused(monkeypatch, tmp_path, "before_inputs")
     handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
                         operator.trusted)
@@ -197,7 +208,7 @@ def test_a_checkpoint_swapped_after_submit_is_refused_by_the_job(
     (pause / "before_inputs.go").touch()
     _failed_with(ws, handle.job_id, "input_changed")
     (prior / "model.safetensors").write_bytes(original)  # restored: nothing shows it
-    assert latest_checkpoint(ws.resolve_model_store(STORE_LINK)).name == "0001_prior"
+    assert latest_checkpoint(ws.resolve_model_store(STORE_LINK)).name == "0001_batch_100_01"
 
 
 # --- 3. derived data: tokenized dataset, merged file ----------------------------------

@@ -39,6 +39,7 @@ def _workspace(args: argparse.Namespace):
 
     ws = find_workspace(args.workspace)
     args.hint_workspace = _hint_workspace(ws.root)
+    _bind_reader_keys(args, ws.root)
     return ws
 
 
@@ -101,6 +102,17 @@ def _trusted_key_paths(args: argparse.Namespace) -> list:
     keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
             for p in (args.operator_key or [])]
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
+
+
+def _bind_reader_keys(args: argparse.Namespace, root: Path) -> None:
+    """The keys every read of the ledger's line checks signed promotion records with (as
+    `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
+    public halves in the operator's key folder; none from inside the workspace."""
+    from tunestep.tools.promotion_records import bind_trusted, reader_keys
+
+    sources = _trusted_key_paths(args if hasattr(args, "operator_key")
+                                 else argparse.Namespace(operator_key=None))
+    bind_trusted(reader_keys(sources, getattr(args, "config_dir", None), root))
 
 
 def _fingerprints(args: argparse.Namespace) -> list[str]:

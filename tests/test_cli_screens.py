@@ -168,16 +168,21 @@ def trained(ws, *batches: str) -> None:
     import os
 
     from tunestep.tools import ledger
+    from tunestep.tools.version_files import record_files, scan_version
 
-    version = ws.root.parent / "store" / "versions" / f"0001_{batches[-1]}"
+    name = f"{len(batches):04d}_{batches[-1]}"
+    version = ws.root.parent / "store" / "versions" / name
     version.mkdir(parents=True)
     (version / "config.json").write_text("{}")
+    os.symlink(f"versions/{name}", ws.root.parent / "store" / "latest")
     (ws.root / "models").mkdir(exist_ok=True)
     os.symlink(ws.root.parent / "store", ws.root / "models" / "qwen3_webdev")
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         for step, batch in enumerate(batches, 1):
-            conn.execute("INSERT INTO steps(step, batch, recorded_at) VALUES (?, ?, 0)",
-                         (step, batch))
+            conn.execute("INSERT INTO steps(step, batch, version, recorded_at) VALUES"
+                         " (?, ?, ?, 0)", (step, batch, f"{step:04d}_{batch}"))
+        # The last version as its job recorded it (the resume point is checked against it).
+        record_files(conn, "models/qwen3_webdev", name, scan_version(version, name), "job")
 
 
 def broken_batch(ws) -> None:

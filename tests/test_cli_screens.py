@@ -630,3 +630,28 @@ def test_the_summary_is_the_last_block_before_the_question(sample_ws, capsys, mo
     assert labels == ["draft", "digest", "runs", "starts", "trains", "pushes", "workspace"]
     assert asked == [f"Sign {draft['draft_id']} with key olly? [y/N] "]
     assert len(asked[0]) <= 80
+
+
+def test_a_real_hold_out_near_match_is_unmissable_on_the_approval_screen(sample_ws, capsys,
+                                                                         monkeypatch):
+    """A training row that is most of a hold-out prompt, reworded at the end: the draft's
+    own leak check warns, and the approval screen gives it a section and a summary line."""
+    holdout = sample_ws.root / "datasets/processed_webdev_coding/validation.jsonl"
+    row = json.loads(holdout.read_text().splitlines()[0])
+    user = next(m for m in row["messages"] if m["role"] == "user")
+    user["content"] += " Also say which line you would fix first and why it matters."
+    batch = sample_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
+    with batch.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    code, out, err = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")
+    assert code == 0, err
+    draft = json.loads(out)
+    near = [w for w in draft["warnings"] if w.startswith("holdout near match")]
+    assert near, draft["warnings"]
+    signed, unsigned, summary = _sections(_approve_screen(capsys, sample_ws,
+                                                          draft["draft_id"]))
+    assert f"HOLD-OUT NEAR MATCHES: {len(near)}" in unsigned
+    assert whole(near[0]) in whole(unsigned) and "holdout near match" not in signed
+    assert f"{len(near)} hold-out near match(es): see above" in whole(summary)

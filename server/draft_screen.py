@@ -83,8 +83,9 @@ def _where(console: Screen, facts: DraftReview) -> None:
         console.print(f"backend     {w(facts.backend)}, flavor [bold]{token(facts.flavor)}[/], "
                       f"{processes}")
     if facts.timeout_seconds is not None:
-        console.print(f"timeout     [bold]{timeout_text(facts)}[/]: the job is stopped there "
-                      "(the billing cap)")
+        cap = "" if facts.backend == "local" else " (the billing cap)"
+        console.print(f"timeout     [bold]{timeout_text(facts)}[/]: the job is stopped "
+                      f"there{cap}")
     elif facts.backend == "local":
         console.print("timeout     none: a local job runs until it ends or `tunestep cancel` "
                       "stops it")

@@ -471,6 +471,8 @@ def _approve_screen(capsys, ws, draft_id: str) -> str:
 
 
 def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, monkeypatch):
+    from tunestep.server.screen import duration
+
     monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
     run(capsys, "operator", "init", "--name", "olly")
     out = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")[1]
@@ -481,7 +483,10 @@ def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, mo
     assert f"digest {draft['digest']}" in signed
     assert f"workspace {sample_ws.root} (the token is bound to it)" in signed
     assert "backend local: this machine, 1 process" in signed
-    assert "timeout none: a local job runs until it ends" in signed
+    limit = draft.get("timeout_seconds")  # the signed manifest's local time limit, if any
+    timeout = "none" if limit is None else duration(limit)
+    assert (f"timeout {timeout}: the job is stopped there" if limit is not None else
+            "timeout none: a local job runs until it ends") in signed
     assert "worst case $0: it runs on this machine" in signed and "secrets none" in signed
     assert f"model {cfg['base_model']}" in signed
     assert "resume from nothing: a fresh start" in signed
@@ -507,7 +512,7 @@ def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, mo
     assert "suggested timeout" not in signed
     # The summary: id, digest, where and how long, the start, the data, the push, workspace.
     assert summary.startswith(f"draft {draft['draft_id']}, step 1 (batch_100_01) digest "
-                              f"{draft['digest']} runs on this machine, timeout none, "
+                              f"{draft['digest']} runs on this machine, timeout {timeout}, "
                               "worst case $0.00 starts from the base model")
     assert "trains on 300 rows in 2 file(s), gates on 40 hold-out rows" in summary
     assert f"pushes to nothing workspace {sample_ws.root}" in summary

@@ -277,17 +277,21 @@ def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, mo
     code, _, err = run(capsys, "approve", draft["draft_id"], "-w", ws, "--yes")
     screen = whole(err)
     assert code == 0 and "…" not in err
-    for f in draft["files"]:
-        assert f["path"] in screen and f["sha256"][:16] in screen
+    for f in draft["files"]:  # a checkpoint's files: its folder once, then each name
+        folder, _, name = f["path"].rpartition("/")
+        shown = f"{folder}/ {name}" if f["role"] == "checkpoint" else f["path"]
+        assert f["sha256"][:16] in screen
+        assert (shown in screen or (f["role"] == "checkpoint" and folder in screen
+                                    and f"{f['sha256'][:16]} {name}" in screen)), shown
     assert "precision auto (bf16 where the GPU has it" in screen  # what it will be
     assert "tunestep approve" not in screen
     resume = draft["job_config"]["resume_from"]
     # The resume point by version name, its path whole, and whether its content is signed.
-    assert resume and "resume from version 0001_batch_100_01" in screen and resume in screen
-    if any(f["role"] == "checkpoint" for f in draft["files"]):
+    assert resume and "resume from version 0001_batch_100_01" in screen
+    if any(f["role"] == "checkpoint" for f in draft["files"]):  # pinned by its files
         assert "content sha256" in screen
-    else:
-        assert "its files are not in the signature" in screen
+    else:  # named where it lies, and said to be unsigned
+        assert resume in screen and "its files are not in the signature" in screen
 
 
 def test_an_already_trained_batch_warns_on_the_approval_screen(sample_ws, capsys,

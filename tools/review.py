@@ -94,7 +94,7 @@ def files_identity(refs: list[FileRef], folder: str) -> str:
     return hashlib.sha256(ledger.dumps(entries).encode()).hexdigest()
 
 
-def _common_folder(paths: list[str]) -> str:
+def common_folder(paths: list[str]) -> str:
     parts = [p.split("/")[:-1] for p in paths]
     common = parts[0]
     for other in parts[1:]:
@@ -125,7 +125,7 @@ def resume_point(draft: JobDraft) -> ResumePoint | None:
         return ResumePoint(source="hub", name=name, uri=resume, identity=sha or None,
                            said=said, pinned=bool(sha))
     if checkpoint:
-        folder = _common_folder([f.path for f in checkpoint])
+        folder = common_folder([f.path for f in checkpoint])
         name = folder.rsplit("/", 1)[-1] or folder
         source = start.source if start is not None and start.source != "base" else "local"
         return ResumePoint(source=source, name=name, identity=files_identity(checkpoint, folder),

@@ -664,3 +664,30 @@ def test_a_real_hold_out_near_match_is_unmissable_on_the_approval_screen(sample_
     assert f"HOLD-OUT NEAR MATCHES: {len(near)}" in unsigned
     assert whole(near[0]) in whole(unsigned) and "holdout near match" not in signed
     assert f"{len(near)} hold-out near match(es): see above" in whole(summary)
+
+
+def test_the_promote_screen_shows_the_version_its_content_and_latest(model_ws, capsys,
+                                                                     monkeypatch):
+    import shutil
+
+    from tunestep.tools.promotion import current_latest, version_identity
+
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    store = model_ws.resolve_model_store("models/qwen3_webdev")
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
+    (store / "versions/0001_batch_100_01/extra.txt").write_text("a changed version\n")
+    identity, count = version_identity(store / "versions/0001_batch_100_01")
+    now = current_latest(store)
+    code, _, err = run(capsys, "promote", "0001_batch_100_01", "-w", str(model_ws.root),
+                       "--yes")
+    assert code == 0, err
+    assert all(len(line) <= 80 for line in err.splitlines())
+    screen = whole(err)
+    assert f"version 0001_batch_100_01: {count} files, content sha256 {identity}" in screen
+    assert f"latest becomes 0001_batch_100_01 (now {now}; not signed)" in screen
+    assert f"workspace {model_ws.root} (the token is bound to it)" in screen
+    summary = whole(err.split("\nYou are signing\n")[1])
+    assert summary.startswith("request promote-")
+    assert f"latest {now} -> 0001_batch_100_01 in models/qwen3_webdev" in summary
+    assert f"content sha256 {identity[:16]}, {count} files workspace {model_ws.root}" in summary

@@ -136,7 +136,7 @@ def _cache_lookup(ws: Workspace, key: str) -> InspectionReport | None:
     try:
         with ledger.open_ledger(ws) as conn:
             return cached_report(conn, key)
-    except (sqlite3.Error, OSError):  # no usable ledger: inspect without the cache
+    except (sqlite3.Error, OSError, ledger.LedgerBusy):  # no usable ledger: no cache
         return None
 
 
@@ -144,7 +144,7 @@ def _cache_store(ws: Workspace, key: str, report: InspectionReport) -> None:
     try:
         with ledger.open_ledger(ws) as conn:
             store_report(conn, key, report)
-    except (sqlite3.Error, OSError):
+    except (sqlite3.Error, OSError, ledger.LedgerBusy):
         pass  # the cache is an optimisation; the report stands without it
 
 

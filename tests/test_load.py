@@ -178,3 +178,6 @@ def test_mixed_load_while_a_local_job_runs(tiny_model_dir, operator, tmp_path):
                                "outcome = 'refused'").fetchall()
     audited = sorted(json.loads(r["detail"])["code"] for r in refused)
     assert audited == sorted(run.submit_refusals)
+    # ...and those were the only refusals anyone saw: none went unrecorded.
+    assert sorted(c for c, n in run.codes.items() for _ in range(n)) == audited, summary
+    assert [p.name for p in (model_ws.state_dir / "jobs").iterdir()] == [run.job_id]

@@ -165,6 +165,16 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     );
     """,
+    # migration: branch evidence
+    # latest moves only on evidence (issue 17): each signed move of latest keeps the token
+    # it was made with (verified whenever the ledger's line is read: a forged row is
+    # ignored), and each model version its files as [[path, sha256, size], ...] recorded
+    # when the version was made (job commit, sync, or a signed promotion of a hand-put
+    # folder): the resume point and promotion hashing check a version against them.
+    """
+    ALTER TABLE promotions ADD COLUMN token TEXT;
+    ALTER TABLE model_versions ADD COLUMN files TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

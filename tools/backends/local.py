@@ -162,6 +162,7 @@ def step_outcome(result: dict) -> tuple[str | None, str | None, str | None, bool
 
 def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     from tunestep.tools.chain import record_version
+    from tunestep.tools.version_files import made_files
 
     draft = conn.execute("SELECT digest, payload FROM drafts WHERE draft_id = ?",
                          (draft_id,)).fetchone()
@@ -193,7 +194,7 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
         record_version(conn, store=config["outputs"]["model_store"], version=version,
                        step=config["step"], batch=config["batch"], job_id=job_id,
                        source="job", hub_model_id=model_id, hub_revision=revision,
-                       promoted=promoted)
+                       promoted=promoted, files=made_files(result))
     ledger.audit(conn, "step.record", config["batch"],
                  detail={"step": config["step"], "job_id": job_id,
                          "model_path": result.get("model_path"), "hub_revision": revision,

@@ -225,11 +225,15 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             if not wait_s:
                 return job_control.job_status(ws, job_id)
 
+            polls = 0
+
             def said(status: job_control.JobStatus) -> None:
+                nonlocal polls  # MCP progress must grow with every notification
+                polls += 1
                 p = status.progress
                 stage = p.stage if p and p.stage else status.status
                 epoch = f", epoch {p.epoch:g}" if p and p.epoch is not None else ""
-                progress(0, None, f"{status.status}: {stage}{epoch}")
+                progress(polls, None, f"{status.status}: {stage}{epoch}")
 
             return job_control.wait_for_job(ws, job_id, timeout=wait_s, poll=2.0,
                                             on_poll=said)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
 
 import pytest
 from card_host import answer_key, chromium, render, screenshot
@@ -24,7 +26,7 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from tunestep.server import cards
 from tunestep.server.app import MAX_WAIT_S, ServerConfig, build_server, error_code
 from tunestep.tools import ledger
-from tunestep.tools.job_progress import ask_again_after, read_progress
+from tunestep.tools.job_progress import LOCAL_POLL_S, ask_again_after, read_progress
 
 pytestmark = pytest.mark.anyio
 APPS = advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})
@@ -125,6 +127,43 @@ def test_progress_reads_stage_epoch_and_rows_from_the_output():
                            " rows"])
     assert ended.stage == "deciding promotion" and ended.eval_rows_done == 8
     assert read_progress(["noise", "more noise"]).stage is None
+
+
+async def test_a_waiting_job_status_reports_progress_from_the_job_output(sample_ws):
+    """A running local job (a live child process, its log in the workspace, rows written
+    into the ledger as submit leaves them): job_status(wait_s=3) polls, sends progress
+    notifications naming the stage and epoch, and says when to ask again."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        log = sample_ws.root / ".tunestep/jobs/job-wait/output.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("\n".join(LOG) + "\n", encoding="utf-8")
+        payload = json.dumps({"job_config": {"hyperparameters": {"num_train_epochs": 3}}})
+        now = time.time()
+        with ledger.open_ledger(sample_ws) as conn, ledger.transaction(conn):
+            conn.execute("INSERT INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
+                         " VALUES ('draft-wait', 'x', 'train', 'b', ?, ?)", (payload, now))
+            conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, pid, log_path,"
+                         " created_at, started_at) VALUES ('job-wait', 'draft-wait', 'local',"
+                         " 'running', ?, '.tunestep/jobs/job-wait/output.log', ?, ?)",
+                         (sleeper.pid, now, now))
+        seen: list[tuple[float, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None):
+            seen.append((progress, message))
+
+        async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+            result = await client.call_tool("job_status", {"job_id": "job-wait", "wait_s": 3},
+                                            progress_callback=on_progress)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    status = result.structured_content
+    assert status["status"] == "running" and status["ask_again_after_s"] == LOCAL_POLL_S
+    assert status["progress"]["stage"] == "training"
+    assert (status["progress"]["epoch"], status["progress"]["epochs"]) == (2.0, 3.0)
+    assert len(seen) >= 2 and [p for p, _ in seen] == sorted({p for p, _ in seen})
+    assert all(m == "running: training, epoch 2" for _, m in seen)
 
 
 def test_ask_again_follows_the_hub_poll_floor():

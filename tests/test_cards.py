@@ -220,15 +220,18 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
     assert seen.field("base_model").endswith(cfg["base_model"])
     for f in draft["files"]:
         shown = f["path"].replace("\u202e", "\\u202e")
-        where = "checkpoint_files" if f["role"] == "checkpoint" else "files"
+        where = {"checkpoint": "checkpoint_files", "script": "scripts"}.get(f["role"], "files")
         assert shown in seen.field(where) and f["sha256"] in seen.field(where)
-        if f["rows"] is not None and f["role"] != "checkpoint":
+        if f["rows"] is not None and where == "files":
             assert re.search(rf"{re.escape(shown)}\s*{f['rows']}\s*{f['sha256']}",
                              seen.field("files")), f["path"]
     assert seen.field("regime").endswith(draft["regime"])
     assert seen.field("gate_metric").endswith(cfg["gate"]["metric"])
     for key, value in cfg["hyperparameters"].items():
-        assert seen.field(f"hp_{key}") == f"{key}{js(value, 6)}", key
+        written = (str(value).lower() if isinstance(value, bool) else
+                   str(int(value)) if isinstance(value, float) and value.is_integer() else
+                   str(value))  # JavaScript's String(): shortest exact form
+        assert seen.field(f"hp_{key}") == f"{key}{written}", key
     assert "not signed" in seen.field("section:estimate")
     assert "not signed" not in seen.field("section:files")
     assert seen.field("approve-command") == draft["approve_command"]
@@ -238,17 +241,27 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
     assert "x\\u202elnosj.jsonl" in seen.field("files") and "\u202e" not in seen.html
     assert "[conceal]a.jsonl" in seen.field("files")
 
-    shot = screenshot(tmp_path, page, wire(drafted), answers, tmp_path / "review-card.png")
+    shot = screenshot(tmp_path, page, wire(drafted), answers, tmp_path / "review-card.png",
+                      size="900,2350")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The same batch drafted locally: no submission, no Hub bill, the estimate's timeout.
+    async with Client(build_server(ServerConfig(workspace=ws.root)),
+                      extensions=[APPS]) as client:
+        local = await client.call_tool("draft_job", {"batch": "batch_8_01"})
+        local_id = local.structured_content["draft_id"]
+        stored = await client.call_tool("review_card", {"draft_id": local_id})
+    (tmp_path / "local").mkdir()
+    seen = render(tmp_path / "local", page, wire(local),
+                  {answer_key("review_card", {"draft_id": local_id}): wire(stored)})
+    assert seen.state == "rendered" and seen.field("flavor") == "flavorlocal"
+    assert "A local job" in seen.field("section:limits")
+    assert seen.field("approve-command") == stored.structured_content["draft"]["approve_command"]
 
-def js(value, digits: int = 4) -> str:
-    """A value as the card's fmt() writes it (an integer plainly, else fixed decimals)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if not isinstance(value, int | float):
-        return "\u2014" if value is None else str(value)
-    return str(int(value)) if float(value).is_integer() else f"{value:.{digits}f}"
+
+def js(value) -> str:
+    """A number as the card's fmt() writes it (an integer plainly, else 4 decimals)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
 
 
 def run_step(ws, operator, gate, batch=None):

@@ -84,10 +84,14 @@ function renderDraft(card) {
       checkpoint.map((f) => [f.path, f.sha256]), "checkpoint_files") : null,
     start.described ? el("p", { class: "note" }, "In words (not signed): ", start.described) : null));
 
+  const files = (d.files || []).filter((f) => f.role !== "checkpoint" && f.role !== "script");
+  const scripts = (d.files || []).filter((f) => f.role === "script");
   parts.push(section("files", "Data and job files", signed.has("files"),
     grid(["role", "path", "rows", "sha256"],
-      (d.files || []).filter((f) => f.role !== "checkpoint")
-        .map((f) => [f.role, f.path, fmt(f.rows), f.sha256]), "files")));
+      files.map((f) => [f.role, f.path, fmt(f.rows), f.sha256]), "files"),
+    scripts.length ? el("details", {},
+      el("summary", {}, scripts.length + " job script files, each pinned by its sha256"),
+      grid(["file", "sha256"], scripts.map((f) => [f.path, f.sha256]), "scripts")) : null));
 
   parts.push(section("regime", "How the rows were chosen", false,
     pairs([["regime", d.regime, "regime"]]),
@@ -103,7 +107,8 @@ function renderDraft(card) {
     : el("p", { "data-field": "gate" }, "No gate: the new version becomes latest whatever it scores.")));
 
   const hp = cfg.hyperparameters || {};
-  const hpRows = Object.keys(hp).sort().map((k) => [k, fmt(hp[k], 6), "hp_" + k]);
+  // Numbers as JavaScript writes them (shortest exact form): 0.003, not 0.003000.
+  const hpRows = Object.keys(hp).sort().map((k) => [k, String(hp[k]), "hp_" + k]);
   if (cfg.lora) Object.keys(cfg.lora).sort().forEach((k) => hpRows.push(["lora " + k, JSON.stringify(cfg.lora[k]), "lora_" + k]));
   parts.push(section("hyperparameters", "Hyperparameters", signed.has("job_config"), pairs(hpRows)));
 

@@ -37,7 +37,9 @@ tunestep prepares one incremental fine-tuning step at a time. Work in this order
 check_batch (preflight) -> run_inspector -> apply_mapping when the status is
 NEEDS_MAPPING -> draft_job. Then STOP: only the human operator can approve a draft, by
 running `tunestep approve DRAFT_ID` in their own terminal and pasting the token to you.
-Never claim an approval you were not given; submit_job refuses anything else."""
+Never claim an approval you were not given; submit_job refuses anything else. While a job
+runs, job_status says when to ask again (ask_again_after_s); pass wait_s to wait in one
+call instead of asking in a loop."""
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                             idempotent_hint=True, open_world_hint=False)
@@ -217,11 +219,10 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         merged into the workspace and the model it pushed is downloaded into the local
         model store (as `sync_model`).
         """
-        ws = workspace()
-
         def check(progress) -> job_control.JobStatus:
             if not 0 <= wait_s <= MAX_WAIT_S:
                 raise TunestepError("bad_argument", f"wait_s must be between 0 and {MAX_WAIT_S}")
+            ws = workspace()  # here, so workspace_not_found comes back by its code
             if not wait_s:
                 return job_control.job_status(ws, job_id)
 

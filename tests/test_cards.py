@@ -327,3 +327,60 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     shot = screenshot(tmp_path, page, wire(status), answers, tmp_path / "results-card.png",
                       size="900,1100")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the outcome behind the results card, from the ledger -------------------------------------
+
+def test_a_rolled_back_step_is_a_branch_and_gets_no_promote_command(
+        tmp_path, tiny_model_dir, operator):
+    """Two steps the gate promoted (recorded as a local job leaves them, no training), then
+    the operator rolls back to the first: the second is off latest's line, marked as rolled
+    back rather than held back, and the card offers no promote command (its gate passed).
+    A job that recorded no step is refused by name."""
+    from chain_helpers import fake_local_version, record_job_end
+
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.operator import sign_promotion
+    from tunestep.tools.promotion import promote, promote_version, review_request
+    from tunestep.tools.step_outcome import step_outcome
+
+    ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=8, holdout_rows=4,
+                              batch_rows=8)
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    jobs = []
+    for batch in ("batch_8_01", "batch_8_02"):
+        source = f"datasets/incremental/{batch}"
+        if (mapping := suggest_mapping(ws, source).mapping) is not None:
+            apply_mapping(ws, source, mapping)
+        draft = draft_job(ws, DraftRequest(batch=batch))
+        name = f"{draft.step:04d}_{batch}"
+        fake_local_version(ws, store / "versions/0000_base", name)
+        jobs.append(record_job_end(ws, draft.draft_id, "local", {
+            "ok": True, "step": draft.step, "batch": batch, "version": f"versions/{name}",
+            "model_path": str(store / "versions" / name),
+            "promotion": {"promoted": True, "reason": "gate passed"}}))
+    one, two = "0001_batch_8_01", "0002_batch_8_02"
+    assert [n.on_line for n in step_outcome(ws, jobs[1]).progression] == [True, True]
+
+    request = promote(ws, one, None, operator.trusted).request
+    token = sign_promotion(ws, review_request(ws, request.request_id), name=operator.name,
+                           key_path=operator.info.private_key_path,
+                           passphrase=operator.passphrase, ttl="10m").token
+    promote_version(ws, one, token, operator.trusted)  # roll back
+
+    outcome = step_outcome(ws, jobs[1])
+    nodes = {n.version: n for n in outcome.progression}
+    assert (outcome.latest, outcome.moved_by, outcome.promoted) == (one, "operator", True)
+    assert nodes[one].on_line and nodes[one].latest
+    assert not nodes[two].on_line and nodes[two].gate_promoted is True
+    assert nodes[two].parent == one and outcome.promote_command is None
+
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
+                     " VALUES ('job-nostep', ?, 'local', 'failed', 0)",
+                     (draft.draft_id,))
+    with pytest.raises(TunestepError) as err:
+        step_outcome(ws, "job-nostep")
+    assert err.value.code == "step_not_recorded"

@@ -384,3 +384,49 @@ def test_a_rolled_back_step_is_a_branch_and_gets_no_promote_command(
     with pytest.raises(TunestepError) as err:
         step_outcome(ws, "job-nostep")
     assert err.value.code == "step_not_recorded"
+
+
+def test_an_hf_job_reports_progress_from_its_hub_log_at_most_once_per_interval(
+        tmp_path, fake_hub, monkeypatch):
+    """A remote inspection submitted to the loopback Hub, left running there with training
+    lines in its log: job_status reads the log once, keeps the reading in the ledger, and a
+    second call within the poll interval asks the Hub for neither the status nor the log."""
+    import hub_stub
+    from conftest import FAKE_TOKEN, Operator
+
+    from tunestep.tools import hf_poll
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.job_control import job_status
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.submit import submit_job
+    from tunestep.tools.workspace import open_workspace
+
+    build_sample_workspace(tmp_path / "ws",
+                           plan_overrides={"hub": {"dataset_repo": f"{hub_stub.USER}/steps"}})
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    ws = open_workspace(tmp_path / "ws")
+    operator = Operator(tmp_path / "keys")
+    draft = draft_job(ws, DraftRequest(kind="inspect", batch="batch_100_01",
+                                       backend="hf-jobs"))
+    handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
+                        operator.trusted)
+    (hub_id,) = fake_hub.jobs
+    fake_hub.job_logs[hub_id] = list(LOG)
+    monkeypatch.setattr(hf_poll, "MIN_INTERVAL_S", 10.0)
+    clock = [time.time() + 60]  # past any floor the submit set
+    monkeypatch.setattr(hf_poll, "clock", lambda: clock[0])
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    def hub_calls() -> int:
+        return sum(1 for r in fake_hub.requests if f"/{hub_id}" in r.path)
+
+    first = job_status(ws, handle.job_id)
+    asked = hub_calls()
+    again = job_status(ws, handle.job_id)  # the same instant: ledger only
+    assert first.status == "running" and first.progress.stage == "training"
+    assert first.progress.epoch == 2.0 and first.ask_again_after_s == 10.0
+    assert again.progress == first.progress and hub_calls() == asked
+    with ledger.open_ledger(ws) as conn:
+        kept = json.loads(conn.execute("SELECT result FROM jobs WHERE job_id = ?",
+                                       (handle.job_id,)).fetchone()[0])["hub_progress"]
+    assert kept["progress"]["stage"] == "training" and kept["next_at"] == clock[0] + 10.0

@@ -8,6 +8,9 @@ appeared says the stage; the epoch and the hold-out rows evaluated are read from
 The job reports an evaluation pass when it completes, so ``eval_rows_done`` counts
 finished passes' rows, not rows inside a pass still running.
 
+An hf-jobs job's output is its Hub log: read at most once per poll interval, the reading
+kept in the ledger between reads (``hub_progress``).
+
 ``ask_again_after_s``: an hf-jobs status is answered from the ledger until the Hub may be
 asked again (``tools/hf_poll.py``: at least 10 s, or the Hub's Retry-After); asking sooner
 gets the same answer. A local job's status is read from the ledger and the process
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
+
+from tunestep.tools.errors import TunestepError
 
 if TYPE_CHECKING:
     from tunestep.tools.workspace import Workspace
@@ -120,9 +125,8 @@ def ask_again_after(backend: str, terminal: bool, hub_next_at: float | None,
 def progress_fields(ws: Workspace, status) -> dict:
     """``progress`` and ``ask_again_after_s`` for a JobStatus (job_control's model).
 
-    A local job's output is its log file; an hf-jobs job's output lives on the Hub and
-    costs an API call per read, so its progress is the Hub stage job_status already
-    has (``job_logs`` reads the remote output on request).
+    A local job's output is its log file; an hf-jobs job's output is its Hub log, which
+    costs an API call per read: read at most once per poll interval.
     """
     import time
 
@@ -136,7 +140,37 @@ def progress_fields(ws: Workspace, status) -> dict:
         path = ws.resolve(status.log_path)
         if path.is_file():
             progress = read_progress(tail_lines(path), _epochs(ws, status.draft_id))
+    elif status.backend == "hf-jobs" and status.external_id:
+        progress = _remote_progress(ws, status, now)
     return {"progress": progress, "ask_again_after_s": wait}
+
+
+def _remote_progress(ws: Workspace, status, now: float) -> JobProgress | None:
+    """An hf-jobs job's progress from its Hub log, read at most once per poll interval
+    (the same floor as its status, tools/hf_poll.py); between reads, and after the job
+    ended, the last reading kept in the job's ledger result (``hub_progress``) stands."""
+    from tunestep.tools import hf_poll, ledger
+    from tunestep.tools.backends import hf_jobs
+    from tunestep.tools.hf_token import read_token
+
+    kept = status.result.get("hub_progress") or {}
+    last = JobProgress.model_validate(kept["progress"]) if kept.get("progress") else None
+    if status.terminal or now < float(kept.get("next_at") or 0.0):
+        return last
+    namespace, _, job = status.external_id.rpartition("/")
+    try:
+        logs = hf_jobs.hf_job_logs(hf_jobs.hub_api(read_token()), job, TAIL_LINES,
+                                   namespace=namespace or None)
+        progress = read_progress(logs.lines, _epochs(ws, status.draft_id))
+    except TunestepError:  # the Hub refused or failed: the last reading stands
+        progress = last
+    state = ledger.dumps({"next_at": now + max(hf_poll.MIN_INTERVAL_S, 1.0),
+                          "progress": progress.model_dump() if progress else None})
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        # json_set: only this key changes, whatever else wrote the result meanwhile.
+        conn.execute("UPDATE jobs SET result = json_set(COALESCE(NULLIF(result, ''), '{}'),"
+                     " '$.hub_progress', json(?)) WHERE job_id = ?", (state, status.job_id))
+    return progress
 
 
 def _epochs(ws: Workspace, draft_id: str) -> float | None:

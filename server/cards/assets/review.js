@@ -20,7 +20,13 @@ function renderDraft(card) {
   const sub = d.submission;
   const est = d.estimate || {};
   const hub = cfg.hub || {};
-  const timeoutSeconds = sub ? sub.timeout_seconds : est.timeout_seconds;
+  // The signed manifest's own timeout and flavor where the draft has them, else the
+  // submission's (signed too), else the estimate's (not signed).
+  const timeoutSigned = typeof d.timeout_seconds === "number" ? signed.has("timeout_seconds")
+    : Boolean(sub) && signed.has("submission");
+  const timeoutSeconds = typeof d.timeout_seconds === "number" ? d.timeout_seconds
+    : sub ? sub.timeout_seconds : est.timeout_seconds;
+  const flavor = d.flavor || (sub ? sub.flavor : (req.flavor || "local"));
   const usdPerHour = est.usd_per_hour;
   const worst = typeof est.max_usd === "number" ? est.max_usd
     : (typeof usdPerHour === "number" && typeof timeoutSeconds === "number")
@@ -38,18 +44,19 @@ function renderDraft(card) {
     ["step", cfg.step || d.step, "step"],
     ["mode", cfg.mode, "mode"],
     ["backend", req.backend || d.backend, "backend"],
-    ["flavor", sub ? sub.flavor : (req.flavor || "local"), "flavor"],
+    ["flavor", flavor, "flavor"],
   ])));
 
-  parts.push(section("limits", "Timeout and worst-case cost", Boolean(sub) && signed.has("submission"),
+  parts.push(section("limits", "Timeout and worst-case cost", timeoutSigned,
     pairs([
       ["timeout", timeoutSeconds === undefined ? null
-        : hours(timeoutSeconds) + " (" + timeoutSeconds + " s)" + (sub ? "" : ", from the estimate"),
+        : hours(timeoutSeconds) + " (" + timeoutSeconds + " s)" + (timeoutSigned ? "" : ", from the estimate"),
        "timeout"],
       ["worst case (whole timeout billed)", worst === null ? null : "$" + worst.toFixed(2), "worst_case_usd"],
     ]),
-    el("p", { class: "note" }, sub ? "The timeout is part of the signed submission; the price per hour is "
-      + "an estimate (not signed)." : "A local job: no Hub bill. The timeout shown is the estimate's.")));
+    el("p", { class: "note" }, (sub ? "" : "A local job: no Hub bill. ") + (timeoutSigned
+      ? "The timeout is signed" : "The timeout shown is the estimate's (not signed)")
+      + (sub ? "; the price per hour is an estimate (not signed)." : "."))));
 
   parts.push(section("estimate", "Estimate", false, pairs([
     ["expected time", est.minutes === undefined ? null : fmt(est.minutes, 1) + " min", "est_minutes"],
@@ -82,7 +89,8 @@ function renderDraft(card) {
   parts.push(section("start", "Where it starts", signed.has("job_config"), pairs(startRows),
     checkpoint.length ? grid(["checkpoint file", "sha256"],
       checkpoint.map((f) => [f.path, f.sha256]), "checkpoint_files") : null,
-    start.described ? el("p", { class: "note" }, "In words (not signed): ", start.described) : null));
+    start.described ? el("p", { class: "note" }, "In words" + (signed.has("start") ? ": "
+      : " (not signed): "), start.described) : null));
 
   const files = (d.files || []).filter((f) => f.role !== "checkpoint" && f.role !== "script");
   const scripts = (d.files || []).filter((f) => f.role === "script");
@@ -93,11 +101,13 @@ function renderDraft(card) {
       el("summary", {}, scripts.length + " job script files, each pinned by its sha256"),
       grid(["file", "sha256"], scripts.map((f) => [f.path, f.sha256]), "scripts")) : null));
 
-  parts.push(section("regime", "How the rows were chosen", false,
+  const regimeSigned = signed.has("regime") && signed.has("sources");
+  parts.push(section("regime", "How the rows were chosen", regimeSigned,
     pairs([["regime", d.regime, "regime"]]),
     (d.sources || []).length ? grid(["part", "source", "rows", "trained", "why"],
       d.sources.map((s) => [s.part, s.path, fmt(s.rows), fmt(s.trained), s.why]), "sources") : null,
-    el("p", { class: "note" }, "The plan's data regime, as a note; what runs is the signed file list above.")));
+    regimeSigned ? null
+      : el("p", { class: "note" }, "The plan's data regime, as a note; what runs is the signed file list above.")));
 
   const gate = cfg.gate;
   parts.push(section("gate", "Promotion gate", signed.has("job_config"), gate

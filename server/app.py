@@ -28,6 +28,7 @@ from tunestep.tools import inspector, job_control, merge, model_sync, preflight,
 from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.promotion_records import bind_trusted
 from tunestep.tools.workspace import Workspace, find_workspace
 
 T = TypeVar("T")
@@ -171,7 +172,12 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     """The tunestep MCP server for one workspace."""
     config = config or ServerConfig()
 
+    # Read once, now: a key file replaced under the running server is never trusted.
+    pinned = _pin_keys(config) if config.operator_keys else {}
+
     def workspace() -> Workspace:
+        # Every tool reads the ledger's line with the pinned keys (signed promotions).
+        bind_trusted(pinned)
         return find_workspace(config.workspace)
 
     # The Apps extension is applied when the server is made: the card-bound tools are
@@ -245,9 +251,6 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
 
     server = MCPServer(name="tunestep", title="tunestep", instructions=INSTRUCTIONS,
                        version=_version(), extensions=[apps])
-
-    # Read once, now: a key file replaced under the running server is never trusted.
-    pinned = _pin_keys(config) if config.operator_keys else {}
 
     def trusted_keys() -> dict:
         from tunestep.tools.approval import ensure_keys_outside_workspace

@@ -31,6 +31,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from tunestep.tools.draft_model import JobDraft
+from tunestep.tools.review import DraftReview
 from tunestep.tools.step_outcome import StepOutcome
 from tunestep.tools.workspace import Workspace
 
@@ -50,6 +51,10 @@ class ReviewCard(BaseModel):
 
     draft: JobDraft
     signed: list[str]  # top-level fields of ``draft`` that its digest (the signature) covers
+    # The same field-by-field reading `tunestep approve` shows (tools/review.py): the
+    # worst case at the higher of the table and the quoted price, the resume point's
+    # content identity.
+    review: DraftReview
 
 
 def card_html(card: str, title: str) -> str:
@@ -89,8 +94,12 @@ def build_apps(workspace: Callable[[], Workspace],
     @errors
     def review_card(draft_id: str) -> ReviewCard:
         from tunestep.tools.draft import load_draft
+        from tunestep.tools.review import review
 
-        return ReviewCard(draft=load_draft(workspace(), draft_id), signed=list(DIGEST_COVERS))
+        ws = workspace()
+        draft = load_draft(ws, draft_id)
+        return ReviewCard(draft=draft, signed=list(DIGEST_COVERS),
+                          review=review(draft, str(ws.root)))
 
     @apps.tool(resource_uri=RESULTS_URI, visibility=["app"], name="results_card",
                title="Results card data", annotations=APP_READ,

@@ -27,8 +27,12 @@ function renderDraft(card) {
   const timeoutSeconds = typeof d.timeout_seconds === "number" ? d.timeout_seconds
     : sub ? sub.timeout_seconds : est.timeout_seconds;
   const flavor = d.flavor || (sub ? sub.flavor : (req.flavor || "local"));
-  const usdPerHour = est.usd_per_hour;
-  const worst = typeof est.max_usd === "number" ? est.max_usd
+  const rv = card.review || {};
+  // The approval screen's reading (tools/review.py): the signed flavor's price, the higher
+  // of tunestep's table and the quote, times the timeout.
+  const usdPerHour = typeof rv.usd_per_hour === "number" ? rv.usd_per_hour : est.usd_per_hour;
+  const priceSource = rv.price_source || est.price_source;
+  const worst = typeof rv.worst_case_usd === "number" ? rv.worst_case_usd
     : (typeof usdPerHour === "number" && typeof timeoutSeconds === "number")
       ? usdPerHour * timeoutSeconds / 3600 : null;
   const parts = [];
@@ -62,7 +66,7 @@ function renderDraft(card) {
     ["expected time", est.minutes === undefined ? null : fmt(est.minutes, 1) + " min", "est_minutes"],
     ["expected cost", est.usd === undefined ? null : "$" + fmt(est.usd, 2), "est_usd"],
     ["price per hour", usdPerHour === undefined ? null : "$" + fmt(usdPerHour, 2)
-      + (est.price_source ? " (" + est.price_source + ")" : ""), "usd_per_hour"],
+      + (priceSource ? " (" + priceSource + ")" : ""), "usd_per_hour"],
     ["suggested timeout", est.suggested_timeout, "suggested_timeout"],
     ["method", est.method, "est_method"],
   ])));
@@ -81,10 +85,17 @@ function renderDraft(card) {
 
   const start = d.start || {};
   const resume = cfg.resume_from;
+  const point = rv.resume;
   const startRows = [
     ["base model", cfg.base_model, "base_model"],
     ["resumes from", resume || "nothing: trains from the base model", "resume_from"],
   ];
+  if (point) {
+    startRows.push(["start", point.uri || point.name, "resume_point"]);
+    startRows.push(["pinned by", point.uri ? "the Hub commit in its address"
+      : point.identity ? "sha256 " + point.identity + " over its " + point.files + " signed files"
+      : "nothing signed pins its content", "resume_pinned"]);
+  }
   const checkpoint = (d.files || []).filter((f) => f.role === "checkpoint");
   parts.push(section("start", "Where it starts", signed.has("job_config"), pairs(startRows),
     checkpoint.length ? grid(["checkpoint file", "sha256"],

@@ -246,7 +246,7 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
     assert "[conceal]a.jsonl" in seen.field("files")
 
     shot = screenshot(tmp_path, page, wire(drafted), answers, tmp_path / "review-card.png",
-                      size="900,2350")
+                      size="900,2450")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The same batch drafted locally: no submission, no Hub bill, the estimate's timeout.

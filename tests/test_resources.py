@@ -104,6 +104,9 @@ async def test_resources_and_templates_are_listed(sample_ws):
         static = {str(r.uri): r for r in (await client.list_resources()).resources}
         templates = {t.uri_template: t
                      for t in (await client.list_resource_templates()).resource_templates}
+    cards = {u for u in static if u.startswith("ui://")}  # MCP Apps cards: test_cards.py
+    assert cards == {"ui://tunestep/review-card.html", "ui://tunestep/results-card.html"}
+    static = {u: r for u, r in static.items() if u not in cards}
     assert set(static) == {"tunestep://plan", "tunestep://steps",
                            "tunestep://inspections/latest"}
     assert set(templates) == {"tunestep://drafts/{draft_id}", "tunestep://jobs/{job_id}"}

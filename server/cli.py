@@ -401,11 +401,8 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
         _show(args, console, logs)
     else:
         from tunestep.server.render import visible_text
-        from tunestep.server.screen import wrap_plain
 
-        # The job's lines, controls made visible, wrapped between words at the width.
-        print("\n".join(part for line in logs.lines
-                         for part in wrap_plain(visible_text(line), console.width)))
+        print("\n".join(visible_text(line) for line in logs.lines))
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ REFUSED = [
     ("gate:\n  margin: '5'", "gate.margin", "span"),
     ("gate:\n  margin: 1", "gate.margin", "span"),  # = promote everything
     ("gate:\n  metric: kappa\n  margin: -2.5", "gate.margin", "span"),
+    ("gate:\n  margin: -1.01", "gate.margin", "span"),
     ("gate:\n  metric: grade_mae\n  margin: 100", "gate.margin", "span"),
     # the keys before the non-inferiority rule: refused, naming the migration
     ("gate:\n  require_significance: true", "gate", "mapping"),
@@ -84,6 +85,7 @@ def test_a_plan_value_out_of_type_or_range_is_refused_naming_the_key(front, key,
     ("training:\n  num_train_epochs: 2", lambda p: p.training.num_train_epochs == 2),
     ("training:\n  seed: 4294967295", lambda p: p.training.seed == 2**32 - 1),
     ("gate:\n  margin: -0.05", lambda p: p.gate.margin == -0.05),
+    ("gate:\n  margin: -1", lambda p: p.gate.margin == -1),  # promote by hand only
     ("gate:\n  metric: grade_mae\n  margin: 0.5",
      lambda p: p.gate.margin == 0.5),
     ("gate:\n  metric: spearman\n  margin: 1.5",

@@ -299,7 +299,7 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     source = "datasets/incremental/batch_8_02"
     if (mapping := suggest_mapping(ws, source).mapping) is not None:
         apply_mapping(ws, source, mapping)
-    job_id = run_step(ws, operator, Gate(max_regression=-0.99))  # needs +0.99: held back
+    job_id = run_step(ws, operator, Gate(margin=-0.99))  # needs +0.99: held back
     async with Client(build_server(ServerConfig(workspace=ws.root)),
                       extensions=[APPS]) as client:
         page = await card_page(client, cards.RESULTS_URI)

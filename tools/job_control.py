@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.job_progress import JobProgress, progress_fields
 from tunestep.tools.model_sync import SyncedVersion
 from tunestep.tools.next_step import NextAction
 from tunestep.tools.promotion_records import IgnoredPromotion
@@ -57,6 +58,10 @@ class JobStatus(BaseModel):
     # and why; None until the job has said.
     promoted: bool | None = None
     promotion_reason: str | None = None
+    # How far it is, from its own output, and when another call can say more
+    # (tools/job_progress.py; None once the job has ended).
+    progress: JobProgress | None = None
+    ask_again_after_s: float | None = None
     # The ledger's latest and the store's link (tools/latest_check.py): a link that
     # disagrees (latest_link_mismatch) and signed records that do not verify are named.
     latest: str | None = None
@@ -115,7 +120,8 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
     status = _status(row)
     if status.status == "succeeded" and status.backend == "hf-jobs":
         status = _bring_model_home(ws, status)
-    return _with_latest(ws, status)
+    status = _with_latest(ws, status)
+    return status.model_copy(update=progress_fields(ws, status))
 
 
 def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
@@ -436,6 +442,8 @@ def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,
 
 
 def list_jobs(ws: Workspace, limit: int = 20) -> JobList:
+    if limit < 1 or limit > 1000:  # SQLite takes 64-bit integers only: never a traceback
+        raise TunestepError("bad_argument", "limit must be between 1 and 1000 jobs")
     with ledger.open_ledger(ws) as conn:
         rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
                             (limit,)).fetchall()

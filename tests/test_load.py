@@ -124,7 +124,8 @@ def test_a_failed_commit_leaves_no_transaction_open(sample_ws):
     with ledger.open_ledger(sample_ws) as conn:
         with pytest.raises(sqlite3.IntegrityError), ledger.transaction(conn):
             conn.execute("PRAGMA defer_foreign_keys=ON")  # the FK is checked at COMMIT
-            conn.execute("INSERT INTO approvals VALUES ('n', 'd', 'k', 'op', 'no-job', 0)")
+            conn.execute("INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
+                         " VALUES ('n', 'd', 'k', 'op', 'no-job', 0)")
         assert not conn.in_transaction
         with ledger.transaction(conn):  # the connection is usable again
             ledger.audit(conn, "x.test")

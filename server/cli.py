@@ -355,11 +355,40 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
     ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()
-    paths = _trusted_key_paths(args)
+    paths = _trusted_key_paths(args) or _default_public_key(args)
     ensure_keys_outside_workspace(paths, ws.root)
     trusted = pin_trusted_keys(paths, _fingerprints(args))
-    _show(args, console, submit_job(ws, args.draft_id, token, trusted))
+    try:
+        handle = submit_job(ws, args.draft_id, token, trusted)
+    except TunestepError as exc:
+        if exc.code != "approval_untrusted_key":
+            raise
+        shown = ", ".join(str(p) for p in paths)
+        raise TunestepError(exc.code, f"the token was signed by a key this command does not "
+                            f"trust (it trusts {shown}): give the signer's public key with "
+                            "--operator-key PUBKEY or TUNESTEP_OPERATOR_KEYS") from None
+    _show(args, console, handle)
     return EXIT_OK
+
+
+def _default_public_key(args: argparse.Namespace) -> list:
+    """Without --operator-key or TUNESTEP_OPERATOR_KEYS: the public half of the key
+    `tunestep approve` would sign with (the default made by `operator init`, or the only
+    one), found the same way, else a refusal that names the flag and the variable."""
+    from tunestep.tools.operator import find_operator_key
+
+    try:
+        key = find_operator_key(None, None, args.config_dir)
+    except TunestepError as exc:
+        raise TunestepError("approval_untrusted_key", "no operator public key to check the "
+                            "token with: give it with --operator-key PUBKEY or "
+                            f"TUNESTEP_OPERATOR_KEYS=PUBKEY ({exc.message})") from None
+    public = key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))
+    if not public.is_file():
+        raise TunestepError("approval_untrusted_key", f"the default operator key has no public "
+                            f"half beside it ({public}): give it with --operator-key PUBKEY "
+                            "or TUNESTEP_OPERATOR_KEYS=PUBKEY")
+    return [public.resolve()]
 
 
 @command("status")
@@ -544,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-key-fingerprint", action="append", metavar="SHA256",
                    help="refuse unless every trusted key has one of these fingerprints; "
                    "also $TUNESTEP_OPERATOR_KEY_FINGERPRINTS")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="without --operator-key: the key folder whose default key's public "
+                   "half is trusted (default $XDG_CONFIG_HOME/tunestep/operator)")
 
     p = sub.add_parser("status", parents=common, help="a job's status, or the recent jobs")
     p.add_argument("job_id", nargs="?", help="the job, e.g. job-5b1c2d3e4f60 (default: list "
@@ -565,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole path on a sample workspace and tiny model")
     p.add_argument("--path", default=".demo", help="folder for the demo workspace and store")
+    p.add_argument("--fresh", metavar="DIR", help="only make a sample workspace (every batch "
+                   "untrained), tiny model and demo key in DIR, for a first step by hand")
     return parser
 
 

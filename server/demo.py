@@ -8,7 +8,9 @@ second after mapping it from ShareGPT, resuming from the first step's checkpoint
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -21,19 +23,16 @@ DEMO_PASSPHRASE = b"demo-only-passphrase"
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.approval import create_operator_key, load_trusted_keys
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.approval import load_trusted_keys
 
-    base = _fresh_folder(Path(args.path))
-    console.rule("[bold]tunestep demo")
-    console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")
-    build_sample_workspace(base / "workspace", store=base / "model-store", with_model=True)
-    ws = open_workspace(base / "workspace")
-    key = create_operator_key("demo-operator", DEMO_PASSPHRASE, base / "operator-DEMO-ONLY")
+    fresh = getattr(args, "fresh", None)
+    base = _fresh_folder(Path(fresh or args.path))
+    console.rule("[bold]tunestep demo" + (" --fresh" if fresh else ""))
+    ws, key = _sample(console, base)
+    if fresh:  # a workspace for a first step by hand: every batch untrained
+        _what_next(console, base, ws.root, key)
+        return 0
     trusted = load_trusted_keys([key.public_key_path])
-    console.print(f"[yellow]demo operator key[/] {key.private_key_path} (passphrase in the "
-                  "source: for the demo only)")
 
     first = _step(console, ws, trusted, key.private_key_path, "batch_100_01", number=1)
     second = _step(console, ws, trusted, key.private_key_path, "batch_100_02", number=2)
@@ -45,7 +44,73 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
                   f"plots    {plan_dir / 'plots'}/*.png\n"
                   f"ledger   {ws.state_dir / 'state.sqlite'}\n"
                   f"model    {ws.root / 'models/qwen3_webdev'} -> latest")
+    _what_next(console, base, ws.root, key)
     return 0 if ok else 1
+
+
+def _sample(console: Console, base: Path):
+    """The sample workspace, its tiny model store and the demo key, in ``base``."""
+    from tunestep.tools.approval import create_operator_key
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.workspace import open_workspace
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise in the demo
+    console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")
+    build_sample_workspace(base / "workspace", store=base / "model-store", with_model=True)
+    ws = open_workspace(base / "workspace")
+    key = create_operator_key("demo-operator", DEMO_PASSPHRASE, base / "operator-DEMO-ONLY")
+    console.print(f"[yellow]demo operator key[/] {key.private_key_path} (passphrase in the "
+                  "source: for the demo only)")
+    return ws, key
+
+
+def tunestep_command() -> str:
+    """How to run this `tunestep` from a new shell: the bare name when the shell finds
+    this very program, else its absolute path (make runs .venv/bin/tunestep, which no
+    new shell finds unless the venv is activated)."""
+    here = Path(sys.executable).parent / "tunestep"
+    found = shutil.which("tunestep")
+    if found and here.exists() and Path(found).resolve() == here.resolve():
+        return "tunestep"
+    if here.exists():
+        return shlex.quote(str(here))
+    return f"{shlex.quote(sys.executable)} -m tunestep.server.cli"
+
+
+def next_commands(base: Path, workspace: Path, key) -> list[tuple[str, str]]:
+    """(what, command) for the first step by hand on the demo workspace; each command
+    runs as printed in a new shell (DRAFT_ID, TOKEN and JOB_ID: what the one before
+    printed)."""
+    ts = tunestep_command()
+    ws = f"--workspace {shlex.quote(str(workspace))}"
+    public = shlex.quote(str(key.public_key_path))
+    private = shlex.quote(str(key.private_key_path))
+    secret = f"TUNESTEP_OPERATOR_PASSPHRASE={DEMO_PASSPHRASE.decode()}"
+    return [
+        ("what the next step needs", f"{ts} check {ws}"),
+        ("draft it (prints DRAFT_ID)", f"{ts} draft {ws}"),
+        ("sign it with the demo key (prints TOKEN)",
+         f"{secret} {ts} approve DRAFT_ID {ws} --key {private}"),
+        ("start it (prints JOB_ID)",
+         f"{ts} submit DRAFT_ID TOKEN {ws} --operator-key {public}"),
+        ("watch it", f"{ts} status JOB_ID {ws} --wait 900"),
+        ("connect an MCP client (Claude Code; other clients: README)",
+         f"claude mcp add tunestep -- {ts} serve {ws} --operator-key {public}"),
+        ("a fresh sample workspace, every batch untrained", f"{ts} demo --fresh DIR"),
+    ]
+
+
+def _what_next(console: Console, base: Path, workspace: Path, key) -> None:
+    console.rule("[bold]what next")
+    console.print(f"workspace  {workspace}", soft_wrap=True)
+    if tunestep_command() != "tunestep":
+        console.print("(put `tunestep` on your PATH with `source .venv/bin/activate` in the "
+                      "repository, or type the path as below)", soft_wrap=True)
+    for what, line in next_commands(base, workspace, key):
+        console.print(f"[bold]{what}[/]")
+        console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _fresh_folder(path: Path) -> Path:

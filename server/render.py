@@ -573,6 +573,8 @@ def render_job(console: Console, status, view: View) -> None:
         moved = "latest moved to it" if status.promoted else \
             "[yellow]promoted: false[/], latest stayed"
         prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
+    if getattr(status, "ended", None):
+        prose(console, f"ended       {status.ended}")
     _model_sync(console, status)
     next_steps(console, status, view)
 

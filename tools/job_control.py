@@ -55,6 +55,9 @@ class JobStatus(BaseModel):
     # and why; None until the job has said.
     promoted: bool | None = None
     promotion_reason: str | None = None
+    # A job that did not succeed: how it ended, in words (a signal, a lost supervisor, an
+    # exit code), for the operator who did not watch it end.
+    ended: str | None = None
 
 
 class JobLogs(BaseModel):
@@ -108,7 +111,30 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
     status = _status(row)
     if status.status == "succeeded" and status.backend == "hf-jobs":
         status = _bring_model_home(ws, status)
+    if status.status in ("failed", "cancelled", "lost") and not status.next_steps:
+        status = _after_the_end(ws, status)
     return status
+
+
+def _after_the_end(ws: Workspace, status: JobStatus) -> JobStatus:
+    """How a job that did not succeed ended, in words, and what to do next."""
+    result = status.result
+    ended = result.get("note") or result.get("error")
+    if status.status == "failed" and not ended:
+        ended = (f"the job exited with code {status.exit_code}" if status.exit_code
+                 is not None else "the job failed")
+    with ledger.open_ledger(ws) as conn:
+        found = conn.execute("SELECT payload, kind FROM drafts WHERE draft_id = ?",
+                             (status.draft_id,)).fetchone()
+    payload = ledger.loads(found["payload"]) if found else {}
+    batch = ((payload or {}).get("job_config") or {}).get("batch")
+    steps = [NextAction(lead="see what it printed:", tool="job_logs",
+                        args={"job_id": status.job_id})]
+    if found is not None and found["kind"] == "train" and batch:
+        steps.append(NextAction(lead="to run the step again, draft it anew (its approval "
+                                "token is spent):", tool="draft_job", args={"batch": batch}))
+    return status.model_copy(update={"ended": ended, "next_steps": steps,
+                                     "next_actions": [a.mcp() for a in steps]})
 
 
 def _bring_model_home(ws: Workspace, status: JobStatus) -> JobStatus:
@@ -147,8 +173,13 @@ def _refresh_local(ws: Workspace, row) -> None:
     # The supervisor records its own end; re-read in case it just did.
     if (row["status"] == "running" and not local.is_alive(row["pid"])
             and _row(ws, row["job_id"])["status"] == "running"):
-        local.record_outcome(ws, row["job_id"], "lost", None,
-                             {"error": "the job process ended without recording an outcome"})
+        # Killed outright (SIGKILL, out of memory): what it left of the job is stopped now.
+        left = local.stop_leftovers(row["pid"], row["job_id"]) if row["pid"] else 0
+        local.record_outcome(ws, row["job_id"], "lost", None, {
+            "error": f"the job's supervisor (pid {row['pid']}) ended without recording an "
+                     "outcome: killed outright (kill -9, out of memory) or the machine "
+                     "restarted" + (f"; {left} process(es) of the job it left were stopped"
+                                    if left else "")})
 
 
 def _hf_api():
@@ -323,11 +354,11 @@ def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
     if row["status"] == "submitting":
         row = _cancel_submitting(ws, row)
     if row["status"] in TERMINAL:
-        return _status(row)
+        return job_status(ws, job_id)  # with how it ended and what to do next
     if row["backend"] == "local":
         from tunestep.tools.backends import local
 
-        if not local.cancel(row["pid"]):
+        if not local.cancel(row["pid"], job_id):
             local.record_outcome(ws, job_id, "cancelled", None, {"note": "was not running"})
     else:
         from tunestep.tools import hf_poll

@@ -1,0 +1,116 @@
+"""The new user's first hour: what the demo prints runs as printed in a new shell, a
+workspace one folder off is named, and the CLI's submit finds the operator's key."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunestep.server.cli import main as cli
+
+pytestmark = pytest.mark.e2e
+
+
+def new_shell_env(home: Path) -> dict:
+    """A new login's environment: no venv on PATH, no tunestep variables."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith("TUNESTEP_") and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    return {**keep, "PATH": "/usr/bin:/bin", "HOME": str(home), "COLUMNS": "80",
+            "OMP_NUM_THREADS": "1"}
+
+
+def shell(line: str, env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", line], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_demo_fresh_prints_next_commands_that_work_in_a_new_shell(tmp_path):
+    env = new_shell_env(tmp_path / "home")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    made = shell(f"{sys.executable} -m tunestep.server.cli demo --fresh {tmp_path / 'demo'}",
+                 env, elsewhere)
+    assert made.returncode == 0, made.stdout + made.stderr
+    out = made.stdout
+    assert f"workspace  {tmp_path / 'demo' / 'workspace'}" in out
+    assert "shards" not in made.stderr and "\x1b" not in out  # no progress bars
+    commands = [line[2:] for line in out.splitlines() if line.startswith("  ")]
+    assert len(commands) == 7, out
+    # The program as a new shell reaches it: an absolute path, since PATH has no venv.
+    program = str(Path(sys.executable).parent / "tunestep")
+    assert all(program in c for c in commands)
+    check, draft, approve, submit, status, mcp, fresh = commands
+
+    ran = shell(check, env, elsewhere)
+    assert ran.returncode == 0 and "batch_100_01" in ran.stdout, ran.stdout + ran.stderr
+    ran = shell(draft, env, elsewhere)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    draft_id = re.search(r"draft-[0-9a-f]{12}", ran.stdout).group(0)
+    # --yes: the only change, as a test has no terminal to answer the question on
+    ran = shell(approve.replace("DRAFT_ID", draft_id) + " --yes", env, elsewhere)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    token = ran.stdout.strip().splitlines()[-1]
+    ran = shell(submit.replace("DRAFT_ID", draft_id).replace("TOKEN", token), env, elsewhere)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    job_id = re.search(r"job-[0-9a-f]{12}", ran.stdout).group(0)
+    ran = shell(status.replace("JOB_ID", job_id).replace("--wait 900", "--wait 1"), env,
+                elsewhere)
+    assert ran.returncode == 0 and job_id in ran.stdout, ran.stdout + ran.stderr
+    ran = shell(status.replace("JOB_ID", job_id).split(" status ")[0] + f" cancel {job_id} "
+                + status.split(" JOB_ID ")[1].replace(" --wait 900", ""), env, elsewhere)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    assert mcp.startswith("claude mcp add tunestep -- ")
+    server = mcp.removeprefix("claude mcp add tunestep -- ")
+    ran = shell(server + " </dev/null", env, elsewhere, timeout=120)  # EOF: the server ends
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    ran = shell(fresh.replace("DIR", str(tmp_path / "second")), env, elsewhere)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert (tmp_path / "second/workspace/datasets/incremental/batch_100_03").is_dir()
+
+
+def test_a_workspace_one_folder_off_is_named(sample_ws, tmp_path, capsys, monkeypatch):
+    holder = sample_ws.root.parent  # holds exactly one workspace, as .demo/ does
+    code = cli(["check", "--workspace", str(holder)])
+    err = capsys.readouterr().err
+    assert code == 1 and "workspace_not_found" in err
+    assert f"did you mean {sample_ws.root}" in " ".join(err.split())
+    monkeypatch.chdir(sample_ws.root / "datasets" / "incremental")  # inside a workspace
+    code = cli(["check"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and f"did you mean {sample_ws.root}?" in err
+    # Two workspaces below: no guess.
+    other = tmp_path / "two"
+    (other / "a/.tunestep").mkdir(parents=True)
+    (other / "b/.tunestep").mkdir(parents=True)
+    code = cli(["check", "--workspace", str(other)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "did you mean" not in err
+
+
+def test_cli_submit_trusts_the_default_operator_key_as_approve_signs_with_it(
+        sample_ws, capsys, monkeypatch):
+    ws = str(sample_ws.root)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", "correct horse battery")
+    code = cli(["submit", "draft-000000000000", "tsa1.x.y", "-w", ws])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "approval_untrusted_key" in err
+    assert "--operator-key" in err and "TUNESTEP_OPERATOR_KEYS" in err
+    assert cli(["operator", "init", "--name", "olly"]) == 0  # the default key folder
+    capsys.readouterr()
+    assert cli(["draft", "batch_100_01", "-w", ws, "--json"]) == 0
+    draft_id = json.loads(capsys.readouterr().out)["draft_id"]
+    assert cli(["approve", draft_id, "-w", ws, "--yes"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    code = cli(["submit", draft_id, token, "-w", ws, "--json"])  # no --operator-key
+    out = capsys.readouterr().out
+    assert code == 0, out
+    job_id = json.loads(out)["job_id"]
+    assert cli(["cancel", job_id, "-w", ws]) == 0

@@ -50,11 +50,11 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
 
 def _sample(console: Console, base: Path):
     """The sample workspace, its tiny model store and the demo key, in ``base``."""
+    from transformers.utils import logging as hf_logging
+
     from tunestep.tools.approval import create_operator_key
     from tunestep.tools.sample_workspace import build_sample_workspace
     from tunestep.tools.workspace import open_workspace
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise in the demo
     console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")

@@ -249,6 +249,29 @@ def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
     return first
 
 
+PASSPHRASE_TRIES = 3
+
+
+def _key_passphrase(key_path: Path) -> bytes:
+    """The passphrase that unlocks ``key_path``: a mistyped one is asked again (up to
+    three tries at a terminal; one from TUNESTEP_OPERATOR_PASSPHRASE is tried once)."""
+    from tunestep.tools.approval import load_private_key
+    from tunestep.tools.operator import passphrase_from_env
+
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        passphrase = _passphrase()
+        try:
+            load_private_key(key_path, passphrase)
+            return passphrase
+        except TunestepError as exc:
+            if (exc.code != "operator_key_locked" or passphrase_from_env() is not None
+                    or attempt == PASSPHRASE_TRIES):
+                raise
+        print(f"wrong passphrase for {key_path.name}; try again "
+              f"({PASSPHRASE_TRIES - attempt} left)", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.render import make_console, render
@@ -272,7 +295,7 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
             err.print("not approved")
             return EXIT_PROBLEM
     grant = sign_draft(ws, draft, name=key.name, key_path=key.path,
-                       passphrase=_passphrase(), ttl=args.ttl)
+                       passphrase=_key_passphrase(key.path), ttl=args.ttl)
     if args.json:
         print(grant.model_dump_json(indent=2))
         return EXIT_OK
@@ -304,7 +327,7 @@ def _sign_promotion(args: argparse.Namespace, ws, key, request):
         err.print("not approved")
         return None
     return sign_promotion(ws, request, name=key.name, key_path=key.path,
-                          passphrase=_passphrase(), ttl=args.ttl)
+                          passphrase=_key_passphrase(key.path), ttl=args.ttl)
 
 
 def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
@@ -461,6 +484,15 @@ def _signing_key_arguments(p: argparse.ArgumentParser) -> None:
                    help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunestep")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--workspace", "-w", metavar="DIR", help=WORKSPACE_HELP)
@@ -472,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunestep", description="Prepare incremental fine-tuning steps; the operator "
         "alone approves a job.")
+    parser.add_argument("--version", action="version", version=f"tunestep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[where], help="run the MCP server",
@@ -630,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted", "")
         return 130
+    except BrokenPipeError:  # `tunestep check | head`: the reader left; not an error
+        _quiet_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
     except Exception as exc:  # the last line of defence: no traceback at the user
         logging.getLogger("tunestep").debug("unexpected failure", exc_info=True)
         _error("internal error", f"{type(exc).__name__}: {exc} (set TUNESTEP_DEBUG=1 for the "
@@ -637,6 +673,18 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TUNESTEP_DEBUG"):
             raise
         return EXIT_PROBLEM
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second
+    BrokenPipeError (the way the Python documentation advises)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _error(label: str, message: str) -> None:

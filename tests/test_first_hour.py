@@ -114,3 +114,45 @@ def test_cli_submit_trusts_the_default_operator_key_as_approve_signs_with_it(
     assert code == 0, out
     job_id = json.loads(out)["job_id"]
     assert cli(["cancel", job_id, "-w", ws]) == 0
+
+
+def test_version_and_a_closed_pipe(sample_ws, tmp_path):
+    env = {**os.environ, "COLUMNS": "80"}
+    ran = subprocess.run([sys.executable, "-m", "tunestep.server.cli", "--version"],
+                         capture_output=True, text=True, env=env)
+    assert ran.returncode == 0 and re.fullmatch(r"tunestep \d+\.\d+\S*\n", ran.stdout)
+    # A report far larger than a pipe's buffer, read one line of: `... | head -1`.
+    bad = sample_ws.root / "datasets/incremental/batch_100_09"
+    bad.mkdir()
+    (bad / "data.jsonl").write_text('{"messages": "not a list"}\n' * 3000)
+    for extra in ([], ["--json"]):
+        ran = subprocess.run(
+            f"{sys.executable} -m tunestep.server.cli inspect {bad} -w {sample_ws.root} "
+            f"--max-errors 3000 {' '.join(extra)} | head -1", shell=True, env=env,
+            capture_output=True, text=True, timeout=300)
+        assert ran.stdout.count("\n") == 1
+        assert "BrokenPipe" not in ran.stderr and "internal error" not in ran.stderr, \
+            ran.stderr
+
+
+def test_a_mistyped_passphrase_is_asked_again(sample_ws, capsys, monkeypatch):
+    import getpass
+
+    ws = str(sample_ws.root)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", "correct horse battery")
+    assert cli(["operator", "init", "--name", "olly"]) == 0
+    capsys.readouterr()
+    assert cli(["draft", "batch_100_01", "-w", ws, "--json"]) == 0
+    draft_id = json.loads(capsys.readouterr().out)["draft_id"]
+    monkeypatch.delenv("TUNESTEP_OPERATOR_PASSPHRASE")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    typed = iter(["correct horse batterz", "correct horse battery"])
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(typed))
+    assert cli(["approve", draft_id, "-w", ws, "--yes"]) == 0
+    out = capsys.readouterr()
+    assert "wrong passphrase for olly.key.pem; try again (2 left)" in out.err
+    assert out.out.strip().splitlines()[-1].startswith("tsa1.")
+    typed = iter(["nope nope nope"] * 3)
+    assert cli(["approve", draft_id, "-w", ws, "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("try again") == 2 and "operator_key_locked" in err

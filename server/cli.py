@@ -423,24 +423,67 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         _show(args, console, list_jobs(ws))
         return EXIT_OK
     if args.wait:
-        status = wait_for_job(ws, args.job_id, timeout=args.wait)
+        try:
+            status = wait_for_job(ws, args.job_id, timeout=args.wait,
+                                  on_poll=None if args.json else _progress_lines(ws))
+        except KeyboardInterrupt:
+            return _stopped_waiting(args, ws, args.job_id)
     else:
         status = job_status(ws, args.job_id)
     _show(args, console, status)
     return EXIT_OK if status.status != "failed" else EXIT_PROBLEM
 
 
+def _progress_lines(ws):
+    """While `status --wait` waits: a line on stderr whenever the job's stage or epoch
+    changes (stage, epoch, elapsed), and one a minute when nothing changes."""
+    import time
+
+    from tunestep.tools.job_progress import read_progress
+
+    last = {"said": None, "at": 0.0}
+
+    def on_poll(status) -> None:
+        if status.terminal:
+            return
+        progress = read_progress(ws, status.job_id) if status.backend == "local" else None
+        said = f"{status.status}: {progress.line()}" if progress else status.status
+        key = said.rsplit(", ", 1)[0] if progress and progress.elapsed_s is not None \
+            else said
+        if key != last["said"] or time.monotonic() - last["at"] >= 60:
+            print(f"  {said}", file=sys.stderr, flush=True)
+            last.update(said=key, at=time.monotonic())
+
+    return on_poll
+
+
+def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
+    """Ctrl-C while waiting ends the wait, not the job: say so, and how to stop it."""
+    from tunestep.server.render import View, cli_command
+    from tunestep.tools.next_step import NextAction
+
+    view = View(workspace=getattr(args, "hint_workspace", None))
+    cancel = cli_command(NextAction(tool="cancel_job", args={"job_id": job_id}), view)
+    again = cli_command(NextAction(tool="job_status", args={"job_id": job_id}), view)
+    print(f"\nstopped waiting; {job_id} keeps running.\n  to stop it:   {cancel}\n"
+          f"  to wait again: {again} --wait {args.wait:g}", file=sys.stderr)
+    return 130
+
+
 @command("logs")
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.job_control import job_logs
 
-    logs = job_logs(_workspace(args), args.job_id, args.tail)
+    logs = job_logs(_workspace(args), args.job_id, args.tail, raw=args.raw)
     if args.json:
         _show(args, console, logs)
     else:
         from tunestep.server.render import visible_text
 
         print("\n".join(visible_text(line) for line in logs.lines))
+        if logs.left_out:
+            print(f"({logs.left_out} line(s) of progress bars and library output left out; "
+                  "--raw shows every line)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -619,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
     p.add_argument("--tail", type=int, default=50, metavar="LINES",
                    help="how many of the last lines (1-5000, default 50)")
+    p.add_argument("--raw", action="store_true", help="every line as the job wrote it "
+                   "(default: the job's own log lines and its last error)")
 
     p = sub.add_parser("cancel", parents=common, help="cancel a running job")
     p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")

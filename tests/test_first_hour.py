@@ -156,3 +156,57 @@ def test_a_mistyped_passphrase_is_asked_again(sample_ws, capsys, monkeypatch):
     assert cli(["approve", draft_id, "-w", ws, "--yes"]) == 1
     err = capsys.readouterr().err
     assert err.count("try again") == 2 and "operator_key_locked" in err
+
+
+NOISY_LOG = (
+    "2026-12-06T04:12:04Z [step 0001_batch_100_01] start: draft=draft-x step=1\n"
+    "Loading weights:   0%|          | 0/24 [00:00<?, ?it/s]\rLoading weights: 100%|####| "
+    "24/24 [00:00<00:00, 14515.26it/s]\n"
+    "Tokenizing train dataset:  12%|#         | 35/300 [00:00<00:00, 341.40 examples/s]\n"
+    "/venv/torch/utils/data/dataloader.py:759: UserWarning: 'pin_memory' argument is set\n"
+    "  super().__init__(loader)\n"
+    "* Trackio project initialized: tunestep\n"
+    "\x1b[1m\x1b[38;5;208mtrackio show --project \"tunestep\"\x1b[0m\n"
+    "2026-12-06T04:12:20Z [step 0001_batch_100_01] log {\"loss\": 2.756592, \"epoch\": 1.0}\n"
+    "{'loss': '2.757', 'epoch': '1'}\n"
+    "2026-12-06T04:12:21Z [step 0001_batch_100_01] \x1b[32msaving\x1b[0m the model\n"
+    "Traceback (most recent call last):\n"
+    "  File \"train_sft.py\", line 10, in <module>\n"
+    "    main()\n"
+    "OSError: [Errno 28] No space left on device\n"
+    "TUNESTEP_RESULT {\"ok\": false, \"error\": \"" + "x" * 4000 + "\"}\n"
+    "tunestep: stopped by SIGINT (Ctrl-C, or kill -INT PID)\n"
+)
+
+
+def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
+    from tunestep.tools import ledger
+    from tunestep.tools.draft import DraftRequest, draft_job
+
+    draft = draft_job(sample_ws, DraftRequest(batch="batch_100_01"))
+    log = sample_ws.state_dir / "jobs/job-000000000001/output.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(NOISY_LOG)
+    with ledger.open_ledger(sample_ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at, "
+                     "log_path) VALUES ('job-000000000001', ?, 'local', 'failed', 0, ?)",
+                     (draft.draft_id, sample_ws.relative(log)))
+    ws = str(sample_ws.root)
+    assert cli(["logs", "job-000000000001", "-w", ws]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        "2026-12-06T04:12:04Z [step 0001_batch_100_01] start: draft=draft-x step=1",
+        "2026-12-06T04:12:20Z [step 0001_batch_100_01] log {\"loss\": 2.756592, \"epoch\": 1.0}",
+        "2026-12-06T04:12:21Z [step 0001_batch_100_01] saving the model",
+        "Traceback (most recent call last):",
+        "  File \"train_sft.py\", line 10, in <module>",
+        "    main()",
+        "OSError: [Errno 28] No space left on device",
+        "tunestep: stopped by SIGINT (Ctrl-C, or kill -INT PID)",
+    ]
+    assert "9 line(s)" in out.err and "--raw" in out.err
+    assert cli(["logs", "job-000000000001", "-w", ws, "--tail", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("tunestep: stopped")
+    assert cli(["logs", "job-000000000001", "-w", ws, "--raw"]) == 0
+    raw = capsys.readouterr().out
+    assert "{'loss': '2.757'" in raw and "TUNESTEP_RESULT" in raw and "Trackio" in raw

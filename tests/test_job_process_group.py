@@ -9,6 +9,7 @@ end-to-end test signals a real training job.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -59,13 +60,13 @@ def gone(job_id: str, timeout: float = 60.0) -> list[int]:
     return left
 
 
-def start_stand_in(ws) -> tuple[str, int]:
+def start_stand_in(ws, script: str = STAND_IN) -> tuple[str, int]:
     """A real draft and jobs row, the stand-in trainer as the job script, started."""
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
     job_id = f"job-{os.urandom(6).hex()}"
     folder = local.job_dir(ws, job_id)
     folder.mkdir(parents=True)
-    (folder / local.SCRIPT_NAME).write_text(STAND_IN)
+    (folder / local.SCRIPT_NAME).write_text(script)
     (folder / "job.json").write_text("{}")
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
@@ -73,10 +74,11 @@ def start_stand_in(ws) -> tuple[str, int]:
                      (job_id, draft.draft_id, time.time()))
     pid = local.start(ws, job_id)
     deadline = time.monotonic() + 60
-    while not any(line.startswith("ready") for line in job_logs(ws, job_id, 50).lines):
-        assert time.monotonic() < deadline, job_logs(ws, job_id, 50).lines
+    while not any(line.startswith("ready") for line in job_logs(ws, job_id, 50, raw=True).lines):
+        assert time.monotonic() < deadline, job_logs(ws, job_id, 50, raw=True).lines
         time.sleep(0.1)
-    assert len(survivors(job_id)) == 3  # supervisor, trainer, grandchild
+    if script == STAND_IN:
+        assert len(survivors(job_id)) == 3  # supervisor, trainer, grandchild
     return job_id, pid
 
 
@@ -128,3 +130,43 @@ def test_ctrl_c_on_a_training_job_stops_the_trainer(model_ws, operator):
     status = wait_for_job(ws, handle.job_id, timeout=180)
     assert status.status == "cancelled" and "SIGINT" in status.ended
     assert gone(handle.job_id) == []
+
+
+PROGRESSING = """\
+import time
+def log(message):
+    print(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "[step 0001_batch_100_01]",
+          message, flush=True)
+print("ready", flush=True)
+log("loading model from /somewhere")
+time.sleep(1)
+log("training (started 3.0s after the process)")
+log('log {"loss": 2.5, "epoch": 1.0}')
+time.sleep(300)
+"""
+
+
+def test_status_wait_shows_progress_and_ctrl_c_leaves_the_job_running(sample_ws):
+    import subprocess
+
+    job_id, pid = start_stand_in(sample_ws, PROGRESSING)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tunestep.server.cli", "status", job_id, "--wait", "600",
+         "-w", str(sample_ws.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "COLUMNS": "80"})
+    seen = []
+    deadline = time.monotonic() + 60
+    while not any("epoch 1/" in line for line in seen):
+        assert time.monotonic() < deadline, seen
+        seen.append(waiting.stderr.readline())
+    line = next(line for line in seen if "epoch 1/" in line)
+    assert re.search(r"running: training, epoch 1/\d+, \d+:\d\d elapsed", line), line
+    waiting.send_signal(signal.SIGINT)  # Ctrl-C on the wait
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130
+    said = " ".join(err.split())
+    assert f"{job_id} keeps running" in said
+    assert f"tunestep cancel {job_id} --workspace {sample_ws.root}" in said
+    assert job_status(sample_ws, job_id).status == "running" and local.is_alive(pid)
+    cancel_job(sample_ws, job_id)
+    assert gone(job_id) == []

@@ -9,6 +9,7 @@ and no step is recorded).
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from typing import Any
@@ -64,6 +65,11 @@ class JobLogs(BaseModel):
     job_id: str
     lines: list[str]
     total_lines: int | None = None
+    # False: only the job's own log lines (what train.log holds) and its last error, each
+    # without escape codes; progress bars, libraries' chatter, the metrics dicts the
+    # trainer prints again and the result line are left out (``raw`` keeps them).
+    raw: bool = True
+    left_out: int = 0  # lines of the log the filtered view left out
 
 
 class JobList(BaseModel):
@@ -323,8 +329,9 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     return summary
 
 
-def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
-    """The last ``tail`` lines of the job's output."""
+def job_logs(ws: Workspace, job_id: str, tail: int = 50, raw: bool = False) -> JobLogs:
+    """The last ``tail`` lines of the job's output: its own log lines and its last error
+    (``LogFilter``), or with ``raw`` every line as written."""
     if tail < 1 or tail > 5000:
         raise TunestepError("bad_argument", "tail must be between 1 and 5000 lines")
     row = _row(ws, job_id)
@@ -332,20 +339,85 @@ def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
         from tunestep.tools.backends import hf_jobs
 
         if not row["external_id"]:  # still submitting: no Hub job is known yet
-            return JobLogs(job_id=job_id, lines=[], total_lines=0)
+            return JobLogs(job_id=job_id, lines=[], total_lines=0, raw=raw)
         namespace, job = _split_external(row["external_id"])
-        logs = hf_jobs.hf_job_logs(_hf_api(), job, tail, namespace=namespace)
-        return JobLogs(job_id=job_id, lines=logs.lines)
+        # The Hub gives the last lines only: ask for more when most will be left out.
+        asked = tail if raw else min(5000, tail * 4)
+        logs = hf_jobs.hf_job_logs(_hf_api(), job, asked, namespace=namespace)
+        if raw:
+            return JobLogs(job_id=job_id, lines=logs.lines)
+        kept = LogFilter(tail)
+        for line in logs.lines:
+            kept.add(line)
+        return JobLogs(job_id=job_id, lines=kept.lines(), raw=False,
+                       left_out=kept.left_out)
     path = ws.resolve(row["log_path"]) if row["log_path"] else None
     if path is None or not path.is_file():
-        return JobLogs(job_id=job_id, lines=[], total_lines=0)
+        return JobLogs(job_id=job_id, lines=[], total_lines=0, raw=raw)
     count = 0
     last: deque[str] = deque(maxlen=tail)
+    kept = LogFilter(tail)
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             count += 1
-            last.append(line.rstrip("\n"))
-    return JobLogs(job_id=job_id, lines=list(last), total_lines=count)
+            if raw:
+                last.append(line.rstrip("\n"))
+            else:
+                kept.add(line)
+    if raw:
+        return JobLogs(job_id=job_id, lines=list(last), total_lines=count)
+    return JobLogs(job_id=job_id, lines=kept.lines(), total_lines=count, raw=False,
+                   left_out=kept.left_out)
+
+
+# The job's own lines (train_sft.py's log(): what train.log holds) start with a UTC stamp;
+# the supervisor's start with "tunestep:".
+_OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ |^tunestep: ")
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+MAX_ERROR_LINES = 60
+
+
+class LogFilter:
+    """The readable view of a job log, kept in bounded memory while it streams by.
+
+    Keeps the job's own stamped lines (the last ``tail``) and the last Python traceback
+    (its last ``MAX_ERROR_LINES`` lines), escape codes removed; counts what it leaves out.
+    """
+
+    def __init__(self, tail: int) -> None:
+        self.own: deque[str] = deque(maxlen=tail)
+        self.error: deque[str] = deque(maxlen=MAX_ERROR_LINES)
+        self._in_traceback = False
+        self._error_at = -1  # how many own lines came before the last error
+        self._own_seen = 0
+        self.left_out = 0
+
+    def add(self, raw_line: str) -> None:
+        # A progress bar redraws with \r: only what follows the last one was the line.
+        line = _ESCAPE.sub("", raw_line.rstrip("\n").rsplit("\r", 1)[-1]).rstrip()
+        if line.startswith("Traceback (most recent call last):"):
+            self._in_traceback = True
+            self.error.clear()
+            self._error_at = self._own_seen
+        if self._in_traceback:
+            self.error.append(line)
+            if _ERROR_LINE.match(line):  # the exception itself closes the traceback
+                self._in_traceback = False
+            return
+        if _OWN_LINE.match(line):
+            self.own.append(line)
+            self._own_seen += 1
+        else:
+            self.left_out += 1
+
+    def lines(self) -> list[str]:
+        own = list(self.own)
+        if not self.error:
+            return own
+        # The error where it happened among the job's lines (when they still show it).
+        cut = max(0, len(own) - (self._own_seen - self._error_at))
+        return [*own[:cut], *self.error, *own[cut:]]
 
 
 def cancel_job(ws: Workspace, job_id: str) -> JobStatus:

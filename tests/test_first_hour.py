@@ -210,3 +210,24 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
     assert cli(["logs", "job-000000000001", "-w", ws, "--raw"]) == 0
     raw = capsys.readouterr().out
     assert "{'loss': '2.757'" in raw and "TUNESTEP_RESULT" in raw and "Trackio" in raw
+
+
+@pytest.mark.parametrize(("overlong", "both_say"), [
+    ("truncate_prompt", "keeps the whole answer"), ("drop", "leaves")])
+def test_the_inspector_and_the_draft_agree_on_an_overlong_row(tmp_path, tiny_model_dir,
+                                                              overlong, both_say):
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.inspector import run_inspector
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.workspace import open_workspace
+
+    build_sample_workspace(tmp_path / "ws", plan_overrides={
+        "model": str(tiny_model_dir), "training": {"max_length": 400},
+        "data": {"overlong": overlong}})
+    ws = open_workspace(tmp_path / "ws")
+    report = run_inspector(ws, "datasets/incremental/batch_100_01", tokens=True)
+    said = [f.message for f in report.errors if f.code == "over_max_length"]
+    assert said and all(both_say in m and f"data.overlong {overlong}" in m for m in said)
+    assert not any("cut the answer" in m for m in said)
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    assert any(both_say in w and "max_length 400" in w for w in draft.warnings)

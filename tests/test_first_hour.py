@@ -231,3 +231,36 @@ def test_the_inspector_and_the_draft_agree_on_an_overlong_row(tmp_path, tiny_mod
     assert not any("cut the answer" in m for m in said)
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
     assert any(both_say in w and "max_length 400" in w for w in draft.warnings)
+
+
+def test_refusals_name_what_they_checked(tmp_path, operator, capsys):
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.submit import submit_job
+    from tunestep.tools.workspace import open_workspace
+
+    build_sample_workspace(tmp_path / "a")
+    build_sample_workspace(tmp_path / "b")
+    a, b = open_workspace(tmp_path / "a"), open_workspace(tmp_path / "b")
+    draft = draft_job(a, DraftRequest(batch="batch_100_01"))
+    token = operator.approve(a, draft.draft_id)
+    # Another workspace: said as such (not "the ledger was deleted or replaced"), both named.
+    with pytest.raises(TunestepError) as err:
+        submit_job(b, draft.draft_id, token, operator.trusted)
+    assert err.value.code == "approval_wrong_draft"
+    assert str(a.root) in err.value.message and str(b.root) in err.value.message
+    assert "replaced" not in err.value.message
+    # draft_unknown says which workspace's ledger it looked in.
+    code = cli(["approve", draft.draft_id, "-w", str(b.root), "--yes",
+                "--key", str(operator.info.private_key_path)])
+    err_text = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "draft_unknown" in err_text and str(b.root) in err_text
+    # approve's draft_stale names the file that changed, as submit's does.
+    base = a.root / "datasets/processed_webdev_coding/train.jsonl"
+    base.write_bytes(b"".join(base.read_bytes().splitlines(True)[:-1]))  # one row less
+    code = cli(["approve", draft.draft_id, "-w", str(a.root), "--yes",
+                "--key", str(operator.info.private_key_path)])
+    err_text = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "draft_stale" in err_text
+    assert "changed files: datasets/processed_webdev_coding/train.jsonl" in err_text

@@ -79,19 +79,21 @@ def _resumable(ws: Workspace, nonce: str, draft_id: str) -> str | None:
 
 
 def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
+    if claims.workspace != str(ws.root):  # first: another workspace is not a replaced ledger
+        raise TunestepError("approval_wrong_draft", f"the token was signed for the workspace "
+                            f"{claims.workspace}, not this one ({ws.root}): submit it there")
     stored = load_draft(ws, draft_id)
     with ledger.open_ledger(ws) as conn:
         identity = ledger.ledger_id(conn)
     if claims.ledger != identity:
         # The used nonces live in the ledger: a ledger made afresh must not forget them.
-        raise TunestepError("approval_wrong_ledger", "the token was signed for another "
-                            "ledger of this workspace (it was deleted or replaced since); "
-                            "draft again and ask the operator for a new approval")
+        raise TunestepError("approval_wrong_ledger", f"the token was signed for this "
+                            f"workspace's ledger as it was before ({ws.state_dir}/state.sqlite "
+                            "was deleted or replaced since); draft again and ask the operator "
+                            "for a new approval")
     if claims.draft_id != draft_id:
         raise TunestepError("approval_wrong_draft",
                             f"the token approves {claims.draft_id}, not {draft_id}")
-    if claims.workspace != str(ws.root):
-        raise TunestepError("approval_wrong_draft", "the token was signed for another workspace")
     if claims.digest != stored.digest:
         raise TunestepError("approval_wrong_draft",
                             "the token approves another version of this draft (digest differs)")

@@ -162,7 +162,8 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
                   f"resume from {Path(resume).name if resume else 'the base model'}, "
                   f"~{est.minutes:g} min, ${est.usd:.2f}")
     console.print(f"  run plan: {ws.root / draft.run_plan}")
-    console.print(f"[magenta]operator[/] {draft.approve_command} --yes")
+    shown = draft.approve_command.replace("tunestep", tunestep_command(), 1)
+    console.print(f"[magenta]operator[/] {shown} --yes", soft_wrap=True)
     reviewed = review_draft(ws, draft.draft_id)
     grant = sign_draft(ws, reviewed, name="demo-operator", key_path=key_path,
                        passphrase=DEMO_PASSPHRASE, ttl="15m")
@@ -179,10 +180,16 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
         return status.status
     result = status.result
     before, after = result.get("metrics_before", {}), result.get("metrics_after", {})
-    console.print(f"  eval loss {result.get('final_eval_loss')}, grade exact "
-                  f"{before.get('grade_exact')} -> {after.get('grade_exact')}, "
-                  f"model {result.get('model_path')}")
+    console.print(f"  eval loss {_num(result.get('eval_loss_before'))} -> "
+                  f"{_num(result.get('final_eval_loss'))}, grade exact "
+                  f"{_num(before.get('grade_exact'))} -> {_num(after.get('grade_exact'))}, "
+                  f"model {result.get('model_path')}", soft_wrap=True)
     return status.status
+
+
+def _num(value) -> str:
+    """A metric as a person reads it: 4 significant digits, '-' when there is none."""
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
 def _wait(console: Console, ws, job_id: str):

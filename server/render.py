@@ -57,7 +57,40 @@ def renderer(kind: type) -> Callable:
 
 def make_console(stderr: bool = False) -> Console:
     # soft_wrap: long lines are left for the terminal to wrap; rich never cuts them.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(file=_Trimmed(stderr), highlight=False, soft_wrap=True)
+
+
+_TRAILING = re.compile(r"[ \t]+(?=\n)")
+
+
+class _Trimmed:
+    """stdout or stderr (looked up at each write, as rich does) without the spaces rich
+    pads a line with up to the width: a pipe or a file gets each line as it ends."""
+
+    def __init__(self, stderr: bool) -> None:
+        self.stderr = stderr
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr if self.stderr else sys.stdout
+
+    def write(self, text: str) -> int:
+        return self.stream.write(_TRAILING.sub("", text)) and len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
 
 
 def render(console: Console, result: BaseModel, as_json: bool, *,

@@ -264,3 +264,22 @@ def test_refusals_name_what_they_checked(tmp_path, operator, capsys):
     err_text = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "draft_stale" in err_text
     assert "changed files: datasets/processed_webdev_coding/train.jsonl" in err_text
+
+
+def test_screens_to_a_pipe_carry_no_trailing_spaces_and_files_get_the_usual_mode(
+        sample_ws, capsys, tmp_path):
+    from tunestep.tools.atomic import atomic_write_text
+
+    assert cli(["check", "-w", str(sample_ws.root)]) in (0, 1)
+    out = capsys.readouterr()
+    lines = (out.out + out.err).splitlines()
+    assert len(lines) > 5 and not [line for line in lines if line != line.rstrip()]
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "plain.txt", "x")
+        with open(tmp_path / "opened.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "opened.txt").stat().st_mode & 0o777 == 0o644

@@ -173,12 +173,22 @@ def supervise(root: str, job_id: str) -> int:
     code = child.wait()
     # Whatever the trainer started and left behind dies with the job.
     left = stop_leftovers(os.getpgid(0), job_id, grace=2.0)
+    _drop_empty_staging(ws, folder)
     if stop.signal_name is not None:
         result = {**result, **stop.note(left)}
         print(f"tunestep: {result['note']}", flush=True)
     status = "cancelled" if stop.signal_name else ("succeeded" if code == 0 else "failed")
     record_outcome(ws, job_id, status, code, result)
     return code
+
+
+def _drop_empty_staging(ws: Workspace, folder: Path) -> None:
+    """The model store's ``.staging/`` once the job is done with it, when it is empty (a
+    version is built there and moved out); anything left in it is left for a look."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        config = orjson.loads((folder / "job.json").read_bytes())
+        store = ws.resolve_model_store(config["outputs"]["model_store"]).resolve()
+        (store / ".staging").rmdir()  # refuses a folder that is not empty
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")

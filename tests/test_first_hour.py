@@ -283,3 +283,32 @@ def test_screens_to_a_pipe_carry_no_trailing_spaces_and_files_get_the_usual_mode
         os.umask(previous)
     mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
     assert mode == (tmp_path / "opened.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_step_after_lora_names_the_commands_that_get_on(tmp_path, tiny_model_dir,
+                                                                capsys):
+    from chain_helpers import fake_local_version, local_base_workspace
+
+    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.inspector import run_inspector
+
+    ws = local_base_workspace(tmp_path, tiny_model_dir)
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    fake_local_version(ws, store / "versions/0000_base", "0001_batch_100_01")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": str(store / "versions/0001_batch_100_01"),
+         "peft_type": "LORA"}))
+    fake_local_version(ws, adapter, "0002_batch_100_02")
+    run_inspector(ws, "datasets/incremental/batch_100_01")
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest(batch="batch_100_01", mode="full"))
+    assert err.value.code == "checkpoint_mode_mismatch"
+    said = err.value.message
+    assert "0002_batch_100_02" in said and "tunestep draft --mode lora" in said
+    assert "tunestep promote 0001_batch_100_01" in said
+    assert cli(["draft", "batch_100_01", "--mode", "full", "-w", str(ws.root)]) == 1
+    err_text = " ".join(capsys.readouterr().err.split())
+    assert "next: tunestep draft --mode lora" in err_text

@@ -170,3 +170,19 @@ def test_status_wait_shows_progress_and_ctrl_c_leaves_the_job_running(sample_ws)
     assert job_status(sample_ws, job_id).status == "running" and local.is_alive(pid)
     cancel_job(sample_ws, job_id)
     assert gone(job_id) == []
+
+
+STUBBORN = """\
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a trainer stuck where SIGTERM is ignored
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(sample_ws):
+    job_id, pid = start_stand_in(sample_ws, STUBBORN)
+    os.kill(pid, signal.SIGINT)
+    status = wait_for_job(sample_ws, job_id, timeout=local.STOP_GRACE_S + 90, poll=0.5)
+    assert status.status == "cancelled" and "SIGINT" in status.ended
+    assert gone(job_id) == []

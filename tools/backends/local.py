@@ -192,6 +192,7 @@ def _drop_empty_staging(ws: Workspace, folder: Path) -> None:
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+STOP_GRACE_S = 30  # from a stop signal until what is left of the job is killed
 HOW = {"SIGTERM": "tunestep cancel, or kill PID", "SIGINT": "Ctrl-C, or kill -INT PID",
        "SIGHUP": "the terminal closed, or kill -HUP PID"}
 
@@ -219,6 +220,16 @@ class _StopSignals:
                 os.killpg(os.getpgid(0), signal.SIGTERM)
         finally:
             signal.signal(signal.SIGTERM, previous)
+        # A trainer that does not end within the grace period is killed (it may be stuck
+        # in a library that ignores SIGTERM); the supervisor then records the end.
+        signal.signal(signal.SIGALRM, self._on_grace_over)
+        signal.alarm(STOP_GRACE_S)
+
+    def _on_grace_over(self, signum, frame) -> None:
+        for pid in job_processes(os.getpgid(0), self.job_id):
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def note(self, left: int) -> dict:
         name = self.signal_name or "?"

@@ -26,6 +26,7 @@ from tunestep.tools import inspector, job_control, merge, model_sync, preflight,
 from tunestep.tools import mapping as mappings
 from tunestep.tools import preprocess as preprocessing
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.promotion_records import bind_trusted
 from tunestep.tools.workspace import Workspace, find_workspace
 
 T = TypeVar("T")
@@ -138,11 +139,13 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     server = MCPServer(name="tunestep", title="tunestep", instructions=INSTRUCTIONS,
                        version=_version())
 
-    def workspace() -> Workspace:
-        return find_workspace(config.workspace)
-
     # Read once, now: a key file replaced under the running server is never trusted.
     pinned = _pin_keys(config) if config.operator_keys else {}
+
+    def workspace() -> Workspace:
+        # Every tool reads the ledger's line with the pinned keys (signed promotions).
+        bind_trusted(pinned)
+        return find_workspace(config.workspace)
 
     def trusted_keys() -> dict:
         from tunestep.tools.approval import ensure_keys_outside_workspace

@@ -39,6 +39,7 @@ def _workspace(args: argparse.Namespace):
 
     ws = find_workspace(args.workspace)
     args.hint_workspace = _hint_workspace(ws.root)
+    _bind_reader_keys(args, ws.root)
     return ws
 
 
@@ -101,6 +102,17 @@ def _trusted_key_paths(args: argparse.Namespace) -> list:
     keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
             for p in (args.operator_key or [])]
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
+
+
+def _bind_reader_keys(args: argparse.Namespace, root: Path) -> None:
+    """The keys every read of the ledger's line checks signed promotion records with (as
+    `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
+    public halves in the operator's key folder; none from inside the workspace."""
+    from tunestep.tools.promotion_records import bind_trusted, reader_keys
+
+    sources = _trusted_key_paths(args if hasattr(args, "operator_key")
+                                 else argparse.Namespace(operator_key=None))
+    bind_trusted(reader_keys(sources, getattr(args, "config_dir", None), root))
 
 
 def _fingerprints(args: argparse.Namespace) -> list[str]:
@@ -209,14 +221,19 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     is_default = remember_default(info.name, info.private_key_path.parent)
     _show(args, console, info)
     if not args.json:
-        console.print("\nGive the server the public key, e.g. in the MCP client config:\n"
-                      f"  tunestep serve --operator-key {_quote(info.public_key_path)} "
-                      f"--operator-key-fingerprint {info.fingerprint}")
+        from tunestep.server.render import screen
+
+        out = screen(console)
+        out.print("")
+        out.print("Give the server the public key, e.g. in the MCP client config:")
+        out.command(f"tunestep serve --operator-key {_quote(info.public_key_path)} "
+                    f"--operator-key-fingerprint {info.fingerprint}")
         if is_default:
-            console.print(f"`tunestep approve DRAFT_ID` signs with this key ({info.name}) "
-                          "unless you pass --name.")
+            out.print(f"`tunestep approve DRAFT_ID` signs with this key ({info.name}) "
+                      "unless you pass --name.")
         else:
-            console.print(f"Sign with it: tunestep approve DRAFT_ID --name {info.name}")
+            out.print("Sign with it:")
+            out.command(f"tunestep approve DRAFT_ID --name {info.name}")
     return EXIT_OK
 
 
@@ -274,7 +291,7 @@ def _key_passphrase(key_path: Path) -> bytes:
 
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.server.render import make_console, render
+    from tunestep.server.render import make_console, render, screen
     from tunestep.tools.operator import find_operator_key, review_draft, sign_draft
 
     # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
@@ -284,13 +301,13 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
         return _approve_promotion(args, ws, key)
     draft = review_draft(ws, args.draft_id)
     err = make_console(stderr=True)
-    render(err, draft, as_json=False, approving=True)
+    render(err, draft, as_json=False, approving=True, bound_to=str(ws.root))
     if not args.yes:
         if not sys.stdin.isatty():
             raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
                                 "draft and pass --yes")
-        answer = input(f"Approve {draft.draft_id} (about ${draft.estimate.usd:.2f}) with key "
-                       f"{key.name}? [y/N] ")
+        # Right under "You are signing": the question names only what the summary shows.
+        answer = input(f"Sign {draft.draft_id} with key {key.name}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             err.print("not approved")
             return EXIT_PROBLEM
@@ -299,8 +316,9 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(grant.model_dump_json(indent=2))
         return EXIT_OK
-    err.print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
-    print(grant.token)  # alone on the last line of stdout, for copy or a pipe
+    screen(err).print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste "
+                      "this token:")
+    print(grant.token)  # alone on the last line of stdout, whole, for copy or a pipe
     return EXIT_OK
 
 
@@ -315,15 +333,12 @@ def _confirm(question: str, yes: bool) -> bool:
 
 def _sign_promotion(args: argparse.Namespace, ws, key, request):
     """Render the request as the store holds it now, ask, and sign it (act promote)."""
-    from rich.console import Console
-
-    from tunestep.server.render import render
+    from tunestep.server.render import make_console, render
     from tunestep.tools.operator import sign_promotion
 
-    err = Console(stderr=True, highlight=False)
-    render(err, request, as_json=False, approving=True)
-    if not _confirm(f"Make {request.version} the latest of {request.store} (now "
-                    f"{request.latest or 'none'}) with key {key.name}?", args.yes):
+    err = make_console(stderr=True)
+    render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
+    if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
         err.print("not approved")
         return None
     return sign_promotion(ws, request, name=key.name, key_path=key.path,
@@ -331,8 +346,7 @@ def _sign_promotion(args: argparse.Namespace, ws, key, request):
 
 
 def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
-    from rich.console import Console
-
+    from tunestep.server.render import make_console, screen
     from tunestep.tools.promotion import review_request
 
     grant = _sign_promotion(args, ws, key, review_request(ws, args.draft_id))
@@ -341,7 +355,7 @@ def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
     if args.json:
         print(grant.model_dump_json(indent=2))
         return EXIT_OK
-    Console(stderr=True, highlight=False).print(
+    screen(make_console(stderr=True)).print(
         f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
     print(grant.token)
     return EXIT_OK
@@ -479,8 +493,11 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
         _show(args, console, logs)
     else:
         from tunestep.server.render import visible_text
+        from tunestep.server.screen import wrap_plain
 
-        print("\n".join(visible_text(line) for line in logs.lines))
+        # The job's lines, controls made visible, wrapped between words at the width.
+        print("\n".join(part for line in logs.lines
+                         for part in wrap_plain(visible_text(line), console.width)))
         if logs.left_out:
             print(f"({logs.left_out} line(s) of progress bars and library output left out; "
                   "--raw shows every line)", file=sys.stderr)
@@ -696,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "path": exc.path, "line": exc.line,
                                         "next": exc.hint.mcp() if exc.hint else None}},
                              indent=2))
-        _error("error", f"{exc.code}: {exc.message}{exc.where()}")
+        _error("error", exc.message, code=exc.code,
+               where=f"{exc.path}{f':{exc.line}' if exc.line else ''}" if exc.path else None)
         if exc.hint is not None:  # in CLI syntax, not the MCP call str(exc) carries
             from types import SimpleNamespace
 
@@ -732,15 +750,13 @@ def _quiet_stdout() -> None:
         os.close(devnull)
 
 
-def _error(label: str, message: str) -> None:
-    from rich.console import Console
+def _error(label: str, message: str, code: str | None = None, where: str | None = None) -> None:
+    from tunestep.server.render import make_console, safe_text, screen, token
 
-    from tunestep.server.render import safe_text
-
-    # Messages name workspace files and things like messages[0].role: shown as written.
-    # soft_wrap: a long message is left for the terminal to wrap; no code or path is cut.
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(f"[bold red]{label}[/] {safe_text(message)}")
+    # Messages name workspace files and things like messages[0].role: shown as written,
+    # wrapped between words; the code and the file:line are one word each, never cut.
+    text = f"[bold red]{label}[/] " + (f"{token(code)}: " if code else "") + safe_text(message)
+    screen(make_console(stderr=True)).print(text + (f" ({token(where)})" if where else ""))
 
 
 if __name__ == "__main__":

@@ -20,28 +20,28 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
-from rich.markup import escape
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
 
+from tunestep.server.draft_screen import render_draft, render_inspect_draft  # noqa: F401
+from tunestep.server.screen import (  # noqa: F401  (safe_text, visible_text: the CLI's)
+    Screen,
+    View,
+    duration,
+    prose,
+    safe_text,
+    screen,
+    token,
+    visible_text,
+    w,
+)
 from tunestep.tools.preflight import PreflightReport
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+WHOLE_KEYS = {"fingerprint", "digest", "sha256", "kid", "code"}  # generic view: one word each
 SHOWN = 20  # list items shown before "... and N more" (--json has every one)
-
-
-@dataclass(frozen=True)
-class View:
-    """How this screen is shown: on the approval screen; the --workspace hints need."""
-
-    approving: bool = False
-    workspace: str | None = None  # added to printed commands when the cwd is elsewhere
 
 
 _RENDERERS: dict[type, Callable[[Console, Any, View], None]] = {}
@@ -94,14 +94,17 @@ class _Trimmed:
 
 
 def render(console: Console, result: BaseModel, as_json: bool, *,
-           approving: bool = False, workspace: str | None = None) -> None:
-    """Print ``result``; ``approving``: the screen `tunestep approve` shows before signing."""
+           approving: bool = False, workspace: str | None = None,
+           bound_to: str | None = None) -> None:
+    """Print ``result``; ``approving``: the screen `tunestep approve` shows before signing,
+    for a token bound to the workspace ``bound_to``."""
     if as_json:
         # print() not console.print(): JSON must reach a pipe byte-exact, unwrapped.
         print(result.model_dump_json(indent=2))
         return
     register_domain_renderers()
-    view = View(approving=approving, workspace=workspace)
+    view = View(approving=approving, workspace=workspace, bound_to=bound_to)
+    console = screen(console)
     for kind in type(result).__mro__:
         if kind in _RENDERERS:
             _RENDERERS[kind](console, result, view)
@@ -110,58 +113,6 @@ def render(console: Console, result: BaseModel, as_json: bool, *,
 
 
 # --- building blocks ---------------------------------------------------------------------
-
-# What a terminal would act on instead of showing: C0 controls (ESC starts ANSI
-# sequences, CR and BS overwrite, a newline fakes a line), DEL, C1 controls (CSI is one
-# character there), and the bidirectional overrides/isolates and marks that reorder
-# what follows (the "Trojan Source" characters), plus zero-width characters and the BOM.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
-                     "\u2060-\u2069\ufeff]")
-
-
-def _visible(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def safe_text(value: Any) -> str:
-    """``value`` as text that shows exactly what it is, in a terminal and to rich.
-
-    Control, bidi and zero-width characters are shown visibly as escapes (``\\x1b``,
-    ``\\u202e``, a newline as ``\\x0a``), and rich markup is made inert (``[conceal]``
-    prints as written). The one function every screen uses for workspace strings.
-    """
-    return escape(_UNSAFE.sub(_visible, "" if value is None else str(value)))
-
-
-def visible_text(value: Any) -> str:
-    """Like ``safe_text`` for plain ``print`` (no rich): controls visible, tabs kept.
-
-    For job output, which carries row text the assistant wrote: an ESC in a training
-    row must not reach the operator's terminal as an escape sequence.
-    """
-    text = "" if value is None else str(value)
-    return _UNSAFE.sub(lambda m: "\t" if m.group() == "\t" else _visible(m), text)
-
-
-w = safe_text  # short, for the many f-strings below
-
-
-def prose(console: Console, text: str, indent: int = 0, style: str = "") -> None:
-    """Wrapped at spaces to the width (paths and codes stay whole words)."""
-    body = Text.from_markup(safe_text(text), style=style)
-    console.print(Padding(body, (0, 0, 0, indent)) if indent else body, soft_wrap=False)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h " \
-        f"{minutes % 60:02d} min"
-
 
 def _more(console: Console, total: int, shown: int, where: str = "--json") -> None:
     if total > shown:
@@ -211,8 +162,9 @@ CLI_COMMANDS = {
 }
 
 
-def next_steps(console: Console, result: Any, view: View) -> None:
+def next_steps(console: Console | Screen, result: Any, view: View) -> None:
     """Each next step as a command to type (with its note), else its words."""
+    console = screen(console)
     steps = getattr(result, "next_steps", None) or []
     if not steps:  # a result from before next_steps existed: its words as they are
         for text in getattr(result, "next_actions", None) or []:
@@ -225,9 +177,9 @@ def next_steps(console: Console, result: Any, view: View) -> None:
             continue
         if step.lead:
             prose(console, f"next: {step.lead}")
-            console.print(f"  {w(command)}")
+            console.command(command)
         else:
-            console.print(f"next: {w(command)}")
+            console.command(command, lead="next: ")
         if step.note:
             prose(console, step.note, indent=6, style="dim")
 
@@ -237,7 +189,7 @@ def problems(console: Console, items: list) -> None:
         return
     console.print("[bold]problems[/]")
     for p in items:
-        where = f"  {w(p.path)}" if p.path else ""
+        where = f"  {token(p.path)}" if p.path else ""
         console.print(f"  [{SEVERITY_STYLE[p.severity]}]{p.severity}[/] {w(p.code)}{where}")
         prose(console, p.message, indent=4)
 
@@ -263,6 +215,8 @@ def _generic_value(console: Console, key: str, value: Any, depth: int) -> None:
             else:
                 console.print(f"{pad}  - {w(_scalar(item))}")
         _more(console, len(value), SHOWN)
+    elif isinstance(value, str) and (key.endswith("path") or key in WHOLE_KEYS):
+        console.print(f"{pad}[bold]{w(key)}[/] {token(value)}")  # one word, never cut
     else:
         console.print(f"{pad}[bold]{w(key)}[/] {w(_scalar(value))}")
 
@@ -306,21 +260,21 @@ def render_preflight(console: Console, report: PreflightReport, view: View) -> N
             said = (f"[{_status_style(i.status)}]{i.status}[/], {i.error_count} error(s), "
                     f"{i.warning_count} warning(s)"
                     + ("" if i.current else " [yellow](before the files changed)[/]"))
-        console.print(f"inspector   {said}: {w(i.path)}")
+        console.print(f"inspector   {said}: {token(i.path)}")
     if report.files:
         console.print("files")
         for f in report.files:
             rows = "?" if f.rows is None else f"{f.rows:,}"
-            console.print(f"  {rows} rows  {f.sha256[:16]}  {w(f.path)}")
+            console.print(f"  {rows} rows  {f.sha256[:16]}  {token(f.path)}")
     v = report.validation
     state = "missing" if not v.present else ("CHANGED" if v.changed else
                                              "pinned now" if v.newly_pinned else "unchanged")
     rows = f", {v.rows:,} rows" if v.rows else ""
-    console.print(f"hold-out    {state}{rows}: {w(v.path)}")
+    console.print(f"hold-out    {state}{rows}: {token(v.path)}")
     c = report.checkpoint
-    where = f" -> {w(c.target)}" if c.is_link else ""
+    where = f" -> {token(c.target)}" if c.is_link else ""
     latest = f"latest {w(c.latest)} ({c.kind})" if c.latest else "none"
-    console.print(f"checkpoint  {latest}: {w(c.link)}{where}")
+    console.print(f"checkpoint  {latest}: {token(c.link)}{where}")
     console.print("HF token    " + (f"available ({w(report.hf_token_source)})"
                                     if report.hf_token_available else "not found"))
     problems(console, report.problems)
@@ -337,31 +291,25 @@ def _status_style(status: str) -> str:
 
 def render_inspection(console: Console, report, view: View) -> None:
     rows = sum(f.rows for f in report.files)
-    console.print(f"[{_status_style(report.status)}]{report.status}[/]  {w(report.path)}"
+    console.print(f"[{_status_style(report.status)}]{report.status}[/]  {token(report.path)}"
                   + ("  [dim](cached)[/]" if report.cached else ""))
     console.print(f"{rows:,} rows in {len(report.files)} file(s); {report.error_count:,} "
                   f"error(s), {report.warning_count:,} warning(s)")
     console.print("files")
     for f in report.files:
         console.print(f"  [{_status_style(f.status)}]{f.status}[/]  {w(f.format)}  "
-                      f"{f.rows:,} rows  {w(f.path)}")
+                      f"{f.rows:,} rows  {token(f.path)}")
     if report.errors:
         console.print(f"[bold]findings[/] ({report.error_count:,} errors, "
                       f"{report.warning_count:,} warnings"
                       + (f"; {len(report.errors)} listed" if report.truncated else "") + ")")
         unit = {f.path: f.line_numbers for f in report.files}
         for file, findings in _by_file(report.errors):
-            console.print(f"  {w(file)}")
-            table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
-            table.add_column(no_wrap=True, justify="right")
-            table.add_column(no_wrap=True)
-            table.add_column(no_wrap=True, min_width=max(len(e.code) for e in findings))
-            table.add_column(overflow="fold", ratio=1)
-            for e in findings:
+            console.print(f"  {token(file)}")
+            for e in findings:  # the message under the code, wrapped between words
                 where = f"{unit.get(file, 'line')} {e.line}" if e.line else "file"
-                table.add_row(f"    {where}", f"[{SEVERITY_STYLE.get(e.severity, '')}]"
-                              f"{e.severity}[/]", w(e.code), w(e.message))
-            console.print(table, soft_wrap=False)
+                console.print(f"    {where} [{SEVERITY_STYLE.get(e.severity, '')}]"
+                              f"{e.severity}[/] {token(e.code)}: {w(e.message)}", hang=6)
     if report.mapping_preview is not None:
         m = report.mapping_preview
         reasons = ", ".join(f"{w(k)} {v}" for k, v in m.drop_reasons.items())
@@ -379,20 +327,20 @@ def _by_file(findings: list) -> list[tuple[str, list]]:
 
 
 def render_mapping(console: Console, result, view: View) -> None:
-    console.print(f"[bold]mapped[/] {w(result.source)}"
+    console.print(f"[bold]mapped[/] {token(result.source)}"
                   + ("  [dim](unchanged: same spec and files as before)[/]"
                      if result.unchanged else ""))
-    console.print(f"  into {w(result.output)}")
+    console.print(f"  into {token(result.output)}")
     console.print(f"{result.rows_in:,} rows in, {result.rows_out:,} out, "
                   f"{result.rows_dropped:,} dropped, {result.rows_changed:,} repaired")
     for f in result.files:
-        console.print(f"  {f.rows_in:,} -> {f.rows_out:,}  ({f.mapping})  {w(f.output)}")
+        console.print(f"  {f.rows_in:,} -> {f.rows_out:,}  ({f.mapping})  {token(f.output)}")
     if result.dropped:
         reasons = ", ".join(f"{w(k)} {v}" for k, v in result.drop_reasons.items())
         console.print(f"[bold]dropped[/] ({reasons}); the manifest lists every one: "
-                      f"{w(result.manifest)}")
+                      f"{token(result.manifest)}")
         for file, rows in _by_file_rows(result.dropped):
-            console.print(f"  {w(file)}")
+            console.print(f"  {token(file)}")
             for row in rows:
                 prose(console, f"line {row.line}: {row.reason}", indent=4)
         _more(console, result.rows_dropped, len(result.dropped), "the manifest")
@@ -415,15 +363,15 @@ def render_merge(console: Console, result, view: View) -> None:
     console.print("sources (training order)")
     for s in result.sources:
         console.print(f"  {w(s.part)}  {s.rows_in:,} -> {s.rows_out:,} rows  ({s.origin})  "
-                      f"{w(s.path)}")
+                      f"{token(s.path)}")
     if result.output:
-        console.print(f"output      {w(result.output)}")
-        console.print(f"manifest    {w(result.manifest)}")
+        console.print(f"output      {token(result.output)}")
+        console.print(f"manifest    {token(result.manifest)}")
     _duplicates(console, result.duplicate_count, result.duplicates_dropped,
                 result.duplicates)
     _replay(console, result.replay)
     console.print(f"hold-out    {result.holdout.rows:,} rows, never merged: "
-                  f"{w(result.holdout.path)}")
+                  f"{token(result.holdout.path)}")
     for note in result.notes:
         prose(console, f"note: {note}")
 
@@ -434,8 +382,8 @@ def _duplicates(console: Console, count: int, dropped: bool, rows: list) -> None
         return
     console.print(f"duplicates  {count:,} ({'dropped' if dropped else 'kept'})")
     for d in rows[:SHOWN]:
-        console.print(f"  {w(d.path)}:{d.line}")
-        console.print(f"    same as {w(d.duplicate_of.path)}:{d.duplicate_of.line}")
+        console.print(f"  {token(d.path)}:{d.line}")
+        console.print(f"    same as {token(d.duplicate_of.path)}:{d.duplicate_of.line}")
     _more(console, count, min(len(rows), SHOWN))
 
 
@@ -452,14 +400,14 @@ def render_preprocess(console: Console, result, view: View) -> None:
                   f"{result.rows:,} rows, {result.tokens:,} tokens ({result.assistant_tokens:,} "
                   f"trained) in {duration(result.seconds)}"
                   + ("  [dim](cached: nothing written)[/]" if result.cached else ""))
-    console.print(f"dataset     {w(result.path)}")
+    console.print(f"dataset     {token(result.path)}")
     console.print(f"model       {w(result.model)}, chat template {w(result.chat_template)}, "
                   f"max_length {result.max_length:,}")
     if result.truncated_rows:
         console.print(f"[yellow]truncated[/]   {result.truncated_rows:,} row(s) longer than "
                       f"{result.max_length:,} tokens lose their end (the answer):")
         for t in result.truncated[:SHOWN]:
-            console.print(f"  {w(t.path)}:{t.line}  {t.tokens:,} tokens")
+            console.print(f"  {token(t.path)}:{t.line}  {t.tokens:,} tokens")
         _more(console, result.truncated_rows, min(len(result.truncated), SHOWN))
     else:
         console.print("truncated   none")
@@ -469,107 +417,11 @@ def render_preprocess(console: Console, result, view: View) -> None:
     console.print("parts")
     for part in result.parts:
         console.print(f"  {part.selected_rows:,} of {part.rows:,} rows"
-                      + (" (cached)" if part.cached else "") + f"  {w(part.path)}")
+                      + (" (cached)" if part.cached else "") + f"  {token(part.path)}")
     _duplicates(console, result.duplicate_count, result.duplicates_dropped, [])
     _replay(console, result.replay)
     for note in result.notes:
         prose(console, f"note: {note}")
-
-
-# --- drafts and the approval screen ------------------------------------------------------
-
-def render_draft(console: Console, draft, view: View = View()) -> None:
-    if draft.kind == "inspect":
-        return render_inspect_draft(console, draft, view)
-    cfg, est = draft.job_config, draft.estimate
-    hp = cfg["hyperparameters"]
-    console.print(f"[bold]{w(draft.draft_id)}[/]  step {draft.step} ({w(draft.batch)}), "
-                  f"{w(cfg['mode'])} fine-tune on [bold]{w(draft.backend)}[/]")
-    console.print(f"digest      {w(draft.digest)}")
-    console.print(f"model       {w(cfg['base_model'])}")
-    console.print("resume from " + (w(cfg["resume_from"]) if cfg["resume_from"]
-                                    else "nothing (a fresh start from the model)"))
-    console.print(f"training    lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, "
-                  f"batch {hp['per_device_train_batch_size']}x"
-                  f"{hp['gradient_accumulation_steps']}, max_length {hp['max_length']}, "
-                  f"precision {w(hp['precision'])}" + _precision_note(draft, hp["precision"]))
-    if cfg.get("lora"):
-        console.print("lora        " + ", ".join(f"{w(k)} {w(v)}"
-                                                for k, v in cfg["lora"].items()))
-    _draft_files(console, draft)
-    if getattr(draft, "sources", None):
-        console.print("trains on")
-        for use in draft.sources:
-            console.print(f"  {use.trained:,} of {use.rows:,} rows  {w(use.part)}: "
-                          f"{w(use.why)}")
-    lengths = getattr(draft, "lengths", None)
-    if lengths is not None and lengths.overlong:
-        prose(console, f"lengths: {lengths.overlong:,} row(s) over max_length "
-                       f"{lengths.max_length:,} (the longest {lengths.longest:,} tokens), "
-                       f"handled per data.overlong ({lengths.policy})")
-    console.print(f"estimate    {est.total_tokens:,} tokens, {_minutes(est.minutes)}, "
-                  f"[bold]${est.usd:.2f}[/] on {w(est.flavor)}"
-                  + (f" ({est.processes} GPUs, one process each)"
-                     if getattr(est, "processes", 1) > 1 else "")
-                  + f"; suggested timeout {w(est.suggested_timeout)}")
-    if getattr(est, "eval_rows", 0):  # counted in the estimate above
-        console.print(f"evaluation  ~{_minutes(est.eval_minutes)} of it: {est.eval_rows:,} "
-                      f"rows x 2 versions, <= {est.eval_max_new_tokens:,} new tokens")
-    _draft_warnings_and_approval(console, draft, view)
-
-
-def _precision_note(draft, precision: str) -> str:
-    from tunestep.tools.estimate import expected_precision
-
-    if draft.backend == "local":
-        if precision == "auto":
-            return " (bf16 where the GPU has it, else fp16; fp32 without CUDA)"
-        if precision in ("fp16", "bf16"):
-            return " (without a CUDA GPU the job falls back to fp32 and logs it)"
-        return ""
-    flavor = draft.submission.flavor if draft.submission else draft.request.flavor
-    resolved = expected_precision(precision, flavor)
-    if resolved and resolved != precision:
-        return f" (trains in {resolved} on {w(flavor)})"
-    return ""
-
-
-def _minutes(minutes: float) -> str:
-    return duration(minutes * 60) if minutes < 600 else f"about {minutes / 60:.0f} h"
-
-
-def _draft_files(console: Console, draft) -> None:
-    # Every path whole, on its own line: these are what the signature covers.
-    console.print("files (the signature covers each sha256)")
-    for f in draft.files:
-        rows = "" if f.rows is None else f"  {f.rows:,} rows"
-        head = f"  {f.role:<9} {f.sha256[:16]}{rows}"
-        if len(head) + 2 + len(f.path) <= console.width:
-            console.print(f"{head}  {w(f.path)}")
-        else:  # the path alone on the next line, so it is never broken
-            console.print(head)
-            console.print(f"    {w(f.path)}")
-
-
-def _draft_warnings_and_approval(console: Console, draft, view: View) -> None:
-    for warning in draft.warnings:
-        prose(console, f"warning: {warning}", style="yellow")
-    if not view.approving:  # on the approval screen the operator is running this already
-        console.print("approve it in your own terminal:")
-        console.print(f"  {w(draft.approve_command)}")
-
-
-def render_inspect_draft(console: Console, draft, view: View = View()) -> None:
-    est, sub = draft.estimate, draft.submission
-    console.print(f"[bold]{w(draft.draft_id)}[/]  remote inspection (step {draft.step}) on "
-                  f"[bold]{w(draft.backend)}[/]")
-    console.print(f"inspects    {w(draft.job_config['path'])}")
-    console.print(f"digest      {w(draft.digest)}")
-    _draft_files(console, draft)
-    console.print(f"estimate    {est.rows:,} rows, {_minutes(est.minutes)}, "
-                  f"[bold]${est.usd:.4f}[/] on {w(est.flavor)} (at most ${est.max_usd:.4f}); "
-                  f"timeout {duration(sub.timeout_seconds)}")
-    _draft_warnings_and_approval(console, draft, view)
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -580,7 +432,7 @@ def render_handle(console: Console, handle, view: View) -> None:
     for label, value in (("url", handle.url), ("log", handle.log_path),
                          ("pid", handle.pid)):
         if value:
-            console.print(f"{label:<11} {w(value)}")
+            console.print(f"{label:<11} {token(value)}")
     next_steps(console, handle, view)
 
 
@@ -588,12 +440,12 @@ def render_job(console: Console, status, view: View) -> None:
     console.print(f"{w(status.job_id)}  [{_status_style(status.status)}]{w(status.status)}[/]"
                   f"  ({w(status.backend)}, draft {w(status.draft_id)})")
     if status.url:
-        console.print(f"url         {w(status.url)}")
+        console.print(f"url         {token(status.url)}")
     if status.log_path:
-        console.print(f"log         {w(status.log_path)}")
+        console.print(f"log         {token(status.log_path)}")
     result = status.result or {}
     if "model_path" in result:
-        console.print(f"model       {w(result['model_path'])}")
+        console.print(f"model       {token(result['model_path'])}")
     if "final_eval_loss" in result:
         before = result.get("eval_loss_before")
         before = f"{before:.4g}" if isinstance(before, int | float) else "-"
@@ -621,7 +473,7 @@ def _model_sync(console: Console, status) -> None:
         latest = "latest moved to it" if synced.latest_moved else "latest not moved"
         console.print(f"model sync  {how}: {w(synced.version)} ({latest})")
         console.print(f"  from {w(synced.hub_model_id)}@{w(synced.hub_revision)}")
-        console.print(f"  to   {w(synced.path)}")
+        console.print(f"  to   {token(synced.path)}")
     elif status.model_sync_error:
         console.print("[bold red]model sync failed[/] (the job's outcome stands)")
         prose(console, status.model_sync_error, indent=2)
@@ -631,36 +483,53 @@ def render_job_list(console: Console, jobs, view: View) -> None:
     if not jobs.jobs:
         console.print("no jobs yet")
         return
-    table = Table("job", "status", "backend", "draft", title="jobs", title_justify="left",
-                  box=None, pad_edge=False)
-    for column in table.columns:
-        column.overflow = "fold"
+    console.print("[bold]jobs[/] (job, status, backend, draft)")
     for j in jobs.jobs:
-        table.add_row(w(j.job_id), f"[{_status_style(j.status)}]{w(j.status)}[/]",
-                      w(j.backend), w(j.draft_id))
-    console.print(table, soft_wrap=False)
+        console.print(f"  {token(j.job_id)}  [{_status_style(j.status)}]{w(j.status)}[/]  "
+                      f"{w(j.backend)}  {token(j.draft_id)}")
 
 
 # --- promotion ---------------------------------------------------------------------------
 
-def render_promotion_request(console: Console, request, view: View) -> None:
-    console.print(f"[bold]{w(request.request_id)}[/]  make [bold]{w(request.version)}[/] the "
-                  f"latest (now {w(request.latest or 'none')})")
-    console.print(f"digest      {w(request.digest)}")
-    console.print(f"version     {request.files} files, identity {w(request.identity[:16])}")
-    console.print(f"  {w(request.version_path)}")
+def render_promotion_request(console: Screen, request, view: View) -> None:
+    """What the operator signs to move ``latest``: the version and its content identity
+    (signed, with the store and the workspace); what ``latest`` is now and what the
+    ledger says of the version are shown apart, as not signed."""
+    console.print(f"[bold]{token(request.request_id)}[/]  make [bold]{token(request.version)}"
+                  "[/] the latest")
+    console.print(f"digest      {token(request.digest)}")
+    if view.bound_to:
+        console.print(f"workspace   {token(view.bound_to)} (the token is bound to it)")
+    console.print("[bold]signed[/] (the token moves latest to exactly this content)")
+    console.print(f"version     {token(request.version)}: {request.files} files, content "
+                  f"sha256 {token(request.identity)}")
+    console.print(f"path        {token(request.version_path)}")
+    console.print(f"latest      becomes {token(request.version)} (now "
+                  f"{token(request.latest or 'none')}; not signed)")
     if request.step is not None:
+        console.print("[bold]not signed[/] (what the ledger says about this version)")
         gate = "-" if request.gate_promoted is None else (
             "passed" if request.gate_promoted else "held it back")
         prose(console, f"step        {request.step} ({request.batch}); the gate {gate}: "
                        f"{request.gate_reason or '-'}")
     if not view.approving:
         next_steps(console, request, view)
+        return
+    console.print("")
+    console.print("[bold]You are signing[/]")
+    console.print(f"  request     {token(request.request_id)}")
+    console.print(f"  digest      {token(request.digest)}")
+    console.print(f"  latest      {token(request.latest or 'none')} -> [bold]"
+                  f"{token(request.version)}[/] in {token(request.store)}", hang=14)
+    console.print(f"  content     sha256 {token(request.identity[:16])}, {request.files} "
+                  "files", hang=14)
+    if view.bound_to:
+        console.print(f"  workspace   {token(view.bound_to)}", hang=14)
 
 
 def render_promotion_result(console: Console, result, view: View) -> None:
     console.print(f"[bold]latest[/] is now [bold]{w(result.latest)}[/] (was "
-                  f"{w(result.previous or 'none')}) in {w(result.store)}")
+                  f"{w(result.previous or 'none')}) in {token(result.store)}")
     console.print(f"signed by   {w(result.operator)}, key {w(result.kid)}")
 
 

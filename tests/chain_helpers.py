@@ -56,13 +56,19 @@ def record_job_end(ws: Workspace, draft_id: str, backend: str, result: dict,
 
 
 def fake_local_version(ws: Workspace, source: Path, name: str) -> Path:
-    """A version folder as a local job leaves it (a copy of ``source``), latest moved."""
+    """A version folder as a local job leaves it (a copy of ``source``), latest moved, and
+    its files recorded in the ledger as the job's result reports them (``version_files``)."""
+    from tunestep.tools.version_files import record_files, scan_version
+
     store = ws.resolve_model_store("models/qwen3_webdev")
     target = store / "versions" / name
     shutil.copytree(source, target)
     latest = store / "latest"
     latest.unlink(missing_ok=True)
     latest.symlink_to(f"versions/{name}", target_is_directory=True)
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        record_files(conn, "models/qwen3_webdev", name, scan_version(target, name),
+                     source="job")
     return target
 
 

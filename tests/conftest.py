@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,5 +114,11 @@ class Operator:
 
 
 @pytest.fixture
-def operator(tmp_path) -> Operator:
-    return Operator(tmp_path / "operator-keys")
+def operator(tmp_path) -> Iterator[Operator]:
+    from tunestep.tools.promotion_records import trusting
+
+    found = Operator(tmp_path / "operator-keys")
+    # This process trusts the operator's key, as the server and the CLI do: signed
+    # promotion records verify when the ledger's line is read.
+    with trusting(found.trusted):
+        yield found

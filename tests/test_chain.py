@@ -137,10 +137,12 @@ def test_a_local_start_travels_in_the_bundle_never_as_a_host_path(local_ws, tmp_
     assert str(tmp_path) not in json.dumps(nxt.job_config)
     names = {n for n in nxt.submission.bundle if n.startswith("start/")}
     assert "start/model.safetensors" in names and "start/config.json" in names
-    # Every file is hashed into the digest: a changed weight file makes another draft.
+    # Every file is checked against the version's record: a changed file is refused
+    # (it is not the version the job made), never carried as if it were.
     (version / "config.json").write_text((version / "config.json").read_text() + " ")
-    again = draft_job(ws, DraftRequest(**REMOTE))
-    assert again.digest != nxt.digest
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest(**REMOTE))
+    assert err.value.code == "version_files_changed" and "config.json" in err.value.message
 
 
 def test_a_pushed_local_version_chains_by_its_commit(local_ws, tiny_model_dir):

@@ -155,8 +155,12 @@ LONG = "datasets/incremental/batch_100_04/webdev_grading_examples_from_the_revie
 
 
 def whole(text: str) -> str:
-    """The screen's words joined by single spaces: a path cut or folded mid-word is gone."""
-    return " ".join(text.split())
+    """The screen's words joined by single spaces: a path cut or folded mid-word is gone.
+
+    A long command continues after a shell backslash (it runs as printed when pasted): the
+    continuation is joined as the shell joins it.
+    """
+    return " ".join(text.replace(" \\\n", " ").split())
 
 
 def trained(ws, *batches: str) -> None:
@@ -164,16 +168,21 @@ def trained(ws, *batches: str) -> None:
     import os
 
     from tunestep.tools import ledger
+    from tunestep.tools.version_files import record_files, scan_version
 
-    version = ws.root.parent / "store" / "versions" / f"0001_{batches[-1]}"
+    name = f"{len(batches):04d}_{batches[-1]}"
+    version = ws.root.parent / "store" / "versions" / name
     version.mkdir(parents=True)
     (version / "config.json").write_text("{}")
+    os.symlink(f"versions/{name}", ws.root.parent / "store" / "latest")
     (ws.root / "models").mkdir(exist_ok=True)
     os.symlink(ws.root.parent / "store", ws.root / "models" / "qwen3_webdev")
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         for step, batch in enumerate(batches, 1):
-            conn.execute("INSERT INTO steps(step, batch, recorded_at) VALUES (?, ?, 0)",
-                         (step, batch))
+            conn.execute("INSERT INTO steps(step, batch, version, recorded_at) VALUES"
+                         " (?, ?, ?, 0)", (step, batch, f"{step:04d}_{batch}"))
+        # The last version as its job recorded it (the resume point is checked against it).
+        record_files(conn, "models/qwen3_webdev", name, scan_version(version, name), "job")
 
 
 def broken_batch(ws) -> None:
@@ -273,7 +282,12 @@ def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, mo
     assert "precision auto (bf16 where the GPU has it" in screen  # what it will be
     assert "tunestep approve" not in screen
     resume = draft["job_config"]["resume_from"]
-    assert resume and f"resume from {resume}" in screen  # under its label, whole
+    # The resume point by version name, its path whole, and whether its content is signed.
+    assert resume and "resume from version 0001_batch_100_01" in screen and resume in screen
+    if any(f["role"] == "checkpoint" for f in draft["files"]):
+        assert "content sha256" in screen
+    else:
+        assert "its files are not in the signature" in screen
 
 
 def test_an_already_trained_batch_warns_on_the_approval_screen(sample_ws, capsys,
@@ -319,7 +333,7 @@ def test_views_show_content_and_cli_hints(sample_ws, capsys, monkeypatch):
     # Run elsewhere, a hint carries the workspace it needs.
     monkeypatch.chdir(sample_ws.root.parent)
     code, out, _ = run(capsys, "check", "-w", ws)
-    assert f"--workspace {ws}" in out
+    assert f"--workspace {ws}" in whole(out)
 
 
 @pytest.mark.parametrize("argv", [
@@ -438,3 +452,181 @@ def test_status_of_a_failed_model_sync_says_why_and_how_to_rerun(remote_ws, fake
     rerun = f"tunestep sync --version 0001_batch_100_01 --workspace {remote_ws.root}"
     assert rerun in text
     build_parser().parse_args(rerun.split()[1:])
+
+
+# --- the approval screen renders the signed manifest -------------------------------------
+
+def _sections(screen: str) -> tuple[str, str, str]:
+    """(signed part, not-signed part, the "You are signing" block) of an approval screen."""
+    head, rest = screen.split("\nsigned (the token starts exactly this)\n", 1)
+    signed, rest = rest.split("\nnot signed (", 1)
+    unsigned, summary = rest.split("\nYou are signing\n", 1)
+    return head + "\n" + signed, unsigned, summary
+
+
+def _approve_screen(capsys, ws, draft_id: str) -> str:
+    code, _, err = run(capsys, "approve", draft_id, "-w", str(ws.root), "--yes")
+    assert code == 0, err
+    return err.split("approved draft-", 1)[0]
+
+
+def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, monkeypatch):
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    out = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")[1]
+    draft = json.loads(out)
+    screen = _approve_screen(capsys, sample_ws, draft["draft_id"])
+    signed, unsigned, summary = (whole(part) for part in _sections(screen))
+    cfg, hp = draft["job_config"], draft["job_config"]["hyperparameters"]
+    assert f"digest {draft['digest']}" in signed
+    assert f"workspace {sample_ws.root} (the token is bound to it)" in signed
+    assert "backend local: this machine, 1 process" in signed
+    assert "timeout none: a local job runs until it ends" in signed
+    assert "worst case $0: it runs on this machine" in signed and "secrets none" in signed
+    assert f"model {cfg['base_model']}" in signed
+    assert "resume from nothing: a fresh start" in signed
+    assert "pushes nothing" in signed
+    assert (f"trackio project {cfg['trackio']['project']}, to the local store "
+            f"{cfg['trackio']['dir']}") in signed
+    gate = cfg["gate"]
+    assert f"latest moves only if {gate['metric']} shows no significant drop of more than " \
+           f"{gate['max_regression']}" in signed
+    assert f"lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, batch " \
+           f"{hp['per_device_train_batch_size']}x{hp['gradient_accumulation_steps']}, " \
+           f"max_length {hp['max_length']}, seed {hp['seed']}" in signed
+    assert f"regime {draft['regime']}, overlong {cfg['data']['overlong']}" in signed
+    for f in draft["files"]:
+        rows = f" {f['rows']:,} rows" if f["rows"] is not None else ""
+        assert f"{f['role']} {f['sha256'][:16]}{rows} {f['path']}" in signed
+    # What is not signed stands under its own heading, never among the signed lines.
+    est = draft["estimate"]
+    assert f"about ${est['usd']:.2f} on local" in unsigned and "estimate" not in signed
+    assert "trains on (why these rows" in unsigned
+    for warning in draft["warnings"]:
+        assert whole(warning) in unsigned
+    assert "suggested timeout" not in signed
+    # The summary: id, digest, where and how long, the start, the data, the push, workspace.
+    assert summary.startswith(f"draft {draft['draft_id']}, step 1 (batch_100_01) digest "
+                              f"{draft['digest']} runs on this machine, timeout none, "
+                              "worst case $0.00 starts from the base model")
+    assert "trains on 300 rows in 2 file(s), gates on 40 hold-out rows" in summary
+    assert f"pushes to nothing workspace {sample_ws.root}" in summary
+
+
+def test_a_remote_approval_screen_shows_the_job_it_starts(remote_ws, fake_hub, tiny_model_dir,
+                                                          capsys, monkeypatch):
+    """hf-jobs, resuming from the commit a pushed step left on the loopback Hub."""
+    from chain_helpers import MODEL_REPO
+    from test_model_sync import push_step_model, remote_step
+
+    from tunestep.tools.estimate import FLAVORS
+
+    sha, _ = push_step_model(fake_hub, tiny_model_dir, b"one")
+    remote_step(remote_ws, sha)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    assert run(capsys, "map", "datasets/incremental/batch_100_02", "--suggested", "-w",
+               str(remote_ws.root))[0] == 0
+    code, out, err = run(capsys, "draft", "batch_100_02", "--backend", "hf-jobs", "--flavor",
+                         "h200x8", "--timeout", "7d", "-w", str(remote_ws.root), "--json")
+    assert code == 0, err
+    draft = json.loads(out)
+    sub, cfg = draft["submission"], draft["job_config"]
+    screen = _approve_screen(capsys, remote_ws, draft["draft_id"])
+    assert all(len(line) <= 80 for line in screen.splitlines())
+    signed, unsigned, summary = (whole(part) for part in _sections(screen))
+    assert "backend hf-jobs, flavor h200x8, 8 processes, one per GPU" in signed
+    assert "timeout 7 days 0 h 00 min" in signed or "timeout 168 h 00 min" in signed
+    worst = FLAVORS["h200x8"].usd_per_hour * sub["timeout_seconds"] / 3600
+    assert f"worst case ${worst:,.2f}" in signed and "not signed)" in signed
+    assert f"image {sub['image']}" in signed
+    assert "command " + " ".join(sub["command"]) in signed
+    assert "secrets HF_TOKEN (by name" in signed
+    assert f"bundle to {sub['dataset_repo']}" in signed
+    assert f"pushes to {cfg['hub']['model_id']} (private)" in signed
+    assert f"resume from hf://{MODEL_REPO}@{sha}" in signed
+    assert f"starts from hf://{MODEL_REPO}@{sha}" in summary
+    assert "runs on hf-jobs h200x8 x8, timeout" in summary and f"${worst:,.2f}" in summary
+    assert f"pushes to {cfg['hub']['model_id']} (private)" in summary
+    assert "h200x8" in unsigned  # the estimate, labelled
+    assert "/tunestep/step/start" not in screen
+
+
+def test_a_bundled_start_is_named_with_its_content_hash(tmp_path, tiny_model_dir, capsys,
+                                                       monkeypatch):
+    """A first remote step from a local model: the version name and its content identity
+    (the one `tunestep promote` shows for it), never the container path alone."""
+    from chain_helpers import local_base_workspace
+
+    from tunestep.tools.promotion import version_identity
+
+    ws = local_base_workspace(tmp_path, tiny_model_dir)
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    code, out, err = run(capsys, "draft", "batch_100_01", "--backend", "hf-jobs", "-w",
+                         str(ws.root), "--json")
+    assert code == 0, err
+    draft = json.loads(out)
+    identity, count = version_identity(ws.resolve_model_store("models/qwen3_webdev")
+                                       / "versions" / "0000_base")
+    signed, _, summary = (whole(p) for p in _sections(_approve_screen(capsys, ws,
+                                                                      draft["draft_id"])))
+    assert (f"resume from version 0000_base (uploaded in the step's bundle), {count} files, "
+            f"content sha256 {identity}") in signed
+    assert "model version 0000_base from the bundle (the job reads it at" in signed
+    assert f"starts from 0000_base sha256 {identity[:16]}" in summary
+
+
+def test_an_edited_estimate_changes_nothing_signed_on_screen(sample_ws, capsys, monkeypatch):
+    """Storage underneath: the stored draft's estimate (not signed) rewritten to look cheap,
+    and a hold-out near match added to its warnings. The signed lines do not move; the
+    near match gets its own section and a line in the summary."""
+    from tunestep.tools import ledger
+
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    out = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")[1]
+    draft = json.loads(out)
+    before = _sections(_approve_screen(capsys, sample_ws, draft["draft_id"]))[0]
+    edited = dict(draft, estimate=dict(draft["estimate"], usd=0.01, flavor="cpu-basic",
+                                       usd_per_hour=0.0),
+                  warnings=["holdout near match: datasets/incremental/batch_100_01/"
+                            "examples.jsonl:7 is 0.97 similar to datasets/"
+                            "processed_webdev_coding/validation.jsonl:3"])
+    with ledger.open_ledger(sample_ws) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE drafts SET payload = ? WHERE draft_id = ?",
+                     (json.dumps(edited), draft["draft_id"]))
+    screen = _approve_screen(capsys, sample_ws, draft["draft_id"])
+    signed, unsigned, summary = _sections(screen)
+    assert signed == before and "cpu-basic" not in signed
+    assert "about $0.01 on cpu-basic" in whole(unsigned)
+    assert "HOLD-OUT NEAR MATCHES: 1" in unsigned
+    assert "examples.jsonl:7" in unsigned and "validation.jsonl:3" in unsigned
+    assert "1 hold-out near match(es): see above" in whole(summary)
+
+
+def test_the_summary_is_the_last_block_before_the_question(sample_ws, capsys, monkeypatch):
+    import builtins
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asked = []
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    code, out, _ = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")
+    draft = json.loads(out)
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(builtins, "input", lambda prompt: asked.append(prompt) or "n")
+    code, out, err = run(capsys, "approve", draft["draft_id"], "-w", str(sample_ws.root))
+    assert code == 1 and "tsa1." not in out
+    screen = err.split("not approved")[0].rstrip("\n")
+    block = screen.split("\nYou are signing\n")[-1].splitlines()
+    assert block and all(line.startswith("  ") for line in block)  # nothing after it
+    labels = [line.split()[0] for line in block if not line.startswith("    ")]
+    assert labels == ["draft", "digest", "runs", "starts", "trains", "pushes", "workspace"]
+    assert asked == [f"Sign {draft['draft_id']} with key olly? [y/N] "]
+    assert len(asked[0]) <= 80

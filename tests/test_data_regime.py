@@ -15,6 +15,7 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.mapping import apply_mapping, suggest_mapping
 from tunestep.tools.plan import load_plan, render_plan_document
 from tunestep.tools.preflight import check_batch
+from tunestep.tools.version_files import record_files, scan_version
 
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"
 REPLAY = "datasets/processed_webdev_coding/replay/batch_100_02.jsonl"
@@ -34,8 +35,12 @@ def resumed_ws(model_ws):
     (store / "latest").unlink()
     os.symlink("versions/0001_batch_100_01", store / "latest")
     with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
-        conn.execute("INSERT INTO steps(step, batch, recorded_at) VALUES (1, 'batch_100_01', ?)",
-                     (time.time(),))
+        conn.execute("INSERT INTO steps(step, batch, version, recorded_at) VALUES"
+                     " (1, 'batch_100_01', '0001_batch_100_01', ?)", (time.time(),))
+        # The version's files as its job reported them: the resume point is checked
+        # against this record, never taken from the link alone (issue 17).
+        record_files(conn, "models/qwen3_webdev", "0001_batch_100_01",
+                     scan_version(store / "versions/0001_batch_100_01", "0001"), "job")
     source = "datasets/incremental/batch_100_02"
     apply_mapping(model_ws, source, suggest_mapping(model_ws, source).mapping)
     return model_ws
@@ -82,7 +87,7 @@ def test_cumulative_and_from_base_train_every_row(resumed_ws):
     assert check_batch(ws).batch == "batch_100_02"
 
 
-def test_a_held_back_batch_is_trained_in_full_again(resumed_ws):
+def test_a_held_back_batch_is_trained_in_full_again(resumed_ws, operator):
     """Step 2's version failed its gate and was never promoted (latest stayed at step 1's):
     the weights step 3 starts from never learned batch 2, so replay does not count it as
     seen; the base set and batch 1 are sampled as usual."""
@@ -101,12 +106,16 @@ def test_a_held_back_batch_is_trained_in_full_again(resumed_ws):
     assert draft.job_config["train_files"][0]["path"].endswith("replay/batch_100_03.jsonl")
     # Once the operator promotes that version (the signed move is the record, see
     # tools/lineage) its rows count as learned.
-    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("INSERT INTO promotion_requests(request_id, digest, store, version, "
-                     "payload, created_at) VALUES ('promote-x', 'd', 'models/qwen3_webdev', "
-                     "'0002_batch_100_02', '{}', 0)")
-        conn.execute("INSERT INTO promotions(nonce, request_id, store, version, kid, operator,"
-                     " at) VALUES ('n', 'promote-x', 'models/qwen3_webdev', "
-                     "'0002_batch_100_02', 'k', 'tester', ?)", (time.time(),))
+    # A signed promotion: a row written into `promotions` by hand would be ignored.
+    from tunestep.tools.operator import sign_promotion
+    from tunestep.tools.promotion import promote, promote_version, review_request
+
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    shutil.copytree(store / "versions/0000_base", store / "versions/0002_batch_100_02")
+    request = promote(ws, "0002_batch_100_02", None, operator.trusted).request
+    token = sign_promotion(ws, review_request(ws, request.request_id), name=operator.name,
+                           key_path=operator.info.private_key_path,
+                           passphrase=operator.passphrase, ttl="10m").token
+    promote_version(ws, "0002_batch_100_02", token, operator.trusted)
     again = draft_job(ws, DraftRequest())
     assert {u.part: u.trained for u in again.sources}["batch_100_02"] == 20

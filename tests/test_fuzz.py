@@ -773,3 +773,110 @@ def test_whitespace_around_a_pasted_token_is_the_only_slack(before, after):
     token = TOKEN
     claims = A.verify_approval(before + token + after, TRUSTED, now=NOW)
     assert claims == A.verify_approval(token, TRUSTED, now=NOW)
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile MCP arguments: a named error, never a traceback
+
+LONG = "x" * 5000
+DIGITS = "9" * 5000
+ARGS = "arguments"  # refused by the SDK's argument schema (the message names the argument)
+
+
+def _known_codes() -> set[str]:
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[1] / ".specs" / "error_codes.md").read_text()
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", spec, flags=re.M))
+
+
+# (tool, arguments, the code expected). Each row is a caller's mistake or an attack an
+# assistant could make with one tool call; none may reach the client as an unexpected
+# exception ("Error executing tool X" and nothing more).
+HOSTILE_ARGUMENTS = [
+    ("check_batch", {"batch": "../../etc"}, "path_escape"),
+    ("check_batch", {"batch": "a\x00b"}, "path_control_char"),
+    ("check_batch", {"batch": 5}, ARGS),
+    ("run_inspector", {"path": LONG}, "path_too_long"),
+    ("run_inspector", {"path": f"{LONG}/{LONG}"}, "path_too_long"),
+    ("run_inspector", {"path": "/etc/passwd"}, "path_absolute"),
+    ("run_inspector", {"path": "../outside"}, "path_escape"),
+    ("run_inspector", {"path": "a\x00b"}, "path_control_char"),
+    ("run_inspector", {"path": "hf://datasets/x"}, "hub_id"),
+    ("run_inspector", {"path": "datasets", "max_errors": 10**30}, "bad_argument"),
+    ("run_inspector", {"path": "datasets", "max_errors": -1}, "bad_argument"),
+    ("run_inspector", {"path": ["datasets"]}, ARGS),
+    ("apply_mapping", {"source": "../x"}, "path_escape"),
+    ("apply_mapping", {"source": LONG}, "path_too_long"),
+    ("apply_mapping", {"source": "datasets/incremental/batch_5_01",
+                       "mapping": {"source_format": "nope"}}, "mapping_spec_invalid"),
+    ("apply_mapping", {"source": "datasets/incremental/batch_5_01",
+                       "mapping": {"source_format": "chat", "code": "import os"}},
+     "mapping_spec_invalid"),
+    ("merge_datasets", {"batch": "../../x"}, "path_escape"),
+    ("merge_datasets", {"strategy": "zip"}, ARGS),
+    ("preprocess", {"batch": LONG}, "batch_missing"),
+    ("draft_job", {"overrides": {"seed": 2**70}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"seed": -1}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"learning_rate": "1e-4"}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"learning_rate": 1e308 * 10}}, ARGS),  # inf: not JSON
+    ("draft_job", {"overrides": {"num_train_epochs": 1e300}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"per_device_train_batch_size": 0}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"precision": "fp64"}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"max_steps": -5}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"lora_dropout": 1}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"max_length": DIGITS}}, "plan_value_invalid"),
+    ("draft_job", {"overrides": {"gate.max_regression": 5}}, "draft_bad_override"),
+    ("draft_job", {"overrides": {"seed": [1]}}, ARGS),
+    ("draft_job", {"timeout": DIGITS}, "plan_value_invalid"),
+    ("draft_job", {"timeout": "30d"}, "plan_value_invalid"),
+    ("draft_job", {"timeout": "-1h"}, "plan_value_invalid"),
+    ("draft_job", {"mode": "qlora"}, ARGS),
+    ("draft_job", {"batch": "a\x00b"}, "path_control_char"),
+    ("submit_job", {"draft_id": LONG, "approval_token": LONG}, "approval_malformed"),
+    ("submit_job", {"draft_id": "draft-0", "approval_token": "tsa1." + DIGITS},
+     "approval_malformed"),
+    ("promote_version", {"version": "../../x"}, "version_unknown"),
+    ("promote_version", {"version": LONG}, "version_unknown"),
+    ("job_status", {"job_id": "\x00"}, "job_unknown"),
+    ("job_status", {"job_id": LONG}, "job_unknown"),
+    ("job_logs", {"job_id": "j", "tail": 10**30}, "bad_argument"),
+    ("job_logs", {"job_id": "j", "tail": 0}, "bad_argument"),
+    ("cancel_job", {"job_id": LONG}, "job_unknown"),
+    ("sync_model", {"version": LONG}, "sync_unknown_version"),
+    ("list_jobs", {"limit": -10**20}, "bad_argument"),
+    ("list_jobs", {"limit": 10**30}, "bad_argument"),
+    ("list_jobs", {"limit": "x"}, ARGS),
+]
+
+
+@pytest.fixture(scope="module")
+def mcp_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mcp-fuzz") / "ws"
+    build_sample_workspace(root, base_rows=20, batch_rows=5, batches=1, holdout_rows=5)
+    return open_workspace(root)
+
+
+@pytest.mark.parametrize("tool, args, code", HOSTILE_ARGUMENTS,
+                         ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(HOSTILE_ARGUMENTS)])
+def test_hostile_mcp_arguments_get_named_errors(mcp_ws, tool, args, code):
+    """Case: an assistant passes a hostile argument; the refusal names its code (or the
+    SDK's schema check names the argument), never an unexpected exception."""
+    import anyio
+    from mcp import Client
+
+    from tunestep.server.app import ServerConfig, build_server, error_code
+
+    async def call():
+        async with Client(build_server(ServerConfig(workspace=mcp_ws.root))) as client:
+            return await client.call_tool(tool, args)
+
+    result = anyio.run(call)
+    assert result.is_error
+    text = result.content[0].text
+    if code == ARGS:
+        assert re.search(f"validation errors? for {tool}Arguments", text), text[:300]
+        assert next(iter(args)) in text
+        return
+    assert error_code(result) == code, text[:300]
+    assert code in _known_codes()

@@ -301,7 +301,7 @@ def test_a_pattern_that_could_stall_is_refused_at_plan_load(key, pattern, why):
         f"data:\n  batch_pattern: '{pattern}'"
     with pytest.raises(TunestepError) as err:
         parse_plan_text(f"---\n{front}\n---\n")
-    assert err.value.code == "plan_bad_value" and key in err.value.message
+    assert err.value.code == "plan_value_invalid" and key in err.value.message
     assert why in err.value.message
 
 

@@ -182,20 +182,30 @@ def test_holdout_copy_is_an_error_and_shared_wording_a_warning(sample_ws):
     copy = held[6]
     shouted = {"messages": [dict(m, content="  " + m["content"].upper().replace(" ", "   "))
                             for m in copy["messages"]]}
-    # A new prompt that quotes a hold-out snippet: 8+ shared words, not a copy.
+    # A new prompt that quotes a whole hold-out snippet: a near match, not a copy.
     snippet = held[11]["messages"][1]["content"]
     quoting = chat(user="Please look again at this:\n" + snippet + "\nIs it better now?",
                    answer="Somewhat.\nGrade: 6")
+    # Two lines of a long hold-out snippet: shared wording well under half of it.
+    lines = held[16]["messages"][1]["content"].split("\n")[2:4]
+    partial = chat(user="Have a look at this part:\n" + "\n".join(lines),
+                   answer="Fine.\nGrade: 9")
     folder = sample_ws.resolve("datasets/incremental/batch_100_04")
-    write_jsonl(folder / "x.jsonl", [make_row(random.Random(5), 7001), shouted, quoting])
+    write_jsonl(folder / "x.jsonl", [make_row(random.Random(5), 7001), shouted, quoting,
+                                     partial])
     report = run_inspector(sample_ws, "datasets/incremental/batch_100_04")
-    assert (2, "holdout_duplicate") in codes_at(report)
-    assert (3, "holdout_overlap") in codes_at(report)
+    assert {(2, "holdout_duplicate"), (3, "holdout_near_match"),
+            (4, "holdout_overlap")} <= codes_at(report)
+    near = next(f for f in report.errors if f.code == "holdout_near_match")
+    assert near.severity == "warning" and f"{HOLDOUT}:12" in near.message
     overlap = next(f for f in report.errors if f.code == "holdout_overlap")
-    assert overlap.severity == "warning" and "hold-out line 12" in overlap.message
+    assert overlap.severity == "warning" and f"{HOLDOUT}:17" in overlap.message
     exact = next(f for f in report.errors if f.code == "holdout_duplicate")
-    assert "hold-out line 7" in exact.message
+    assert f"{HOLDOUT}:7" in exact.message
     assert report.leakage.exact == 1 and report.leakage.overlap_rows == 1
+    assert report.leakage.near_match_rows == 1
+    [row] = report.leakage.near_matches
+    assert (row.line, row.holdout_line) == (3, 12) and row.containment >= 0.5
 
 
 # --- rules on crafted rows -------------------------------------------------------------

@@ -19,13 +19,40 @@ def test_history_merges_by_step_in_order_and_is_idempotent(tmp_path):
     local, fetched = tmp_path / "history.json", tmp_path / "fetched.json"
     local.write_text(json.dumps([entry(2, "batch_100_02", 0.8), entry(1, "batch_100_01", 1.0)]))
     fetched.write_text(json.dumps([entry(3, "batch_100_03", 0.6)]))  # a one-step copy
-    merged = merge_history(local, fetched)
+    merged = merge_history(local, fetched, 3, "batch_100_03")
     assert [e["step"] for e in merged] == [1, 2, 3]
     assert json.loads(local.read_text()) == merged
-    assert merge_history(local, fetched) == merged  # the same fetch again: same history
+    # the same fetch again: same history
+    assert merge_history(local, fetched, 3, "batch_100_03") == merged
     fetched.write_text(json.dumps([entry(2, "batch_100_02", 0.7)]))  # step 2 trained again
-    again = merge_history(local, fetched)
+    again = merge_history(local, fetched, 2, "batch_100_02")
     assert [(e["step"], e["eval_loss"]) for e in again] == [(1, 1.0), (2, 0.7), (3, 0.6)]
+
+
+def test_a_fetched_history_adds_its_own_step_and_overwrites_no_other(tmp_path):
+    """A remote step's history that also carries (rewritten) entries of earlier steps:
+    only its own step's entry is taken."""
+    import pytest
+
+    from tunestep.tools.errors import TunestepError
+
+    local, fetched = tmp_path / "history.json", tmp_path / "fetched.json"
+    local.write_text(json.dumps([entry(1, "batch_100_01", 1.0), entry(2, "batch_100_02", 0.8)]))
+    fetched.write_text(json.dumps([entry(1, "batch_100_01", 0.01), entry(2, "batch_100_02",
+                                  0.01), entry(3, "batch_100_03", 0.6)]))
+    merged = merge_history(local, fetched, 3, "batch_100_03")
+    assert [(e["step"], e["eval_loss"]) for e in merged] == [(1, 1.0), (2, 0.8), (3, 0.6)]
+    # A fetched history without the step's own entry adds nothing and says so.
+    fetched.write_text(json.dumps([entry(1, "batch_100_01", 0.01)]))
+    with pytest.raises(TunestepError) as err:
+        merge_history(local, fetched, 4, "batch_100_04")
+    assert err.value.code == "history_invalid"
+    assert json.loads(local.read_text()) == merged
+    for bad in ('{"step": 1}', "[1, 2]", "not json"):
+        fetched.write_text(bad)
+        with pytest.raises(TunestepError) as err:
+            merge_history(local, fetched, 4, "batch_100_04")
+        assert err.value.code == "history_invalid"
 
 
 def test_train_log_is_appended_once_per_draft(tmp_path):

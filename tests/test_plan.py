@@ -26,10 +26,10 @@ def test_front_matter_overrides_and_round_trips():
 
 @pytest.mark.parametrize("front, code, key", [
     ("training:\n  learning_rat: 1e-4", "plan_unknown_key", "training.learning_rat"),
-    ("training:\n  num_train_epochs: many", "plan_bad_value", "training.num_train_epochs"),
-    ("mode: qlora", "plan_bad_value", "mode"),
-    ("grade_pattern: 'no group'", "plan_bad_value", "grade_pattern"),
-    ("data:\n  batch_pattern: 'batch_(\\d+)_(\\d+)'", "plan_bad_value", "data.batch_pattern"),
+    ("training:\n  num_train_epochs: many", "plan_value_invalid", "training.num_train_epochs"),
+    ("mode: qlora", "plan_value_invalid", "mode"),
+    ("grade_pattern: 'no group'", "plan_value_invalid", "grade_pattern"),
+    ("data:\n  batch_pattern: 'batch_(\\d+)_(\\d+)'", "plan_value_invalid", "data.batch_pattern"),
 ])
 def test_plan_errors_name_the_key(front, code, key):
     with pytest.raises(TunestepError) as err:
@@ -55,5 +55,5 @@ def test_a_gate_names_only_metrics_the_job_computes():
     assert set(GATE_METRICS) == set(METRICS)
     with pytest.raises(TunestepError) as err:
         parse_plan_text("---\ngate:\n  metric: eval_loss\n---\n")
-    assert err.value.code == "plan_bad_value" and "gate.metric" in err.value.message
+    assert err.value.code == "plan_value_invalid" and "gate.metric" in err.value.message
     assert parse_plan_text("---\ngate: null\n---\n").gate is None

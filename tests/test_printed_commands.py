@@ -67,6 +67,7 @@ def test_every_readme_command_parses(command):
 
 
 def _next_commands(out: str) -> list[str]:
+    out = re.sub(r" \\\n\s+", " ", out)  # a long command continues after a shell backslash
     return [m.strip() for m in re.findall(r"^(?:next: |  )(tunestep [^\n]+)$", out, re.M)]
 
 
@@ -86,8 +87,10 @@ def test_printed_commands_run_as_printed(sample_ws, capsys, monkeypatch, tmp_pat
     # operator init prints how to trust the key and how to approve with it.
     code, out, _ = run("tunestep operator init --name olly")
     assert code == 0
+    out = re.sub(r" \\\n\s+", " ", out)  # a long command continues after a backslash
     printed = [line.strip().strip("`").split("`")[0] for line in out.splitlines()
                if "tunestep " in line]
+    assert any("--operator-key-fingerprint sha256:" in line for line in printed)
     for line in printed:
         command = line[line.index("tunestep "):]
         if not MENTION.search(command.replace("DRAFT_ID", "draft-x")):

@@ -127,10 +127,11 @@ def test_promote_and_roll_back_refuse_without_a_valid_token(held_back, operator,
     assert refusal(ws, "0000_base", back, trusted) == "approval_replayed"
     assert latest(ws) == "0000_base"
 
-    # A version whose content changed after the operator signed is refused.
+    # A version whose content changed after the operator signed is refused: against the
+    # files recorded when the job made it (sizes first, nothing hashed past them).
     again = signed(ws, operator, HELD)
     (store / "versions" / HELD / "config.json").write_text("{}")
-    assert refusal(ws, HELD, again, trusted) == "promotion_stale"
+    assert refusal(ws, HELD, again, trusted) == "version_files_changed"
     assert refusal(ws, "../0000_base", again, trusted) == "version_unknown"
     assert latest(ws) == "0000_base"
     with ledger.open_ledger(ws) as conn:

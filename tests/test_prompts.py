@@ -199,3 +199,21 @@ async def test_missing_required_argument_is_an_error_with_the_code(sample_ws):
         with pytest.raises(MCPError) as exc:
             await client.get_prompt("request_approval", {"draft_id": "d", "extra": "x"})
         assert exc.value.message.startswith("prompt_argument_unknown:")
+
+
+def test_request_approval_presents_every_signed_field_and_labels_the_rest():
+    """The prompt's text names each field the signature covers (what `tunestep approve`
+    shows) and says the estimate and warnings are not signed."""
+    from tunestep.tools.draft_model import HfSubmission
+
+    text = " ".join(prompts.render("request_approval", draft_id="draft-0123456789ab").split())
+    for field in set(HfSubmission.model_fields) - {"labels", "bundle"}:
+        assert f"`submission.{field}`" in text, field
+    for key in ("hub.push", "hub.model_id", "hub.private", "trackio", "gate", "resume_from",
+                "base_model", "data", "timeout_seconds"):
+        assert f"`job_config.{key}`" in text, key
+    for needle in ("`digest`", "`files`", "`checkpoint`", "`regime`", "worst case",
+                   "hf://<id>@<sha>", "/tunestep/step/start", "**Not signed**",
+                   "`holdout near match`", "bound to"):
+        assert needle in text, needle
+    assert "Never give the suggested timeout as the timeout" in text

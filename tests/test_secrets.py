@@ -138,9 +138,14 @@ async def hf_step(mcp: Recorder, captured: Captured, ws: Path, key: Path, hub) -
     hub.job_logs[remote] += ["loading data", "epoch 1/1 loss 2.0"]
     await mcp.call("job_logs", job_id=job_id, tail=10)
     out = f"outputs/{draft['draft_id']}"
+    cfg = draft["job_config"]
     hub.push_files(REPO, {
-        f"{out}/result.json": json.dumps({"model_path": f"hf://{MODEL_ID}",
-                                          "final_eval_loss": 2.0}).encode(),
+        f"{out}/result.json": json.dumps({
+            "model_path": f"hf://{MODEL_ID}", "final_eval_loss": 2.0,
+            "draft_id": draft["draft_id"], "step": cfg["step"], "batch": cfg["batch"],
+            "version": f"versions/{cfg['step']:04d}_{cfg['batch']}",
+            "resume_from": cfg["resume_from"],
+            "hub": {"model_id": MODEL_ID, "revision": "a" * 40, "private": True}}).encode(),
         f"{out}/logs/train.log": b"epoch 1/1 loss 2.0\n",
         f"{out}/logs/metrics_step_batch_100_03.csv": b"epoch,loss\n1,2.0\n"})
     hub.set_job_stage(remote, "COMPLETED")

@@ -10,6 +10,10 @@ first remote step after local steps, or a local base model) travels inside the s
 bundle, hashed file by file into the draft's digest, and the remote config names its
 mount path: a remote job config never holds a path of this machine.
 
+The local start is the ledger's latest version (``tools/latest_check``), its files checked
+against the record made with it; the store's ``latest`` link is never followed, and a link
+that disagrees with the ledger refuses the draft (``latest_link_mismatch``).
+
 A local step after a remote one needs that remote model in the store first
 (``sync_model`` / ``tunestep sync``): it is refused with ``model_not_synced`` rather
 than silently training on an older checkpoint.
@@ -28,7 +32,7 @@ import orjson
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
-from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.model_store import checkpoint_kind
 from tunestep.tools.plan import Plan
 from tunestep.tools.start_point import StartPoint
 from tunestep.tools.workspace import Workspace
@@ -61,14 +65,16 @@ def _local_path(ws: Workspace, value: str) -> Path:
 def record_version(conn: sqlite3.Connection, *, store: str, version: str, step: int | None,
                    batch: str | None, job_id: str | None, source: str,
                    hub_model_id: str | None, hub_revision: str | None,
-                   promoted: bool) -> None:
-    """One local model version and its origin (``job``: trained here; ``hub``: synced)."""
+                   promoted: bool, files: list | None = None) -> None:
+    """One local model version and its origin (``job``: trained here; ``hub``: synced),
+    with its files ``[[path, sha256, size], ...]`` as made (``tools/version_files``)."""
     conn.execute(
         "INSERT OR REPLACE INTO model_versions(store, version, step, batch, job_id, source,"
-        " hub_model_id, hub_revision, promoted, recorded_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " hub_model_id, hub_revision, promoted, recorded_at, files)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (store, version, step, batch, job_id, source, hub_model_id, hub_revision,
-         int(promoted), time.time()))
+         int(promoted), time.time(),
+         ledger.dumps([list(f) for f in files]) if files is not None else None))
 
 
 def version_origin(conn: sqlite3.Connection, store: str, version: str) -> sqlite3.Row | None:
@@ -123,16 +129,33 @@ def _draft_base(conn: sqlite3.Connection, draft_id: str | None) -> str | None:
 
 
 def _adapter_base(folder: Path) -> str | None:
-    config = orjson.loads((folder / "adapter_config.json").read_bytes())
-    return config.get("base_model_name_or_path")
+    path = folder / "adapter_config.json"
+    try:
+        config = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise TunestepError("adapter_config_invalid", f"the adapter config cannot be read as "
+                            f"JSON: {exc}", path=str(path)) from None
+    if not isinstance(config, dict):
+        raise TunestepError("adapter_config_invalid", "the adapter config must be a JSON "
+                            f"object, not {type(config).__name__}", path=str(path))
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise TunestepError("adapter_config_invalid", "base_model_name_or_path must be a "
+                            "string", path=str(path))
+    return base
 
 
 def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
                    mount: str) -> StartPoint:
     """The start of the next step for ``backend``; ``mount`` is the remote bundle's path."""
+    from tunestep.tools.latest_check import latest_state, refuse_mismatch, resume_folder
+
     store = ws.resolve_model_store(plan.model_link)
-    latest = latest_checkpoint(store) if store.is_dir() else None
     with ledger.open_ledger(ws) as conn:
+        # The ledger's line decides, never where the link points (a mismatch is refused).
+        refuse_mismatch(latest_state(ws, conn, plan.model_link, plan.model, store),
+                        plan.model_link)
+        latest = resume_folder(ws, conn, plan.model_link, store) if store.is_dir() else None
         _refuse_unpushed(conn, store, plan.model_link)
         pending = unsynced_step(conn, store, plan.model_link)
         origin = (version_origin(conn, plan.model_link, latest.name)

@@ -79,11 +79,6 @@ INSPECT_MAX_ERRORS = 100
 # counts: the inspected files, the hold-out set and the reference files compared against.
 INSPECT_STARTUP_MINUTES = 3.0
 INSPECT_ROWS_PER_SECOND = 5000.0
-# Hyperparameters the assistant may override per draft, and their types.
-OVERRIDABLE = {"per_device_train_batch_size": int, "gradient_accumulation_steps": int,
-               "learning_rate": float, "num_train_epochs": float, "max_length": int,
-               "seed": int, "save_total_limit": int, "precision": str, "max_steps": int,
-               "lora_r": int, "lora_alpha": int, "lora_dropout": float}
 
 
 def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
@@ -156,7 +151,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     if errors or report.batch is None:
         listed = "; ".join(f"{p.code}: {p.message}" for p in errors) or "no batch"
         raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}")
-    _check_overrides(request.overrides)
+    _check_overrides(request.overrides, request.timeout)
     data = step_datasets(ws, report.batch, write=write,
                          max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]
     mode = request.mode or plan.mode
@@ -175,6 +170,11 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     lengths = check_lengths(ws, plan, [f.path for f in files], max_length,
                             plan.data.overlong)
     length_warnings = _length_warnings(lengths)
+    from tunestep.tools.inspector.holdout_guard import check_train_files  # holdout_leak
+    leak_warnings = check_train_files(
+        ws, [(f.path, f.sha256) for f in files],
+        (plan.paths.validation, report.validation.sha256 or ""),
+        next(((s.path, s.sha256) for s in data.sources if s.part == "base"), None))
     if lengths.overlong and data.tokenized_dir:
         # A tokenized dataset holds the rows cut at max_length; the job must tokenize
         # itself to shorten or drop them.
@@ -228,7 +228,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
         step=report.step, backend=backend, request=request, job_config=config, files=files,
         submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + start.warnings + length_warnings
+        warnings=list(estimate.warnings) + leak_warnings + start.warnings + length_warnings
         + _trained_again(report),
         run_plan=plan.paths.run_plan,
         approve_command=approve_command(draft_id, ws),
@@ -291,17 +291,13 @@ def _trained_again(report: PreflightReport) -> list[str]:
     return []
 
 
-def _check_overrides(overrides: dict[str, Any]) -> None:
-    for key, value in overrides.items():
-        kind = OVERRIDABLE.get(key)
-        if kind is None:
-            raise TunestepError("draft_bad_override", f"'{key}' cannot be overridden; allowed: "
-                                f"{', '.join(sorted(OVERRIDABLE))}")
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TunestepError("draft_bad_override",
-                                f"'{key}' must be {kind.__name__}, got {value!r}")
+def _check_overrides(overrides: dict[str, Any], timeout: str | None = None) -> None:
+    """Each override (and the draft's own timeout) by its plan key's type and range."""
+    from tunestep.tools.plan_values import check_overrides, check_request_timeout
+
+    check_overrides(overrides)
+    if timeout is not None:
+        check_request_timeout(timeout)
 
 
 def _hyperparameters(plan: Plan, request: DraftRequest, mode: str, resuming: bool) -> dict:

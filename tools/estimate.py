@@ -165,15 +165,16 @@ class Estimate(BaseModel):
 
 
 def parse_duration(text: str) -> int:
-    """'2h', '90m', '45s', '1h30m' or plain seconds -> seconds."""
-    text = str(text).strip().lower()
-    if text.isdigit():
-        return int(text)
-    parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
-    if not text or parts is None or not any(parts.groups()):
-        raise TunestepError("bad_duration", f"'{text}' is not a duration like 2h, 90m or 1h30m")
-    d, h, m, s = (int(g or 0) for g in parts.groups())
-    return ((d * 24 + h) * 60 + m) * 60 + s
+    """'2h', '90m', '45s', '1h30m', '1d' or plain seconds -> seconds (every part bounded
+    in digits: a 5,000-digit timeout is a bad_duration, not a traceback)."""
+    from tunestep.tools.plan_values import duration_seconds
+
+    seconds = duration_seconds(str(text))
+    if seconds is None:
+        shown = str(text) if len(str(text)) <= 40 else f"{str(text)[:37]}..."
+        raise TunestepError("bad_duration", f"'{shown}' is not a duration like 2h, 90m or "
+                            "1h30m")
+    return seconds
 
 
 def format_duration(seconds: int) -> str:

@@ -10,6 +10,7 @@ and no step is recorded).
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections import deque
 from typing import Any
@@ -20,6 +21,7 @@ from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.model_sync import SyncedVersion
 from tunestep.tools.next_step import NextAction
+from tunestep.tools.promotion_records import IgnoredPromotion
 from tunestep.tools.workspace import Workspace
 
 TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
@@ -56,6 +58,11 @@ class JobStatus(BaseModel):
     # and why; None until the job has said.
     promoted: bool | None = None
     promotion_reason: str | None = None
+    # The ledger's latest and the store's link (tools/latest_check.py): a link that
+    # disagrees (latest_link_mismatch) and signed records that do not verify are named.
+    latest: str | None = None
+    latest_mismatch: str | None = None
+    ignored_promotions: list[IgnoredPromotion] = []
     # A job that did not succeed: how it ended, in words (a signal, a lost supervisor, an
     # exit code), for the operator who did not watch it end.
     ended: str | None = None
@@ -119,7 +126,25 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
         status = _bring_model_home(ws, status)
     if status.status in ("failed", "cancelled", "lost") and not status.next_steps:
         status = _after_the_end(ws, status)
-    return status
+    return _with_latest(ws, status)
+
+
+def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
+    """The ledger's latest beside a training job's status, and what disagrees with it."""
+    from tunestep.tools.latest_check import latest_state
+    from tunestep.tools.plan import load_plan
+
+    if _draft_kind(ws, status.draft_id) != "train":
+        return status
+    try:
+        plan = load_plan(ws).plan
+        with ledger.open_ledger(ws) as conn:
+            state = latest_state(ws, conn, plan.model_link, plan.model)
+    except TunestepError:  # no plan or store to compare with: the job's status stands
+        return status
+    return status.model_copy(update={
+        "latest": state.ledger_latest, "ignored_promotions": state.ignored,
+        "latest_mismatch": None if state.matches else state.message})
 
 
 def _after_the_end(ws: Workspace, status: JobStatus) -> JobStatus:
@@ -220,13 +245,27 @@ def _refresh_hf(ws: Workspace, row) -> None:
     if status is None:
         return
     result = ledger.loads(row["result"]) or {}
-    if status == "succeeded" and _draft_kind(ws, row["draft_id"]) == "inspect":
-        fetched = _fetch_inspection(ws, api, row, result["repo"])
-        if "error" in fetched:
-            status = "failed"
-        result.update(fetched)
-    elif status == "succeeded":
-        result.update(_fetch_outputs(ws, api, row, result["repo"]))
+    if not isinstance(result, dict):
+        result = {}
+    try:
+        if status == "succeeded" and not isinstance(result.get("repo"), str):
+            raise TunestepError("remote_result_invalid", "the ledger names no repo the "
+                                "job's outputs were pushed to")
+        if status == "succeeded" and _draft_kind(ws, row["draft_id"]) == "inspect":
+            fetched = _fetch_inspection(ws, api, row, result["repo"])
+            if "error" in fetched:
+                status = "failed"
+            result.update(fetched)
+        elif status == "succeeded":
+            result.update(_fetch_outputs(ws, api, row, result["repo"]))
+    except HubError:
+        raise  # the Hub did not answer: the job stays as it is and is asked again later
+    except TunestepError as exc:
+        # Outputs that cannot be believed end the job here, saying why; no step is
+        # recorded and nothing moves (tools/remote_result.py).
+        status = "failed"
+        result.update({"error": exc.message, "error_code": exc.code,
+                       "remote_result_rejected": True})
     local.record_outcome(ws, row["job_id"], status, None, result)
 
 
@@ -285,9 +324,11 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     from tunestep.tools.backends.local import job_dir
     from tunestep.tools.draft import load_draft
     from tunestep.tools.plan import load_plan
+    from tunestep.tools.remote_result import check_result, read_result
 
     paths = load_plan(ws).plan.paths
-    out = load_draft(ws, row["draft_id"]).job_config["outputs"]
+    draft = load_draft(ws, row["draft_id"])
+    out = draft.job_config["outputs"]
     progression = f"{out['plots_dir']}/val_progression.png"
     allowed = [f"{paths.logs}/", f"{paths.plots}/"]
     staging = job_dir(ws, row["job_id"]) / "outputs"
@@ -296,17 +337,27 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     summary: dict = {"outputs": [], "merged": []}
     errors: list[str] = []
     history = None
+    reported = next((f for f in outputs.files if f.name == "result.json"), None)
+    if reported is None:
+        raise TunestepError("remote_result_missing", "the job completed without pushing its "
+                            "result (result.json): nothing it made is recorded")
+    # Checked before anything of the job's reaches the workspace: this draft's step, the
+    # start the ledger expects, and the gate decided here (tools/remote_result.py).
+    summary.update(check_result(draft.job_config, row["draft_id"],
+                                read_result(reported.local_path)))
+    config = draft.job_config
     for item in outputs.files:
         try:
             if item.name == "result.json":
-                summary.update(ledger.loads(item.local_path.read_text()) or {})
+                continue
             elif item.name.startswith("trackio/"):
                 if item.name.endswith(".db") and item.name.count("/") == 1:
                     runs = outputs_merge.merge_trackio(ws.state_dir / "trackio",
                                                        item.local_path)
                     summary["merged"].append(f".tunestep/{item.name} ({len(runs)} run(s))")
             elif item.name == out["history_json"]:
-                history = outputs_merge.merge_history(ws.resolve(item.name), item.local_path)
+                history = outputs_merge.merge_history(ws.resolve(item.name), item.local_path,
+                                                      config["step"], config["batch"])
                 summary["merged"].append(item.name)
             elif item.name == out["train_log"]:
                 outputs_merge.append_log_once(ws.resolve(item.name), item.local_path,
@@ -321,9 +372,14 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
                 summary["outputs"].append(item.name)
         except TunestepError as exc:
             errors.append(str(exc))
+        except (OSError, ValueError, sqlite3.Error) as exc:  # a malformed output file
+            errors.append(f"{item.name}: {type(exc).__name__}: {exc}")
     if history is not None:
-        outputs_merge.redraw_progression(history, ws.resolve(progression))
-        summary["merged"].append(progression)
+        try:
+            outputs_merge.redraw_progression(history, ws.resolve(progression))
+            summary["merged"].append(progression)
+        except Exception as exc:  # a plot of odd values must not lose the job's outcome
+            errors.append(f"{progression} not redrawn: {type(exc).__name__}: {exc}")
     if errors:
         summary["merge_errors"] = errors
     return summary
@@ -481,6 +537,8 @@ def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,
 
 
 def list_jobs(ws: Workspace, limit: int = 20) -> JobList:
+    if limit < 1 or limit > 1000:  # SQLite takes 64-bit integers only: never a traceback
+        raise TunestepError("bad_argument", "limit must be between 1 and 1000 jobs")
     with ledger.open_ledger(ws) as conn:
         rows = conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
                             (limit,)).fetchall()

@@ -9,9 +9,11 @@ order, inside a transaction; ``PRAGMA user_version`` records how far a file has 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -163,23 +165,118 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL
     );
     """,
+    # migration: branch evidence
+    # latest moves only on evidence (issue 17): each signed move of latest keeps the token
+    # it was made with (verified whenever the ledger's line is read: a forged row is
+    # ignored), and each model version its files as [[path, sha256, size], ...] recorded
+    # when the version was made (job commit, sync, or a signed promotion of a hand-put
+    # folder): the resume point and promotion hashing check a version against them.
+    """
+    ALTER TABLE promotions ADD COLUMN token TEXT;
+    ALTER TABLE model_versions ADD COLUMN files TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _connect(path: str) -> sqlite3.Connection:
+# How long a process waits for another one's write before it gives up with ledger_busy.
+# Writes are short (one BEGIN IMMEDIATE each, nothing slow inside), so a wait this long
+# means something holds the ledger on purpose or hangs: say so instead of waiting forever.
+WAIT_S = 30.0
+WAIT_ENV = "TUNESTEP_LEDGER_WAIT"  # seconds; the operator's (and the load tests') override
+FIRST_USE_LOCK = "state.sqlite.lock"  # beside the ledger: who sets up a new file
+
+
+class LedgerBusy(TunestepError):
+    """Another process held the ledger longer than this one would wait."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(
+            "ledger_busy",
+            f"another tunestep process (a server, a command or a job recording its result) "
+            f"holds this workspace's ledger, and this one waits up to {waited_s:g} s; let it "
+            f"finish and try again (`fuser .tunestep/{LEDGER_FILE}` names it; "
+            f"{WAIT_ENV}=SECONDS waits longer)", path=f".tunestep/{LEDGER_FILE}")
+
+
+def wait_s() -> float:
+    """The busy wait in seconds: ``TUNESTEP_LEDGER_WAIT`` when set to a positive number."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else WAIT_S
+    except ValueError:
+        value = WAIT_S
+    return value if value > 0 else WAIT_S
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY (and its extended codes): another connection holds a lock we need."""
+    return (isinstance(exc, sqlite3.OperationalError)
+            and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY)
+
+
+def _connect(path: str, wait: float) -> sqlite3.Connection:
     # isolation_level=None: we open transactions ourselves with BEGIN IMMEDIATE, so a
-    # writer takes the lock up front instead of failing half-way on upgrade.
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    # writer takes the lock up front (where SQLite waits for it) instead of upgrading a
+    # read to a write half-way (where SQLite answers busy at once, to avoid deadlock).
+    conn = sqlite3.connect(path, timeout=wait, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    # The busy timeout first: switching a new file to WAL takes a lock that a second
-    # process opening the same fresh workspace must wait for, not fail on.
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _ensure_wal(conn: sqlite3.Connection, lock_path: Path, wait: float) -> None:
+    """Switch a new ledger file to WAL once, whoever else is opening it right now.
+
+    WAL is a property of the file: once set, every later connection finds it (the query
+    below reads the header, waiting for locks as any read does). The switch itself reads
+    the header and then upgrades to a write, and SQLite does not wait on that upgrade:
+    20 processes opening a fresh workspace at once used to see "database is locked" here.
+    So the switch happens under a file lock that tunestep processes queue on, and is
+    retried until the deadline against anything else (an sqlite3 shell) holding the file.
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return  # the usual case: no lock, no write
+    deadline = time.monotonic() + wait
+    with _first_use_lock(lock_path, deadline, wait):
+        pause = 0.005
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+@contextlib.contextmanager
+def _first_use_lock(path: Path, deadline: float, wait: float) -> Iterator[None]:
+    """An exclusive flock on ``.tunestep/state.sqlite.lock`` while a new file is set up."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the retry in _ensure_wal still gets there
+        yield
+        return
+    with open(path, "a+b") as handle:
+        pause = 0.005
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LedgerBusy(wait) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -209,24 +306,45 @@ def _statements(script: str) -> list[str]:
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: all of it lands, or none of it."""
+    """One write transaction: all of it lands, or none of it.
+
+    BEGIN IMMEDIATE takes the write lock first, waiting its turn (the busy timeout); keep
+    what runs inside short (no hashing, no model loading): every other writer waits on it.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a failed COMMIT)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 @contextlib.contextmanager
-def open_ledger(ws: Workspace) -> Iterator[sqlite3.Connection]:
-    """The workspace's ledger, created and migrated on first use."""
-    ws.state_dir.mkdir(exist_ok=True)
-    conn = _connect(str(ws.state_dir / LEDGER_FILE))
+def open_ledger(ws: Workspace, *, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+    """The workspace's ledger, created and migrated on first use.
+
+    Every lock it or its caller needs is waited for, up to ``wait`` seconds (default
+    ``wait_s()``); a longer wait ends in ``ledger_busy``, never in sqlite's own "database
+    is locked".
+    """
+    wait = wait if wait is not None else wait_s()
     try:
+        ws.state_dir.mkdir(exist_ok=True)
+        conn = _connect(str(ws.state_dir / LEDGER_FILE), wait)
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise LedgerBusy(wait) from None
+        raise
+    try:
+        _ensure_wal(conn, ws.state_dir / FIRST_USE_LOCK, wait)
         migrate(conn)
         yield conn
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise LedgerBusy(wait) from None
+        raise
     finally:
         conn.close()
 

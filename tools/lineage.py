@@ -22,6 +22,13 @@ order, and such a step's parent is whatever was latest when it was recorded (the
 
 A version with no step (the base, or a folder put in the store by hand) starts a line of
 its own: promoting it means no recorded batch is learned.
+
+A ``promotions`` row counts only when its signed token verifies (``promotion_records``):
+against the keys given (``trusted``), else those bound to this call; a row that does not
+verify moves nothing and is listed in ``ignored``. Order stays the ledger's ``seq`` (a
+clock may jump): someone who can write the ledger can still delete or renumber genuine
+signed rows, so latest can become a version the operator once signed for, never one no
+operator signed (see .specs/approval_protocol.md, "What holds against whom").
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
+from tunestep.tools.promotion_records import IgnoredPromotion, trusted_keys, verify_record
 
 if TYPE_CHECKING:
     from tunestep.tools.start_point import StartPoint
@@ -48,6 +56,7 @@ class Lineage(BaseModel):
     learned: list[str] = Field(default_factory=list)  # batches the latest weights learned
     not_learned: list[str] = Field(default_factory=list)  # trained, but not into latest
     moved_by: str | None = None  # "gate" or "operator": who made latest latest
+    ignored: list[IgnoredPromotion] = Field(default_factory=list)  # rows that moved nothing
 
     def holds(self, version: str | None) -> bool:
         """True when ``version`` is latest or one of its ancestors."""
@@ -66,13 +75,26 @@ def _order(row: sqlite3.Row, kind: int, index: int, at: float) -> tuple:
     return (0, at, kind, index) if seq is None else (1, seq, kind, index)
 
 
-def lineage(conn: sqlite3.Connection, store: str | None = None) -> Lineage:
-    """Replay the steps and the signed moves of latest (of ``store``, when given)."""
+def lineage(conn: sqlite3.Connection, store: str | None = None,
+            trusted: dict | None = None) -> Lineage:
+    """Replay the steps and the signed moves of latest (of ``store``, when given); a move
+    whose token does not verify against ``trusted`` (default: the keys bound to this call)
+    is ignored and named."""
     steps = conn.execute("SELECT step, batch, version, promoted, recorded_at, parent, seq"
                          " FROM steps ORDER BY step").fetchall()
-    query = "SELECT version, at, seq FROM promotions"
-    moves = conn.execute(query + (" WHERE store = ?" if store else ""),
-                         (store,) if store else ()).fetchall()
+    query = "SELECT nonce, request_id, store, version, at, seq, token FROM promotions"
+    rows = conn.execute(query + (" WHERE store = ?" if store else ""),
+                        (store,) if store else ()).fetchall()
+    keys = trusted if trusted is not None else trusted_keys()
+    identity = ledger.ledger_id(conn)
+    ignored: list[IgnoredPromotion] = []
+    moves = []
+    for row in rows:
+        verdict = verify_record(conn, row, keys, identity)
+        if isinstance(verdict, IgnoredPromotion):
+            ignored.append(verdict)
+        else:
+            moves.append(row)
     events = sorted([(_order(s, 0, i, s["recorded_at"]), 0, s) for i, s in enumerate(steps)]
                     + [(_order(m, 1, i, m["at"]), 1, m) for i, m in enumerate(moves)],
                     key=lambda e: e[0])
@@ -101,7 +123,8 @@ def lineage(conn: sqlite3.Connection, store: str | None = None) -> Lineage:
     trained = {s["batch"] for s in steps}
     return Lineage(latest=latest, latest_step=made_by.get(latest) if latest else None,
                    line=line, learned=sorted(learned), not_learned=sorted(trained - learned),
-                   moved_by=moved_by)
+                   moved_by=moved_by, ignored=ignored)
+
 
 
 def hub_version(conn: sqlite3.Connection, model_id: str, revision: str) -> str | None:

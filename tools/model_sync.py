@@ -3,8 +3,10 @@
 A step on Hugging Face Jobs ends in a container that is thrown away; what lasts is the
 commit it pushed to the private model repo (``steps.hub_revision``). Syncing downloads
 exactly that commit (``snapshot_download(revision=<sha>)``) into the store's
-``.staging/`` and then does what a local step does: rename it to
-``versions/NNNN_<batch>/`` and, if the job promoted it, move ``latest`` to it
+``.staging/``, hashes it (its files' sha256 and sizes become the version's record in the
+ledger, ``tools/version_files``) and then does what a local step does: rename it to
+``versions/NNNN_<batch>/`` and, when the ledger's line (``tools/lineage``: the gate as
+decided on the host, the verified signed moves) makes it latest, move ``latest`` to it
 atomically, with the job's own functions (``tools/jobs/job_store.py``). A download that
 fails or is killed leaves only a staging folder, which the next sync removes first: the
 store is as it was, and the sync can be run again. Each synced version is recorded in
@@ -21,11 +23,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
-from tunestep.tools.chain import record_version, version_origin, version_step
+from tunestep.tools.chain import record_version, version_origin
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.latest_check import latest_state
 from tunestep.tools.lineage import lineage
-from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.model_store import checkpoint_kind
+from tunestep.tools.next_step import NextAction
 from tunestep.tools.plan import load_plan
+from tunestep.tools.version_files import scan_version
 from tunestep.tools.workspace import Workspace
 
 MARKER = ".tunestep_sync.json"
@@ -46,7 +51,10 @@ class SyncedVersion(BaseModel):
 
 class SyncReport(BaseModel):
     synced: list[SyncedVersion] = Field(default_factory=list)
-    latest: str | None  # the version `latest` points at afterwards
+    latest: str | None  # the ledger's latest version afterwards (None: the base model)
+    # The store's link disagrees with the ledger (latest_link_mismatch): not followed.
+    latest_mismatch: str | None = None
+    latest_fix: NextAction | None = None
     note: str | None = None
 
 
@@ -67,8 +75,11 @@ def sync_model(ws: Workspace, version: str | None = None) -> SyncReport:
     else:
         rows = [r for r in rows if not (store / "versions" / r["version"]).is_dir()]
     synced = [sync_step(ws, plan.model_link, store, row) for row in rows]
-    latest = latest_checkpoint(store)
-    return SyncReport(synced=synced, latest=latest.name if latest else None,
+    with ledger.open_ledger(ws) as conn:
+        state = latest_state(ws, conn, plan.model_link, plan.model, store)
+    return SyncReport(synced=synced, latest=state.ledger_latest,
+                      latest_mismatch=None if state.matches else state.message,
+                      latest_fix=state.fix_action if not state.matches else None,
                       note=None if synced else "every pushed step is in the store already")
 
 
@@ -92,7 +103,9 @@ def sync_step(ws: Workspace, link: str, store: Path, row) -> SyncedVersion:
                          kind=None, promoted=promoted, latest_moved=False, already_synced=True)
     with ledger.open_ledger(ws) as conn:
         origin = version_origin(conn, link, name)
-    recorded = origin is not None and origin["hub_revision"] == sha
+    recorded = origin is not None and origin["hub_revision"] == sha and bool(origin["files"])
+    shown = f"{link}/versions/{name}"
+    files = None
     if final.is_dir():
         if _marker_revision(final) != sha and not recorded:
             raise TunestepError(
@@ -100,22 +113,26 @@ def sync_step(ws: Workspace, link: str, store: Path, row) -> SyncedVersion:
                 f"{link}/versions/{name} exists and is not the commit {sha[:12]} of "
                 f"{model_id}; move it aside to sync this step", path=f"{link}/versions/{name}")
     else:
-        _download(store, name, model_id, sha)
+        files = _download(store, name, model_id, sha, shown)
         done.already_synced = False
     done.kind = checkpoint_kind(final)
-    if recorded:  # synced before (latest moved then, if at all): nothing to change now;
-        return done  # a later promote_version or sync may have moved latest since
-    # The ledger row is written last, so a sync killed after the rename moves latest on
-    # its re-run.
-    done.latest_moved = promoted and _move_latest_if_newer(store, name)
-    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        record_version(conn, store=link, version=name, step=row["step"], batch=row["batch"],
-                       job_id=row["job_id"], source="hub", hub_model_id=model_id,
-                       hub_revision=sha, promoted=promoted)
-        ledger.audit(conn, "model.sync", name,
-                     detail={"hub_model_id": model_id, "hub_revision": sha,
-                             "latest_moved": done.latest_moved,
-                             "already_synced": done.already_synced})
+    if not recorded:
+        # A sync killed after the rename left the folder unrecorded: hashed now, once.
+        files = files if files is not None else scan_version(final, shown)
+        with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            record_version(conn, store=link, version=name, step=row["step"],
+                           batch=row["batch"], job_id=row["job_id"], source="hub",
+                           hub_model_id=model_id, hub_revision=sha, promoted=promoted,
+                           files=files)
+    # The link follows the ledger: moved here only when this version is the ledger's
+    # latest (a sync killed before the move does it on its re-run).
+    done.latest_moved = promoted and _point_latest(ws, link, store, name)
+    if not recorded or done.latest_moved:
+        with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            ledger.audit(conn, "model.sync", name,
+                         detail={"hub_model_id": model_id, "hub_revision": sha,
+                                 "latest_moved": done.latest_moved,
+                                 "already_synced": done.already_synced})
     return done
 
 
@@ -126,7 +143,7 @@ def _marker_revision(folder: Path) -> str | None:
         return None
 
 
-def _download(store: Path, name: str, model_id: str, sha: str) -> None:
+def _download(store: Path, name: str, model_id: str, sha: str, shown: str) -> list:
     """snapshot_download of the exact commit into staging, then one rename into place."""
     from tunestep.tools.backends.hf_jobs import hub_api
     from tunestep.tools.hf_token import read_token
@@ -149,6 +166,7 @@ def _download(store: Path, name: str, model_id: str, sha: str) -> None:
                                 "adapter (adapter_config.json)")
         (staging / MARKER).write_text(json.dumps(
             {"hub_model_id": model_id, "hub_revision": sha}, indent=2) + "\n")
+        files = scan_version(staging, shown)  # the version's record, before it is in place
         try:
             commit_version(staging, store, name)
         except JobError as exc:
@@ -156,21 +174,22 @@ def _download(store: Path, name: str, model_id: str, sha: str) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return files
 
 
-def _move_latest_if_newer(store: Path, name: str) -> bool:
-    """Move ``latest`` to ``name`` unless it already points at a later step's version."""
+def _point_latest(ws: Workspace, link: str, store: Path, name: str) -> bool:
+    """Point ``latest`` at ``name`` when the ledger's line says it is latest and the link
+    does not point there yet; True when it moved."""
     from tunestep.tools.jobs.job_common import JobError
     from tunestep.tools.jobs.job_store import move_latest
 
-    link = store / "latest"  # the link itself: latest_checkpoint falls back to the newest
-    current = link.resolve() if link.exists() else None  # version when there is none
-    if current is not None and current.name == name:
-        return False
-    if current is not None and current.parent.name == "versions":
-        now = version_step(current.name)
-        if now is not None and now > (version_step(name) or 0):
+    with ledger.open_ledger(ws) as conn:
+        if lineage(conn, link).latest != name:
             return False
+    current = store / "latest"
+    target = (store / "versions" / name).resolve()
+    if current.is_symlink() and current.resolve() == target:
+        return False
     try:
         move_latest(store, name)
     except JobError as exc:

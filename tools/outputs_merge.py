@@ -6,9 +6,11 @@ progression plot one point and its Trackio store one run. Copying those over the
 workspace's files would erase every earlier step. Instead:
 
 - **history** (``logs/steps_history.json``): entries are keyed by (step, batch), as the
-  job keys them; a fetched entry replaces the one with its key and the list stays in
-  step order. The progression plot is drawn again from the merged list with the job's
-  own ``plot_history``.
+  job keys them; only the fetched entry of the job's own step is taken (it replaces
+  that step's entry alone; anything else in the fetched file is ignored, so a remote
+  step never overwrites another step's entry) and the list stays in step order. The
+  progression plot is drawn again from the merged list with the job's own
+  ``plot_history``.
 - **train.log**: the fetched lines are appended once, between two marker lines naming
   the draft; a second fetch of the same draft finds its marker and appends nothing.
 - **Trackio** (``.tunestep/trackio/<project>.db``): the runs of the fetched database
@@ -52,14 +54,29 @@ def read_history(path: Path) -> list[dict]:
     return loaded
 
 
-def merge_history(local: Path, fetched: Path) -> list[dict]:
-    """The workspace's history with the fetched entries merged in, written back."""
-    merged = {_entry_key(e): e for e in read_history(local)}
-    for entry in read_history(fetched):
-        merged[_entry_key(entry)] = entry
-    history = [merged[k] for k in sorted(merged)]
+def merge_history(local: Path, fetched: Path, step: int, batch: str) -> list[dict]:
+    """The workspace's history with the fetched step's entry added, written back.
+
+    Only the entry of this job's own step (``step``, ``batch``) is taken; whatever else
+    the fetched file holds is ignored, so a remote step never overwrites another step's
+    entry. A second fetch of the same step replaces its own entry only.
+    """
+    key = (step, batch)
+    mine = [e for e in read_history(fetched) if _entry_key(e) == key]
+    if not mine:
+        raise TunestepError("history_invalid", f"the fetched steps history holds no entry "
+                            f"for step {step} ({batch})", path=str(fetched.name))
+    kept = [e for e in read_history(local) if _entry_key(e) != key]
+    history = sorted([*kept, mine[-1]], key=_sort_key)
     atomic_write_text(local, json.dumps(history, indent=2) + "\n")
     return history
+
+
+def _sort_key(entry: dict) -> tuple:
+    # Entries someone wrote by hand may carry a step that is not a number: last, as text.
+    step = entry.get("step", 0)
+    number = step if isinstance(step, int) and not isinstance(step, bool) else None
+    return (number is None, number or 0, str(step), str(entry.get("batch", "")))
 
 
 def redraw_progression(history: list[dict], plot: Path) -> None:

@@ -1,8 +1,13 @@
 """The plan: YAML front matter of ``.specs/training/plan.md``, read into one typed model.
 
 Defaults are the reference run plan's (DESIGN §2), so a workspace without a plan still
-works, with a note saying so. Unknown keys and wrong types are errors naming the key:
-a typo in a hyperparameter must never silently fall back to a default.
+works, with a note saying so. Unknown keys are errors naming the key: a typo in a
+hyperparameter must never silently fall back to a default. Every value is checked at
+load (``plan_value_invalid`` naming the key and what it allows): strict types (``true``
+is no number, ``'5'`` is no number, a number is no string), finite numbers, and each
+number within the range stated beside its key here and in .specs/plan_format.md, so that
+nothing the job would refuse after it started can be signed. The ranges are types
+(``Annotated``) shared with draft_job's overrides (``check_overrides``).
 """
 
 from __future__ import annotations
@@ -10,24 +15,41 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.plan_values import (
+    METRIC_SPAN,
+    METRIC_UNITS,
+    STRICT,
+    AccumulationSteps,
+    BatchSize,
+    CheckpointsKept,
+    Epochs,
+    LearningRate,
+    LoraAlpha,
+    LoraRank,
+    MaxLength,
+    PlanLoader,
+    Precision,
+    Ratio,
+    Seed,
+    check_timeout,
+    value_error,
+)
 from tunestep.tools.workspace import Workspace
 
 PLAN_PATH = ".specs/training/plan.md"
-# The C loader when libyaml is there: the plan is read on every tool call.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 
@@ -39,7 +61,11 @@ def _regex(value: str):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (true is not 1, '5' is not 5, 5 is not '5'; an int is a float);
+    # allow_inf_nan: NaN and infinities are refused in every section, whatever its keys.
+    model_config = STRICT
+
+
 
 
 class Paths(_Section):
@@ -123,32 +149,33 @@ def check_path_roles(paths: Paths, resolve=None) -> None:
 
 
 class Training(_Section):
-    per_device_train_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
-    resume_learning_rate: float = Field(1e-5, gt=0)
-    num_train_epochs: float = Field(3, gt=0)
-    max_length: int = Field(2048, ge=16)
+    per_device_train_batch_size: BatchSize = 2
+    gradient_accumulation_steps: AccumulationSteps = 1
+    learning_rate: LearningRate = 2e-5
+    resume_learning_rate: LearningRate = 1e-5
+    num_train_epochs: Epochs = 3
+    max_length: MaxLength = 2048
     # auto: bf16 where the GPU has it natively (A10G, L4, A100, H100), fp16 on a T4,
     # fp32 without CUDA; the job resolves it and logs any fall-back.
-    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
-    save_total_limit: int = Field(3, ge=1)
-    seed: int = 42
+    precision: Precision = "auto"
+    save_total_limit: CheckpointsKept = 3
+    seed: Seed = 42
     # A short warmup keeps the first updates of a resumed model from undoing earlier steps.
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    warmup_ratio: Ratio = 0.05
 
 
 class Lora(_Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    target_modules: str | list[str] = "all-linear"
+    r: LoraRank = 16
+    alpha: LoraAlpha = 16
+    dropout: Ratio = 0.05
+    learning_rate: LearningRate = 1e-4
+    target_modules: Annotated[str, Field(min_length=1)] | Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = "all-linear"
 
 
 class Job(_Section):
     backend: Literal["local", "hf-jobs"] = "local"
-    flavor: str = "a10g-large"
+    flavor: Annotated[str, Field(min_length=1, max_length=64)] = "a10g-large"
     timeout: str = "2h"
     secrets: list[str] = Field(default_factory=lambda: ["HF_TOKEN"])
     image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"
@@ -157,6 +184,11 @@ class Job(_Section):
     # dependencies (e.g. built from `uv export --script` of the lock, torch inside) and its
     # python3 runs the script with no install; pin such an image by digest (@sha256:).
     install: Literal["locked", "image"] = "locked"
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        return check_timeout(value)
 
 
 class Hub(_Section):
@@ -198,8 +230,6 @@ class Data(_Section):
 GATE_METRICS = ("grade_within_1", "grade_exact", "grade_mae", "parse_rate", "spearman",
                 "kappa")
 LOWER_IS_BETTER = frozenset({"grade_mae"})
-
-
 class Gate(_Section):
     """Whether a finished step moves ``latest``: the promotion gate (approval_protocol.md).
 
@@ -207,16 +237,32 @@ class Gate(_Section):
     more than ``max_regression`` (in the metric's own units; negative demands an
     improvement). With ``require_significance`` the decision rests on the paired
     comparison's 95 % interval rather than on the point estimate.
+
+    Every key is checked generically: strict types and finite numbers (``_Section``), and
+    each key marked ``METRIC_UNITS`` within the metric's span (``_within_span``).
     """
 
     metric: Literal[GATE_METRICS] = "grade_within_1"  # type: ignore[valid-type]
-    max_regression: float = 0.0
+    max_regression: float = Field(0.0, json_schema_extra=METRIC_UNITS)
     require_significance: bool = True
+
+    @field_validator("*")
+    @classmethod
+    def _within_span(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields[info.field_name]
+        if field.json_schema_extra != METRIC_UNITS:
+            return value
+        span = METRIC_SPAN.get(info.data.get("metric", ""), 0.0)
+        if not -span < value < span:
+            raise ValueError(f"must lie strictly between {-span:g} and {span:g} for "
+                             f"metric {info.data.get('metric')} (at the span it would "
+                             "promote every step, which is gate: null, or none)")
+        return value
 
 
 class Samples(_Section):
-    n: int = Field(20, ge=0)
-    max_new_tokens: int = Field(128, ge=1)
+    n: Annotated[int, Field(ge=0, le=1000)] = 20
+    max_new_tokens: Annotated[int, Field(ge=1, le=32_768)] = 128
 
 
 class Plan(_Section):
@@ -267,7 +313,7 @@ def parse_plan_text(text: str, shown_path: str = PLAN_PATH) -> Plan:
     if match is None:
         return Plan()
     try:
-        data = yaml.load(match.group(1), Loader=_SafeLoader) or {}
+        data = yaml.load(match.group(1), Loader=PlanLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None  # +1 for 1-based, +1 for '---'
@@ -283,11 +329,12 @@ def parse_plan_text(text: str, shown_path: str = PLAN_PATH) -> Plan:
         conflict = (first.get("ctx") or {}).get("error")
         if isinstance(conflict, PathConflict):
             raise _conflict_error(conflict, shown_path) from None
-        key = ".".join(str(p) for p in first["loc"])
-        rule = "plan_unknown_key" if first["type"] == "extra_forbidden" else "plan_bad_value"
-        detail = "unknown key" if rule == "plan_unknown_key" else first["msg"]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise TunestepError(rule, f"plan key '{key}': {detail}{more}", path=shown_path) from None
+        if first["type"] == "extra_forbidden":
+            key = ".".join(str(p) for p in first["loc"])
+            raise TunestepError("plan_unknown_key", f"plan key '{key}': unknown key",
+                                path=shown_path) from None
+        raise value_error(Plan, first, exc.error_count(), "plan key",
+                          shown_path) from None
 
 
 def _label(key: str) -> str:

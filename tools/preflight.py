@@ -218,6 +218,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
                                 path=plan.model_link))
 
     _chain_state(ws, plan.model_link, link, checkpoint, problems, actions)
+    _latest_evidence(ws, plan.model_link, plan.model, link, problems, actions)
 
     if last_step is not None and last_step.rolled_back:
         problems.append(Problem(
@@ -227,7 +228,10 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
                     f"{line.latest}",
             path=plan.model_link))
     elif last_step is not None and not last_step.promoted:
-        held = checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest else "none"
+        # The ledger's line; where that is the base, the base folder the link names (a
+        # link elsewhere is latest_link_mismatch, reported apart).
+        held = line.latest or (checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest
+                               else "the base model")
         problems.append(Problem(
             code="step_not_promoted", severity="warning",
             message=f"step {last_step.step} ({last_step.batch}) was not promoted: "
@@ -415,6 +419,27 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem]) 
             message=f"the hold-out set changed since it was pinned: pinned sha256 "
                     f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
                     "tunestep never writes it.", path=validation.path))
+
+
+def _latest_evidence(ws: Workspace, shown: str, model: str, link, problems: list[Problem],
+                     actions: list) -> None:
+    """The store's link against the ledger's line, and signed records that do not verify
+    (tools/latest_check.py, tools/promotion_records.py)."""
+    from tunestep.tools.latest_check import latest_state
+
+    with ledger.open_ledger(ws) as conn:
+        state = latest_state(ws, conn, shown, model, link)
+    for record in state.ignored:
+        problems.append(Problem(
+            code="promotion_unverified", severity="warning",
+            message=f"a promotion record to {record.version} is ignored ({record.reason}: "
+                    f"{record.detail}); latest is what the verified records and the gate "
+                    "say", path=".tunestep/state.sqlite"))
+    if not state.matches:
+        problems.append(Problem(code="latest_link_mismatch", severity="error",
+                                message=state.message or "", path=f"{shown}/latest"))
+        if state.fix_action is not None:
+            actions.append(state.fix_action)
 
 
 def _chain_state(ws: Workspace, shown: str, link, checkpoint: CheckpointStatus,

@@ -7,7 +7,8 @@ goes through the same gate as a job: a token the operator signed.
 
 1. ``request_promotion(ws, version)`` (MCP ``promote_version`` without a token) stores a
    promotion request: the version's path in the store and its content identity (sha256
-   over every file's path and sha256, the epoch checkpoints left out). Its digest is over
+   over every file's path and sha256, the epoch checkpoints left out; no symlink followed,
+   each file read up to its recorded size: ``tools/version_files``). Its digest is over
    that, the store and the workspace; its id is ``promote-`` + 12 hex of the digest.
 2. The operator signs it: ``tunestep approve promote-…`` (act ``promote``), or
    ``tunestep promote VERSION`` in one go.
@@ -17,14 +18,14 @@ goes through the same gate as a job: a token the operator signed.
    (``approval_wrong_ledger``); the token names this request, workspace and digest, and
    the request is for ``version`` (``approval_wrong_draft``); the version's identity now is
    the one signed (``promotion_stale``); the nonce is new (``approval_replayed``: inserted
-   with a PRIMARY KEY in the transaction that records the move). Then ``latest`` is
+   with a PRIMARY KEY in the transaction that records the move, the token kept in the
+   row: every later read verifies it, ``tools/promotion_records``). Then ``latest`` is
    swapped atomically (a new relative link under a temp name, renamed over: the job's own
    way, ``tools/jobs/job_store.move_latest``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -37,10 +38,13 @@ from pydantic import BaseModel, Field
 from tunestep.tools import ledger
 from tunestep.tools.atomic import fsync_dir
 from tunestep.tools.errors import TunestepError
-from tunestep.tools.hashing import sha256_file, sha256_json
+from tunestep.tools.latest_check import latest_state
 from tunestep.tools.model_store import checkpoint_kind
 from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import load_plan
+from tunestep.tools.promotion_records import request_digest, trusted_keys, trusting
+from tunestep.tools.version_files import identity as files_identity
+from tunestep.tools.version_files import record_files, recorded_files, scan_version
 from tunestep.tools.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -108,15 +112,34 @@ def _version_folder(store: Path, name: str, link: str) -> Path:
     return folder
 
 
-def version_identity(folder: Path) -> tuple[str, int]:
-    """sha256 over (relative path, sha256) of every file, sorted; and the file count."""
-    entries = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if rel.parts[0] in SKIPPED or not path.is_file() or path.is_symlink():
-            continue
-        entries.append([rel.as_posix(), sha256_file(path)])
-    return hashlib.sha256(ledger.dumps(entries).encode()).hexdigest(), len(entries)
+def version_identity(folder: Path, shown: str | None = None,
+                     recorded: list | None = None) -> tuple[str, int]:
+    """sha256 over (relative path, sha256) of every file, sorted; and the file count.
+
+    No symlink is followed (one inside the version is refused, ``version_symlink``), and
+    with the version's record each file is read up to its recorded size only
+    (``tools/version_files``)."""
+    entries = scan_version(folder, shown or folder.name, recorded)
+    return files_identity(entries), len(entries)
+
+
+def _content(conn: sqlite3.Connection, link: str, store: Path,
+             name: str) -> tuple[str, list, bool]:
+    """(identity, files, whether the ledger recorded them) of one version, checked against
+    its record when it has one."""
+    folder = _version_folder(store, name, link)
+    recorded = recorded_files(conn, link, name)
+    entries = scan_version(folder, f"{link}/versions/{name}", recorded)
+    return files_identity(entries), entries, recorded is not None
+
+
+def _latest_now(ws: Workspace, conn: sqlite3.Connection, link: str, store: Path) -> str | None:
+    """The version that is latest now: the ledger's line; where that is the base model,
+    the link's target when it points at the base (never a link the ledger disagrees with)."""
+    state = latest_state(ws, conn, link, load_plan(ws).plan.model, store)
+    if state.ledger_latest is not None or not state.matches:
+        return state.ledger_latest
+    return current_latest(store)
 
 
 def current_latest(store: Path) -> str | None:
@@ -135,15 +158,14 @@ def build_request(ws: Workspace, version: str) -> PromotionRequest:
     """The promotion request for ``version`` as the store holds it now (no writes)."""
     name = _version_name(version)
     link, store = _store(ws)
-    folder = _version_folder(store, name, link)
-    identity, count = version_identity(folder)
-    digest = sha256_json({"act": "promote", "store": link, "version": name,
-                          "identity": identity, "workspace": str(ws.root)})
-    request_id = f"{REQUEST_PREFIX}{digest[:12]}"
     with ledger.open_ledger(ws) as conn:
+        identity, entries, _ = _content(conn, link, store, name)
         step = _step_of(conn, name)
+        latest = _latest_now(ws, conn, link, store)
+    count = len(entries)
+    digest = request_digest(link, name, identity, str(ws.root))
+    request_id = f"{REQUEST_PREFIX}{digest[:12]}"
     evaluation = ledger.loads(step["evaluation"]) if step is not None else {}
-    latest = current_latest(store)
     # The token goes to promote_version over MCP, to `tunestep promote --token -` on the CLI
     # (server/render.py says each in its own syntax).
     actions = [NextAction(lead=f"the operator signs it in their terminal: tunestep approve "
@@ -206,6 +228,13 @@ def review_request(ws: Workspace, request_id: str) -> PromotionRequest:
 def promote_version(ws: Workspace, version: str, approval_token: str | None,
                     trusted: dict[str, Ed25519PublicKey]) -> PromotionResult:
     """Move ``latest`` to ``version`` with the operator's signed token, or refuse."""
+    # The ledger's line is read with the keys this move is checked with.
+    with trusting(trusted or trusted_keys()):
+        return _promote_version(ws, version, approval_token, trusted)
+
+
+def _promote_version(ws: Workspace, version: str, approval_token: str | None,
+                     trusted: dict[str, Ed25519PublicKey]) -> PromotionResult:
     from tunestep.tools.approval import ACTION_PROMOTE, verify_approval
 
     try:
@@ -226,21 +255,25 @@ def promote_version(ws: Workspace, version: str, approval_token: str | None,
         if claims.digest != stored.digest:
             raise TunestepError("approval_wrong_draft", "the token approves another "
                                 "version of this request (digest differs)")
-        now = build_request(ws, name)
-        if now.digest != stored.digest:
+        link, store = _store(ws)
+        with ledger.open_ledger(ws) as conn:
+            identity, entries, recorded = _content(conn, link, store, name)
+            previous = _latest_now(ws, conn, link, store)
+        if request_digest(link, name, identity, str(ws.root)) != stored.digest:
             raise TunestepError("promotion_stale", f"version {name} changed since the "
                                 "operator signed; request the promotion again",
                                 path=stored.version_path)
-        link, store = _store(ws)
-        previous = current_latest(store)
         with ledger.open_ledger(ws) as conn:
             try:
                 with ledger.transaction(conn):
                     conn.execute(
                         "INSERT INTO promotions(nonce, request_id, store, version, previous,"
-                        " kid, operator, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " kid, operator, at, seq, token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (claims.nonce, stored.request_id, link, name, previous, claims.kid,
-                         claims.op, time.time(), ledger.next_seq(conn)))
+                         claims.op, time.time(), ledger.next_seq(conn),
+                         (approval_token or "").strip()))
+                    if not recorded:  # a hand-put folder: the signed content is its record
+                        record_files(conn, link, name, entries)
                     # This row is the whole record of the move: which version is latest
                     # and which batches it learned are derived from it (tools/lineage).
                     move_latest(store, name)

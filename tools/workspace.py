@@ -175,6 +175,11 @@ def resolve_inside(
     except OSError as exc:
         import errno
 
+        if exc.errno == errno.ENAMETOOLONG:  # a caller's argument, never a traceback
+            shown = str(relative)
+            raise TunestepError("path_too_long", f"the path ({len(shown):,} characters) or "
+                                "one of its names is longer than the file system allows",
+                                path=shown[:80]) from None
         if exc.errno != errno.ELOOP:
             raise
         raise TunestepError("path_link_loop", "the path is a loop of symbolic links",

@@ -183,9 +183,37 @@ def job_rows(args) -> list[Row]:
     ]
 
 
+def load_rows(args) -> list[Row]:
+    import bench_load
+
+    results = bench_load.run(args.load_seconds, args.load_processes)
+    bench_load.report(results)
+    burst, load = results["burst"], results["load"]
+    total = burst.ok + len(burst.failures)
+    held, one = bench_load.rates(load)
+    rows = [
+        Row(f"first use: {total} `tunestep check` at once on a new workspace",
+            f"{burst.ok}/{total} reports", "(every one)", "-", "no failure",
+            _met(not burst.failures)),
+        Row(f"MCP calls/s held, {load.seconds:.0f} s of mixed load (stdio + 2 HTTP sessions, "
+            f"2 CLI loops, a local job; {load.calls} calls, {len(load.unnamed)} unnamed errors)",
+            f"{held:.2f} calls/s", f"{one:.2f} calls/s, same tools one at a time",
+            f"{held / one:.2f}x" if one else "-", "every call named, job succeeded",
+            _met(not load.unnamed and load.job_status == "succeeded")),
+    ]
+    for kind, tool in (("check", "check_batch"), ("status", "job_status")):
+        under, base = load.latencies.get(kind, []), load.baseline.get(kind, [])
+        if under and base:
+            p_under, p_base = bench_load.p95(under), bench_load.p95(base)
+            rows.append(Row(f"{tool} p95 under that load, MCP ({len(under)} calls)",
+                            _ms(p_under), f"{_ms(p_base)} one at a time ({len(base)} calls)",
+                            f"{p_under / p_base:.1f}x", "(reference)", "-"))
+    return rows
+
+
 BENCHMARKS: list[tuple[str, Callable]] = [
     ("server", server_rows), ("inspector", inspector_rows), ("preprocess", preprocess_rows),
-    ("job", job_rows)]
+    ("job", job_rows), ("load", load_rows)]
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -252,6 +280,10 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=50, help="steps for the growth run")
     parser.add_argument("--eval-rows", type=int, default=64,
                         help="hold-out rows for the job's generation rows/s")
+    parser.add_argument("--load-seconds", type=float, default=60.0,
+                        help="mixed load duration (issue 22: about a minute)")
+    parser.add_argument("--load-processes", type=int, default=20,
+                        help="tunestep check processes of first use at once")
     parser.add_argument("--only", choices=[name for name, _ in BENCHMARKS], action="append",
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--section", choices=[name for name, _ in BENCHMARKS],

@@ -35,6 +35,7 @@ SCRIPT_NAME = JOB_SCRIPT  # copied into the job folder with the other JOB_FILES
 # Variables a local job never needs; the token is passed on only when the job pushes.
 JOB_ID_ENV = "TUNESTEP_JOB_ID"
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "TUNESTEP_OPERATOR_PASSPHRASE")
+RECORD_ATTEMPTS = 20  # each waits ledger.wait_s() (30 s) for the ledger
 
 
 def job_dir(ws: Workspace, job_id: str) -> Path:
@@ -178,7 +179,13 @@ def supervise(root: str, job_id: str) -> int:
         result = {**result, **stop.note(left)}
         print(f"tunestep: {result['note']}", flush=True)
     status = "cancelled" if stop.signal_name else ("succeeded" if code == 0 else "failed")
-    record_outcome(ws, job_id, status, code, result)
+    for attempt in range(RECORD_ATTEMPTS):  # the result must land: a busy ledger is waited
+        try:                                # out, not left for job_status to call "lost"
+            record_outcome(ws, job_id, status, code, result)
+            break
+        except ledger.LedgerBusy:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
     return code
 
 
@@ -286,6 +293,7 @@ def step_outcome(result: dict) -> tuple[str | None, str | None, str | None, bool
 
 def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     from tunestep.tools.chain import record_version
+    from tunestep.tools.version_files import made_files
 
     draft = conn.execute("SELECT digest, payload FROM drafts WHERE draft_id = ?",
                          (draft_id,)).fetchone()
@@ -317,7 +325,7 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
         record_version(conn, store=config["outputs"]["model_store"], version=version,
                        step=config["step"], batch=config["batch"], job_id=job_id,
                        source="job", hub_model_id=model_id, hub_revision=revision,
-                       promoted=promoted)
+                       promoted=promoted, files=made_files(result))
     ledger.audit(conn, "step.record", config["batch"],
                  detail={"step": config["step"], "job_id": job_id,
                          "model_path": result.get("model_path"), "hub_revision": revision,

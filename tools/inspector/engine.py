@@ -29,7 +29,14 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.inspector import formats
 from tunestep.tools.inspector.findings import Findings
 from tunestep.tools.inspector.formats import RowProblem, classify, convert
-from tunestep.tools.inspector.leakage import GRAM, HoldoutIndex, OverlapHits
+from tunestep.tools.inspector.leakage import (
+    GRAM,
+    NEAR_LISTED,
+    HoldoutIndex,
+    OverlapHits,
+    normalize_prompt,
+    prompt_text,
+)
 from tunestep.tools.inspector.reader import (
     BOM,
     ReadIssue,
@@ -175,6 +182,10 @@ class Engine:
         self.lines = array("I")
         self.file_starts: list[int] = []
         self.overlaps = OverlapHits()
+        # (file index, line, hold-out line, containment): the first NEAR_LISTED near
+        # matches (the findings count every one)
+        self.near_matches: list[tuple[int, int, int, float]] = []
+        self.near_match_rows = 0
         self.drops: dict[tuple[int, int], str] = {}  # mode "map": rows the writer skips
         self.holdout_exact = 0
         self.done_before = 0  # rows of the files already scanned
@@ -517,23 +528,35 @@ class Engine:
 
     def _leak(self, state: FileState, line: int, sid: int, roles: tuple,
               contents: tuple) -> bool:
-        """Hold-out checks; True when the row is an exact copy (and so rejected)."""
+        """Hold-out checks on the prompt; True when it is a hold-out prompt (rejected)."""
         holdout = self.holdout
-        users = self._users[sid]
-        text = contents[users[0]] if len(users) == 1 else "\n".join(
-            contents[i] for i in users)
-        words = text.lower().split()
-        copy = holdout.exact(words, roles, contents)
+        words, joined = normalize_prompt(prompt_text(roles, contents, self._users[sid]))
+        copy = holdout.exact(joined)
         if copy is not None:
             self.holdout_exact += 1
-            self._reject(state, line, [("holdout_duplicate", f"the same conversation as "
-                                        f"hold-out line {copy} ({holdout.path}), ignoring "
-                                        "case and whitespace")])
+            self._reject(state, line, [("holdout_duplicate", f"the same prompt as hold-out "
+                                        f"row {holdout.path}:{copy} (compared after Unicode "
+                                        "NFKC, case, whitespace, zero-width and control "
+                                        "characters folded; system prompt and answer "
+                                        "left out)")])
             return True
         if len(words) >= GRAM:
-            for gram, held_line, start in holdout.overlaps(words):
-                self.overlaps.add(gram, (state.index, line, held_line,
-                                         " ".join(words[start:start + GRAM])))
+            found = holdout.overlaps(words)
+            near = holdout.nearest(found) if found else None
+            if near is not None:  # no batch-boilerplate rule: reported at once
+                self.near_match_rows += 1
+                if len(self.near_matches) < NEAR_LISTED:
+                    self.near_matches.append((state.index, line, near.line,
+                                              near.containment))
+                self.findings.add(state.index, line, "holdout_near_match",
+                                  f"the prompt holds {near.containment:.0%} of the "
+                                  "distinctive 8-word sequences of hold-out row "
+                                  f"{holdout.path}:{near.line} (a near match from 50 %): "
+                                  "the gate would measure a question the model trained on")
+            else:
+                for gram, held_line, start in found:
+                    self.overlaps.add(gram, (state.index, line, held_line,
+                                             " ".join(words[start:start + GRAM])))
         return False
 
     def _no_grade(self, state: FileState, line: int) -> None:
@@ -622,6 +645,7 @@ class Engine:
 
     def resolve_overlaps(self) -> tuple[int, int]:
         """holdout_overlap warnings, one per row; (rows, boilerplate grams ignored)."""
+        path = self.holdout.path
         rows = sum(state.accepted for state in self.files)
         hits, ignored = self.overlaps.leaks(rows)
         first: dict[tuple[int, int], tuple] = {}
@@ -629,7 +653,6 @@ class Engine:
             first.setdefault((index, line), (held_line, words))
         for (index, line), (held_line, words) in sorted(first.items()):
             self.findings.add(index, line, "holdout_overlap",
-                              f"the user turn shares the 8-word sequence \"{words}\" with "
-                              f"hold-out line {held_line} ({self.holdout.path})")
+                              f"the prompt shares the 8-word sequence \"{words}\" with "
+                              f"hold-out row {path}:{held_line}")
         return len(first), ignored
-

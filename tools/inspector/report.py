@@ -19,7 +19,7 @@ from tunestep.tools.hashing import sha256_json
 from tunestep.tools.inspector.spec import MappingSpec
 from tunestep.tools.next_step import NextAction
 
-INSPECTOR_VERSION = "4"  # bump when a rule changes what a report says
+INSPECTOR_VERSION = "5"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path
 
 Status = Literal["READY", "NEEDS_MAPPING", "INVALID"]
@@ -96,10 +96,22 @@ class Duplicates(BaseModel):
     compared_with: list[str]
 
 
+class NearMatchRow(BaseModel):
+    """An inspected row whose prompt holds most of a hold-out prompt (leakage.py)."""
+
+    file: str
+    line: int
+    holdout_line: int
+    containment: float  # share of the hold-out prompt's distinctive 8-grams it holds
+
+
 class Leakage(BaseModel):
     holdout: str | None
     checked: bool
-    exact: int = 0
+    exact: int = 0  # rows whose prompt is a hold-out prompt (errors)
+    near_match_rows: int = 0  # rows at or above near_match_threshold (warnings)
+    near_match_threshold: float = 0.5
+    near_matches: list[NearMatchRow] = Field(default_factory=list)  # the first 100
     overlap_rows: int = 0
     ignored_boilerplate_grams: int = 0
     note: str | None = None

@@ -63,9 +63,11 @@ RULES: dict[str, tuple[str, str]] = {
     "duplicate_in_batch": (ERROR, "the same conversation as an earlier row of this input"),
     "duplicate_of_earlier": (ERROR, "the same conversation as a row of the base train set "
                                     "or of an earlier batch"),
-    "holdout_duplicate": (ERROR, "the same conversation as a hold-out row (case and "
-                                 "whitespace ignored)"),
-    "holdout_overlap": (WARNING, "the user turn shares an 8-word sequence with a hold-out row"),
+    "holdout_duplicate": (ERROR, "the same prompt as a hold-out row (Unicode NFKC, case, "
+                                 "whitespace, zero-width and control characters folded)"),
+    "holdout_near_match": (WARNING, "the prompt holds half or more of a hold-out prompt's "
+                                    "distinctive 8-word sequences"),
+    "holdout_overlap": (WARNING, "the prompt shares an 8-word sequence with a hold-out row"),
     "grade_unparseable": (WARNING, "the plan's grade pattern finds no grade in the answer"),
     # with tokens=True
     # A warning: whether a row is too long depends on max_length and data.overlong (the

@@ -26,6 +26,7 @@ from tunestep.tools.inspector.report import (
     Duplicates,
     InspectionReport,
     Leakage,
+    NearMatchRow,
     OverlongRow,
     TokenStats,
     cache_key,
@@ -40,6 +41,7 @@ from tunestep.tools.workspace import Workspace
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder
 HUB_PREFIX = "hf://datasets/"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+MAX_LISTED = 100_000  # max_errors: the most findings a report lists (all are counted)
 
 
 @dataclass
@@ -61,6 +63,9 @@ def run_inspector(ws: Workspace, path: str, tokens: bool = False, max_errors: in
     ``tokens`` every row is tokenized with the plan model's tokenizer and chat template.
     ``progress(done_rows, total_or_None, message)`` is called every few thousand rows.
     """
+    if not 0 <= max_errors <= MAX_LISTED:
+        raise TunestepError("bad_argument", f"max_errors must be between 0 and "
+                            f"{MAX_LISTED:,} (every finding is counted either way)")
     plan = load_plan(ws).plan
     if path.startswith(HUB_PREFIX):
         return _inspect_hub(ws, plan, path, tokens, max_errors, progress)
@@ -131,7 +136,7 @@ def _cache_lookup(ws: Workspace, key: str) -> InspectionReport | None:
     try:
         with ledger.open_ledger(ws) as conn:
             return cached_report(conn, key)
-    except (sqlite3.Error, OSError):  # no usable ledger: inspect without the cache
+    except (sqlite3.Error, OSError, ledger.LedgerBusy):  # no usable ledger: no cache
         return None
 
 
@@ -139,7 +144,7 @@ def _cache_store(ws: Workspace, key: str, report: InspectionReport) -> None:
     try:
         with ledger.open_ledger(ws) as conn:
             store_report(conn, key, report)
-    except (sqlite3.Error, OSError):
+    except (sqlite3.Error, OSError, ledger.LedgerBusy):
         pass  # the cache is an optimisation; the report stands without it
 
 
@@ -261,8 +266,14 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
                                [s.shown for s in sources]) if tokens else None
     stats = engine.stats.summary(token_stats)
     listed, truncated = engine.findings.listed([s.shown for s in sources] or [shown])
+    names = [s.shown for s in sources]
+    near = [NearMatchRow(file=names[i], line=line, holdout_line=held,
+                         containment=round(share, 3))
+            for i, line, held, share in engine.near_matches]
     leak = Leakage(holdout=context.holdout[1] if context.holdout else None,
                    checked=holdout_index is not None, exact=engine.holdout_exact,
+                   near_match_rows=engine.near_match_rows,
+                   near_match_threshold=leakage.NEAR_MATCH, near_matches=near,
                    overlap_rows=overlap_rows, ignored_boilerplate_grams=ignored +
                    (holdout_index.ignored_grams if holdout_index else 0),
                    note=(holdout_index.note if holdout_index else context.holdout_note))
@@ -351,10 +362,16 @@ def _next_actions(report: InspectionReport, plan: Plan, spec_note: str | None,
                                        f"data.overlong ({plan.data.overlong}); or raise "
                                        "training.max_length in the plan, or shorten those "
                                        "rows"))
-    if report.counts.get("holdout_overlap"):
-        actions.append(NextAction(note="review the rows marked holdout_overlap: they share "
-                                       "wording with the hold-out set, which would inflate "
-                                       "validation scores"))
+    if report.counts.get("holdout_duplicate"):
+        actions.append(NextAction(note="remove the rows marked holdout_duplicate from the "
+                                       "training data (never edit the hold-out set): their "
+                                       "prompt is a hold-out prompt, so the gate would "
+                                       "measure questions the model trained on"))
+    if report.counts.get("holdout_near_match") or report.counts.get("holdout_overlap"):
+        actions.append(NextAction(note="review the rows marked holdout_near_match or "
+                                       "holdout_overlap: they share wording with the "
+                                       "hold-out set, which would inflate validation "
+                                       "scores; a draft lists near matches as warnings"))
     if report.truncated:
         actions.append(NextAction(tool="run_inspector", args={"path": report.path,
                                                               "max_errors": 1000},

@@ -48,6 +48,7 @@ BATCH = 512
 VERIFY_EVERY = 997  # assembled rows compared with Jinja: the 1st, then every 997th
 _loaded: OrderedDict[str, Any] = OrderedDict()
 _lock = threading.Lock()
+_load_lock = threading.Lock()
 
 
 def cache_root() -> Path:
@@ -125,14 +126,18 @@ def _hub_cache_file(model: str) -> str | None:
 def load_tokenizer(ws: Workspace, model: str):
     """(tokenizer, identity), cached per process by identity."""
     identity = tokenizer_identity(ws, model)
-    with _lock:
-        if identity in _loaded:
-            return _loaded[identity], identity
-    tokenizer = _load(ws, model)
-    with _lock:
-        _loaded[identity] = tokenizer
-        while len(_loaded) > 4:
-            _loaded.popitem(last=False)
+    # One load at a time: the MCP server runs tool calls in threads, and two of them
+    # importing transformers at once fail ("cannot import name 'AutoTokenizer'": its lazy
+    # module is not thread-safe on first use); the second then finds the first's tokenizer.
+    with _load_lock:
+        with _lock:
+            if identity in _loaded:
+                return _loaded[identity], identity
+        tokenizer = _load(ws, model)
+        with _lock:
+            _loaded[identity] = tokenizer
+            while len(_loaded) > 4:
+                _loaded.popitem(last=False)
     return tokenizer, identity
 
 

@@ -27,6 +27,25 @@ def commit_version(staging: Path, store: Path, name: str) -> Path:
     return final
 
 
+def version_manifest(folder: Path) -> list[list]:
+    """``[[path, sha256, size], ...]`` of the finished version (epoch checkpoints left out):
+    reported in the job's result, the host records it in the ledger as the version's
+    evidence (tools/version_files.py checks every later read against it)."""
+    import hashlib
+
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if rel.parts[0] == "checkpoints" or path.is_symlink() or not path.is_file():
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out.append([rel.as_posix(), digest.hexdigest(), path.stat().st_size])
+    return out
+
+
 def move_latest(store: Path, name: str) -> None:
     """Point <store>/latest at versions/<name>: new link under a temp name, then rename over."""
     latest = store / "latest"

@@ -540,6 +540,8 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     result["output_repo"] = job_store.push_outputs(paths, result, log)
 
     state["committed"] = True  # from here a SIGTERM no longer unwinds the step
+    # The version's evidence: its files' sha256 and sizes, recorded in the ledger (issue 17).
+    result["version_files"] = job_store.version_manifest(staging)
     job_store.commit_version(staging, paths.store, paths.version_name)
     if promotion["promoted"]:
         job_store.move_latest(paths.store, paths.version_name)

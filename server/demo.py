@@ -23,8 +23,10 @@ DEMO_PASSPHRASE = b"demo-only-passphrase"
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.server.screen import screen
     from tunestep.tools.approval import load_trusted_keys
 
+    console = screen(console)  # every line wrapped between words at the width
     fresh = getattr(args, "fresh", None)
     base = _fresh_folder(Path(fresh or args.path))
     console.rule("[bold]tunestep demo" + (" --fresh" if fresh else ""))
@@ -103,14 +105,17 @@ def next_commands(base: Path, workspace: Path, key) -> list[tuple[str, str]]:
 
 
 def _what_next(console: Console, base: Path, workspace: Path, key) -> None:
+    from tunestep.server.screen import screen, token
+
+    out = screen(console)
     console.rule("[bold]what next")
-    console.print(f"workspace  {workspace}", soft_wrap=True)
+    out.print(f"workspace  {token(workspace)}")
     if tunestep_command() != "tunestep":
-        console.print("(put `tunestep` on your PATH with `source .venv/bin/activate` in the "
-                      "repository, or type the path as below)", soft_wrap=True)
+        out.print("(put `tunestep` on your PATH with `source .venv/bin/activate` in the "
+                  "repository, or type the path as below)")
     for what, line in next_commands(base, workspace, key):
-        console.print(f"[bold]{what}[/]")
-        console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
+        out.print(f"[bold]{what}[/]")
+        out.command(line)  # long ones go on after a shell `\`: they still paste and run
 
 
 def _fresh_folder(path: Path) -> Path:
@@ -163,7 +168,7 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
                   f"~{est.minutes:g} min, ${est.usd:.2f}")
     console.print(f"  run plan: {ws.root / draft.run_plan}")
     shown = draft.approve_command.replace("tunestep", tunestep_command(), 1)
-    console.print(f"[magenta]operator[/] {shown} --yes", soft_wrap=True)
+    console.print(f"[magenta]operator[/] {shown} --yes")
     reviewed = review_draft(ws, draft.draft_id)
     grant = sign_draft(ws, reviewed, name="demo-operator", key_path=key_path,
                        passphrase=DEMO_PASSPHRASE, ttl="15m")
@@ -183,7 +188,7 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
     console.print(f"  eval loss {_num(result.get('eval_loss_before'))} -> "
                   f"{_num(result.get('final_eval_loss'))}, grade exact "
                   f"{_num(before.get('grade_exact'))} -> {_num(after.get('grade_exact'))}, "
-                  f"model {result.get('model_path')}", soft_wrap=True)
+                  f"model {result.get('model_path')}")
     return status.status
 
 
@@ -197,7 +202,8 @@ def _wait(console: Console, ws, job_id: str):
 
     columns = [TextColumn("  training"), BarColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=getattr(console, "console", console),
+                  transient=True) as bar:
         task = bar.add_task("starting", total=None)
 
         def on_poll(status) -> None:

@@ -40,8 +40,10 @@ def test_demo_fresh_prints_next_commands_that_work_in_a_new_shell(tmp_path):
     out = made.stdout
     assert f"workspace  {tmp_path / 'demo' / 'workspace'}" in out
     assert "shards" not in made.stderr and "\x1b" not in out  # no progress bars
-    commands = [line[2:] for line in out.splitlines() if line.startswith("  ")]
+    joined = re.sub(r" \\\n\s*", " ", out.split("what next", 1)[1])  # shell continuations
+    commands = [line[2:] for line in joined.splitlines() if line.startswith("  ")]
     assert len(commands) == 7, out
+    assert all(len(line) <= 80 or " " not in line.strip() for line in out.splitlines())
     # The program as a new shell reaches it: an absolute path, since PATH has no venv.
     program = str(Path(sys.executable).parent / "tunestep")
     assert all(program in c for c in commands)

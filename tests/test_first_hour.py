@@ -38,7 +38,7 @@ def test_demo_fresh_prints_next_commands_that_work_in_a_new_shell(tmp_path):
                  env, elsewhere)
     assert made.returncode == 0, made.stdout + made.stderr
     out = made.stdout
-    assert f"workspace  {tmp_path / 'demo' / 'workspace'}" in out
+    assert f"workspace {tmp_path / 'demo' / 'workspace'}" in " ".join(out.split())
     assert "shards" not in made.stderr and "\x1b" not in out  # no progress bars
     joined = re.sub(r" \\\n\s*", " ", out.split("what next", 1)[1])  # shell continuations
     commands = [line[2:] for line in joined.splitlines() if line.startswith("  ")]

@@ -41,7 +41,8 @@ def test_demo_fresh_prints_next_commands_that_work_in_a_new_shell(tmp_path):
     assert f"workspace {tmp_path / 'demo' / 'workspace'}" in " ".join(out.split())
     assert "shards" not in made.stderr and "\x1b" not in out  # no progress bars
     joined = re.sub(r" \\\n\s*", " ", out.split("what next", 1)[1])  # shell continuations
-    commands = [line[2:] for line in joined.splitlines() if line.startswith("  ")]
+    commands = [line.strip() for line in joined.splitlines()
+                if line.startswith("  ") and "bin/tunestep " in line]
     assert len(commands) == 7, out
     assert all(len(line) <= 80 or " " not in line.strip() for line in out.splitlines())
     # The program as a new shell reaches it: an absolute path, since PATH has no venv.
@@ -194,9 +195,9 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
                      "log_path) VALUES ('job-000000000001', ?, 'local', 'failed', 0, ?)",
                      (draft.draft_id, sample_ws.relative(log)))
     ws = str(sample_ws.root)
-    assert cli(["logs", "job-000000000001", "-w", ws]) == 0
-    out = capsys.readouterr()
-    assert out.out.splitlines() == [
+    from tunestep.tools.job_control import job_logs
+
+    assert job_logs(sample_ws, "job-000000000001", 50).lines == [
         "2026-12-06T04:12:04Z [step 0001_batch_100_01] start: draft=draft-x step=1",
         "2026-12-06T04:12:20Z [step 0001_batch_100_01] log {\"loss\": 2.756592, \"epoch\": 1.0}",
         "2026-12-06T04:12:21Z [step 0001_batch_100_01] saving the model",
@@ -206,6 +207,10 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
         "OSError: [Errno 28] No space left on device",
         "tunestep: stopped by SIGINT (Ctrl-C, or kill -INT PID)",
     ]
+    assert cli(["logs", "job-000000000001", "-w", ws]) == 0
+    out = capsys.readouterr()
+    assert "OSError: [Errno 28] No space left on device" in out.out
+    assert "\x1b" not in out.out and "TUNESTEP_RESULT" not in out.out
     assert "9 line(s)" in out.err and "--raw" in out.err
     assert cli(["logs", "job-000000000001", "-w", ws, "--tail", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("tunestep: stopped")
@@ -289,28 +294,35 @@ def test_screens_to_a_pipe_carry_no_trailing_spaces_and_files_get_the_usual_mode
 
 def test_a_full_step_after_lora_names_the_commands_that_get_on(tmp_path, tiny_model_dir,
                                                                 capsys):
-    from chain_helpers import fake_local_version, local_base_workspace
+    """Step 1 full, step 2 LoRA (recorded as the local jobs leave them, without
+    training): a full step 3 is refused with the commands that get the user on."""
+    from chain_helpers import fake_local_version, local_base_workspace, record_job_end
+    from test_lineage import local_result, map_batch
 
     from tunestep.tools.draft import DraftRequest, draft_job
     from tunestep.tools.errors import TunestepError
-    from tunestep.tools.inspector import run_inspector
 
-    ws = local_base_workspace(tmp_path, tiny_model_dir)
+    ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=40, holdout_rows=10)
     store = ws.resolve_model_store("models/qwen3_webdev")
+    first = draft_job(ws, DraftRequest(batch="batch_100_01"))
     fake_local_version(ws, store / "versions/0000_base", "0001_batch_100_01")
+    record_job_end(ws, first.draft_id, "local", local_result(ws, first))
+    map_batch(ws, "batch_100_02")
+    second = draft_job(ws, DraftRequest(batch="batch_100_02", mode="lora"))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps(
         {"base_model_name_or_path": str(store / "versions/0001_batch_100_01"),
          "peft_type": "LORA"}))
     fake_local_version(ws, adapter, "0002_batch_100_02")
-    run_inspector(ws, "datasets/incremental/batch_100_01")
+    record_job_end(ws, second.draft_id, "local", local_result(ws, second))
+    map_batch(ws, "batch_100_03")
     with pytest.raises(TunestepError) as err:
-        draft_job(ws, DraftRequest(batch="batch_100_01", mode="full"))
-    assert err.value.code == "checkpoint_mode_mismatch"
+        draft_job(ws, DraftRequest(batch="batch_100_03", mode="full"))
+    assert err.value.code == "checkpoint_mode_mismatch", err.value.message
     said = err.value.message
     assert "0002_batch_100_02" in said and "tunestep draft --mode lora" in said
     assert "tunestep promote 0001_batch_100_01" in said
-    assert cli(["draft", "batch_100_01", "--mode", "full", "-w", str(ws.root)]) == 1
+    assert cli(["draft", "batch_100_03", "--mode", "full", "-w", str(ws.root)]) == 1
     err_text = " ".join(capsys.readouterr().err.split())
-    assert "next: tunestep draft --mode lora" in err_text
+    assert "tunestep draft --mode lora" in err_text

@@ -114,7 +114,7 @@ def test_a_manual_promote_and_rollback_steer_the_next_local_draft(two_local_step
 
 
 def test_after_a_rollback_with_no_new_batch_check_offers_the_retraining(
-        tmp_path, tiny_model_dir, operator, capsys):
+        tmp_path, tiny_model_dir, operator, capsys, monkeypatch):
     """Both batches trained and promoted, then rolled back to step 1: not "nothing left to
     train" but the rolled-back batch, by its name, with the draft command that retrains it."""
     from tunestep.server.cli import main as cli
@@ -137,6 +137,8 @@ def test_after_a_rollback_with_no_new_batch_check_offers_the_retraining(
     assert report.last_step.rolled_back and not report.last_step.promoted
     assert report.next_steps[0].tool == "draft_job"
     assert report.next_steps[0].args == {"batch": "batch_100_02"}
+    # The CLI checks the signed rollback with the operator's public key, as promote does.
+    monkeypatch.setenv("TUNESTEP_OPERATOR_KEYS", str(operator.info.public_key_path))
     assert cli(["check", "-w", str(ws.root)]) == 1  # no new batch: a step waits on a choice
     out = " ".join(capsys.readouterr().out.split())
     assert "NOTHING LEFT" not in out and "not promoted" not in out.lower()

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
+from mcp.server.apps import Apps
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, WithJsonSchema
 
+from tunestep.server import cards
 from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import draft as drafts
 from tunestep.tools import inspector, job_control, merge, model_sync, preflight, promotion, submit
@@ -36,7 +38,9 @@ tunestep prepares one incremental fine-tuning step at a time. Work in this order
 check_batch (preflight) -> run_inspector -> apply_mapping when the status is
 NEEDS_MAPPING -> draft_job. Then STOP: only the human operator can approve a draft, by
 running `tunestep approve DRAFT_ID` in their own terminal and pasting the token to you.
-Never claim an approval you were not given; submit_job refuses anything else."""
+Never claim an approval you were not given; submit_job refuses anything else. While a job
+runs, job_status says when to ask again (ask_again_after_s); pass wait_s to wait in one
+call instead of asking in a loop."""
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                             idempotent_hint=True, open_world_hint=False)
@@ -53,6 +57,23 @@ MOVES_LATEST = ToolAnnotations(read_only_hint=False, destructive_hint=True,
                                idempotent_hint=False, open_world_hint=False)
 REMOTE_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                               idempotent_hint=True, open_world_hint=True)
+# Claude hosts ask the person before every call of a tool carrying this, even in modes
+# that skip permission prompts (.specs/mcp_surface.md says which hosts honour it). The
+# operator's signed token stays the real gate; this keeps a person in the loop in chat.
+ASK_THE_PERSON = {"anthropic/requiresUserInteraction": True}
+# job_status(wait_s=...) polls at most this long in one call: under the common 60 s
+# client request timeouts.
+MAX_WAIT_S = 50
+
+
+# What a result adds when the client renders MCP Apps (cards.offer); the rest of the text is
+# the same for every client.
+REVIEW_OFFERED = ("The operator sees this draft as stored in tunestep's review card, with the "
+                  "approve command and a copy button. Still give them the approve_command; "
+                  "only their terminal can approve.")
+RESULTS_OFFERED = ("The operator sees this step's results card: the gate's decision, the "
+                   "metrics with intervals and the progression of steps.")
+RUNNING_OFFERED = "The operator sees this job's progress in tunestep's results card."
 
 
 def _inline_schema(model: type[BaseModel]) -> dict:
@@ -111,14 +132,28 @@ async def run_with_progress(ctx: Context | None, fn: Callable[..., T], /, **kwar
     return await anyio.to_thread.run_sync(call)
 
 
-def tool(server: MCPServer, title: str, annotations: ToolAnnotations) -> Callable:
+def tool(server: MCPServer, title: str, annotations: ToolAnnotations,
+         meta: dict[str, Any] | None = None) -> Callable:
     """Register a domain-calling function as a tool: docstring as description, errors mapped."""
 
     def register(fn: Callable[..., T]) -> Callable[..., T]:
         # Async tools map their errors inside run_with_progress, in the worker thread.
         wrapped = fn if inspect.iscoroutinefunction(fn) else tool_errors(fn)
-        server.add_tool(wrapped, title=title, annotations=annotations,
+        server.add_tool(wrapped, title=title, annotations=annotations, meta=meta,
                         description=inspect.cleandoc(fn.__doc__ or ""))
+        return fn
+
+    return register
+
+
+def card_tool(apps: Apps, resource_uri: str, title: str,
+              annotations: ToolAnnotations) -> Callable:
+    """Like ``tool``, for a tool whose result a card renders (``_meta.ui.resourceUri``)."""
+
+    def register(fn: Callable[..., T]) -> Callable[..., T]:
+        wrapped = fn if inspect.iscoroutinefunction(fn) else tool_errors(fn)
+        apps.tool(resource_uri=resource_uri, title=title, annotations=annotations,
+                  description=inspect.cleandoc(fn.__doc__ or ""))(wrapped)
         return fn
 
     return register
@@ -136,8 +171,6 @@ def error_code(result: Any) -> str | None:
 def build_server(config: ServerConfig | None = None) -> MCPServer:
     """The tunestep MCP server for one workspace."""
     config = config or ServerConfig()
-    server = MCPServer(name="tunestep", title="tunestep", instructions=INSTRUCTIONS,
-                       version=_version())
 
     # Read once, now: a key file replaced under the running server is never trusted.
     pinned = _pin_keys(config) if config.operator_keys else {}
@@ -146,6 +179,78 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         # Every tool reads the ledger's line with the pinned keys (signed promotions).
         bind_trusted(pinned)
         return find_workspace(config.workspace)
+
+    # The Apps extension is applied when the server is made: the card-bound tools are
+    # declared on it first.
+    apps = cards.build_apps(workspace, tool_errors)
+
+    @card_tool(apps, cards.REVIEW_URI, "Draft a training job", WRITES_DERIVED)
+    def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,
+                  backend: Literal["local", "hf-jobs"] = "local", flavor: str | None = None,
+                  timeout: str | None = None,
+                  overrides: dict[str, float | int | str] | None = None,
+                  kind: Literal["train", "inspect"] = "train",
+                  ctx: Context | None = None) -> Annotated[CallToolResult, drafts.JobDraft]:
+        """Prepare the complete job for a batch; it does NOT start anything.
+
+        Returns the job payload (model, resume point, datasets with sha256,
+        hyperparameters, LoRA settings, outputs; for hf-jobs the exact submission with
+        secrets by name), its digest and draft_id, a time and cost estimate with
+        warnings, and writes the human-readable run plan. The same inputs give the same
+        draft_id. Next: show the operator the summary and the `approve_command`; only the
+        operator can approve, in their own terminal. Never claim an approval.
+
+        `kind="inspect"` drafts the inspector as a Hugging Face Job instead (backend
+        "hf-jobs" only; flavor cpu-basic and timeout 15m by default; no mode or
+        overrides): it costs money, so it is approved like training. Locally,
+        run_inspector is free and needs no draft.
+        """
+        request = drafts.DraftRequest(kind=kind, batch=batch, mode=mode, backend=backend,
+                                      flavor=flavor, timeout=timeout,
+                                      overrides=overrides or {})
+        return cards.offer(ctx, drafts.draft_job(workspace(), request), REVIEW_OFFERED)
+
+    # Not read-only: a finished job's outputs are fetched and its model brought home.
+    @card_tool(apps, cards.RESULTS_URI, "Job status", FETCHES_MODEL)
+    async def job_status(job_id: str, wait_s: int = 0,
+                         ctx: Context | None = None
+                         ) -> Annotated[CallToolResult, job_control.JobStatus]:
+        """Where a job is now (running, succeeded, failed, cancelled, lost), with its result.
+
+        A running job's `progress` (stage, epoch, hold-out rows evaluated, from the job's
+        own output) and `ask_again_after_s`: asking sooner gets the same answer (an
+        hf-jobs job's Hub status is asked at most every 10 s). `wait_s` (0-50) waits in
+        this call until the job ends or that many seconds pass, sending progress
+        notifications meanwhile. When an hf-jobs step has succeeded, its reports are
+        merged into the workspace and the model it pushed is downloaded into the local
+        model store (as `sync_model`).
+        """
+        def check(progress) -> job_control.JobStatus:
+            if not 0 <= wait_s <= MAX_WAIT_S:
+                raise TunestepError("bad_argument", f"wait_s must be between 0 and {MAX_WAIT_S}")
+            ws = workspace()  # here, so workspace_not_found comes back by its code
+            if not wait_s:
+                return job_control.job_status(ws, job_id)
+
+            polls = 0
+
+            def said(status: job_control.JobStatus) -> None:
+                nonlocal polls  # MCP progress must grow with every notification
+                polls += 1
+                p = status.progress
+                stage = p.stage if p and p.stage else status.status
+                epoch = f", epoch {p.epoch:g}" if p and p.epoch is not None else ""
+                progress(polls, None, f"{status.status}: {stage}{epoch}")
+
+            return job_control.wait_for_job(ws, job_id, timeout=wait_s, poll=2.0,
+                                            on_poll=said)
+
+        status = await run_with_progress(ctx, check)
+        finished = status.terminal and status.status == "succeeded"
+        return cards.offer(ctx, status, RESULTS_OFFERED if finished else RUNNING_OFFERED)
+
+    server = MCPServer(name="tunestep", title="tunestep", instructions=INSTRUCTIONS,
+                       version=_version(), extensions=[apps])
 
     def trusted_keys() -> dict:
         from tunestep.tools.approval import ensure_keys_outside_workspace
@@ -238,32 +343,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         return await run_with_progress(ctx, preprocessing.preprocess, ws=workspace(),
                                        batch=batch, max_length=max_length)
 
-    @tool(server, "Draft a training job", WRITES_DERIVED)
-    def draft_job(batch: str | None = None, mode: Literal["full", "lora"] | None = None,
-                  backend: Literal["local", "hf-jobs"] = "local", flavor: str | None = None,
-                  timeout: str | None = None,
-                  overrides: dict[str, float | int | str] | None = None,
-                  kind: Literal["train", "inspect"] = "train") -> drafts.JobDraft:
-        """Prepare the complete job for a batch; it does NOT start anything.
-
-        Returns the job payload (model, resume point, datasets with sha256,
-        hyperparameters, LoRA settings, outputs; for hf-jobs the exact submission with
-        secrets by name), its digest and draft_id, a time and cost estimate with
-        warnings, and writes the human-readable run plan. The same inputs give the same
-        draft_id. Next: show the operator the summary and the `approve_command`; only the
-        operator can approve, in their own terminal. Never claim an approval.
-
-        `kind="inspect"` drafts the inspector as a Hugging Face Job instead (backend
-        "hf-jobs" only; flavor cpu-basic and timeout 15m by default; no mode or
-        overrides): it costs money, so it is approved like training. Locally,
-        run_inspector is free and needs no draft.
-        """
-        request = drafts.DraftRequest(kind=kind, batch=batch, mode=mode, backend=backend,
-                                      flavor=flavor, timeout=timeout,
-                                      overrides=overrides or {})
-        return drafts.draft_job(workspace(), request)
-
-    @tool(server, "Submit an approved job", STARTS_JOB)
+    @tool(server, "Submit an approved job", STARTS_JOB, meta=ASK_THE_PERSON)
     def submit_job(draft_id: str, approval_token: str) -> submit.JobHandle:
         """Start the job of a draft the operator approved; refuses anything else.
 
@@ -274,7 +354,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         """
         return submit.submit_job(workspace(), draft_id, approval_token, trusted_keys())
 
-    @tool(server, "Promote or roll back a model version", MOVES_LATEST)
+    @tool(server, "Promote or roll back a model version", MOVES_LATEST, meta=ASK_THE_PERSON)
     def promote_version(version: str,
                         approval_token: str | None = None) -> promotion.PromotionOutcome:
         """Make a recorded model version the store's `latest` (promote, or roll back).
@@ -288,16 +368,6 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         swaps `latest` atomically. You cannot move `latest` without that token.
         """
         return promotion.promote(workspace(), version, approval_token, trusted_keys())
-
-    # Not read-only: a finished job's outputs are fetched and its model brought home.
-    @tool(server, "Job status", FETCHES_MODEL)
-    def job_status(job_id: str) -> job_control.JobStatus:
-        """Where a job is now (running, succeeded, failed, cancelled, lost), with its result.
-
-        When an hf-jobs step has succeeded, its reports are merged into the workspace and
-        the model it pushed is downloaded into the local model store (as `sync_model`).
-        """
-        return job_control.job_status(workspace(), job_id)
 
     @tool(server, "Job logs", REMOTE_READ)
     def job_logs(job_id: str, tail: int = 50) -> job_control.JobLogs:

@@ -450,22 +450,27 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 def _progress_lines(ws):
     """While `status --wait` waits: a line on stderr whenever the job's stage or epoch
-    changes (stage, epoch, elapsed), and one a minute when nothing changes."""
+    changes (stage, epoch, elapsed; tools/job_progress.py), and one a minute otherwise."""
     import time
-
-    from tunestep.tools.job_progress import read_progress
 
     last = {"said": None, "at": 0.0}
 
     def on_poll(status) -> None:
         if status.terminal:
             return
-        progress = read_progress(ws, status.job_id) if status.backend == "local" else None
-        said = f"{status.status}: {progress.line()}" if progress else status.status
-        key = said.rsplit(", ", 1)[0] if progress and progress.elapsed_s is not None \
-            else said
+        progress = getattr(status, "progress", None)
+        parts = [status.status]
+        if progress is not None and progress.stage:
+            parts[0] += f": {progress.stage}"
+        if progress is not None and progress.epoch is not None:
+            parts.append(f"epoch {progress.epoch:.3g}" + (f"/{progress.epochs:g}"
+                                                          if progress.epochs else ""))
+        key = ", ".join(parts)
+        if status.started_at:
+            minutes, seconds = divmod(int(time.time() - status.started_at), 60)
+            parts.append(f"{minutes}:{seconds:02d} elapsed")
         if key != last["said"] or time.monotonic() - last["at"] >= 60:
-            print(f"  {said}", file=sys.stderr, flush=True)
+            print(f"  {', '.join(parts)}", file=sys.stderr, flush=True)
             last.update(said=key, at=time.monotonic())
 
     return on_poll
@@ -493,11 +498,8 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
         _show(args, console, logs)
     else:
         from tunestep.server.render import visible_text
-        from tunestep.server.screen import wrap_plain
 
-        # The job's lines, controls made visible, wrapped between words at the width.
-        print("\n".join(part for line in logs.lines
-                         for part in wrap_plain(visible_text(line), console.width)))
+        print("\n".join(visible_text(line) for line in logs.lines))
         if logs.left_out:
             print(f"({logs.left_out} line(s) of progress bars and library output left out; "
                   "--raw shows every line)", file=sys.stderr)

@@ -19,7 +19,7 @@ import shlex
 from rich.console import Console
 
 from tunestep.server.screen import Screen, View, duration, prose, screen, token, w
-from tunestep.tools.review import DraftReview, review
+from tunestep.tools.review import DraftReview, common_folder, review
 
 NO_VIEW = View()
 CONTAINER = "/tunestep/"  # where an HF job's files are mounted (tools/draft.py HF_MOUNT)
@@ -83,8 +83,9 @@ def _where(console: Screen, facts: DraftReview) -> None:
         console.print(f"backend     {w(facts.backend)}, flavor [bold]{token(facts.flavor)}[/], "
                       f"{processes}")
     if facts.timeout_seconds is not None:
-        console.print(f"timeout     [bold]{timeout_text(facts)}[/]: the job is stopped there "
-                      "(the billing cap)")
+        cap = "" if facts.backend == "local" else " (the billing cap)"
+        console.print(f"timeout     [bold]{timeout_text(facts)}[/]: the job is stopped "
+                      f"there{cap}")
     elif facts.backend == "local":
         console.print("timeout     none: a local job runs until it ends or `tunestep cancel` "
                       "stops it")
@@ -206,11 +207,11 @@ def _inputs(console: Screen, facts: DraftReview) -> None:
         else:  # the path alone on the next line: never broken
             console.print(head)
             console.print(f"    {token(f.path)}")
-    if facts.checkpoint and facts.resume is not None:
-        folder = facts.resume.name
-        console.print(f"  checkpoint {len(facts.checkpoint)} files of {token(folder)}:")
+    if facts.checkpoint:
+        folder = common_folder([f.path for f in facts.checkpoint])
+        console.print(f"  checkpoint {len(facts.checkpoint)} files in {token(folder + '/')}")
         for f in facts.checkpoint:
-            console.print(f"    {f.sha256[:16]}  {token(f.path.rsplit('/', 1)[-1])}")
+            console.print(f"    {f.sha256[:16]}  {token(f.path[len(folder) + 1:])}")
 
 
 def _not_signed(console: Screen, draft, facts: DraftReview) -> None:

@@ -15,7 +15,6 @@ what is there, not what an escape sequence or a rich tag makes the screen show.
 
 from __future__ import annotations
 
-import itertools
 import re
 import shlex
 from dataclasses import dataclass
@@ -135,14 +134,6 @@ def wrap_markup(markup: str, width: int, *, style: str = "", hang: int | None = 
                 part = Text(" " * max(0, min(pad, width - part.cell_len))) + part
             lines.append(part)
     return lines
-
-
-def wrap_plain(text: str, width: int, hang: int = 2) -> list[str]:
-    """Plain text (a job's log line, already made visible) as lines of at most ``width``,
-    broken between words only; continuation lines indented by ``hang``."""
-    cuts = [0, *_breaks(text, width, width - hang), len(text)]
-    parts = [text[a:b].rstrip() for a, b in itertools.pairwise(cuts)]
-    return [parts[0], *(" " * max(0, min(hang, width - cell_len(p))) + p for p in parts[1:])]
 
 
 class Screen:

@@ -277,17 +277,21 @@ def test_the_approval_screen_shows_every_signed_path_whole(sample_ws, capsys, mo
     code, _, err = run(capsys, "approve", draft["draft_id"], "-w", ws, "--yes")
     screen = whole(err)
     assert code == 0 and "…" not in err
-    for f in draft["files"]:
-        assert f["path"] in screen and f["sha256"][:16] in screen
+    for f in draft["files"]:  # a checkpoint's files: its folder once, then each name
+        folder, _, name = f["path"].rpartition("/")
+        shown = f"{folder}/ {name}" if f["role"] == "checkpoint" else f["path"]
+        assert f["sha256"][:16] in screen
+        assert (shown in screen or (f["role"] == "checkpoint" and folder in screen
+                                    and f"{f['sha256'][:16]} {name}" in screen)), shown
     assert "precision auto (bf16 where the GPU has it" in screen  # what it will be
     assert "tunestep approve" not in screen
     resume = draft["job_config"]["resume_from"]
     # The resume point by version name, its path whole, and whether its content is signed.
-    assert resume and "resume from version 0001_batch_100_01" in screen and resume in screen
-    if any(f["role"] == "checkpoint" for f in draft["files"]):
+    assert resume and "resume from version 0001_batch_100_01" in screen
+    if any(f["role"] == "checkpoint" for f in draft["files"]):  # pinned by its files
         assert "content sha256" in screen
-    else:
-        assert "its files are not in the signature" in screen
+    else:  # named where it lies, and said to be unsigned
+        assert resume in screen and "its files are not in the signature" in screen
 
 
 def test_an_already_trained_batch_warns_on_the_approval_screen(sample_ws, capsys,
@@ -471,6 +475,8 @@ def _approve_screen(capsys, ws, draft_id: str) -> str:
 
 
 def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, monkeypatch):
+    from tunestep.server.screen import duration
+
     monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
     run(capsys, "operator", "init", "--name", "olly")
     out = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")[1]
@@ -481,7 +487,10 @@ def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, mo
     assert f"digest {draft['digest']}" in signed
     assert f"workspace {sample_ws.root} (the token is bound to it)" in signed
     assert "backend local: this machine, 1 process" in signed
-    assert "timeout none: a local job runs until it ends" in signed
+    limit = draft.get("timeout_seconds")  # the signed manifest's local time limit, if any
+    timeout = "none" if limit is None else duration(limit)
+    assert (f"timeout {timeout}: the job is stopped there" if limit is not None else
+            "timeout none: a local job runs until it ends") in signed
     assert "worst case $0: it runs on this machine" in signed and "secrets none" in signed
     assert f"model {cfg['base_model']}" in signed
     assert "resume from nothing: a fresh start" in signed
@@ -507,7 +516,7 @@ def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, mo
     assert "suggested timeout" not in signed
     # The summary: id, digest, where and how long, the start, the data, the push, workspace.
     assert summary.startswith(f"draft {draft['draft_id']}, step 1 (batch_100_01) digest "
-                              f"{draft['digest']} runs on this machine, timeout none, "
+                              f"{draft['digest']} runs on this machine, timeout {timeout}, "
                               "worst case $0.00 starts from the base model")
     assert "trains on 300 rows in 2 file(s), gates on 40 hold-out rows" in summary
     assert f"pushes to nothing workspace {sample_ws.root}" in summary
@@ -630,3 +639,55 @@ def test_the_summary_is_the_last_block_before_the_question(sample_ws, capsys, mo
     assert labels == ["draft", "digest", "runs", "starts", "trains", "pushes", "workspace"]
     assert asked == [f"Sign {draft['draft_id']} with key olly? [y/N] "]
     assert len(asked[0]) <= 80
+
+
+def test_a_real_hold_out_near_match_is_unmissable_on_the_approval_screen(sample_ws, capsys,
+                                                                         monkeypatch):
+    """A training row that is most of a hold-out prompt, reworded at the end: the draft's
+    own leak check warns, and the approval screen gives it a section and a summary line."""
+    holdout = sample_ws.root / "datasets/processed_webdev_coding/validation.jsonl"
+    row = json.loads(holdout.read_text().splitlines()[0])
+    user = next(m for m in row["messages"] if m["role"] == "user")
+    user["content"] += " Also say which line you would fix first and why it matters."
+    batch = sample_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
+    with batch.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    code, out, err = run(capsys, "draft", "batch_100_01", "-w", str(sample_ws.root), "--json")
+    assert code == 0, err
+    draft = json.loads(out)
+    near = [w for w in draft["warnings"] if w.startswith("holdout near match")]
+    assert near, draft["warnings"]
+    signed, unsigned, summary = _sections(_approve_screen(capsys, sample_ws,
+                                                          draft["draft_id"]))
+    assert f"HOLD-OUT NEAR MATCHES: {len(near)}" in unsigned
+    assert whole(near[0]) in whole(unsigned) and "holdout near match" not in signed
+    assert f"{len(near)} hold-out near match(es): see above" in whole(summary)
+
+
+def test_the_promote_screen_shows_the_version_its_content_and_latest(model_ws, capsys,
+                                                                     monkeypatch):
+    import shutil
+
+    from tunestep.tools.promotion import current_latest, version_identity
+
+    monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
+    run(capsys, "operator", "init", "--name", "olly")
+    store = model_ws.resolve_model_store("models/qwen3_webdev")
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
+    (store / "versions/0001_batch_100_01/extra.txt").write_text("a changed version\n")
+    identity, count = version_identity(store / "versions/0001_batch_100_01")
+    now = current_latest(store)
+    code, _, err = run(capsys, "promote", "0001_batch_100_01", "-w", str(model_ws.root),
+                       "--yes")
+    assert code == 0, err
+    assert all(len(line) <= 80 for line in err.splitlines())
+    screen = whole(err)
+    assert f"version 0001_batch_100_01: {count} files, content sha256 {identity}" in screen
+    assert f"latest becomes 0001_batch_100_01 (now {now}; not signed)" in screen
+    assert f"workspace {model_ws.root} (the token is bound to it)" in screen
+    summary = whole(err.split("\nYou are signing\n")[1])
+    assert summary.startswith("request promote-")
+    assert f"latest {now} -> 0001_batch_100_01 in models/qwen3_webdev" in summary
+    assert f"content sha256 {identity[:16]}, {count} files workspace {model_ws.root}" in summary

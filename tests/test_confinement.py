@@ -161,7 +161,7 @@ BAD_BATCHES: list[tuple[str, str, set[str], Callable | None]] = [
 PATH_TOOLS = {"run_inspector": "path", "apply_mapping": "source"}
 BATCH_TOOLS = ("check_batch", "merge_datasets", "preprocess", "draft_job")
 
-ID_TOOLS = ("job_status", "job_logs", "cancel_job")
+ID_TOOLS = ("job_status", "job_logs", "cancel_job", "results_card")
 BAD_IDS = ["../../../outside/secret.jsonl", f"{OUT}/secret.jsonl", "job-\x00../x",
            "job-\n\x1b[31m", "", "%2e%2e%2f%2e%2e%2foutside", "job-0123456789ab"]
 
@@ -206,6 +206,8 @@ def cases() -> list[Case]:
     for number, value in enumerate(BAD_IDS):
         table.append(Case(f"submit_job-id{number}", "submit_job",
                           {"draft_id": value, "approval_token": "SIGNED"}, {"draft_unknown"}))
+        table.append(Case(f"review_card-id{number}", "review_card", {"draft_id": value},
+                          {"draft_unknown"}))
     return table
 
 

@@ -149,6 +149,7 @@ def test_submit_sends_the_exact_job_spec(api, fake_hub, bundle_sha, caplog):
             "TUNESTEP_OUTPUT_PATH": f"outputs/{DRAFT}",
             "HF_HUB_DOWNLOAD_TIMEOUT": "60",
             "HF_HUB_ETAG_TIMEOUT": "60",
+            "PYTHONSAFEPATH": "1",  # no bundle folder on the job's import path
         },
         "flavor": "a10g-large",
         "timeoutSeconds": 7200,

@@ -203,3 +203,6 @@ def test_a_near_match_reaches_the_draft_as_a_warning(model_ws):
     draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
     near = [w for w in draft.warnings if w.startswith("holdout near match")]
     assert len(near) == 1 and f"{LEAK}:1 " in near[0] and f"{HOLDOUT}:12" in near[0]
+    from tunestep.tools.review import review  # what the approval screen is built from
+
+    assert review(draft, str(model_ws.root)).near_matches == near

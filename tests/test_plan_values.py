@@ -28,6 +28,7 @@ REFUSED = [
     ("gate:\n  max_regression: '5'", "gate.max_regression", "span"),
     ("gate:\n  max_regression: 1", "gate.max_regression", "span"),  # = promote everything
     ("gate:\n  metric: kappa\n  max_regression: -2.5", "gate.max_regression", "span"),
+    ("gate:\n  max_regression: -1.01", "gate.max_regression", "span"),
     ("gate:\n  metric: grade_mae\n  max_regression: 100", "gate.max_regression", "span"),
     ("gate:\n  require_significance: 1", "gate.require_significance", "true or false"),
     ("gate:\n  require_significance: 'yes'", "gate.require_significance", "true or false"),
@@ -83,6 +84,7 @@ def test_a_plan_value_out_of_type_or_range_is_refused_naming_the_key(front, key,
     ("training:\n  num_train_epochs: 2", lambda p: p.training.num_train_epochs == 2),
     ("training:\n  seed: 4294967295", lambda p: p.training.seed == 2**32 - 1),
     ("gate:\n  max_regression: -0.05", lambda p: p.gate.max_regression == -0.05),
+    ("gate:\n  max_regression: -1", lambda p: p.gate.max_regression == -1),  # by hand
     ("gate:\n  metric: grade_mae\n  max_regression: 0.5",
      lambda p: p.gate.max_regression == 0.5),
     ("gate:\n  metric: spearman\n  max_regression: 1.5",

@@ -17,6 +17,7 @@ from conftest import FAKE_TOKEN, Operator
 from tunestep.tools import ledger
 from tunestep.tools.draft import DraftRequest, InspectEstimate, draft_job, load_draft
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import canonical_json
 from tunestep.tools.inspector import run_inspector
 from tunestep.tools.job_control import job_status
 from tunestep.tools.plan import load_plan
@@ -153,7 +154,10 @@ def test_submit_sends_the_approved_bundle_and_request(ws, operator, fake_hub):
     assert spec["secrets"] == {"HF_TOKEN": FAKE_TOKEN}
     assert spec["volumes"][0]["revision"] == repo.head
     assert spec["volumes"][0]["path"] == f"steps/{draft.draft_id}"
-    assert spec["command"] == draft.submission.command
+    # the signed command, then the digest of the bundle's job.json that the job checks
+    assert spec["command"][:-2] == draft.submission.command
+    assert spec["command"][-2:] == [
+        "--config-sha256", hashlib.sha256(canonical_json(draft.job_config)).hexdigest()]
     for req in fake_hub.requests:
         if req is not job:
             assert FAKE_TOKEN.encode() not in req.body

@@ -19,7 +19,6 @@ from tunestep.tools.workspace import Workspace, open_workspace
 
 pytestmark = pytest.mark.anyio
 
-DRAFT_ID = "draft-0123456789ab"
 JOB_ID = "job-0123456789ab"
 INVALID_PARAMS = -32602
 
@@ -52,36 +51,39 @@ async def read_error(ws: Workspace, uri: str) -> MCPError:
     return exc.value
 
 
-def store_draft(ws: Workspace, draft_id: str = DRAFT_ID) -> JobDraft:
-    """A stored draft row, as draft_job writes it (built by hand: no training needed)."""
+def store_draft(ws: Workspace) -> JobDraft:
+    """A stored draft row, as draft_job writes it (built by hand: no training needed): the
+    signed manifest's bytes, and apart from them the view (estimate, warnings)."""
+    from tunestep.tools.draft import DraftManifest, signed_draft
+    from tunestep.tools.draft import store_draft as store
+
     estimate = Estimate(flavor="local", params=6e8, train_tokens=50_000, epochs=3,
                         total_tokens=150_000, optimizer_steps=450, tokens_per_second=900.0,
                         minutes=3.0, usd=0.0, usd_per_hour=0.0, suggested_timeout="30m",
                         timeout_seconds=1800, memory_needed_gb=6.5, method="test",
                         warnings=[])
-    draft = JobDraft(
-        draft_id=draft_id, digest="ab" * 32, kind="train", batch="batch_100_01", step=1,
-        backend="local", request=DraftRequest(batch="batch_100_01"),
-        job_config={"step": 1, "batch": "batch_100_01", "mode": "full",
+    manifest = DraftManifest(
+        kind="train", workspace=str(ws.root), batch="batch_100_01", step=1,
+        backend="local", flavor="local", processes=1, timeout_seconds=1800,
+        request=DraftRequest(batch="batch_100_01"),
+        job_config={"draft_id": None, "step": 1, "batch": "batch_100_01", "mode": "full",
                     "train_files": [{"path": "datasets/incremental/batch_100_01/"
                                      "examples.jsonl", "sha256": "cd" * 32}],
                     "eval_file": {"path": "datasets/processed_webdev_coding/validation.jsonl",
                                   "sha256": "ef" * 32}},
         files=[FileRef(role="train", path="datasets/incremental/batch_100_01/examples.jsonl",
                        sha256="cd" * 32, rows=100)],
-        submission=None, estimate=estimate, warnings=["a test warning"],
-        run_plan=".specs/training/run_plan_preparation.md",
-        approve_command=f"tunestep approve {draft_id} --workspace {ws.root}")
+        submission=None)
+    draft = signed_draft(ws, manifest, estimate=estimate, warnings=["a test warning"],
+                         run_plan=".specs/training/run_plan_preparation.md")
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("INSERT INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
-                     " VALUES (?, ?, ?, ?, ?, ?)",
-                     (draft.draft_id, draft.digest, draft.kind, draft.batch,
-                      draft.model_dump_json(), time.time()))
+        store(conn, draft)
     return draft
 
 
-def store_job(ws: Workspace, status: str = "succeeded", log_lines: int = 80) -> None:
-    store_draft(ws)
+def store_job(ws: Workspace, status: str = "succeeded", log_lines: int = 80) -> str:
+    """A finished job of a stored draft; returns the draft's id."""
+    draft_id = store_draft(ws).draft_id
     log = ws.root / "logs" / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(f"line {i}\n" for i in range(1, log_lines + 1)))
@@ -89,8 +91,9 @@ def store_job(ws: Workspace, status: str = "succeeded", log_lines: int = 80) -> 
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, log_path, created_at,"
                      " started_at, ended_at, exit_code, result)"
                      " VALUES (?, ?, 'local', ?, 'logs/train.log', ?, ?, ?, 0, ?)",
-                     (JOB_ID, DRAFT_ID, status, time.time(), time.time(), time.time(),
+                     (JOB_ID, draft_id, status, time.time(), time.time(), time.time(),
                       ledger.dumps({"final_eval_loss": 1.25})))
+    return draft_id
 
 
 # --------------------------------------------------------------------------- listing
@@ -101,6 +104,9 @@ async def test_resources_and_templates_are_listed(sample_ws):
         static = {str(r.uri): r for r in (await client.list_resources()).resources}
         templates = {t.uri_template: t
                      for t in (await client.list_resource_templates()).resource_templates}
+    cards = {u for u in static if u.startswith("ui://")}  # MCP Apps cards: test_cards.py
+    assert cards == {"ui://tunestep/review-card.html", "ui://tunestep/results-card.html"}
+    static = {u: r for u, r in static.items() if u not in cards}
     assert set(static) == {"tunestep://plan", "tunestep://steps",
                            "tunestep://inspections/latest"}
     assert set(templates) == {"tunestep://drafts/{draft_id}", "tunestep://jobs/{job_id}"}
@@ -153,10 +159,10 @@ async def test_steps_resource_lists_the_ledger_steps(sample_ws):
 
 
 async def test_draft_resource_is_the_stored_draft(sample_ws):
-    store_draft(sample_ws)
-    data = await read_json(sample_ws, f"tunestep://drafts/{DRAFT_ID}")
-    assert data == load_draft(sample_ws, DRAFT_ID).model_dump(mode="json")
-    assert data["approve_command"].startswith(f"tunestep approve {DRAFT_ID}")
+    draft_id = store_draft(sample_ws).draft_id
+    data = await read_json(sample_ws, f"tunestep://drafts/{draft_id}")
+    assert data == load_draft(sample_ws, draft_id).model_dump(mode="json")
+    assert data["approve_command"].startswith(f"tunestep approve {draft_id}")
 
 
 async def test_unknown_draft_is_not_found(sample_ws):
@@ -192,10 +198,10 @@ async def test_latest_inspection_is_the_newest_report(sample_ws):
 
 
 async def test_job_resource_has_status_and_the_last_50_log_lines(sample_ws):
-    store_job(sample_ws, log_lines=80)
+    draft_id = store_job(sample_ws, log_lines=80)
     data = await read_json(sample_ws, f"tunestep://jobs/{JOB_ID}")
     status = data["status"]
-    assert status["job_id"] == JOB_ID and status["draft_id"] == DRAFT_ID
+    assert status["job_id"] == JOB_ID and status["draft_id"] == draft_id
     assert status["status"] == "succeeded" and status["terminal"] is True
     assert status["result"] == {"final_eval_loss": 1.25}
     assert data["logs"]["total_lines"] == 80
@@ -209,10 +215,10 @@ async def test_unknown_job_is_not_found(sample_ws):
 
 
 async def test_reading_resources_changes_no_workspace_file(sample_ws):
-    store_job(sample_ws)
+    draft_id = store_job(sample_ws)
     before = {p: p.read_bytes() for p in sample_ws.root.rglob("*")
               if p.is_file() and ".tunestep" not in p.parts}
-    for uri in ("tunestep://plan", "tunestep://steps", f"tunestep://drafts/{DRAFT_ID}",
+    for uri in ("tunestep://plan", "tunestep://steps", f"tunestep://drafts/{draft_id}",
                 f"tunestep://jobs/{JOB_ID}"):
         await read_json(sample_ws, uri)
     after = {p: p.read_bytes() for p in sample_ws.root.rglob("*")

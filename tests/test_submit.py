@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -19,6 +20,7 @@ from tunestep.tools.approval import (
 )
 from tunestep.tools.draft import DraftRequest, draft_job, load_draft
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import canonical_json
 from tunestep.tools.job_control import cancel_job, job_logs, job_status, wait_for_job
 from tunestep.tools.jobs import JOB_FILES
 from tunestep.tools.model_store import latest_checkpoint
@@ -234,7 +236,11 @@ def test_hf_jobs_submission_sends_the_approved_bundle(tmp_path, tiny_model_dir, 
     assert spec["labels"]["tunestep-draft"] == draft.draft_id
     assert spec["secrets"] == {"HF_TOKEN": FAKE_TOKEN}
     assert spec["volumes"][0]["revision"] == repo.head
-    assert spec["command"][-2:] == ["--root", "/tmp/tunestep"]
+    # the signed command, then the digest of the job.json the bundle carries
+    assert spec["command"][:-2] == draft.submission.command
+    assert spec["command"][-4:-2] == ["--root", "/tmp/tunestep"]
+    assert spec["command"][-2:] == [
+        "--config-sha256", hashlib.sha256(canonical_json(draft.job_config)).hexdigest()]
     for req in fake_hub.requests:
         if req is not job:
             assert FAKE_TOKEN.encode() not in req.body

@@ -117,7 +117,27 @@ def job_config(ws: Path, base_model: Path, *, step: int, batch: str, mode: str =
         "evaluation": {"batch_size": 8, "max_new_tokens": None},
         "gate": None,
         "expect_gpu": False,
+        "tokenized_files": [],
+        "checkpoint": checkpoint_of(ws, resume_from),
     }
+
+
+def files_of(folder: Path) -> list[dict]:
+    """Every file under ``folder`` by its sha256, as a draft lists a job's inputs."""
+    return [{"path": p.relative_to(folder).as_posix(), "sha256": sha(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def checkpoint_of(ws: Path, resume_from: str | None) -> dict | None:
+    """A local resume folder's files, each by sha256 (the job loads only a copy of them)."""
+    if not resume_from or resume_from.startswith("hf://"):
+        return None
+    return {"of": "resume_from", "files": files_of((ws / resume_from).resolve())}
+
+
+def use_tokenized(ws: Path, cfg: dict, rel: str) -> None:
+    cfg["tokenized_dir"] = rel
+    cfg["tokenized_files"] = files_of(ws / rel)
 
 
 def job_env(tmp: Path, **extra: str) -> dict:
@@ -459,7 +479,7 @@ def test_lora_fresh_then_resumed_from_adapter(tmp_path, tiny_model_dir):
     sft_data.tokenize_chat(rows, tokenizer, 256).save_to_disk(str(ws / "datasets/tokenized/b2"))
     cfg = job_config(ws, tiny_model_dir, step=2, batch="b2", mode="lora",
                      resume_from="models/tiny_webdev/latest", **lora_hp)
-    cfg["tokenized_dir"] = "datasets/tokenized/b2"
+    use_tokenized(ws, cfg, "datasets/tokenized/b2")
     second = result_of(run_job(ws, cfg, name="job2.json"))
     assert "pretokenized train rows: 40" in (ws / "logs/train.log").read_text()
     assert second["resume_from"] == str(adapter)

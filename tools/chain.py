@@ -123,9 +123,15 @@ def _refuse_unpushed(conn: sqlite3.Connection, store: Path, link: str) -> None:
 
 
 def _draft_base(conn: sqlite3.Connection, draft_id: str | None) -> str | None:
-    row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+    from tunestep.tools.signed_manifest import signed_fields
+
+    row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                        (draft_id,)).fetchone() if draft_id else None
-    return ledger.loads(row["payload"])["job_config"]["base_model"] if row else None
+    if row is None:
+        return None
+    signed = signed_fields(row, draft_id or "")  # a draft before schema 6: its old payload
+    config = signed["job_config"] if signed else ledger.loads(row["payload"])["job_config"]
+    return config["base_model"]
 
 
 def _adapter_base(folder: Path) -> str | None:

@@ -1,14 +1,18 @@
-"""draft_job: everything a job will do, fixed in one payload with one digest.
+"""draft_job: everything a job will do, fixed in one signed manifest with one digest.
 
-A draft is computed from the request, the plan and the files as they are now. It is
-stored in the ledger and rendered as the run plan for the operator. Nothing in it
-depends on the clock, so the same inputs give the same digest and the same id; at
-submit time the draft is computed again from its stored request, and any difference
-(a dataset edited, the checkpoint moved, the plan changed, the job script changed)
-makes it stale.
+A draft is computed from the request, the plan and the files as they are now. Its signed
+part is one canonical document, the DraftManifest (``.specs/manifest.md``): the digest is
+sha256 over its exact stored bytes and the id derives from the digest. It is stored in
+the ledger and rendered as the run plan for the operator. Nothing in it depends on the
+clock, so the same inputs give the same digest and the same id; at submit time the draft
+is computed again from its stored request, only to detect staleness: any difference (a
+dataset edited, the checkpoint moved, the plan changed, the job script changed) makes it
+stale. What runs is parsed from the stored manifest bytes, never from the recompute.
 
-The digest covers what runs: the request, the job config, every file's sha256 and the
-remote submission. It leaves out the estimate, which depends on live prices.
+The manifest covers what runs and what it may cost: the request, backend, flavor,
+processes, timeout, the job config, every input's sha256 (the local start checkpoint's
+files too) and the remote submission. The estimate (live prices), warnings and the run
+plan's path are stored apart and never feed execution.
 
 Two kinds of draft: ``train`` (a fine-tuning step, local or on HF Jobs) and ``inspect``
 (the inspector run on HF Jobs, cpu-basic by default: it costs money, so it is approved
@@ -35,12 +39,20 @@ from tunestep.tools.chain import (
     starting_point,
 )
 from tunestep.tools.draft_model import (  # re-exported: callers import them from here
+    UNSIGNED,
+    DraftManifest,
     DraftRequest,
+    DraftView,
     FileRef,
     HfSubmission,
     InspectEstimate,
     JobDraft,
     SourceUse,
+    draft_id_for,
+    job_config_of,
+    manifest_bytes,
+    manifest_digest,
+    parse_manifest,
 )
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
@@ -53,7 +65,7 @@ from tunestep.tools.estimate import (
     processes_for,
 )
 from tunestep.tools.eval_estimate import HoldOutLengths, holdout_lengths, token_budget
-from tunestep.tools.hashing import sha256_file, sha256_json
+from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
 from tunestep.tools.lengths import LengthCheck, check_lengths
@@ -95,11 +107,7 @@ def _draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     report = check_batch(ws, request.batch)
     draft = build_draft(ws, request, report, write=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute(
-            "INSERT OR IGNORE INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (draft.draft_id, draft.digest, draft.kind, draft.batch,
-             draft.model_dump_json(), time.time()))
+        store_draft(conn, draft)
         ledger.audit(conn, "draft.create", draft.draft_id,
                      detail={"digest": draft.digest, "batch": draft.batch,
                              "backend": draft.backend, "kind": draft.kind})
@@ -110,15 +118,50 @@ def _draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     return draft
 
 
+def store_draft(conn, draft: JobDraft) -> None:
+    """The manifest's exact bytes (signed) and, apart, what is shown but never executed."""
+    assert draft.manifest is not None, "a stored draft carries its manifest"
+    conn.execute(
+        "INSERT OR IGNORE INTO drafts(draft_id, digest, kind, batch, payload, manifest,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (draft.draft_id, draft.digest, draft.kind, draft.batch,
+         draft.model_dump_json(include=set(UNSIGNED)), draft.manifest.encode(), time.time()))
+
+
 def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
+    """The stored draft, its signed fields parsed from the stored manifest bytes after
+    they hash to the stored digest (``draft_tampered`` otherwise)."""
     with ledger.open_ledger(ws) as conn:
-        row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+        row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                            (draft_id,)).fetchone()
     if row is None:
         raise TunestepError("draft_unknown", f"no draft {draft_id!r} in the ledger of the "
                             f"workspace {ws.root} (a draft belongs to the workspace it was "
                             "made in: give that one with --workspace)")
-    return JobDraft.model_validate_json(row["payload"])
+    return draft_from_row(row, draft_id)
+
+
+def stored_manifest(row, draft_id: str, digest: str | None = None
+                    ) -> tuple[bytes, DraftManifest]:
+    """The verified manifest of a ``drafts`` row: its bytes must hash to ``digest`` (the
+    token's, when given) or else to the row's stored digest."""
+    data = row["manifest"]
+    if data is None:
+        raise TunestepError("draft_unsigned", f"{draft_id} was drafted before drafts had a "
+                            "signed manifest; draft again and ask for a new approval")
+    data = data.encode() if isinstance(data, str) else bytes(data)
+    return data, parse_manifest(data, digest or row["digest"], draft_id)
+
+
+def draft_from_row(row, draft_id: str, *, digest: str | None = None) -> JobDraft:
+    data, manifest = stored_manifest(row, draft_id, digest)
+    try:
+        view = DraftView.model_validate_json(row["payload"] or "{}")
+    except ValueError:
+        raise TunestepError("draft_tampered", f"the stored view of {draft_id} (estimate, "
+                            "warnings) is unreadable; draft again") from None
+    return draft_from_manifest(manifest, data, manifest_digest(data),
+                               **{k: getattr(view, k) for k in UNSIGNED})
 
 
 def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
@@ -194,12 +237,22 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
             "regime from_base: the step retrains from the base model on every row")
     else:
         start = starting_point(ws, plan, mode, backend, HF_MOUNT)
-    if start.checkpoint is not None:  # a local start travels in the bundle, every file hashed
-        folder = Path(start.checkpoint)
-        files += [FileRef(role="checkpoint", path=shown_path(ws, plan, p),
-                          sha256=sha256_file(p)) for p in checkpoint_files(folder)]
+    # A local start's every file is hashed, for a local job as for a bundle: the job loads
+    # only a private copy of exactly these bytes (job_config.snapshot_inputs).
+    folder = _start_folder(start, backend)
+    start_files = [] if folder is None else [(p, sha256_file(p)) for p in checkpoint_files(folder)]
+    files += [FileRef(role="checkpoint", path=shown_path(ws, plan, p), sha256=sha)
+              for p, sha in start_files]
     config = _job_config(plan, request, report, files, mode, start, backend,
                          data.tokenized_dir, flavor)
+    config["tokenized_files"] = [
+        {"path": Path(f.path).relative_to(config["tokenized_dir"]).as_posix(),
+         "sha256": f.sha256} for f in files if f.role == "tokenized"] \
+        if config["tokenized_dir"] else []
+    config["checkpoint"] = None if folder is None else {
+        "of": "resume_from" if start.resume_from else "base_model",
+        "files": [{"path": p.relative_to(folder).as_posix(), "sha256": sha}
+                  for p, sha in start_files]}
     submission = None
     if backend == "hf-jobs":
         submission = _hf_submission(plan, request, report, files, flavor, timeout, config,
@@ -217,24 +270,43 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         install_seconds=LOCKED_INSTALL_SECONDS
         if backend == "hf-jobs" and plan.job.install == "locked" else 0.0,
         **_eval_estimate_args(ws, plan, config, report.validation.rows))
-    body = {"kind": request.kind, "request": request.model_dump(mode="json"),
-            "job_config": config, "files": [f.model_dump() for f in files],
-            "submission": submission.model_dump() if submission else None,
-            "workspace": str(ws.root)}
-    digest = sha256_json(body)
-    draft_id = f"draft-{digest[:12]}"
-    config["draft_id"] = draft_id
+    manifest = DraftManifest(
+        kind=request.kind, workspace=str(ws.root), batch=report.batch, step=report.step,
+        backend=backend, flavor=flavor, processes=processes_for(flavor) if backend ==
+        "hf-jobs" else 1, timeout_seconds=parse_duration(timeout), request=request,
+        regime=plan.data.regime, sources=source_uses(data), start=start,
+        gate=plan.gate.model_dump(mode="json") if plan.gate else None,
+        parent_version=start_parent(ws, start), files=files, job_config=config,
+        submission=submission)
+    return signed_draft(ws, manifest, estimate=estimate,
+                        warnings=list(estimate.warnings) + leak_warnings + start.warnings
+                        + length_warnings + _trained_again(report),
+                        run_plan=plan.paths.run_plan, lengths=lengths)
+
+
+def signed_draft(ws: Workspace, manifest: DraftManifest, **unsigned: Any) -> JobDraft:
+    """The draft whose signed fields are exactly ``manifest``'s canonical bytes, plus the
+    unsigned things (estimate, warnings, run plan path) that never feed execution."""
+    data = manifest_bytes(manifest)
+    digest = manifest_digest(data)
+    return draft_from_manifest(parse_manifest(data, digest, draft_id_for(digest)), data,
+                               digest, approve_command=approve_command(draft_id_for(digest),
+                                                                       ws), **unsigned)
+
+
+def draft_from_manifest(manifest: DraftManifest, data: bytes, digest: str,
+                        **unsigned: Any) -> JobDraft:
+    """A JobDraft whose signed fields come from the verified manifest bytes only."""
+    draft_id = draft_id_for(digest)
     return JobDraft(
-        draft_id=draft_id, digest=digest, kind=request.kind, batch=report.batch,
-        step=report.step, backend=backend, request=request, job_config=config, files=files,
-        submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings) + leak_warnings + start.warnings + length_warnings
-        + _trained_again(report),
-        run_plan=plan.paths.run_plan,
-        approve_command=approve_command(draft_id, ws),
-        regime=plan.data.regime, sources=source_uses(data), start=start, lengths=lengths,
-        gate=plan.gate.model_dump() if plan.gate else None,
-        parent_version=start_parent(ws, start))
+        draft_id=draft_id, digest=digest, kind=manifest.kind, batch=manifest.batch,
+        step=manifest.step, backend=manifest.backend, request=manifest.request,
+        job_config=job_config_of(manifest, draft_id), files=manifest.files,
+        submission=manifest.submission, regime=manifest.regime, sources=manifest.sources,
+        start=manifest.start, gate=manifest.gate, parent_version=manifest.parent_version,
+        flavor=manifest.flavor, processes=manifest.processes,
+        timeout_seconds=manifest.timeout_seconds, workspace=manifest.workspace,
+        manifest=data.decode(), **unsigned)
 
 
 def _length_warnings(lengths: LengthCheck) -> list[str]:
@@ -289,6 +361,17 @@ def _trained_again(report: PreflightReport) -> list[str]:
         return [f"{report.batch} was already trained (the ledger records step {report.step}): "
                 "this job trains on it again"]
     return []
+
+
+def _start_folder(start: StartPoint, backend: str) -> Path | None:
+    """The local checkpoint folder a step starts from, or None (the base model, a Hub
+    commit): a bundle's start, or a local job's resume point (LoRA on a full fine-tune:
+    the new base)."""
+    if start.checkpoint is not None:
+        return Path(start.checkpoint)
+    if backend == "local" and start.source == "local":
+        return Path(start.resume_from or start.base_model)
+    return None
 
 
 def _check_overrides(overrides: dict[str, Any], timeout: str | None = None) -> None:
@@ -417,9 +500,10 @@ def job_launcher(plan: Plan) -> list[str]:
 
     ``locked``: ``uv run --locked`` installs exactly ``train_sft.py.lock`` (beside the
     script in the bundle; in the digest) and refuses to run if the script's header no
-    longer matches it. ``image``: the image's own ``python3``, nothing installed.
+    longer matches it. ``image``: the image's own ``python3 -I`` (isolated), nothing
+    installed. Either way the job's environment sets ``PYTHONSAFEPATH`` (hf_jobs.py).
     """
-    return ["uv", "run", "--locked"] if plan.job.install == "locked" else ["python3"]
+    return ["uv", "run", "--locked"] if plan.job.install == "locked" else ["python3", "-I"]
 
 
 def bundle_name(ref: FileRef, files: list[FileRef]) -> str:
@@ -549,20 +633,13 @@ def build_inspect_draft(ws: Workspace, request: DraftRequest,
         bundle=bundle)
     estimate = estimate_inspection(flavor, sum(f.rows or 0 for f in workspace_files),
                                    timeout_seconds)
-    body = {"kind": "inspect", "request": request.model_dump(mode="json"),
-            "job_config": config, "files": [f.model_dump() for f in files],
-            "submission": submission.model_dump(), "workspace": str(ws.root)}
-    digest = sha256_json(body)
-    draft_id = f"draft-{digest[:12]}"
-    config["draft_id"] = draft_id
-    return JobDraft(
-        draft_id=draft_id, digest=digest, kind="inspect", batch=report.batch,
-        step=report.step, backend="hf-jobs", request=request, job_config=config,
-        files=files, submission=submission, estimate=estimate,
-        warnings=list(estimate.warnings),
-        run_plan=f"{Path(plan.paths.run_plan).parent.as_posix()}/"
-                 f"remote_inspection_{report.batch}.md",
-        approve_command=approve_command(draft_id, ws))
+    manifest = DraftManifest(
+        kind="inspect", workspace=str(ws.root), batch=report.batch, step=report.step,
+        backend="hf-jobs", flavor=flavor, processes=1, timeout_seconds=timeout_seconds,
+        request=request, files=files, job_config=config, submission=submission)
+    return signed_draft(ws, manifest, estimate=estimate, warnings=list(estimate.warnings),
+                        run_plan=f"{Path(plan.paths.run_plan).parent.as_posix()}/"
+                                 f"remote_inspection_{report.batch}.md")
 
 
 def estimate_inspection(flavor: str, rows: int, timeout_seconds: int) -> InspectEstimate:

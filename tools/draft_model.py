@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunestep.tools.estimate import Estimate
 from tunestep.tools.lengths import LengthCheck
+from tunestep.tools.signed_manifest import as_bytes, checked_bytes
+from tunestep.tools.signed_manifest import (  # re-exported for the draft's readers
+    draft_id_for as draft_id_for,
+)
+from tunestep.tools.signed_manifest import (
+    manifest_digest as manifest_digest,
+)
 from tunestep.tools.start_point import StartPoint
 
 
@@ -84,6 +91,99 @@ class SourceUse(BaseModel):
     why: str
 
 
+MANIFEST_SCHEMA = 1
+
+
+class DraftManifest(BaseModel):
+    """What the operator signs: everything the job executes and everything that decides
+    where its results go and what it may cost. Its canonical bytes (``manifest_bytes``)
+    are stored in the ledger; the draft's digest is sha256 over exactly those bytes.
+
+    Executed as stored: ``job_config`` (hyperparameters, mode, lora, data files and every
+    input by sha256, the resume point and its files, outputs, Trackio, hub repo,
+    visibility and push, the gate) becomes ``job.json`` with only ``draft_id`` filled in
+    (it derives from the digest); ``submission`` (image, command, flavor, timeout, secrets
+    by name, dataset repo, bundle) is the Hub request. ``files`` lists every input by
+    content hash, job scripts and lock included. Nothing unsigned (the estimate,
+    warnings, the run plan's path, the approve command) is part of it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_schema: Literal[1] = MANIFEST_SCHEMA
+    kind: Literal["train", "inspect"]
+    workspace: str  # the workspace root the token is bound to
+    batch: str
+    step: int
+    backend: Literal["local", "hf-jobs"]
+    flavor: str  # "local" for a local job
+    processes: int  # training processes (one per GPU of the flavor)
+    timeout_seconds: int  # the billing cap of an HF job; a local job's time limit
+    request: DraftRequest
+    regime: str | None = None
+    sources: list[SourceUse] = Field(default_factory=list)  # which rows of each source
+    start: StartPoint | None = None
+    gate: dict[str, Any] | None = None
+    parent_version: str | None = None
+    # Signed fields added with the manifest (defaults: a draft built by hand in a test).
+    flavor: str | None = None
+    processes: int = 1
+    timeout_seconds: int | None = None  # signed; a local job's too
+    workspace: str | None = None
+    manifest: str | None = None  # the canonical manifest text the digest is taken over
+    files: list[FileRef]
+    job_config: dict[str, Any]  # draft_id is null here: it derives from the digest
+    submission: HfSubmission | None
+
+
+def manifest_bytes(manifest: DraftManifest) -> bytes:
+    """The canonical bytes that are stored, hashed and signed."""
+    from tunestep.tools.hashing import canonical_json
+
+    return canonical_json(manifest.model_dump(mode="json"))
+
+
+def parse_manifest(data: bytes, digest: str, draft_id: str) -> DraftManifest:
+    """The manifest in ``data`` after its bytes hash to ``digest`` (the stored or signed
+    one) and ``draft_id`` derives from it; else ``draft_tampered``."""
+    from tunestep.tools.errors import TunestepError
+
+    checked_bytes(data, digest, draft_id)
+    try:
+        return DraftManifest.model_validate_json(data)
+    except ValueError:
+        raise TunestepError("draft_tampered", f"the stored manifest of {draft_id} is not a "
+                            "valid manifest; draft again") from None
+
+
+def manifest_of_row(row, draft_id: str) -> DraftManifest | None:
+    """The verified manifest of a ``drafts`` row (its ``digest`` and ``manifest``
+    columns); None for a draft stored before manifests (schema 7); ``draft_tampered`` when
+    the bytes no longer hash to the stored digest."""
+    data = row["manifest"]
+    if data is None:
+        return None
+    return parse_manifest(as_bytes(data), row["digest"], draft_id)
+
+
+def job_config_of(manifest: DraftManifest, draft_id: str) -> dict[str, Any]:
+    """The job config the job runs: the signed one with its draft id filled in."""
+    return {**manifest.job_config, "draft_id": draft_id}
+
+
+class DraftView(BaseModel):
+    """What a draft shows but never executes; stored apart from the manifest."""
+
+    estimate: Estimate | InspectEstimate = Field(union_mode="left_to_right")
+    warnings: list[str]
+    run_plan: str
+    approve_command: str
+    lengths: LengthCheck | None = None
+
+
+UNSIGNED = tuple(DraftView.model_fields)
+
+
 class JobDraft(BaseModel):
     draft_id: str
     digest: str
@@ -107,3 +207,9 @@ class JobDraft(BaseModel):
     # train drafts: the version the job trains from, resolved now ('' = the base model;
     # None: not a train draft or made before this was recorded). record_step stores it.
     parent_version: str | None = None
+    # Signed fields added with the manifest (defaults: a draft built by hand in a test).
+    flavor: str | None = None
+    processes: int = 1
+    timeout_seconds: int | None = None  # signed; a local job's too
+    workspace: str | None = None
+    manifest: str | None = None  # the canonical manifest text the digest is taken over

@@ -125,7 +125,59 @@ def _started(job, adopted: bool, revision: str | None) -> HfStarted:
                      url=job.url, adopted=adopted, revision=revision or job.revision)
 
 
-def _find(api, nonce: str, namespace: str) -> HfStarted | None:
+class ExpectedJob(BaseModel):
+    """What the token's Hub job must be, from the signed manifest (and the bundle commit
+    this row recorded before it asked the Hub to create the job)."""
+
+    draft_id: str
+    flavor: str
+    image: str
+    command: list[str]
+    volume: str  # "<dataset repo>:steps/<draft id>"
+    revision: str | None  # the bundle commit recorded before the job was created
+
+
+def run_command(submission: dict, job_config: dict) -> list[str]:
+    """The command the Hub runs: the signed one, then the sha256 of the job.json that the
+    bundle carries (canonical bytes of the signed job config), which the job verifies."""
+    import hashlib
+
+    from tunestep.tools.hashing import canonical_json
+
+    return [*submission["command"], "--config-sha256",
+            hashlib.sha256(canonical_json(job_config)).hexdigest()]
+
+
+def expected_job(submission: dict, job_config: dict, draft_id: str,
+                 revision: str | None) -> ExpectedJob:
+    from tunestep.tools.backends.hf_jobs import step_path
+
+    return ExpectedJob(draft_id=draft_id, flavor=submission["flavor"],
+                       image=submission["image"], command=run_command(submission, job_config),
+                       volume=f"{submission['dataset_repo']}:{step_path(draft_id)}",
+                       revision=revision)
+
+
+def _mismatch(job, expected: ExpectedJob) -> str | None:
+    """What of a Hub job carrying the token's nonce differs from the signed manifest."""
+    checks = [("flavor", job.flavor, expected.flavor), ("image", job.image, expected.image),
+              ("command", job.command, expected.command),
+              ("draft label", job.labels.get("tunestep-draft"), expected.draft_id),
+              ("mounted bundle", job.volume, expected.volume)]
+    for what, got, want in checks:
+        if got != want:
+            return f"its {what} is {got!r}, the signed one {want!r}"
+    # The bundle commit this row recorded before creating the job. A ledger that lost it
+    # (rows wiped) leaves the command's job.json digest to decide: the job refuses any
+    # job.json but the signed one, and that config names every input by sha256.
+    if expected.revision is not None and job.revision != expected.revision:
+        return (f"it mounts bundle commit {job.revision!r}, but this token's bundle is "
+                f"{expected.revision!r}")
+    return None
+
+
+def _find(api, nonce: str, namespace: str, expected: ExpectedJob) -> HfStarted | None:
+    """The Hub job carrying the token's nonce, adopted only when it is the signed job."""
     from tunestep.tools.backends import hf_jobs
 
     found = hf_jobs.find_hf_jobs(api, {NONCE_LABEL: nonce}, namespace=namespace)
@@ -135,7 +187,19 @@ def _find(api, nonce: str, namespace: str) -> HfStarted | None:
         logger.warning("%d Hub jobs carry nonce label %s: %s; tracking the oldest",
                        len(found), nonce, ", ".join(j.job_id for j in found))
     oldest = min(found, key=lambda j: (j.created_at is None, j.created_at))
+    wrong = _mismatch(oldest, expected)
+    if wrong is not None:
+        raise TunestepError("hf_job_mismatch", f"the Hub job {oldest.job_id} carries this "
+                            f"token's nonce but is not the signed job: {wrong}; it is not "
+                            "adopted (cancel it on the Hub if it is not yours)")
     return _started(oldest, adopted=True, revision=None)
+
+
+def _recorded_revision(ws: Workspace, job_id: str) -> str | None:
+    with ledger.open_ledger(ws) as conn:
+        row = conn.execute("SELECT result FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    result = (ledger.loads(row["result"]) or {}) if row else {}
+    return (result.get("submit") or {}).get("revision") or result.get("revision")
 
 
 def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> HfStarted:
@@ -154,7 +218,9 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
                                 "auth login` or set HF_TOKEN in the server's environment")
         api = hf_jobs.hub_api(token)
         namespace = hf_jobs.hub_whoami(api)
-        found = _find(api, nonce, namespace)
+        signed = sub.model_dump(), draft.job_config, draft.draft_id
+        found = _find(api, nonce, namespace,
+                      expected_job(*signed, _recorded_revision(ws, job_id)))
         if found is None:
             hub = draft.job_config.get("hub") or {}  # an inspect draft pushes no model
             private = hub.get("private", True) is not False
@@ -171,7 +237,7 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
                     draft_id=draft.draft_id, flavor=sub.flavor,
                     timeout_seconds=sub.timeout_seconds,
                     labels={**sub.labels, NONCE_LABEL: nonce}, image=sub.image,
-                    command=sub.command, secret_names=sub.secrets, token=token,
+                    command=run_command(*signed[:2]), secret_names=sub.secrets, token=token,
                     namespace=namespace)
                 found = HfStarted(external_id=f"{ref.namespace}/{ref.job_id}",
                                   job_id=ref.job_id, url=ref.url, adopted=False,
@@ -181,7 +247,7 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
                     raise
                 # The Hub may have created the job and lost the answer: look, once.
                 try:
-                    found = _find(api, nonce, namespace)
+                    found = _find(api, nonce, namespace, expected_job(*signed, revision))
                 except HubError:
                     found = None
                 if found is None:
@@ -279,15 +345,21 @@ def settle_submitting(ws: Workspace, row) -> None:
     if result.get("submit", {}).get("lease_until", 0) > time.time() \
             or not hf_poll.due(result):
         return
+    from tunestep.tools.signed_manifest import signed_fields
+
     with ledger.open_ledger(ws) as conn:
         nonce = _nonce_of(conn, row["job_id"])
-        draft = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+        draft = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                              (row["draft_id"],)).fetchone()
-    if nonce is None:
+    signed = signed_fields(draft, row["draft_id"]) if draft else None
+    if nonce is None or signed is None or not signed.get("submission"):
         return
+    config = {**signed["job_config"], "draft_id": row["draft_id"]}
+    expected = expected_job(signed["submission"], config, row["draft_id"],
+                            (result.get("submit") or {}).get("revision"))
     api = hf_jobs.hub_api(read_token())
     try:
-        found = _find(api, nonce, hf_jobs.hub_whoami(api))
+        found = _find(api, nonce, hf_jobs.hub_whoami(api), expected)
     except TunestepError as exc:
         hf_poll.schedule(ws, row["job_id"], getattr(exc, "retry_after", None))
         raise
@@ -296,7 +368,5 @@ def settle_submitting(ws: Workspace, row) -> None:
         _update_submit_state(ws, row["job_id"], note="no Hub job carries this token yet: "
                              f"{RETRY_HINT} (until the token expires), or cancel_job")
     else:
-        payload = ledger.loads(draft["payload"]) if draft else {}
-        repo = ((payload or {}).get("submission") or {}).get("dataset_repo") \
-            or result.get("repo") or ""
+        repo = signed["submission"]["dataset_repo"]
         _record_running(ws, row["job_id"], found, repo)

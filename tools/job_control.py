@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.job_progress import JobProgress, progress_fields
 from tunestep.tools.model_sync import SyncedVersion
 from tunestep.tools.next_step import NextAction
 from tunestep.tools.promotion_records import IgnoredPromotion
@@ -58,6 +59,10 @@ class JobStatus(BaseModel):
     # and why; None until the job has said.
     promoted: bool | None = None
     promotion_reason: str | None = None
+    # How far it is, from its own output, and when another call can say more
+    # (tools/job_progress.py; None once the job has ended).
+    progress: JobProgress | None = None
+    ask_again_after_s: float | None = None
     # The ledger's latest and the store's link (tools/latest_check.py): a link that
     # disagrees (latest_link_mismatch) and signed records that do not verify are named.
     latest: str | None = None
@@ -126,7 +131,8 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
         status = _bring_model_home(ws, status)
     if status.status in ("failed", "cancelled", "lost") and not status.next_steps:
         status = _after_the_end(ws, status)
-    return _with_latest(ws, status)
+    status = _with_latest(ws, status)
+    return status.model_copy(update=progress_fields(ws, status))
 
 
 def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:

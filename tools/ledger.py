@@ -175,6 +175,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE promotions ADD COLUMN token TEXT;
     ALTER TABLE model_versions ADD COLUMN files TEXT;
     """,
+    # migration: branch manifest
+    # 7: what is signed is what runs (issue 17): each draft's canonical manifest bytes,
+    # the digest is sha256 over exactly them; ``payload`` keeps only what is shown and never
+    # executed (estimate, warnings, run plan path). NULL: drafted before, never submitted.
+    """
+    ALTER TABLE drafts ADD COLUMN manifest BLOB;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

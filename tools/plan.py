@@ -253,10 +253,11 @@ class Gate(_Section):
         if field.json_schema_extra != METRIC_UNITS:
             return value
         span = METRIC_SPAN.get(info.data.get("metric", ""), 0.0)
-        if not -span < value < span:
-            raise ValueError(f"must lie strictly between {-span:g} and {span:g} for "
-                             f"metric {info.data.get('metric')} (at the span it would "
-                             "promote every step, which is gate: null, or none)")
+        if not -span <= value < span:
+            raise ValueError(f"must be from {-span:g} (no step passes: every version waits "
+                             f"for a signed promotion) to below {span:g} (at {span:g} "
+                             f"every step passes: say gate: null) for metric "
+                             f"{info.data.get('metric')}")
         return value
 
 

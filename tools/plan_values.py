@@ -105,8 +105,9 @@ def check_timeout(text: str) -> str:
 # How far apart two values of a metric can be: rates lie in [0, 1], Spearman's rho and
 # Cohen's kappa in [-1, 1]; a mean absolute grade error has no bound the plan states (the
 # grade pattern reads any number), so 100 covers 0-10 and 0-100 grade scales. A gate
-# value in the metric's units (marked METRIC_UNITS) must lie strictly inside
-# (-span, span): at the span it promotes everything (that is `gate: null`) or nothing.
+# value in the metric's units (marked METRIC_UNITS) lies in [-span, +span): at +span
+# every step passes (that is `gate: null`; 1e308 did so silently); -span holds every
+# step back for a signed promotion by hand, which is a choice an operator may make.
 METRIC_SPAN = {"grade_within_1": 1.0, "grade_exact": 1.0, "parse_rate": 1.0,
                "spearman": 2.0, "kappa": 2.0, "grade_mae": 100.0}
 METRIC_UNITS = {"unit": "metric"}  # json_schema_extra of a gate key in the metric's units
@@ -212,8 +213,8 @@ def allowed_values(model: type[BaseModel], names: list[str]) -> str | None:
         owner = _model_in(owner.model_fields[name].annotation)
     field = owner.model_fields[names[-1]]
     if field.json_schema_extra == METRIC_UNITS:
-        return ("a finite number strictly between -span and span of the gate's metric "
-                "(span 1 for the rates, 2 for spearman and kappa, 100 for grade_mae)")
+        return ("a finite number from -span to below +span of the gate's metric (span 1 "
+                "for the rates, 2 for spearman and kappa, 100 for grade_mae)")
     annotation = field.annotation
     nullable = type(None) in typing.get_args(annotation)
     if nullable:

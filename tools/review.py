@@ -8,8 +8,10 @@ trains from and on, where results go), and, kept apart, what is shown but not si
 signed are all of them except ``estimate``, ``warnings``, ``run_plan`` and
 ``approve_command``.
 
-Fields a draft may not carry yet (a local job's timeout) are read defensively: absent,
-the review says so instead of guessing. The worst-case cost multiplies the signed flavor
+Fields a draft may not carry yet (the manifest's ``flavor``, ``processes``,
+``timeout_seconds``: a local job's time limit, and ``workspace``) are read defensively
+with ``getattr``: absent, the review falls back to the submission and the job config, or
+says there is none instead of guessing. The worst-case cost multiplies the signed flavor
 and timeout by the flavor's hourly price: the higher of tunestep's price table and the
 estimate's (possibly live) price, labelled as not signed.
 """
@@ -92,7 +94,7 @@ def files_identity(refs: list[FileRef], folder: str) -> str:
     return hashlib.sha256(ledger.dumps(entries).encode()).hexdigest()
 
 
-def _common_folder(paths: list[str]) -> str:
+def common_folder(paths: list[str]) -> str:
     parts = [p.split("/")[:-1] for p in paths]
     common = parts[0]
     for other in parts[1:]:
@@ -123,7 +125,7 @@ def resume_point(draft: JobDraft) -> ResumePoint | None:
         return ResumePoint(source="hub", name=name, uri=resume, identity=sha or None,
                            said=said, pinned=bool(sha))
     if checkpoint:
-        folder = _common_folder([f.path for f in checkpoint])
+        folder = common_folder([f.path for f in checkpoint])
         name = folder.rsplit("/", 1)[-1] or folder
         source = start.source if start is not None and start.source != "base" else "local"
         return ResumePoint(source=source, name=name, identity=files_identity(checkpoint, folder),
@@ -141,18 +143,29 @@ def resume_point(draft: JobDraft) -> ResumePoint | None:
 
 
 def review(draft: JobDraft, workspace: str) -> DraftReview:
-    """``draft`` as the operator signs it, for the token bound to ``workspace``."""
+    """``draft`` as the operator signs it, for the token bound to ``workspace`` (the
+    signed manifest's own workspace when the draft carries one)."""
+    workspace = getattr(draft, "workspace", None) or workspace
     cfg, sub, est = draft.job_config, draft.submission, draft.estimate
     hub = cfg.get("hub") or {}
+    # The signed manifest's own fields where the draft has them (flavor, processes,
+    # timeout_seconds: a local job's time limit too); else the submission and config.
+    signed_timeout = getattr(draft, "timeout_seconds", None)
     if sub is not None:
         flavor, timeout, image = sub.flavor, sub.timeout_seconds, sub.image
         command, secrets, dataset_repo = list(sub.command), list(sub.secrets), sub.dataset_repo
     else:  # a local job: this machine; its timeout when the draft carries one
         flavor, image, dataset_repo = "local", None, None
-        timeout = cfg.get("timeout_seconds")
-        timeout = timeout if isinstance(timeout, int) and timeout > 0 else None
+        timeout = signed_timeout if signed_timeout is not None else cfg.get("timeout_seconds")
         command = [str(c) for c in cfg.get("command") or []]
         secrets = ["HF_TOKEN"] if hub.get("push") else []
+    if isinstance(signed_timeout, int) and signed_timeout > 0:
+        timeout = signed_timeout
+    timeout = timeout if isinstance(timeout, int) and timeout > 0 else None
+    flavor = getattr(draft, "flavor", None) or flavor
+    processes = getattr(draft, "processes", None)
+    processes = processes if isinstance(processes, int) and processes > 1 else \
+        _processes(command)
     # The flavor is signed, its price is not: the higher of tunestep's table price for the
     # signed flavor and the estimate's (a live Hub price), so an edited estimate can only
     # make the worst case look worse, never cheaper.
@@ -166,7 +179,7 @@ def review(draft: JobDraft, workspace: str) -> DraftReview:
     return DraftReview(
         draft_id=draft.draft_id, digest=draft.digest, workspace=workspace, kind=draft.kind,
         step=draft.step, batch=draft.batch, mode=cfg.get("mode"), backend=draft.backend,
-        flavor=flavor, processes=_processes(command), timeout_seconds=timeout,
+        flavor=flavor, processes=processes, timeout_seconds=timeout,
         usd_per_hour=price, price_source=source,
         worst_case_usd=worst, image=image, command=command, secrets=secrets,
         base_model=cfg.get("base_model"), resume=resume_point(draft),

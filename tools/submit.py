@@ -3,8 +3,11 @@
 Order of checks (each refusal is an audit event and a TunestepError whose code names
 the reason): the token verifies against a key given at launch (approval.verify_approval:
 missing, malformed, untrusted key, bad signature, audience, action, expiry); the draft
-exists; the token names this draft, this workspace and the stored digest; the draft
-recomputed now has the same digest (else stale); the nonce was never used. The nonce
+exists; the token names this draft and this workspace; the stored manifest bytes hash to
+the stored digest (else draft_tampered) and to the token's digest; the draft recomputed
+now has the same digest (else stale; the recompute only detects that); the nonce was
+never used. What runs (job.json, the Hub request) is made from the verified manifest
+bytes only, and the job is started with the digests it verifies against. The nonce
 row and the job row are written in one transaction before the backend is called, so
 two concurrent submits of one token give exactly one job. An hf-jobs row stays
 'submitting' until the Hub has its job, and the same token may resume it (hf_submit.py).
@@ -12,6 +15,7 @@ two concurrent submits of one token give exactly one job. An hf-jobs row stays
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import sqlite3
 import time
@@ -21,7 +25,14 @@ from pydantic import BaseModel
 
 from tunestep.tools import ledger
 from tunestep.tools.atomic import atomic_write_bytes
-from tunestep.tools.draft import JOBS_DIR, JobDraft, load_draft, recompute
+from tunestep.tools.draft import (
+    JOBS_DIR,
+    JobDraft,
+    draft_from_row,
+    manifest_digest,
+    recompute,
+    stored_manifest,
+)
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json
 from tunestep.tools.hf_submit import initial_result, resumable_job
@@ -79,12 +90,18 @@ def _resumable(ws: Workspace, nonce: str, draft_id: str) -> str | None:
 
 
 def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
+    """The draft parsed from the stored manifest bytes after they hash to the token's
+    digest: what runs below (job.json, the Hub request) comes from these bytes only."""
     if claims.workspace != str(ws.root):  # first: another workspace is not a replaced ledger
         raise TunestepError("approval_wrong_draft", f"the token was signed for the workspace "
                             f"{claims.workspace}, not this one ({ws.root}): submit it there")
-    stored = load_draft(ws, draft_id)
     with ledger.open_ledger(ws) as conn:
         identity = ledger.ledger_id(conn)
+        row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
+                           (draft_id,)).fetchone()
+    if row is None:
+        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in the ledger of the "
+                            f"workspace {ws.root}")
     if claims.ledger != identity:
         # The used nonces live in the ledger: a ledger made afresh must not forget them.
         raise TunestepError("approval_wrong_ledger", f"the token was signed for this "
@@ -94,13 +111,15 @@ def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> Job
     if claims.draft_id != draft_id:
         raise TunestepError("approval_wrong_draft",
                             f"the token approves {claims.draft_id}, not {draft_id}")
-    if claims.digest != stored.digest:
+    data, _ = stored_manifest(row, draft_id)  # the bytes hash to the stored digest, or
+    if manifest_digest(data) != claims.digest:  # draft_tampered
         raise TunestepError("approval_wrong_draft",
                             "the token approves another version of this draft (digest differs)")
+    stored = draft_from_row(row, draft_id, digest=claims.digest)
     # cheap and clearer first; the insert still decides
     _refuse_used_nonce(ws, claims.nonce, draft_id)
-    now = recompute(ws, stored)
-    if now.digest != stored.digest:
+    now = recompute(ws, stored)  # staleness only: nothing of it runs
+    if now.digest != claims.digest:
         changed = _what_changed(stored, now)
         raise TunestepError("draft_stale", f"the draft no longer matches the workspace "
                             f"({changed}); draft again and ask the operator for a new approval")
@@ -185,7 +204,8 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
     for ref in draft.files:  # whole files or none: a killed submit leaves nothing half-copied
         if ref.role == "script":
             atomic_write_bytes(folder / ref.path, (JOBS_DIR / ref.path).read_bytes())
-    atomic_write_bytes(folder / "job.json", canonical_json(draft.job_config))
+    config = canonical_json(draft.job_config)  # from the verified manifest bytes
+    atomic_write_bytes(folder / "job.json", config)
     hub = draft.job_config["hub"]
     if hub["push"]:  # the job would push into whatever repo exists: check it is private
         from tunestep.tools.backends import hf_jobs
@@ -193,7 +213,9 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
 
         hf_jobs.ensure_repo(hf_jobs.hub_api(read_token()), hub["model_id"], "model",
                             private=hub["private"] is not False)
-    pid = local.start(ws, job_id, pass_token=bool(hub["push"]))
+    # The job gets the digests on its command line and verifies before anything else.
+    pid = local.start(ws, job_id, pass_token=bool(hub["push"]), digest=draft.digest,
+                      config_sha256=hashlib.sha256(config).hexdigest())
     return JobHandle(job_id=job_id, draft_id=draft.draft_id, backend="local", status="running",
                      pid=pid, log_path=ws.relative(folder / "output.log"),
                      **_follow(job_id, "job_status", "job_logs"))

@@ -104,6 +104,7 @@ class Call:
     seconds: float
     code: str | None = None  # a named error's code
     unnamed: str | None = None  # anything else that was not a result
+    message: str = ""  # the named error's text
 
 
 @dataclass
@@ -114,6 +115,7 @@ class LoadRun:
     channels: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)
     codes: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # one message per code
     unnamed: list[str] = field(default_factory=list)
     submit_refusals: list[str] = field(default_factory=list)
     job_id: str | None = None
@@ -172,6 +174,7 @@ async def mcp_call(client, channel: str, kind: str, tool: str, args: dict,
     call = Call(channel, kind, time.monotonic() - started)
     if result.is_error:
         call.code = error_code(result) or ""
+        call.message = result.content[0].text if result.content else ""
     return rec.add(call), result
 
 
@@ -194,6 +197,7 @@ def cli_call(channel: str, kind: str, argv: list[str], root: Path, env: dict,
         call.unnamed = f"{argv}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
     elif "error" in body:
         call.code = body["error"].get("code") or ""
+        call.message = str(body["error"].get("message"))
     return rec.add(call), body
 
 
@@ -359,6 +363,7 @@ def mixed_load(root: Path, operator_info, passphrase: bytes, *, seconds: float, 
         run.kinds.add(call.kind)
         if call.code:
             run.codes[call.code] = run.codes.get(call.code, 0) + 1
+            run.examples.setdefault(call.code, f"{call.channel} {call.kind}: {call.message}")
         if call.unnamed:
             run.unnamed.append(f"{call.channel} {call.kind}: {call.unnamed}")
         if call.channel in ("stdio", "http"):
@@ -405,6 +410,8 @@ def report(results: dict) -> None:
           f"unnamed {len(load.unnamed)}")
     for line in load.unnamed[:5]:
         print(f"  unnamed: {line}")
+    for code, example in sorted(load.examples.items()):
+        print(f"  {code}, e.g. {example[:300]}")
     for kind in ("check", "status"):
         under, alone = load.latencies.get(kind, []), load.baseline.get(kind, [])
         if under and alone:

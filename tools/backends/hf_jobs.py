@@ -104,6 +104,9 @@ class HfJobStatus(_HfJob):
     running_seconds: int | None = None
     labels: dict[str, str] = {}
     revision: str | None = None  # the pinned revision of its first mounted repo
+    image: str | None = None
+    command: list[str] | None = None  # command and arguments, as the Hub runs them
+    volume: str | None = None  # "<repo>:<path>" of its first mounted repo
 
 
 class HfJobLogs(BaseModel):
@@ -186,6 +189,10 @@ def job_environment(repo_id: str, draft_id: str, revision: str) -> dict[str, str
         # ever on billed time either: huggingface_hub reads these at import.
         "HF_HUB_DOWNLOAD_TIMEOUT": str(JOB_HUB_TIMEOUT_S),
         "HF_HUB_ETAG_TIMEOUT": str(JOB_HUB_TIMEOUT_S),
+        # `python -P`: the script's folder is not put on the import path (uv run starts
+        # the interpreter, so the flag travels as the variable); the job script loads its
+        # own modules by file (train_sft.py), nothing else from the bundle.
+        "PYTHONSAFEPATH": "1",
     }
 
 
@@ -453,19 +460,53 @@ def _job_fields(job: Any) -> dict[str, Any]:
             "created_at": job.created_at}
 
 
+def _hub_labels(value: Any) -> dict[str, str]:
+    """A job's labels as the Hub answered them: an object of strings, or a named error
+    (a list, say, is a malformed answer, never a traceback)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TunestepError("hub_bad_response", "the Hub answered a job's labels as "
+                            f"{type(value).__name__}, not an object of strings")
+    return dict(value)
+
+
+def _hub_command(job: Any) -> list[str] | None:
+    command = getattr(job, "command", None)
+    arguments = getattr(job, "arguments", None) or []
+    if command is None:
+        return None
+    if not isinstance(command, list) or not isinstance(arguments, list) or not all(
+            isinstance(a, str) for a in [*command, *arguments]):
+        raise TunestepError("hub_bad_response", "the Hub answered a job's command as "
+                            "something other than a list of strings")
+    return [*command, *arguments]
+
+
 def _status_of(job: Any) -> HfJobStatus:
-    stage = str(_stage(job.status.stage))
-    durations = getattr(job, "durations", None)
-    return HfJobStatus(
-        **_job_fields(job),
-        terminal=stage in TERMINAL_STAGES,
-        started_at=getattr(job, "started_at", None),
-        finished_at=getattr(job, "finished_at", None),
-        running_seconds=durations.running_secs if durations else None,
-        labels=dict(getattr(job, "labels", None) or {}),
-        revision=next((v.revision for v in getattr(job, "volumes", None) or []
-                       if getattr(v, "revision", None)), None),
-    )
+    try:
+        stage = str(_stage(job.status.stage))
+        durations = getattr(job, "durations", None)
+        volume = next((v for v in getattr(job, "volumes", None) or []
+                       if getattr(v, "revision", None)), None)
+        return HfJobStatus(
+            **_job_fields(job),
+            terminal=stage in TERMINAL_STAGES,
+            started_at=getattr(job, "started_at", None),
+            finished_at=getattr(job, "finished_at", None),
+            running_seconds=durations.running_secs if durations else None,
+            labels=_hub_labels(getattr(job, "labels", None)),
+            revision=volume.revision if volume is not None else None,
+            image=getattr(job, "docker_image", None),
+            command=_hub_command(job),
+            volume=f"{volume.source}:{volume.path or ''}" if volume is not None else None,
+        )
+    except TunestepError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # pydantic's too
+        raise TunestepError("hub_bad_response", "the Hub's answer about a job is malformed "
+                            f"({type(exc).__name__})") from None
 
 
 def hf_job_status(api: HfApi, job_id: str, *, namespace: str | None = None) -> HfJobStatus:

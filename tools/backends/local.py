@@ -31,6 +31,7 @@ from tunestep.tools.jobs import JOB_SCRIPT
 from tunestep.tools.workspace import Workspace, open_workspace
 
 RESULT_PREFIX = "TUNESTEP_RESULT "
+ERROR_PREFIX = "TUNESTEP_ERROR "
 SCRIPT_NAME = JOB_SCRIPT  # copied into the job folder with the other JOB_FILES
 # Variables a local job never needs; the token is passed on only when the job pushes.
 JOB_ID_ENV = "TUNESTEP_JOB_ID"
@@ -42,8 +43,13 @@ def job_dir(ws: Workspace, job_id: str) -> Path:
     return ws.state_dir / "jobs" / job_id
 
 
-def start(ws: Workspace, job_id: str, *, pass_token: bool = False) -> int:
-    """Launch the supervisor for a prepared job folder; returns its pid."""
+def start(ws: Workspace, job_id: str, *, pass_token: bool = False, digest: str = "",
+          config_sha256: str = "") -> int:
+    """Launch the supervisor for a prepared job folder; returns its pid.
+
+    ``digest`` (the signed manifest's) and ``config_sha256`` (of ``job.json``) go on its
+    command line: the supervisor and the job verify against them (tools/job_launch.py).
+    """
     folder = job_dir(ws, job_id)
     env = {k: v for k, v in os.environ.items() if pass_token or k not in SECRET_ENV}
     env.setdefault("TRACKIO_DIR", str(ws.state_dir / "trackio"))
@@ -53,7 +59,10 @@ def start(ws: Workspace, job_id: str, *, pass_token: bool = False) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
     with open(folder / "output.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tunestep.tools.backends.local", str(ws.root), job_id],
+            # -I: neither the workspace (the working directory) nor PYTHONPATH is on the
+            # supervisor's import path, so nothing planted there runs beside the token.
+            [sys.executable, "-I", "-m", "tunestep.tools.backends.local", str(ws.root), job_id,
+             digest, config_sha256],
             cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
@@ -151,14 +160,24 @@ def stop_leftovers(pgid: int, job_id: str, grace: float = 5.0) -> int:
     return killed
 
 
-def supervise(root: str, job_id: str) -> int:
+def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "") -> int:
     """Run in the detached process: the job script, then the outcome into the ledger."""
+    import shutil
+
+    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.job_launch import job_command, verified_scripts
+
     ws = open_workspace(root)
     folder = job_dir(ws, job_id)
     stop = _StopSignals(job_id)
+    try:  # the signed scripts, copied out of the workspace, or the job does not run
+        scripts = verified_scripts(ws, job_id, folder, digest)
+    except TunestepError as exc:
+        print(f"tunestep: {exc.code}: {exc.message}", flush=True)
+        record_outcome(ws, job_id, "failed", 2, {"error": exc.message, "code": exc.code})
+        return 2
     result: dict = {}
-    command = [sys.executable, str(folder / SCRIPT_NAME), "--config", str(folder / "job.json"),
-               "--root", str(ws.root)]
+    command = job_command(scripts, folder / "job.json", config_sha256, ws.root)
     child = subprocess.Popen(command, cwd=ws.root, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              preexec_fn=_die_with_parent)
@@ -171,7 +190,13 @@ def supervise(root: str, job_id: str) -> int:
         if raw.startswith(RESULT_PREFIX.encode()):
             with contextlib.suppress(orjson.JSONDecodeError):
                 result = orjson.loads(raw[len(RESULT_PREFIX):])
+        elif raw.startswith(ERROR_PREFIX.encode()) and not result:  # a named refusal
+            with contextlib.suppress(orjson.JSONDecodeError):
+                error = orjson.loads(raw[len(ERROR_PREFIX):])
+                if isinstance(error, dict) and isinstance(error.get("code"), str):
+                    result = {"error": str(error.get("error", "")), "code": error["code"]}
     code = child.wait()
+    shutil.rmtree(scripts, ignore_errors=True)
     # Whatever the trainer started and left behind dies with the job.
     left = stop_leftovers(os.getpgid(0), job_id, grace=2.0)
     _drop_empty_staging(ws, folder)
@@ -293,13 +318,25 @@ def step_outcome(result: dict) -> tuple[str | None, str | None, str | None, bool
 
 def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
     from tunestep.tools.chain import record_version
+    from tunestep.tools.draft_model import job_config_of, manifest_of_row
+    from tunestep.tools.errors import TunestepError
     from tunestep.tools.version_files import made_files
 
-    draft = conn.execute("SELECT digest, payload FROM drafts WHERE draft_id = ?",
+    draft = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                          (draft_id,)).fetchone()
     backend = conn.execute("SELECT backend FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    payload = ledger.loads(draft["payload"])
-    config = payload["job_config"]
+    try:  # where the step is recorded comes from the signed manifest, never the view
+        manifest = manifest_of_row(draft, draft_id)
+    except TunestepError as exc:
+        ledger.audit(conn, "step.record", draft_id, outcome="refused",
+                     detail={"code": exc.code, "job_id": job_id})
+        return
+    if manifest is not None:
+        payload = {"parent_version": manifest.parent_version}
+        config = job_config_of(manifest, draft_id)
+    else:  # a draft stored before manifests (schema 7): its job was submitted before
+        payload = ledger.loads(draft["payload"])
+        config = payload["job_config"]
     datasets = [*config["train_files"], config["eval_file"]]
     model_id, revision, version, promoted = step_outcome(result)
     conn.execute(
@@ -333,4 +370,4 @@ def record_step(conn, job_id: str, draft_id: str, result: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(supervise(sys.argv[1], sys.argv[2]))
+    sys.exit(supervise(*sys.argv[1:5]))

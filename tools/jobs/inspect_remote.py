@@ -163,7 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--root", type=Path, default=Path("/tmp/tunestep"))
+    parser.add_argument("--config-sha256", default=None,
+                        help="sha256 of job.json's bytes: refuse to run when they differ")
     args = parser.parse_args(argv)
+    if args.config_sha256 is not None:
+        import hashlib
+
+        actual = hashlib.sha256(args.config.read_bytes()).hexdigest()
+        if actual != args.config_sha256.lower():
+            print(f"inspect_remote: error: config_tampered: job.json hashes to {actual[:12]}, "
+                  "not the digest it was started with", file=sys.stderr, flush=True)
+            return 2
     return run(args.config.resolve(), args.root.resolve())
 
 

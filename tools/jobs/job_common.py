@@ -17,9 +17,10 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 143
 class JobError(Exception):
     """A failure with a one-line message for the operator; ``code`` is the exit status."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED):
+    def __init__(self, message: str, code: int = EXIT_FAILED, reason: str | None = None):
         super().__init__(message)
         self.code = code
+        self.reason = reason  # a named refusal (e.g. input_changed), reported with the error
 
 
 class Cancelled(BaseException):  # BaseException: library `except Exception` must not swallow it

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+import stat
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ _SPEC: dict[str, Any] = {
     "tokenized_dir": (str, type(None)), "hyperparameters": dict, "lora": (dict, type(None)),
     "outputs": dict, "samples": dict, "grade_pattern": str, "trackio": dict, "hub": dict,
     "data": dict, "evaluation": dict, "gate": (dict, type(None)), "expect_gpu": bool,
+    "tokenized_files": list, "checkpoint": (dict, type(None)),
 }
 _NESTED: dict[str, dict[str, Any]] = {
     "hyperparameters": {
@@ -71,6 +74,7 @@ _NESTED: dict[str, dict[str, Any]] = {
     "data": {"overlong": str},
     "evaluation": {"batch_size": int, "max_new_tokens": (int, type(None))},
     "gate": {"metric": str, "max_regression": (int, float), "require_significance": bool},
+    "checkpoint": {"of": str, "files": list},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -92,6 +96,19 @@ def _check_keys(obj: dict, spec: dict[str, Any], where: str) -> None:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise JobError(f"config: {where}.{key} must be {names}", EXIT_BAD_INPUT)
+
+
+def _check_file_list(entries: list, where: str) -> None:
+    """[{path, sha256}] with relative paths that stay inside their folder."""
+    for i, entry in enumerate(entries):
+        _require(isinstance(entry, dict), f"{where}[{i}] must be an object")
+        _check_keys(entry, {"path": str, "sha256": str}, f"{where}[{i}]")
+        _require(bool(_SHA256.match(entry["sha256"])), f"{where}[{i}].sha256 must be 64 "
+                 "lowercase hex")
+        parts = entry["path"].split("/")
+        _require(bool(entry["path"]) and not entry["path"].startswith("/") and
+                 ".." not in parts and "" not in parts and "\\" not in entry["path"],
+                 f"{where}[{i}].path must be a relative path inside its folder")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -123,6 +140,24 @@ def validate_config(cfg: Any) -> dict:
     for where, entry in [*((f"train_files[{i}]", e) for i, e in enumerate(cfg["train_files"])),
                          ("eval_file", cfg["eval_file"])]:
         _require(bool(_SHA256.match(entry["sha256"])), f"{where}.sha256 must be 64 lowercase hex")
+    _check_file_list(cfg["tokenized_files"], "tokenized_files")
+    _require(cfg["tokenized_dir"] is None or bool(cfg["tokenized_files"]),
+             "tokenized_dir needs tokenized_files (every file of it by sha256)")
+    _require(cfg["tokenized_dir"] is not None or not cfg["tokenized_files"],
+             "tokenized_files without tokenized_dir")
+    checkpoint = cfg["checkpoint"]
+    if checkpoint is not None:
+        _require(checkpoint["of"] in ("resume_from", "base_model"),
+                 "checkpoint.of must be 'resume_from' or 'base_model'")
+        _require(bool(checkpoint["files"]), "checkpoint.files must list at least one file")
+        _check_file_list(checkpoint["files"], "checkpoint.files")
+        named = cfg[checkpoint["of"]]
+        _require(bool(named) and not named.startswith("hf://"),
+                 f"checkpoint.of names {checkpoint['of']}, which must be a local folder")
+    resume = cfg["resume_from"]
+    _require(resume is None or resume.startswith("hf://") or
+             (checkpoint is not None and checkpoint["of"] == "resume_from"),
+             "a local resume_from needs checkpoint.files (every file of it by sha256)")
     hp = cfg["hyperparameters"]
     _require(hp["per_device_train_batch_size"] >= 1, "per_device_train_batch_size must be >= 1")
     _require(hp["gradient_accumulation_steps"] >= 1, "gradient_accumulation_steps must be >= 1")
@@ -185,6 +220,7 @@ class Paths:
     eval_md: Path
     trackio_dir: Path | None
     version_name: str = ""
+    resume_label: str | None = None  # the resume folder as configured, when read from a copy
 
 
 def resolve_paths(cfg: dict, root: Path) -> Paths:
@@ -235,20 +271,115 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_config_bytes(data: bytes, expected: str | None) -> None:
+    """The job.json bytes against the digest the launcher put on the command line, before
+    anything in them is believed (a job.json rewritten after submit is refused)."""
+    if expected is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.lower():
+        raise JobError(f"config_tampered: job.json hashes to {actual[:12]}…, not the "
+                       f"{expected[:12]}… it was started with; refusing to run",
+                       EXIT_BAD_INPUT, reason="config_tampered")
+
+
+def _copy_hashed(source: Path, target: Path, expected: str, shown: str) -> None:
+    """Copy one input into the snapshot, hashing the very bytes copied; a mismatch (a file
+    swapped since the host checked it) is refused. A FIFO or device is never read."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise JobError(f"missing input file: {shown} ({exc.strerror})", EXIT_BAD_INPUT,
+                       reason="input_missing") from None
+    with os.fdopen(fd, "rb") as reader:
+        if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+            raise JobError(f"input {shown} is not a regular file", EXIT_BAD_INPUT,
+                           reason="input_missing")
+        with open(target, "xb") as writer:
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+                writer.write(chunk)
+    os.chmod(target, 0o400)
+    actual = digest.hexdigest()
+    if actual != expected:
+        raise JobError(f"input_changed: sha256 mismatch for {shown}: expected "
+                       f"{expected[:12]}…, got {actual[:12]}…; refusing to train on changed data",
+                       EXIT_BAD_INPUT, reason="input_changed")
+
+
+def snapshot_inputs(cfg: dict, paths: Paths, snapshot: Path) -> Paths:
+    """Every input copied into ``snapshot`` (a job-private folder outside the workspace)
+    while hashed against the config; the returned Paths read only from it.
+
+    The train files, the hold-out set, every file of the tokenized dataset and of a local
+    start checkpoint: what the job loads is exactly the bytes it verified, whatever happens
+    to the originals afterwards. A file not listed in the config is not copied, so it
+    cannot be loaded either.
+    """
+    pause("before_inputs")
+    train = []
+    for i, (path, entry) in enumerate(zip(paths.train_files, cfg["train_files"], strict=True)):
+        target = snapshot / "train" / f"{i:03d}" / path.name
+        _copy_hashed(path, target, entry["sha256"], entry["path"])
+        train.append(target)
+    eval_file = snapshot / "eval" / paths.eval_file.name
+    _copy_hashed(paths.eval_file, eval_file, cfg["eval_file"]["sha256"], cfg["eval_file"]["path"])
+    tokenized = None
+    if paths.tokenized_dir is not None:
+        tokenized = snapshot / "tokenized"
+        for entry in cfg["tokenized_files"]:
+            _copy_hashed(paths.tokenized_dir / entry["path"], tokenized / entry["path"],
+                         entry["sha256"], f"{cfg['tokenized_dir']}/{entry['path']}")
+    resume_from, base_model, resume_label = paths.resume_from, paths.base_model, None
+    checkpoint = cfg["checkpoint"]
+    if checkpoint is not None:
+        folder = snapshot / "checkpoint"
+        source = Path(mounted(cfg[checkpoint["of"]]))
+        source = source if source.is_absolute() else paths.root / source
+        for entry in checkpoint["files"]:
+            _copy_hashed(source / entry["path"], folder / entry["path"], entry["sha256"],
+                         f"{cfg[checkpoint['of']]}/{entry['path']}")
+        if checkpoint["of"] == "resume_from":
+            resume_from, resume_label = folder, str(paths.resume_from)
+        else:
+            base_model = str(folder)
+    pause("after_inputs")
+    return replace(paths, train_files=train, eval_file=eval_file, tokenized_dir=tokenized,
+                   resume_from=resume_from, base_model=base_model, resume_label=resume_label)
+
+
+def make_snapshot_dir() -> Path:
+    """A fresh folder only this user can read (mkdtemp: 0700), outside the workspace."""
+    return Path(tempfile.mkdtemp(prefix="tunestep-inputs-"))
+
+
+PAUSE_ENV = "TUNESTEP_JOB_PAUSE"
+
+
+def pause(stage: str) -> None:
+    """A fault point for the tests: with ``TUNESTEP_JOB_PAUSE=<stage>:<folder>`` the job
+    says it reached ``stage`` (``<folder>/<stage>.reached``) and waits (at most 120 s) for
+    ``<folder>/<stage>.go``, so a test swaps files at an exact point, not by a race."""
+    wanted, _, folder = os.environ.get(PAUSE_ENV, "").partition(":")
+    if wanted != stage or not folder:
+        return
+    import time
+
+    Path(folder, f"{stage}.reached").touch()
+    deadline = time.monotonic() + 120
+    while not Path(folder, f"{stage}.go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def verify_inputs(cfg: dict, paths: Paths) -> None:
-    """Refuse to train on anything but the approved bytes."""
+    """What must hold before anything is read: the data is verified by snapshot_inputs."""
     entries = [*zip(paths.train_files, cfg["train_files"], strict=True),
                (paths.eval_file, cfg["eval_file"])]
     for path, entry in entries:
         if not path.is_file():
             raise JobError(f"missing data file: {entry['path']}", EXIT_BAD_INPUT)
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise JobError(
-                f"sha256 mismatch for {entry['path']}: expected {entry['sha256'][:12]}…, "
-                f"got {actual[:12]}…; refusing to train on changed data",
-                EXIT_BAD_INPUT,
-            )
     if paths.tokenized_dir is not None and not paths.tokenized_dir.is_dir():
         raise JobError(f"tokenized_dir not found: {cfg['tokenized_dir']}", EXIT_BAD_INPUT)
     if paths.resume_from is not None and not paths.resume_from.is_dir():

@@ -33,11 +33,17 @@ preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
 
 Usage::
 
-    python train_sft.py --config job.json [--root DIR]
-    uv run train_sft.py --config job.json --root DIR            # on HF Jobs
+    python -I train_sft.py --config job.json --config-sha256 HEX [--root DIR]
+    uv run train_sft.py --config job.json --config-sha256 HEX --root DIR  # on HF Jobs
     accelerate launch train_sft.py --config job.json            # several GPUs
 
 Relative paths in the config resolve against ``--root`` (default: the current directory).
+``--config-sha256`` (tunestep's launchers always pass it) is the sha256 of job.json's
+bytes: the job reads the file once, and refuses it before anything else when its bytes
+hash to anything else (``config_tampered``). The job's own modules are loaded by file
+from the script's folder; no folder is put on the import path (``python -I`` locally,
+``PYTHONSAFEPATH`` on HF Jobs, and the script's folder and the working directory are
+taken off ``sys.path``), so a module planted in the workspace is never imported.
 
 Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refused::
 
@@ -60,6 +66,13 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             Its labels already hold the assistant mask, so TRL gets
                             assistant_only_loss=False (it refuses the flag on tokenized rows)
                             and the hold-out is tokenized by the same function
+    tokenized_files   [{"path", "sha256"}]   every file of tokenized_dir (paths relative
+                            to it); [] when tokenized_dir is null. Only these are loaded
+    checkpoint        {"of": "resume_from" | "base_model", "files": [{"path", "sha256"}]}
+                            | null   every file of a local start folder (the one named by
+                            resume_from, or by base_model for LoRA on a full fine-tune),
+                            paths relative to it; required when resume_from is a local
+                            path. Only these files are loaded
     hyperparameters   {per_device_train_batch_size, gradient_accumulation_steps,
                        learning_rate, num_train_epochs, max_length, seed, save_total_limit,
                        precision: "auto"|"fp16"|"bf16"|"fp32", max_steps (-1 = by epochs),
@@ -86,8 +99,15 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             grade_within_1, grade_mae, spearman, kappa. null = always promote
     expect_gpu        bool  true on a GPU flavor: without usable CUDA the job stops (exit 2)
 
-What it does, in order: validate the config; check every train/eval file against its
-sha256 (a mismatch refuses to train); stop if a GPU is expected (``expect_gpu`` or
+What it does, in order: check job.json's bytes against ``--config-sha256``; validate
+the config; copy every input (the train files, the hold-out set, the tokenized dataset's
+files, the local start checkpoint's files) into a private snapshot folder outside the
+workspace (``tempfile.mkdtemp``: 0700, removed at the end) while hashing the very bytes
+copied, refusing any mismatch with its sha256 (``input_changed``, exit 2; nothing
+trained), and from then on read only the snapshot: a file swapped after the check
+changes nothing. (A fault point for the tests: ``TUNESTEP_JOB_PAUSE=<stage>:<folder>``
+with stage ``before_inputs`` or ``after_inputs`` waits there for ``<folder>/<stage>.go``.)
+Then stop if a GPU is expected (``expect_gpu`` or
 ``$ACCELERATOR`` naming one) and CUDA is not usable; resolve the precision (``auto``: bf16
 where the GPU has it natively, ``is_bf16_supported(including_emulation=False)``, else
 fp16 on a GPU, else fp32; any fall-back from an explicit request is logged with its
@@ -206,7 +226,30 @@ if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling m
         sft_data,
     )
 else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at import
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import importlib.abc
+    import importlib.util
+
+    _HERE = Path(__file__).resolve().parent
+    _SIBLINGS = frozenset({"job_common", "job_config", "job_data", "job_evaluate", "job_gate",
+                           "job_report", "job_stats", "job_store", "job_train", "sft_data"})
+
+    class _Siblings(importlib.abc.MetaPathFinder):
+        """The job's own modules, each loaded from its exact file beside this script.
+
+        No folder goes on the import path (the launcher runs ``python -I``, and the
+        script's folder and the working directory are taken off ``sys.path`` here too), so
+        a module planted in the workspace or the job folder (an ``orjson.py``) is never
+        imported: only these names resolve to files of this folder.
+        """
+
+        def find_spec(self, name, path=None, target=None):
+            if name in _SIBLINGS:
+                return importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
+            return None
+
+    sys.path[:] = [p for p in sys.path
+                   if p not in ("", ".") and Path(p).resolve() not in (_HERE, Path.cwd())]
+    sys.meta_path.insert(0, _Siblings())
     import job_common
     import job_config
     import job_data
@@ -313,6 +356,8 @@ def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
         template = sft_data.training_chat_template(tokenizer)
     except ValueError as exc:
         raise JobError(str(exc), EXIT_BAD_INPUT) from exc
+    if paths.resume_label is not None and resumed_from == str(paths.resume_from):
+        resumed_from = paths.resume_label  # the verified copy stands for the configured folder
     data = job_data.load_datasets(cfg, paths, tokenizer, template, log)
     # The whole hold-out set, each row cut before its last assistant turn.
     holdout = job_evaluate.HoldOut.from_rows(data.eval_rows, cfg["grade_pattern"])
@@ -551,13 +596,15 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     return result
 
 
-def _fail(message: str, code: int, log_path: Path | None) -> int:
+def _fail(message: str, code: int, log_path: Path | None, reason: str | None = None) -> int:
     message = " ".join(job_common.scrub(message).split())  # one line
     if log_path is not None:
         RunLog(log_path, "train_sft", echo=False)(f"FAILED ({code}): {message}")
     print(f"train_sft: error: {message}", file=sys.stderr, flush=True)
-    print(f"{ERROR_PREFIX} {json.dumps({'ok': False, 'error': message, 'exit_code': code})}",
-          flush=True)
+    error = {"ok": False, "error": message, "exit_code": code}
+    if reason:
+        error["code"] = reason
+    print(f"{ERROR_PREFIX} {json.dumps(error)}", flush=True)
     return code
 
 
@@ -579,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="job config JSON")
     parser.add_argument("--root", type=Path, default=Path.cwd(),
                         help="folder that relative config paths resolve against (default: cwd)")
+    parser.add_argument("--config-sha256", default=None,
+                        help="sha256 of the config file's bytes; the job refuses to run "
+                             "when they differ (tunestep's launchers always pass it)")
     parser.add_argument("--num-processes", type=int, default=1,
                         help="one training process per GPU (multi-GPU flavors): relaunches "
                              "itself through accelerate's launcher")
@@ -591,17 +641,24 @@ def main(argv: list[str] | None = None) -> int:
     state: dict = {}
     _install_cancel_handler(state)
     log_path = None
+    snapshot = None
     try:
         try:
-            cfg = validate_config(json.loads(args.config.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
+            # The bytes are read once, hashed, and only then parsed: what runs is what
+            # the launcher's digest names.
+            data = args.config.read_bytes()
+            job_config.verify_config_bytes(data, args.config_sha256)
+            cfg = validate_config(json.loads(data.decode("utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise JobError(f"cannot read config {args.config}: {exc}", EXIT_BAD_INPUT) from exc
         paths = job_config.resolve_paths(cfg, args.root)
         log_path = paths.train_log if job_common.is_main_process() else None
         job_config.verify_inputs(cfg, paths)
+        snapshot = job_config.make_snapshot_dir()
+        paths = job_config.snapshot_inputs(cfg, paths, snapshot)
         result = run(cfg, paths, state)
     except JobError as exc:
-        return _fail(str(exc), exc.code, log_path)
+        return _fail(str(exc), exc.code, log_path, exc.reason)
     except Cancelled:
         return _fail("cancelled (SIGTERM); latest not moved", EXIT_CANCELLED, log_path)
     except Exception as exc:  # one clear line for the operator; the traceback goes to stderr
@@ -609,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(job_common.scrub(traceback.format_exc()), file=sys.stderr, flush=True)
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, log_path)
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
     if result:
         print(f"{RESULT_PREFIX} {json.dumps(result, default=str)}", flush=True)
     return 0

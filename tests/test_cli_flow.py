@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,16 @@ def test_demo_runs_two_steps_end_to_end(tmp_path):
     promoted = [h for h in history if h["promoted"]]
     assert promoted and latest.name == promoted[-1]["version"].removeprefix("versions/")
     assert promoted[-1]["grade_within1_low"] > history[0]["grade_within1_high_before"]
+    # The first hour: no empty staging folder left, one mode for every output file, no
+    # raw floats or progress bars, and what to do next (tests/test_first_hour.py runs it).
+    assert not (tmp_path / "demo/model-store/qwen3_webdev/.staging").exists()
+    outputs = [*(ws / "logs").iterdir(), *(ws / ".specs/plots").iterdir()]
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in outputs if p.is_file()}
+    assert set(modes.values()) == {modes["train.log"]}, modes
+    assert not re.search(r"\d\.\d{6,}", proc.stdout), proc.stdout
+    assert "shards" not in proc.stderr and "setuptools" not in proc.stdout + proc.stderr
+    assert f"workspace {ws}" in " ".join(proc.stdout.split())
+    assert "demo --fresh DIR" in proc.stdout
     # Running the demo again replaces its own folder; a foreign folder is refused.
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -377,8 +377,8 @@ def test_logs_show_control_characters_from_job_output_visibly(sample_ws, capsys,
 
     lines = ["epoch 1\tloss 0.5", "row: \x1b]0;owned\x07 \x1b[2Jcleared"]
     monkeypatch.setattr(job_control, "job_logs",
-                        lambda ws, job_id, tail: job_control.JobLogs(job_id=job_id,
-                                                                     lines=lines))
+                        lambda ws, job_id, tail, raw=False: job_control.JobLogs(
+                            job_id=job_id, lines=lines))
     code, out, _ = run(capsys, "logs", "job-1", "-w", str(sample_ws.root))
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out

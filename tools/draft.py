@@ -142,7 +142,9 @@ def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
         row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                            (draft_id,)).fetchone()
     if row is None:
-        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in this workspace's ledger")
+        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in the ledger of the "
+                            f"workspace {ws.root} (a draft belongs to the workspace it was "
+                            "made in: give that one with --workspace)")
     return draft_from_row(row, draft_id)
 
 
@@ -173,6 +175,17 @@ def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
     """The stored draft's request drafted again now: a different digest means stale."""
     with step_context(ws):
         return build_draft(ws, stored.request, check_batch(ws, stored.batch))
+
+
+def what_changed(old: JobDraft, new: JobDraft) -> str:
+    """Which of a stale draft's files changed, for the refusal (else what else did)."""
+    before = {(f.role, f.path): f.sha256 for f in old.files}
+    after = {(f.role, f.path): f.sha256 for f in new.files}
+    files = sorted(path for key, path in {*before, *after}
+                   if before.get((key, path)) != after.get((key, path)))
+    if files:
+        return "changed files: " + ", ".join(files)
+    return "the plan, the checkpoint or the job settings changed"
 
 
 def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *,

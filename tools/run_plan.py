@@ -58,9 +58,15 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     last = report.last_step
     if last is not None:
         preflight += (f"\n5. Last step: {last.step} (`{last.batch}`), version "
-                      f"`{last.version}`, " + ("promoted." if last.promoted else
-                                              f"**promoted: false**: {last.reason}; latest "
-                                              "stayed where it was."))
+                      f"`{last.version}`, " + (
+                          "promoted." if last.promoted else
+                          f"**rolled back by the operator**: {last.reason}." if
+                          getattr(last, "rolled_back", False) else
+                          f"**promoted: false**: {last.reason}; latest stayed where it "
+                          "was."))
+    if report.retrain:
+        preflight += (f"\n6. Trained again, in full: {', '.join(report.retrain)} (the "
+                      "weights this step starts from never learned them).")
     data = _table(["role", "file", "rows", "sha256"],
                   [[f.role, f"`{f.path}`", str(f.rows if f.rows is not None else ""),
                     f"`{f.sha256[:16]}`"] for f in draft.files])

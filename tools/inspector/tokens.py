@@ -255,6 +255,7 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.max_length = max_length
+        self.overlong = "truncate_prompt"  # the plan's data.overlong (run.py sets it)
         self.pending: list[tuple[Any, list, tuple, tuple, Any]] = []
         self.shapes: dict[tuple, list | None] = {}
         self.assembled = 0

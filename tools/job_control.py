@@ -340,8 +340,6 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     staging = job_dir(ws, row["job_id"]) / "outputs"
     outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
                                         staging, allow=[*allowed, "result.json", "trackio/"])
-    copied: list[str] = []
-    merged: list[str] = []
     errors: list[str] = []
     history = None
     reported = next((f for f in outputs.files if f.name == "result.json"), None)
@@ -349,8 +347,12 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
         raise TunestepError("remote_result_missing", "the job completed without pushing its "
                             "result (result.json): nothing it made is recorded")
     # Checked before anything of the job's reaches the workspace: this draft's step, the
-    # start the ledger expects, and the gate decided here (tools/remote_result.py).
-    checked = check_result(draft.job_config, row["draft_id"], read_result(reported.local_path))
+    # start the ledger expects, and the gate decided here (tools/remote_result.py). The
+    # lists of what was fetched come after: the job's own "outputs" (its paths in the
+    # container) must not stand in for them.
+    summary: dict = {**check_result(draft.job_config, row["draft_id"],
+                                    read_result(reported.local_path)),
+                     "outputs": [], "merged": []}
     config = draft.job_config
     for item in outputs.files:
         try:
@@ -360,22 +362,22 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
                 if item.name.endswith(".db") and item.name.count("/") == 1:
                     runs = outputs_merge.merge_trackio(ws.state_dir / "trackio",
                                                        item.local_path)
-                    merged.append(f".tunestep/{item.name} ({len(runs)} run(s))")
+                    summary["merged"].append(f".tunestep/{item.name} ({len(runs)} run(s))")
             elif item.name == out["history_json"]:
                 history = outputs_merge.merge_history(ws.resolve(item.name), item.local_path,
                                                       config["step"], config["batch"])
-                merged.append(item.name)
+                summary["merged"].append(item.name)
             elif item.name == out["train_log"]:
                 outputs_merge.append_log_once(ws.resolve(item.name), item.local_path,
                                               row["draft_id"])
-                merged.append(item.name)
+                summary["merged"].append(item.name)
             elif item.name != progression:  # redrawn below from the whole history
                 target = ws.resolve(item.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 temp = target.with_name(f".{target.name}.fetch")
                 shutil.copyfile(item.local_path, temp)
                 temp.replace(target)
-                copied.append(item.name)
+                summary["outputs"].append(item.name)
         except TunestepError as exc:
             errors.append(str(exc))
         except (OSError, ValueError, sqlite3.Error) as exc:  # a malformed output file
@@ -383,11 +385,9 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     if history is not None:
         try:
             outputs_merge.redraw_progression(history, ws.resolve(progression))
-            merged.append(progression)
+            summary["merged"].append(progression)
         except Exception as exc:  # a plot of odd values must not lose the job's outcome
             errors.append(f"{progression} not redrawn: {type(exc).__name__}: {exc}")
-    # The job's own keys win (its result names its output paths as ``outputs``).
-    summary: dict = {"outputs": copied, "merged": merged, **checked}
     if errors:
         summary["merge_errors"] = errors
     return summary

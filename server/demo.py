@@ -189,6 +189,9 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
                   f"{_num(result.get('final_eval_loss'))}, grade exact "
                   f"{_num(before.get('grade_exact'))} -> {_num(after.get('grade_exact'))}, "
                   f"model {result.get('model_path')}")
+    # The gate's one sentence: the metric against latest with its interval (issue 18).
+    console.print(f"  gate: {'promoted' if result.get('promoted') else 'held back'}: "
+                  f"{(result.get('promotion') or {}).get('reason', '-')}", markup=False)
     return status.status
 
 

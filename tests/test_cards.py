@@ -299,7 +299,7 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     source = "datasets/incremental/batch_8_02"
     if (mapping := suggest_mapping(ws, source).mapping) is not None:
         apply_mapping(ws, source, mapping)
-    job_id = run_step(ws, operator, Gate(max_regression=-0.99))  # needs +0.99: held back
+    job_id = run_step(ws, operator, Gate(margin=-0.99))  # needs +0.99: held back
     async with Client(build_server(ServerConfig(workspace=ws.root)),
                       extensions=[APPS]) as client:
         page = await card_page(client, cards.RESULTS_URI)
@@ -434,3 +434,29 @@ def test_an_hf_job_reports_progress_from_its_hub_log_at_most_once_per_interval(
         kept = json.loads(conn.execute("SELECT result FROM jobs WHERE job_id = ?",
                                        (handle.job_id,)).fetchone()[0])["hub_progress"]
     assert kept["progress"]["stage"] == "training" and kept["next_at"] == clock[0] + 10.0
+
+
+async def test_the_review_card_reads_the_signed_bytes_not_an_edited_row(model_ws):
+    """Through the storage: the drafts row's JSON view edited (a public repo, a cheap
+    flavor) changes nothing the card shows as signed; the signed manifest bytes edited make
+    the card tool refuse with draft_tampered instead of showing them."""
+    async with Client(build_server(ServerConfig(workspace=model_ws.root))) as client:
+        drafted = await client.call_tool("draft_job", {"batch": "batch_100_01"})
+        draft_id = drafted.structured_content["draft_id"]
+        with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+            payload = json.loads(conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+                                              (draft_id,)).fetchone()[0])
+            payload.setdefault("job_config", {}).setdefault("hub", {})["private"] = False
+            payload["flavor"] = "cpu-basic"
+            conn.execute("UPDATE drafts SET payload = ? WHERE draft_id = ?",
+                         (json.dumps(payload), draft_id))
+        shown = (await client.call_tool("review_card", {"draft_id": draft_id}))
+        with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+            conn.execute("UPDATE drafts SET manifest = replace(manifest, '\"local\"', "
+                         "'\"cpu-basic\"') WHERE draft_id = ?", (draft_id,))
+        tampered = await client.call_tool("review_card", {"draft_id": draft_id})
+    card = shown.structured_content
+    assert card["draft"]["flavor"] == "local" and card["review"]["flavor"] == "local"
+    assert card["draft"]["job_config"]["hub"]["private"] is True
+    assert "flavor" in card["signed"] and "job_config" in card["signed"]
+    assert error_code(tampered) == "draft_tampered"

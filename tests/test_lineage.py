@@ -205,7 +205,7 @@ def test_a_manual_promote_of_a_synced_remote_version_is_resumed_by_its_commit(
 @pytest.mark.e2e
 def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, operator):
     """Two real local steps on the tiny model (8 rows a batch, 1 epoch): step 1 with no
-    gate (latest moves), step 2 with a gate that cannot pass (max_regression -1.0); the
+    gate (latest moves), step 2 with a gate that cannot pass (margin -0.99); the
     operator promotes step 2 and step 3's draft resumes from it; then rolls back to step 1,
     and the next draft resumes from step 1 and trains batch 2 in full."""
     from tunestep.tools.job_control import job_logs, wait_for_job
@@ -231,7 +231,7 @@ def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, ope
     _, status = step(None, "batch_8_01")
     assert status.promoted is not False
     map_batch(ws, "batch_8_02")
-    second, status = step(Gate(max_regression=-1.0))
+    second, status = step(Gate(margin=-0.99))
     assert second.job_config["resume_from"].endswith(one)
     store = ws.resolve_model_store("models/qwen3_webdev")
     assert status.promoted is False and (store / "versions" / two).is_dir()

@@ -339,7 +339,6 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     staging = job_dir(ws, row["job_id"]) / "outputs"
     outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
                                         staging, allow=[*allowed, "result.json", "trackio/"])
-    summary: dict = {"outputs": [], "merged": []}
     errors: list[str] = []
     history = None
     reported = next((f for f in outputs.files if f.name == "result.json"), None)
@@ -347,9 +346,12 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
         raise TunestepError("remote_result_missing", "the job completed without pushing its "
                             "result (result.json): nothing it made is recorded")
     # Checked before anything of the job's reaches the workspace: this draft's step, the
-    # start the ledger expects, and the gate decided here (tools/remote_result.py).
-    summary.update(check_result(draft.job_config, row["draft_id"],
-                                read_result(reported.local_path)))
+    # start the ledger expects, and the gate decided here (tools/remote_result.py). The
+    # lists of what was fetched come after: the job's own "outputs" (its paths in the
+    # container) must not stand in for them.
+    summary: dict = {**check_result(draft.job_config, row["draft_id"],
+                                    read_result(reported.local_path)),
+                     "outputs": [], "merged": []}
     config = draft.job_config
     for item in outputs.files:
         try:

@@ -114,11 +114,10 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     else:
         better = "lower" if g["metric"] == "grade_mae" else "higher"
         gate = (f"- promotion gate: `{g['metric']}` ({better} is better) on the whole hold-out "
-                f"set may get worse than the previous version's by at most "
-                f"{g['max_regression']:g}"
-                + (", judged on the paired comparison's 95 % interval"
-                   if g["require_significance"] else "")
-                + "; a version that fails is kept and recorded, `latest` stays, and the "
+                f"set: `latest` moves only when the lower end of the paired 95 % interval "
+                f"of the gain over `latest` (and over the best version on the line) is "
+                f"above {-g['margin']:g}, i.e. the hold-out shows it is not worse by more "
+                f"than {g['margin']:g}; a version held back is kept and recorded, and the "
                 "operator can still promote it (`tunestep promote VERSION`)")
     return f"""# Run plan: step {draft.step}, batch {draft.batch}
 

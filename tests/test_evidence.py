@@ -473,3 +473,24 @@ def test_local_remote_rollback_local_with_the_link_moved_by_hand_in_between(
     local = draft_job(ws, DraftRequest())
     assert local.job_config["resume_from"] == str((store / "versions" / V1).resolve())
     assert ledger_line(ws).not_learned == ["batch_100_02"]
+
+
+def test_a_link_moved_by_a_finishing_local_job_is_not_a_mismatch(two_steps):
+    """A local job moves the link a moment before its supervisor records the step (the
+    load test saw check_batch refuse in that window): the job's own version is tolerated
+    while its job row runs, and never followed; anything else stays a mismatch."""
+    ws = two_steps
+    store = ws.resolve_model_store(LINK)
+    third = draft_job(ws, DraftRequest())
+    mine = f"{third.step:04d}_{third.batch}"
+    shutil.copytree(store / f"versions/{V1}", store / "versions" / mine)
+    ln_sfn(ws, f"versions/{mine}")
+    assert "latest_link_mismatch" in codes(ws)  # no job runs: a hand-made move
+    with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at, result)"
+                     " VALUES ('job-finishing', ?, 'local', 'running', ?, '{}')",
+                     (third.draft_id, time.time()))
+    assert "latest_link_mismatch" not in codes(ws)
+    assert draft_job(ws, DraftRequest()).job_config["resume_from"].endswith(V1)  # not followed
+    ln_sfn(ws, f"versions/{V2}")  # the held-back version is not the running job's
+    assert "latest_link_mismatch" in codes(ws)

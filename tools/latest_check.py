@@ -39,6 +39,7 @@ class LatestState(BaseModel):
     link_target: str | None  # the link as written (None: no link)
     matches: bool
     pending_sync: bool = False  # the ledger's latest is a remote step not in the store yet
+    recording: bool = False  # a running local job moved the link; its step is not recorded yet
     message: str | None = None  # the mismatch, in words
     fix: str | None = None  # the CLI command that repairs it
     fix_action: NextAction | None = None  # the same as data (MCP: promote_version)
@@ -87,6 +88,12 @@ def latest_state(ws: Workspace, conn: sqlite3.Connection, link: str, model: str,
         state.matches = points is None or (base is not None and points == base)
     if state.matches:
         return state
+    if _finishing_local_job(conn, store, points):
+        # A local job moves the link to the version it just made a moment before its
+        # supervisor records the step: for that moment the link is ahead of the ledger.
+        # It is not followed (the resume point comes from the ledger), and not a fault.
+        state.matches, state.recording = True, True
+        return state
     where = written if written is not None else "a real folder"
     if latest is not None:
         state.message = (f"{link}/latest points at {where}, but the ledger's latest is "
@@ -104,6 +111,18 @@ def latest_state(ws: Workspace, conn: sqlite3.Connection, link: str, model: str,
             note=f"remove the link {link}/latest, or have the operator promote a version "
                  "(signed)")
     return state
+
+
+def _finishing_local_job(conn: sqlite3.Connection, store: Path, points: Path | None) -> bool:
+    """The link points at the version a running local job is finishing, not recorded yet."""
+    if points is None or points.parent != (store / "versions").resolve():
+        return False
+    if conn.execute("SELECT 1 FROM steps WHERE version = ?", (points.name,)).fetchone():
+        return False
+    running = conn.execute("SELECT d.batch FROM jobs j JOIN drafts d USING (draft_id) "
+                           "WHERE j.backend = 'local' AND j.status IN ('starting', 'running')")
+    # Only the version that job writes (NNNN_<its batch>), not any folder put there by hand.
+    return any(points.name.endswith(f"_{row[0]}") for row in running)
 
 
 def refuse_mismatch(state: LatestState, link: str) -> None:

@@ -87,9 +87,8 @@ function renderOutcome(o) {
       el("p", { class: o.promoted ? "ok" : "held", "data-field": "decision" }, decision),
       el("p", { "data-field": "reason" }, o.reason),
       o.gate ? pairs([["metric", o.gate.metric, "gate_metric"],
-                      ["max regression", fmt(o.gate.max_regression), "gate_max_regression"],
-                      ["require significance", o.gate.require_significance ? "yes" : "no",
-                       "gate_significance"]])
+                      ["margin (the drop the hold-out must rule out)", fmt(o.gate.margin),
+                       "gate_margin"]])
              : el("p", {}, "No gate configured.")),
     el("section", { "data-section": "metrics" },
       el("h2", {}, "Hold-out metrics (95 % intervals)"),

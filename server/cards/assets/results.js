@@ -86,9 +86,7 @@ function renderOutcome(o) {
     el("section", { "data-section": "gate" }, el("h2", {}, "The gate's decision"),
       el("p", { class: o.promoted ? "ok" : "held", "data-field": "decision" }, decision),
       el("p", { "data-field": "reason" }, o.reason),
-      o.gate ? pairs([["metric", o.gate.metric, "gate_metric"],
-                      ["margin (the drop the hold-out must rule out)", fmt(o.gate.margin),
-                       "gate_margin"]])
+      o.gate ? pairs(Object.keys(o.gate).sort().map((k) => [k, String(o.gate[k]), "gate_" + k]))
              : el("p", {}, "No gate configured.")),
     el("section", { "data-section": "metrics" },
       el("h2", {}, "Hold-out metrics (95 % intervals)"),

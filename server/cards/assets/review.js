@@ -122,8 +122,7 @@ function renderDraft(card) {
 
   const gate = cfg.gate;
   parts.push(section("gate", "Promotion gate", signed.has("job_config"), gate
-    ? pairs([["metric", gate.metric, "gate_metric"],
-             ["margin (the drop the hold-out must rule out)", fmt(gate.margin), "gate_margin"]])
+    ? pairs(Object.keys(gate).sort().map((k) => [k, String(gate[k]), "gate_" + k]))
     : el("p", { "data-field": "gate" }, "No gate: the new version becomes latest whatever it scores.")));
 
   const hp = cfg.hyperparameters || {};

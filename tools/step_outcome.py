@@ -61,7 +61,7 @@ class StepOutcome(BaseModel):
     step: int
     batch: str
     version: str
-    gate: dict[str, Any] | None = None  # the draft's gate (metric, max_regression, ...)
+    gate: dict[str, Any] | None = None  # the draft's gate (metric, margin)
     promoted: bool | None = None  # the gate's decision
     reason: str | None = None
     metrics: list[MetricChange] = Field(default_factory=list)

@@ -266,6 +266,29 @@ def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
     return first
 
 
+PASSPHRASE_TRIES = 3
+
+
+def _key_passphrase(key_path: Path) -> bytes:
+    """The passphrase that unlocks ``key_path``: a mistyped one is asked again (up to
+    three tries at a terminal; one from TUNESTEP_OPERATOR_PASSPHRASE is tried once)."""
+    from tunestep.tools.approval import load_private_key
+    from tunestep.tools.operator import passphrase_from_env
+
+    for attempt in range(1, PASSPHRASE_TRIES + 1):
+        passphrase = _passphrase()
+        try:
+            load_private_key(key_path, passphrase)
+            return passphrase
+        except TunestepError as exc:
+            if (exc.code != "operator_key_locked" or passphrase_from_env() is not None
+                    or attempt == PASSPHRASE_TRIES):
+                raise
+        print(f"wrong passphrase for {key_path.name}; try again "
+              f"({PASSPHRASE_TRIES - attempt} left)", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.render import make_console, render, screen
@@ -289,7 +312,7 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
             err.print("not approved")
             return EXIT_PROBLEM
     grant = sign_draft(ws, draft, name=key.name, key_path=key.path,
-                       passphrase=_passphrase(), ttl=args.ttl)
+                       passphrase=_key_passphrase(key.path), ttl=args.ttl)
     if args.json:
         print(grant.model_dump_json(indent=2))
         return EXIT_OK
@@ -319,7 +342,7 @@ def _sign_promotion(args: argparse.Namespace, ws, key, request):
         err.print("not approved")
         return None
     return sign_promotion(ws, request, name=key.name, key_path=key.path,
-                          passphrase=_passphrase(), ttl=args.ttl)
+                          passphrase=_key_passphrase(key.path), ttl=args.ttl)
 
 
 def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
@@ -369,11 +392,40 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
     ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()
-    paths = _trusted_key_paths(args)
+    paths = _trusted_key_paths(args) or _default_public_key(args)
     ensure_keys_outside_workspace(paths, ws.root)
     trusted = pin_trusted_keys(paths, _fingerprints(args))
-    _show(args, console, submit_job(ws, args.draft_id, token, trusted))
+    try:
+        handle = submit_job(ws, args.draft_id, token, trusted)
+    except TunestepError as exc:
+        if exc.code != "approval_untrusted_key":
+            raise
+        shown = ", ".join(str(p) for p in paths)
+        raise TunestepError(exc.code, f"the token was signed by a key this command does not "
+                            f"trust (it trusts {shown}): give the signer's public key with "
+                            "--operator-key PUBKEY or TUNESTEP_OPERATOR_KEYS") from None
+    _show(args, console, handle)
     return EXIT_OK
+
+
+def _default_public_key(args: argparse.Namespace) -> list:
+    """Without --operator-key or TUNESTEP_OPERATOR_KEYS: the public half of the key
+    `tunestep approve` would sign with (the default made by `operator init`, or the only
+    one), found the same way, else a refusal that names the flag and the variable."""
+    from tunestep.tools.operator import find_operator_key
+
+    try:
+        key = find_operator_key(None, None, args.config_dir)
+    except TunestepError as exc:
+        raise TunestepError("approval_untrusted_key", "no operator public key to check the "
+                            "token with: give it with --operator-key PUBKEY or "
+                            f"TUNESTEP_OPERATOR_KEYS=PUBKEY ({exc.message})") from None
+    public = key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))
+    if not public.is_file():
+        raise TunestepError("approval_untrusted_key", f"the default operator key has no public "
+                            f"half beside it ({public}): give it with --operator-key PUBKEY "
+                            "or TUNESTEP_OPERATOR_KEYS=PUBKEY")
+    return [public.resolve()]
 
 
 @command("status")
@@ -385,24 +437,72 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         _show(args, console, list_jobs(ws))
         return EXIT_OK
     if args.wait:
-        status = wait_for_job(ws, args.job_id, timeout=args.wait)
+        try:
+            status = wait_for_job(ws, args.job_id, timeout=args.wait,
+                                  on_poll=None if args.json else _progress_lines(ws))
+        except KeyboardInterrupt:
+            return _stopped_waiting(args, ws, args.job_id)
     else:
         status = job_status(ws, args.job_id)
     _show(args, console, status)
     return EXIT_OK if status.status != "failed" else EXIT_PROBLEM
 
 
+def _progress_lines(ws):
+    """While `status --wait` waits: a line on stderr whenever the job's stage or epoch
+    changes (stage, epoch, elapsed; tools/job_progress.py), and one a minute otherwise."""
+    import time
+
+    last = {"said": None, "at": 0.0}
+
+    def on_poll(status) -> None:
+        if status.terminal:
+            return
+        progress = getattr(status, "progress", None)
+        parts = [status.status]
+        if progress is not None and progress.stage:
+            parts[0] += f": {progress.stage}"
+        if progress is not None and progress.epoch is not None:
+            parts.append(f"epoch {progress.epoch:.3g}" + (f"/{progress.epochs:g}"
+                                                          if progress.epochs else ""))
+        key = ", ".join(parts)
+        if status.started_at:
+            minutes, seconds = divmod(int(time.time() - status.started_at), 60)
+            parts.append(f"{minutes}:{seconds:02d} elapsed")
+        if key != last["said"] or time.monotonic() - last["at"] >= 60:
+            print(f"  {', '.join(parts)}", file=sys.stderr, flush=True)
+            last.update(said=key, at=time.monotonic())
+
+    return on_poll
+
+
+def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
+    """Ctrl-C while waiting ends the wait, not the job: say so, and how to stop it."""
+    from tunestep.server.render import View, cli_command
+    from tunestep.tools.next_step import NextAction
+
+    view = View(workspace=getattr(args, "hint_workspace", None))
+    cancel = cli_command(NextAction(tool="cancel_job", args={"job_id": job_id}), view)
+    again = cli_command(NextAction(tool="job_status", args={"job_id": job_id}), view)
+    print(f"\nstopped waiting; {job_id} keeps running.\n  to stop it:   {cancel}\n"
+          f"  to wait again: {again} --wait {args.wait:g}", file=sys.stderr)
+    return 130
+
+
 @command("logs")
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.job_control import job_logs
 
-    logs = job_logs(_workspace(args), args.job_id, args.tail)
+    logs = job_logs(_workspace(args), args.job_id, args.tail, raw=args.raw)
     if args.json:
         _show(args, console, logs)
     else:
         from tunestep.server.render import visible_text
 
         print("\n".join(visible_text(line) for line in logs.lines))
+        if logs.left_out:
+            print(f"({logs.left_out} line(s) of progress bars and library output left out; "
+                  "--raw shows every line)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -446,6 +546,15 @@ def _signing_key_arguments(p: argparse.ArgumentParser) -> None:
                    help="the key folder (default $XDG_CONFIG_HOME/tunestep/operator)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunestep")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--workspace", "-w", metavar="DIR", help=WORKSPACE_HELP)
@@ -457,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunestep", description="Prepare incremental fine-tuning steps; the operator "
         "alone approves a job.")
+    parser.add_argument("--version", action="version", version=f"tunestep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[where], help="run the MCP server",
@@ -558,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-key-fingerprint", action="append", metavar="SHA256",
                    help="refuse unless every trusted key has one of these fingerprints; "
                    "also $TUNESTEP_OPERATOR_KEY_FINGERPRINTS")
+    p.add_argument("--config-dir", type=Path, metavar="DIR",
+                   help="without --operator-key: the key folder whose default key's public "
+                   "half is trusted (default $XDG_CONFIG_HOME/tunestep/operator)")
 
     p = sub.add_parser("status", parents=common, help="a job's status, or the recent jobs")
     p.add_argument("job_id", nargs="?", help="the job, e.g. job-5b1c2d3e4f60 (default: list "
@@ -568,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
     p.add_argument("--tail", type=int, default=50, metavar="LINES",
                    help="how many of the last lines (1-5000, default 50)")
+    p.add_argument("--raw", action="store_true", help="every line as the job wrote it "
+                   "(default: the job's own log lines and its last error)")
 
     p = sub.add_parser("cancel", parents=common, help="cancel a running job")
     p.add_argument("job_id", help="the job, e.g. job-5b1c2d3e4f60")
@@ -579,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole path on a sample workspace and tiny model")
     p.add_argument("--path", default=".demo", help="folder for the demo workspace and store")
+    p.add_argument("--fresh", metavar="DIR", help="only make a sample workspace (every batch "
+                   "untrained), tiny model and demo key in DIR, for a first step by hand")
     return parser
 
 
@@ -611,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted", "")
         return 130
+    except BrokenPipeError:  # `tunestep check | head`: the reader left; not an error
+        _quiet_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
     except Exception as exc:  # the last line of defence: no traceback at the user
         logging.getLogger("tunestep").debug("unexpected failure", exc_info=True)
         _error("internal error", f"{type(exc).__name__}: {exc} (set TUNESTEP_DEBUG=1 for the "
@@ -618,6 +738,18 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TUNESTEP_DEBUG"):
             raise
         return EXIT_PROBLEM
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second
+    BrokenPipeError (the way the Python documentation advises)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _error(label: str, message: str, code: str | None = None, where: str | None = None) -> None:

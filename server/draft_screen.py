@@ -127,10 +127,11 @@ def _what(console: Screen, draft, facts: DraftReview) -> None:
     console.print("trackio     " + _trackio(facts.trackio))
     gate = facts.gate
     if gate:
-        significance = "significant drop" if gate.get("require_significance") else "drop"
-        console.print(f"gate        latest moves only if {token(gate.get('metric'))} shows "
-                      f"no {significance} of more than {gate.get('max_regression')} on the "
-                      "whole hold-out set")
+        margin = gate.get("margin", gate.get("max_regression"))
+        console.print(f"gate        latest moves only if the whole hold-out set shows "
+                      f"{token(gate.get('metric'))} not worse than latest's (and the line's "
+                      f"best) by more than {margin}: the lower end of the gain's 95 % "
+                      f"interval above {-margin:g}")
     else:
         console.print("gate        [yellow]none[/]: latest moves after every successful job")
     hp = facts.hyperparameters
@@ -224,13 +225,20 @@ def _not_signed(console: Screen, draft, facts: DraftReview) -> None:
     else:
         console.print(f"estimate    {est.total_tokens:,} tokens, {_minutes(est.minutes)}, "
                       f"about ${est.usd:.2f} on {token(est.flavor)}"
-                      + (f" ({est.processes} GPUs, one process each)"
+                      + (f" ({est.processes} GPUs, one process each, batch "
+                         f"{getattr(est, 'effective_batch', 0) or '?'})"
                          if getattr(est, "processes", 1) > 1 else "")
                       + f"; suggested timeout {w(est.suggested_timeout)}")
         if getattr(est, "eval_rows", 0):  # counted in the estimate above
+            passes = getattr(est, "eval_passes", 2)
+            # the budget the job will use: "~" where the tokenizer was not at hand
+            budget = "" if getattr(est, "eval_budget", "estimated") == "exact" else "~"
             console.print(f"evaluation  ~{_minutes(est.eval_minutes)} of it: "
-                          f"{est.eval_rows:,} rows x 2 versions, <= "
-                          f"{est.eval_max_new_tokens:,} new tokens")
+                          f"{est.eval_rows:,} rows x {passes} "
+                          f"version{'s' if passes > 1 else ''}"
+                          + (" (the previous one's answers are kept)" if passes == 1
+                             else "")
+                          + f", up to {budget}{est.eval_max_new_tokens:,} new tokens a row")
     if getattr(draft, "sources", None):
         console.print("trains on   (why these rows; the rows are the inputs above)")
         for use in draft.sources:

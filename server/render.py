@@ -17,6 +17,7 @@ there, not what an escape sequence or a rich tag makes the screen show.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +57,40 @@ def renderer(kind: type) -> Callable:
 
 def make_console(stderr: bool = False) -> Console:
     # soft_wrap: long lines are left for the terminal to wrap; rich never cuts them.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(file=_Trimmed(stderr), highlight=False, soft_wrap=True)
+
+
+_TRAILING = re.compile(r"[ \t]+(?=\n)")
+
+
+class _Trimmed:
+    """stdout or stderr (looked up at each write, as rich does) without the spaces rich
+    pads a line with up to the width: a pipe or a file gets each line as it ends."""
+
+    def __init__(self, stderr: bool) -> None:
+        self.stderr = stderr
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr if self.stderr else sys.stdout
+
+    def write(self, text: str) -> int:
+        return self.stream.write(_TRAILING.sub("", text)) and len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
 
 
 def render(console: Console, result: BaseModel, as_json: bool, *,
@@ -424,6 +458,8 @@ def render_job(console: Console, status, view: View) -> None:
         moved = "latest moved to it" if status.promoted else \
             "[yellow]promoted: false[/], latest stayed"
         prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
+    if getattr(status, "ended", None):
+        prose(console, f"ended       {status.ended}")
     _model_sync(console, status)
     next_steps(console, status, view)
 

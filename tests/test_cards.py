@@ -230,7 +230,8 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
             assert re.search(rf"{re.escape(shown)}\s*{f['rows']}\s*{f['sha256']}",
                              seen.field("files")), f["path"]
     assert seen.field("regime").endswith(draft["regime"])
-    assert seen.field("gate_metric").endswith(cfg["gate"]["metric"])
+    for key, value in cfg["gate"].items():
+        assert seen.field(f"gate_{key}") == f"{key}{value}", key
     for key, value in cfg["hyperparameters"].items():
         written = (str(value).lower() if isinstance(value, bool) else
                    str(int(value)) if isinstance(value, float) and value.is_integer() else
@@ -261,6 +262,15 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
     assert seen.state == "rendered" and seen.field("flavor") == "flavorlocal"
     assert "A local job" in seen.field("section:limits")
     assert seen.field("approve-command") == stored.structured_content["draft"]["approve_command"]
+
+
+def js_interval(m: dict) -> str:
+    """A measure as the card's interval() writes it: value [low, high], an undefined
+    metric as a dash, a missing interval left out."""
+    if m["value"] is None:
+        return "\u2014"
+    both = m["low"] is not None and m["high"] is not None
+    return js(m["value"]) + (f" [{js(m['low'])}, {js(m['high'])}]" if both else "")
 
 
 def js(value) -> str:
@@ -299,7 +309,7 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     source = "datasets/incremental/batch_8_02"
     if (mapping := suggest_mapping(ws, source).mapping) is not None:
         apply_mapping(ws, source, mapping)
-    job_id = run_step(ws, operator, Gate(max_regression=-0.99))  # needs +0.99: held back
+    job_id = run_step(ws, operator, Gate(margin=-0.99))  # needs +0.99: held back
     async with Client(build_server(ServerConfig(workspace=ws.root)),
                       extensions=[APPS]) as client:
         page = await card_page(client, cards.RESULTS_URI)
@@ -315,11 +325,12 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     assert seen.state == "rendered" and seen.calls[0]["name"] == "results_card"
     assert o["promoted"] is False and "held back" in seen.field("decision")
     assert seen.field("reason") == o["reason"]
+    assert o["gate"]["margin"] == -0.99 and seen.field("gate_margin") == "margin-0.99"
+    assert seen.field("gate_metric") == f"metric{o['gate']['metric']}"
     for m in o["metrics"]:  # every metric with its 95 % interval, before and after
-        for side in ("before", "after"):
-            v = m[side]
-            assert f"{js(v['value'])} [{js(v['low'])}, {js(v['high'])}]" in seen.field(
-                "metrics"), (m["name"], side)
+        for side in ("before", "after", "change"):
+            assert js_interval(m[side]) in seen.field("metrics"), (m["name"], side)
+    assert re.search(r"\d \[-?\d", seen.field("metrics")), "no interval shown at all"
     one, two = "0001_batch_8_01", "0002_batch_8_02"
     assert "latest" in seen.field(one) and "held back by its gate" in seen.field(two)
     assert f"from {one}" in seen.field(two)
@@ -434,3 +445,29 @@ def test_an_hf_job_reports_progress_from_its_hub_log_at_most_once_per_interval(
         kept = json.loads(conn.execute("SELECT result FROM jobs WHERE job_id = ?",
                                        (handle.job_id,)).fetchone()[0])["hub_progress"]
     assert kept["progress"]["stage"] == "training" and kept["next_at"] == clock[0] + 10.0
+
+
+async def test_the_review_card_reads_the_signed_bytes_not_an_edited_row(model_ws):
+    """Through the storage: the drafts row's JSON view edited (a public repo, a cheap
+    flavor) changes nothing the card shows as signed; the signed manifest bytes edited make
+    the card tool refuse with draft_tampered instead of showing them."""
+    async with Client(build_server(ServerConfig(workspace=model_ws.root))) as client:
+        drafted = await client.call_tool("draft_job", {"batch": "batch_100_01"})
+        draft_id = drafted.structured_content["draft_id"]
+        with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+            payload = json.loads(conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
+                                              (draft_id,)).fetchone()[0])
+            payload.setdefault("job_config", {}).setdefault("hub", {})["private"] = False
+            payload["flavor"] = "cpu-basic"
+            conn.execute("UPDATE drafts SET payload = ? WHERE draft_id = ?",
+                         (json.dumps(payload), draft_id))
+        shown = (await client.call_tool("review_card", {"draft_id": draft_id}))
+        with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
+            conn.execute("UPDATE drafts SET manifest = replace(manifest, '\"local\"', "
+                         "'\"cpu-basic\"') WHERE draft_id = ?", (draft_id,))
+        tampered = await client.call_tool("review_card", {"draft_id": draft_id})
+    card = shown.structured_content
+    assert card["draft"]["flavor"] == "local" and card["review"]["flavor"] == "local"
+    assert card["draft"]["job_config"]["hub"]["private"] is True
+    assert "flavor" in card["signed"] and "job_config" in card["signed"]
+    assert error_code(tampered) == "draft_tampered"

@@ -377,8 +377,8 @@ def test_logs_show_control_characters_from_job_output_visibly(sample_ws, capsys,
 
     lines = ["epoch 1\tloss 0.5", "row: \x1b]0;owned\x07 \x1b[2Jcleared"]
     monkeypatch.setattr(job_control, "job_logs",
-                        lambda ws, job_id, tail: job_control.JobLogs(job_id=job_id,
-                                                                     lines=lines))
+                        lambda ws, job_id, tail, raw=False: job_control.JobLogs(
+                            job_id=job_id, lines=lines))
     code, out, _ = run(capsys, "logs", "job-1", "-w", str(sample_ws.root))
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out
@@ -498,8 +498,8 @@ def test_the_local_approval_screen_shows_each_signed_field(sample_ws, capsys, mo
     assert (f"trackio project {cfg['trackio']['project']}, to the local store "
             f"{cfg['trackio']['dir']}") in signed
     gate = cfg["gate"]
-    assert f"latest moves only if {gate['metric']} shows no significant drop of more than " \
-           f"{gate['max_regression']}" in signed
+    assert f"latest moves only if the whole hold-out set shows {gate['metric']} not worse " \
+           f"than latest's (and the line's best) by more than {gate['margin']}" in signed
     assert f"lr {hp['learning_rate']:g}, {hp['num_train_epochs']:g} epochs, batch " \
            f"{hp['per_device_train_batch_size']}x{hp['gradient_accumulation_steps']}, " \
            f"max_length {hp['max_length']}, seed {hp['seed']}" in signed

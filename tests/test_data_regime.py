@@ -76,13 +76,13 @@ def test_cumulative_and_from_base_train_every_row(resumed_ws):
     cumulative = draft_job(ws, DraftRequest())
     assert sum(u.trained for u in cumulative.sources) == 400
     assert cumulative.job_config["resume_from"].endswith("0001_batch_100_01")
-    assert cumulative.job_config["hyperparameters"]["learning_rate"] == 1e-3  # resume lr
+    assert cumulative.job_config["hyperparameters"]["learning_rate"] == 5e-4  # resume lr
     set_data(ws, regime="from_base")
     fresh = draft_job(ws, DraftRequest())
     assert sum(u.trained for u in fresh.sources) == 400
     assert fresh.job_config["resume_from"] is None
     assert fresh.job_config["base_model"] == load_plan(ws).plan.model
-    assert fresh.job_config["hyperparameters"]["learning_rate"] == 3e-3  # the fresh lr
+    assert fresh.job_config["hyperparameters"]["learning_rate"] == 1e-3  # the fresh lr
     assert any("from_base" in w for w in fresh.warnings)
     assert check_batch(ws).batch == "batch_100_02"
 

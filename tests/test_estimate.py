@@ -74,3 +74,27 @@ def test_expected_precision_follows_the_flavor_the_way_the_job_resolves_it():
     assert expected_precision("auto", "cpu-basic") == "fp32"
     assert expected_precision("fp16", "h200") == "fp16"
     assert expected_precision("auto", None) is None  # local: the hardware is not known
+
+
+def test_one_evaluation_pass_when_the_previous_version_kept_its_answers(tmp_path):
+    import types
+
+    from tunestep.tools.estimate import before_answers_kept
+    from tunestep.tools.eval_estimate import HoldOutLengths
+
+    version = tmp_path / "versions" / "0001_b"
+    version.mkdir(parents=True)
+    start = types.SimpleNamespace(checkpoint=str(version), resume_from=None, source="bundle")
+    assert not before_answers_kept(None, start)
+    (version / "holdout_answers.json").write_text("{}")
+    assert before_answers_kept(None, start)
+    assert not before_answers_kept(None, types.SimpleNamespace(
+        checkpoint=None, resume_from="hf://o/m@abc", source="hub"))  # unseen: two passes
+    lengths = HoldOutLengths(rows=400, longest_reference_chars=800, prompt_chars=400_000)
+    both = estimate_job(flavor="a10g-large", **{**BASE, "holdout": lengths,
+                                                "eval_max_new_tokens": 200})
+    once = estimate_job(flavor="a10g-large", **{**BASE, "holdout": lengths,
+                                                "eval_max_new_tokens": 200,
+                                                "eval_before_kept": True})
+    assert (both.eval_passes, once.eval_passes) == (2, 1)
+    assert once.eval_minutes < both.eval_minutes and "answers are kept" in once.eval_method

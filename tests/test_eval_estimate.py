@@ -6,6 +6,7 @@ import io
 import shutil
 
 import orjson
+import pytest
 
 from tunestep.tools.estimate import estimate_job
 from tunestep.tools.eval_estimate import (
@@ -108,6 +109,30 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
         assert all(len(line) <= 80 for line in lines)
         # precision auto, shown as what the job will resolve it to on this flavor
         assert "precision auto (trains in bf16 on a10g-large)" in " ".join(" ".join(lines).split())
+        # the budget the job will use: counted with the model's tokenizer, as the job
+        # counts it (issue 18: the screen said "<= 64" where the job used 145)
+        assert f"up to {est.eval_max_new_tokens:,} new tokens a row" in " ".join(
+            " ".join(lines).split())
+    assert est.eval_budget == "exact" and est.eval_passes == 2  # a fresh start
+    from transformers import AutoTokenizer
+
+    from tunestep.tools.jobs.job_evaluate import BUDGET_MARGIN
+    from tunestep.tools.jobs.sft_data import load_chat_rows, split_prompt
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    refs = [split_prompt(row)[1] for row in load_chat_rows([val])]
+    longest = max(len(ids) for ids in tok(refs, add_special_tokens=False)["input_ids"])
+    assert est.eval_max_new_tokens == longest + BUDGET_MARGIN
+
+    # A timeout the estimate does not fit: refused before anyone signs.
+    from tunestep.tools.errors import TunestepError
+
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest(batch="batch_100_01", backend="hf-jobs",
+                                   flavor="cpu-basic", timeout="5m"))
+    assert err.value.code == "draft_exceeds_timeout"
+    assert "Raise job.timeout to" in err.value.message and "trained model lost" in \
+        err.value.message
 
 
 def test_other_ranks_wait_out_rank_zeros_evaluation(model_ws, tmp_path):

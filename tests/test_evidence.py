@@ -471,5 +471,5 @@ def test_local_remote_rollback_local_with_the_link_moved_by_hand_in_between(
     ln_sfn(ws, f"versions/{V1}")
     # 4. A local step resumes from V1; batch 2 is not learned, so it trains in full.
     local = draft_job(ws, DraftRequest())
-    assert local.job_config["resume_from"] == str(store / "versions" / V1)
+    assert local.job_config["resume_from"] == str((store / "versions" / V1).resolve())
     assert ledger_line(ws).not_learned == ["batch_100_02"]

@@ -1,9 +1,9 @@
 """A real external MCP client drives the server: the MCP Inspector CLI (Node).
 
-The inspector is installed once per machine by the session fixture below, at a pinned
-version, into a cache folder outside the repository (``$TUNESTEP_NPM_CACHE`` or
-``~/.cache/tunestep-test-npm``; not under XDG_CACHE_HOME, which the test fixtures move
-into a temporary folder). Later runs reuse it.
+The inspector is installed once per checkout by the session fixture below, at a pinned
+version, into ``.test-cache/npm`` in the repository (git ignores it; ``$TUNESTEP_NPM_CACHE``
+moves it), with npm's own download cache beside it: `make test` writes nothing outside
+the repository and its temporary folders. Later runs reuse it.
 
 Without node/npm, or when the install fails, the tests FAIL when ``CI`` is set and are
 skipped otherwise, with a message that says what is missing.
@@ -45,7 +45,7 @@ def unavailable(message: str):
 def npm_cache_root() -> Path:
     configured = os.environ.get("TUNESTEP_NPM_CACHE")
     return Path(configured).expanduser() if configured else (
-        Path.home() / ".cache" / "tunestep-test-npm")
+        Path(__file__).resolve().parents[1] / ".test-cache" / "npm")
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,8 @@ def inspector() -> Path:
     try:
         result = subprocess.run(
             [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
-             "--ignore-scripts", "--loglevel=error", INSPECTOR_PACKAGE],
+             "--ignore-scripts", "--loglevel=error", "--no-update-notifier",
+             "--cache", str(target.parent / "npm-cache"), INSPECTOR_PACKAGE],
             capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
     except subprocess.TimeoutExpired:
         shutil.rmtree(staging, ignore_errors=True)

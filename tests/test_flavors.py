@@ -39,11 +39,15 @@ def test_each_family_counts_its_gpus(family):
         if hw.gpus == 1 and single is None:
             single = est
         if hw.gpus > 1 and single is not None:
-            # N processes: N x the throughput at the data-parallel efficiency, N x fewer
-            # optimizer steps, and the machine's price for the whole time.
+            # N processes: N x the throughput at the data-parallel efficiency, the plan's
+            # global batch kept where it splits over the GPUs (batch 2: over 2, one row
+            # each), else N x larger and said so; the machine's price for the whole time.
             ratio = est.tokens_per_second / single.tokens_per_second
             assert ratio == pytest.approx(hw.gpus * estimate.DDP_EFFICIENCY, rel=0.01)
-            assert est.optimizer_steps == -(-200 // (2 * hw.gpus)) * 3
+            batch = 2 if 2 % hw.gpus == 0 else 2 * hw.gpus
+            assert est.effective_batch == batch
+            assert est.optimizer_steps == -(-200 // batch) * 3
+            assert any(f"effective batch is {batch}" in w for w in est.warnings) == (batch > 2)
             assert f"x {hw.gpus} GPUs" in est.method
     if family == "t4-":
         est = estimate_job(flavor="t4-small", **{**ARGS, "precision": "bf16"})
@@ -120,4 +124,6 @@ def test_a_multi_gpu_draft_says_so(tmp_path, tiny_model_dir, monkeypatch):
 
     out = io.StringIO()
     render_draft(Console(file=out, width=80), eight)
-    assert "(8 GPUs, one process each)" in " ".join(out.getvalue().split())
+    # batch 2x1 does not split over 8 GPUs: the screen names the effective batch
+    assert eight.estimate.effective_batch == 16
+    assert "(8 GPUs, one process each, batch 16)" in " ".join(out.getvalue().split())

@@ -187,54 +187,91 @@ def holdout(grades: list[float]) -> job_evaluate.HoldOut:
 PATTERN = r"Grade:\s*(\d+(?:\.\d+)?)"
 
 
-def test_unparsed_answers_count_as_wrong_and_as_the_worst_error():
-    h = holdout([2, 8, 5, 5])
-    before = ["Grade: 2", "no idea", "Grade: 6", ""]
-    after = ["Grade: 2", "Grade: 8", "Grade: 5", "Grade: 9"]
+def test_unparsed_answers_are_wrong_and_never_imputed():
+    h = holdout([2, 8, 5, 5, 3, 4, 6, 7])
+    before = ["Grade: 2", "no idea", "Grade: 6", "", "Grade: 3", "Grade: 5", "Grade: 6",
+              "Grade: 1"]
+    after = ["Grade: 2", "Grade: 8", "Grade: 5", "Grade: 9", "Grade: 3", "Grade: 4",
+             "Grade: 6", "Grade: 7"]
     r = job_evaluate.score_evaluation(h, before, after, PATTERN, seed=1, resamples=200)
     b, a = r["before"], r["after"]
-    assert b["parse_rate"]["value"] == 0.5 and a["parse_rate"]["value"] == 1.0
-    assert b["grade_exact"]["value"] == 0.25 and b["grade_within_1"]["value"] == 0.5
-    # unparsed: row 2 (ref 8 on a 2..8 scale) counts 6 off, row 4 (ref 5) 3 off
-    assert b["grade_mae"]["value"] == pytest.approx((0 + 6 + 1 + 3) / 4)
-    assert a["grade_mae"]["value"] == pytest.approx(4 / 4)
-    # row 4: unparsed (3 off) before, 9 for a 5 after (4 off): a loss
-    assert r["paired"] == {**r["paired"], "wins": 2, "losses": 1, "ties": 1}
-    assert r["delta"]["grade_exact"]["value"] == pytest.approx(0.5)
+    assert b["parse_rate"]["value"] == 0.75 and a["parse_rate"]["value"] == 1.0
+    assert b["grade_exact"]["value"] == 3 / 8 and b["grade_within_1"]["value"] == 5 / 8
+    # MAE on the six parsed rows only (errors 0, 1, 0, 1, 0, 6), next to its parse rate
+    assert b["grade_mae"]["value"] == pytest.approx(8 / 6)
+    assert b["grade_mae"]["rows"] == 6 and b["grade_mae"]["parse_rate"] == 0.75
+    assert a["grade_mae"]["value"] == pytest.approx(4 / 8)
+    # rows parsed by one version only: the parsed one wins
+    assert r["paired"]["wins"] == 5 and r["paired"]["losses"] == 0  # rows 1, 2, 3, 5, 7
+    assert r["delta"]["grade_exact"]["value"] == pytest.approx(7 / 8 - 3 / 8)
 
 
-def report_with(metric: str, before: float, after: float, low: float, high: float) -> dict:
-    return {"before": {metric: {"value": before}}, "after": {metric: {"value": after}},
+def test_a_metric_that_cannot_be_computed_is_absent_with_its_reason():
+    h = holdout([1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
+    nothing = ["I cannot say"] * 10
+    constant = ["Grade: 3"] * 10
+    r = job_evaluate.score_evaluation(h, nothing, constant, PATTERN, seed=1, resamples=100)
+    for name in ("grade_mae", "spearman", "kappa"):
+        m = r["before"][name]
+        assert m["value"] is None and m["low"] is None and "only 0 of 10" in m["undefined"]
+        assert r["delta"][name]["value"] is None and r["delta"][name]["undefined"]
+    # a constant predictor: Spearman is undefined, MAE and kappa are not
+    after = r["after"]
+    assert after["spearman"]["value"] is None and "same grade" in after["spearman"]["undefined"]
+    assert after["grade_mae"]["value"] == pytest.approx(1.2) and after["kappa"]["value"] == 0
+    gate = {"metric": "spearman", "margin": 0.02}
+    decided = job_gate.decide_promotion(gate, r)
+    assert decided["promoted"] is False and "undefined" in decided["reason"]
+    assert "only 0 of 10" in decided["reason"]
+
+
+def report_with(metric: str, before: float, after: float, low: float, high: float,
+                rows: int = 40) -> dict:
+    return {"graded_rows": rows,
+            "before": {metric: {"value": before}}, "after": {metric: {"value": after}},
             "delta": {metric: {"value": after - before, "low": low, "high": high,
                                "p_value": 0.2}}}
 
 
 def test_gate_decisions():
-    gate = {"metric": "grade_within_1", "max_regression": 0.0, "require_significance": True}
+    gate = {"metric": "grade_within_1", "margin": 0.02}
     noisy_drop = report_with("grade_within_1", 0.5, 0.45, -0.15, 0.05)
-    assert job_gate.decide_promotion(gate, noisy_drop)["promoted"] is True  # not evidence
-    real_drop = report_with("grade_within_1", 0.5, 0.3, -0.3, -0.1)
-    decided = job_gate.decide_promotion(gate, real_drop)
-    assert decided["promoted"] is False and "wholly below" in decided["reason"]
-    point = {**gate, "require_significance": False}
-    assert job_gate.decide_promotion(point, noisy_drop)["promoted"] is False
-    assert job_gate.decide_promotion({**point, "max_regression": 0.1}, noisy_drop)["promoted"]
-    impossible = {**gate, "max_regression": -1.0}
-    best = report_with("grade_within_1", 0.0, 0.9, 0.7, 0.99)
-    assert job_gate.decide_promotion(impossible, best)["promoted"] is False
-    # MAE: lower is better, so a fall in MAE is an improvement.
-    mae = {"metric": "grade_mae", "max_regression": 0.0, "require_significance": False}
+    decided = job_gate.decide_promotion(gate, noisy_drop)
+    assert decided["promoted"] is False  # a drop of 0.15 is not ruled out: held back
+    assert "-0.15 is not above -0.02" in decided["reason"]
+    assert "smaller than about 0.1 cannot be told from noise" in decided["reason"]
+    shown = report_with("grade_within_1", 0.5, 0.6, -0.01, 0.21)
+    decided = job_gate.decide_promotion(gate, shown)
+    assert decided["promoted"] is True and "-0.01 is above -0.02" in decided["reason"]
+    assert decided["gain_low"] == -0.01 and decided["rule"] == "non_inferiority"
+    assert job_gate.decide_promotion({**gate, "margin": 0.0}, shown)["promoted"] is False
+    demanding = {**gate, "margin": -0.05}  # a proven gain of five points
+    assert not job_gate.decide_promotion(demanding, shown)["promoted"]
+    assert job_gate.decide_promotion(demanding, report_with("grade_within_1", 0.0, 0.9, 0.7,
+                                                            0.99))["promoted"]
+    # MAE: lower is better, so a fall in MAE is a gain.
+    mae = {"metric": "grade_mae", "margin": 0.0}
     assert job_gate.decide_promotion(mae, report_with("grade_mae", 3.0, 2.0, -1.5, -0.5))[
         "promoted"]
     assert not job_gate.decide_promotion(mae, report_with("grade_mae", 2.0, 3.0, 0.5, 1.5))[
         "promoted"]
-    assert job_gate.decide_promotion(None, real_drop)["promoted"] is True
-    missing = {"before": {"spearman": {"value": None}}, "after": {"spearman": {"value": 0.3}},
-               "delta": {"spearman": {"value": None, "low": None, "high": None,
-                                      "p_value": None}}}
-    assert job_gate.decide_promotion({**gate, "metric": "spearman"}, missing)["promoted"] \
-        is False
+    assert job_gate.decide_promotion(None, noisy_drop)["promoted"] is True
+    # Old configs' keys are read under the same rule: never more lenient than before.
+    old = {"metric": "grade_within_1", "max_regression": 0.0, "require_significance": True}
+    assert job_gate.decide_promotion(old, noisy_drop)["promoted"] is False
 
+
+def test_the_gate_also_compares_with_the_line_best():
+    gate = {"metric": "grade_within_1", "margin": 0.02}
+    report = report_with("grade_within_1", 0.6, 0.62, 0.0, 0.05)
+    report["versus_best"] = {"version": "versions/0002_b", "metrics": {
+        "grade_within_1": {"value": 0.8}}, "delta": {"grade_within_1": {
+            "value": -0.18, "low": -0.3, "high": -0.06, "p_value": 0.01}}}
+    decided = job_gate.decide_promotion(gate, report)
+    assert decided["promoted"] is False and decided["versus_best"]["passed"] is False
+    assert "against the line's best (versions/0002_b)" in decided["reason"]
+    report["versus_best"]["delta"]["grade_within_1"].update(low=0.0, high=0.1, value=0.05)
+    assert job_gate.decide_promotion(gate, report)["promoted"] is True
 
 
 def test_the_job_grades_with_a_linear_time_engine():
@@ -257,3 +294,33 @@ def test_the_job_grades_with_a_linear_time_engine():
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "None"
     assert sft_data.parse_grade("Grade: 4", r"Grade:\s*(\d+)") == 4.0
+
+
+def test_the_progression_plot_follows_the_lineage(tmp_path):
+    from tunestep.tools.jobs import job_report
+
+    def entry(step, parent, promoted, mode="full", within=0.5):
+        return {"step": step, "batch": f"b{step}", "version": f"versions/000{step}_b{step}",
+                "parent": parent, "promoted": promoted, "mode": mode, "eval_loss": 1.0,
+                "grade_within1": within, "grade_within1_low": within - 0.1,
+                "grade_within1_high": within + 0.1, "grade_within1_before": 0.0,
+                "eval_loss_before": 3.0}
+
+    history = [entry(1, "base", True), entry(2, "versions/0001_b1", False, within=0.3),
+               entry(3, "versions/0001_b1", True, mode="lora", within=0.7),
+               entry(4, "versions/0003_b3", True, within=0.8)]
+    layout = job_report.lineage_layout(history)
+    assert layout["latest"] == "versions/0004_b4"
+    # step 2 was held back: a branch off step 1; the line is base -> 1 -> 3 -> 4
+    assert layout["on_line"] == {"versions/0001_b1", "versions/0003_b3", "versions/0004_b4"}
+    assert layout["parents"]["versions/0003_b3"] == "versions/0001_b1"
+    assert layout["parents"]["versions/0001_b1"] is None  # the base
+    # an operator's roll-back: step 5 resumed from step 1, so 3 and 4 become a branch
+    history.append(entry(5, "versions/0001_b1", True, within=0.6))
+    layout = job_report.lineage_layout(history)
+    assert layout["on_line"] == {"versions/0001_b1", "versions/0005_b5"}
+    out = tmp_path / "val_progression.png"
+    job_report.plot_history(history, out)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(out)).shape[0] > 100

@@ -24,7 +24,9 @@ def test_a_failed_transaction_leaves_nothing(sample_ws):
 
 def test_nonce_is_unique(sample_ws):
     with ledger.open_ledger(sample_ws) as conn, ledger.transaction(conn):
-        conn.execute("INSERT INTO drafts VALUES ('d', 'g', 'train', 'b', '{}', 0)")
+        conn.execute("INSERT INTO drafts(draft_id, digest, kind, batch, payload, created_at)"
+                     " VALUES ('d', 'g', 'train', 'b', '{}', 0)")  # columns named: later
+        # migrations add columns to drafts
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
                      " VALUES ('j1', 'd', 'local', 'queued', 0)")
         conn.execute("INSERT INTO approvals VALUES ('n1', 'd', 'k', 'op', 'j1', 0)")

@@ -106,8 +106,47 @@ def test_a_manual_promote_and_rollback_steer_the_next_local_draft(two_local_step
     uses = {u.part: (u.trained, u.why) for u in back.sources}
     assert uses["batch_100_02"][0] == 100 and "rolled back" in uses["batch_100_02"][1]
     assert uses["batch_100_01"][0] < 100
-    (message,) = not_promoted(ws)
-    assert "step 2" in message and f"moved latest to {V1}" in message
+    assert not not_promoted(ws)  # not "not promoted": the operator rolled it back
+    (message,) = [p.message for p in check_batch(ws).problems if p.code == "step_rolled_back"]
+    assert "step 2" in message and "rolled back by the operator" in message
+    assert f"latest moved back to {V1}" in message
+    assert check_batch(ws).retrain == ["batch_100_02"]
+
+
+def test_after_a_rollback_with_no_new_batch_check_offers_the_retraining(
+        tmp_path, tiny_model_dir, operator, capsys, monkeypatch):
+    """Both batches trained and promoted, then rolled back to step 1: not "nothing left to
+    train" but the rolled-back batch, by its name, with the draft command that retrains it."""
+    from tunestep.server.cli import main as cli
+
+    ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
+                              holdout_rows=10, batches=2)
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    first = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    fake_local_version(ws, store / "versions/0000_base", V1)
+    record_job_end(ws, first.draft_id, "local", local_result(ws, first))
+    map_batch(ws, "batch_100_02")
+    second = draft_job(ws, DraftRequest())
+    fake_local_version(ws, store / "versions/0000_base", V2)
+    record_job_end(ws, second.draft_id, "local", local_result(ws, second))
+    report = check_batch(ws)
+    assert report.nothing_left and report.retrain == []
+    move(ws, operator, V1)
+    report = check_batch(ws)
+    assert not report.nothing_left and report.retrain == ["batch_100_02"]
+    assert report.last_step.rolled_back and not report.last_step.promoted
+    assert report.next_steps[0].tool == "draft_job"
+    assert report.next_steps[0].args == {"batch": "batch_100_02"}
+    # The CLI checks the signed rollback with the operator's public key, as promote does.
+    monkeypatch.setenv("TUNESTEP_OPERATOR_KEYS", str(operator.info.public_key_path))
+    assert cli(["check", "-w", str(ws.root)]) == 1  # no new batch: a step waits on a choice
+    out = " ".join(capsys.readouterr().out.split())
+    assert "NOTHING LEFT" not in out and "not promoted" not in out.lower()
+    assert "batch_100_02 await retraining" in out
+    assert "rolled back by the operator" in out and "tunestep draft batch_100_02" in out
+    again = draft_job(ws, DraftRequest(batch="batch_100_02"))  # the command it offers
+    assert {u.part: u.trained for u in again.sources}["batch_100_02"] == 100
+    assert "rolled back by the operator" in ws.resolve(again.run_plan).read_text()
 
     move(ws, operator, "0000_base")  # back to the base: nothing recorded is learned
     with ledger.open_ledger(ws) as conn:
@@ -166,7 +205,7 @@ def test_a_manual_promote_of_a_synced_remote_version_is_resumed_by_its_commit(
 @pytest.mark.e2e
 def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, operator):
     """Two real local steps on the tiny model (8 rows a batch, 1 epoch): step 1 with no
-    gate (latest moves), step 2 with a gate that cannot pass (max_regression -1.0); the
+    gate (latest moves), step 2 with a gate that cannot pass (margin -0.99); the
     operator promotes step 2 and step 3's draft resumes from it; then rolls back to step 1,
     and the next draft resumes from step 1 and trains batch 2 in full."""
     from tunestep.tools.job_control import job_logs, wait_for_job
@@ -192,7 +231,7 @@ def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, ope
     _, status = step(None, "batch_8_01")
     assert status.promoted is not False
     map_batch(ws, "batch_8_02")
-    second, status = step(Gate(max_regression=-1.0))
+    second, status = step(Gate(margin=-0.99))
     assert second.job_config["resume_from"].endswith(one)
     store = ws.resolve_model_store("models/qwen3_webdev")
     assert status.promoted is False and (store / "versions" / two).is_dir()

@@ -124,7 +124,8 @@ def test_a_failed_commit_leaves_no_transaction_open(sample_ws):
     with ledger.open_ledger(sample_ws) as conn:
         with pytest.raises(sqlite3.IntegrityError), ledger.transaction(conn):
             conn.execute("PRAGMA defer_foreign_keys=ON")  # the FK is checked at COMMIT
-            conn.execute("INSERT INTO approvals VALUES ('n', 'd', 'k', 'op', 'no-job', 0)")
+            conn.execute("INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
+                         " VALUES ('n', 'd', 'k', 'op', 'no-job', 0)")
         assert not conn.in_transaction
         with ledger.transaction(conn):  # the connection is usable again
             ledger.audit(conn, "x.test")
@@ -181,3 +182,31 @@ def test_mixed_load_while_a_local_job_runs(tiny_model_dir, operator, tmp_path):
     # Other named errors (a draft of the batch the job has just trained) are answers the
     # ledger does not audit by design (state_schema.md lists what it does).
     assert [p.name for p in (model_ws.state_dir / "jobs").iterdir()] == [run.job_id]
+
+
+def test_tool_calls_in_threads_load_the_tokenizer_at_once(tmp_path, tiny_model_dir):
+    # The MCP server runs tool calls in threads; two first imports of transformers at once
+    # fail ("cannot import name 'AutoTokenizer'"): the mixed load found it in draft_job.
+    # A fresh interpreter, as a server is, with nothing of transformers imported yet.
+    from tunestep.tools.sample_workspace import build_sample_workspace
+
+    build_sample_workspace(tmp_path / "ws", plan_overrides={"model": str(tiny_model_dir)})
+    script = (
+        "import sys, threading\n"
+        "from tunestep.tools.inspector.tokens import load_tokenizer\n"
+        "from tunestep.tools.workspace import open_workspace\n"
+        "ws, errors = open_workspace(sys.argv[1]), []\n"
+        "def load():\n"
+        "    try:\n"
+        "        load_tokenizer(ws, sys.argv[2])\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=load) for _ in range(4)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert 'transformers' in sys.modules\n"
+        "print(errors)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ws"),
+                           str(tiny_model_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

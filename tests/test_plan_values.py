@@ -1,6 +1,6 @@
 """Every plan value is checked at load: strict types, finite numbers, stated ranges.
 
-The issue's cases (gate.max_regression NaN, inf, 1e308, true, '5'; seed 2**70 or -1;
+The issue's cases (gate.margin NaN, inf, 1e308, true, '5'; seed 2**70 or -1;
 infinite epochs; batch size 0; a 5,000-digit timeout; learning rate inf; precision fp64;
 max_steps -5) and their neighbours, each refused with ``plan_value_invalid`` naming the
 key and what it allows; the same for draft_job's overrides, through the real draft.
@@ -19,19 +19,20 @@ DIGITS = "9" * 5000
 
 # (front matter, the key the refusal names, a word of what it allows)
 REFUSED = [
-    ("gate:\n  max_regression: .nan", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: .inf", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: -.inf", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: 1e308", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: 1.0e+309", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: true", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: '5'", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: 1", "gate.max_regression", "span"),  # = promote everything
-    ("gate:\n  metric: kappa\n  max_regression: -2.5", "gate.max_regression", "span"),
-    ("gate:\n  max_regression: -1.01", "gate.max_regression", "span"),
-    ("gate:\n  metric: grade_mae\n  max_regression: 100", "gate.max_regression", "span"),
-    ("gate:\n  require_significance: 1", "gate.require_significance", "true or false"),
-    ("gate:\n  require_significance: 'yes'", "gate.require_significance", "true or false"),
+    ("gate:\n  margin: .nan", "gate.margin", "span"),
+    ("gate:\n  margin: .inf", "gate.margin", "span"),
+    ("gate:\n  margin: -.inf", "gate.margin", "span"),
+    ("gate:\n  margin: 1e308", "gate.margin", "span"),
+    ("gate:\n  margin: 1.0e+309", "gate.margin", "span"),
+    ("gate:\n  margin: true", "gate.margin", "span"),
+    ("gate:\n  margin: '5'", "gate.margin", "span"),
+    ("gate:\n  margin: 1", "gate.margin", "span"),  # = promote everything
+    ("gate:\n  metric: kappa\n  margin: -2.5", "gate.margin", "span"),
+    ("gate:\n  margin: -1.01", "gate.margin", "span"),
+    ("gate:\n  metric: grade_mae\n  margin: 100", "gate.margin", "span"),
+    # the keys before the non-inferiority rule: refused, naming the migration
+    ("gate:\n  require_significance: true", "gate", "mapping"),
+    ("gate:\n  max_regression: 0.0", "gate", "mapping"),
     (f"training:\n  seed: {2**70}", "training.seed", "4,294,967,295"),
     ("training:\n  seed: -1", "training.seed", ">= 0"),
     ("training:\n  seed: '5'", "training.seed", "an integer"),
@@ -83,12 +84,12 @@ def test_a_plan_value_out_of_type_or_range_is_refused_naming_the_key(front, key,
     ("training:\n  learning_rate: 1e-4", lambda p: p.training.learning_rate == 1e-4),
     ("training:\n  num_train_epochs: 2", lambda p: p.training.num_train_epochs == 2),
     ("training:\n  seed: 4294967295", lambda p: p.training.seed == 2**32 - 1),
-    ("gate:\n  max_regression: -0.05", lambda p: p.gate.max_regression == -0.05),
-    ("gate:\n  max_regression: -1", lambda p: p.gate.max_regression == -1),  # by hand
-    ("gate:\n  metric: grade_mae\n  max_regression: 0.5",
-     lambda p: p.gate.max_regression == 0.5),
-    ("gate:\n  metric: spearman\n  max_regression: 1.5",
-     lambda p: p.gate.max_regression == 1.5),
+    ("gate:\n  margin: -0.05", lambda p: p.gate.margin == -0.05),
+    ("gate:\n  margin: -1", lambda p: p.gate.margin == -1),  # promote by hand only
+    ("gate:\n  metric: grade_mae\n  margin: 0.5",
+     lambda p: p.gate.margin == 0.5),
+    ("gate:\n  metric: spearman\n  margin: 1.5",
+     lambda p: p.gate.margin == 1.5),
     ("job:\n  timeout: 1h30m", lambda p: p.job.timeout == "1h30m"),
     ("job:\n  timeout: 7d", lambda p: p.job.timeout == "7d"),
     ("lora:\n  target_modules: [q_proj, v_proj]",
@@ -132,7 +133,7 @@ def test_an_override_out_of_type_or_range_is_refused_naming_the_key(key, value, 
 
 def test_an_unknown_override_names_the_ones_there_are():
     with pytest.raises(TunestepError) as err:
-        check_overrides({"gate.max_regression": 5})
+        check_overrides({"gate.margin": 5})
     assert err.value.code == "draft_bad_override" and "max_steps" in err.value.message
     check_overrides({"max_steps": -1, "lora_r": 8, "learning_rate": 1, "seed": 0})
 
@@ -148,8 +149,8 @@ def test_the_draft_refuses_before_anything_is_signed(model_ws):
             draft_job(model_ws, request)
         assert err.value.code == "plan_value_invalid" and key in err.value.message
     plan = model_ws.resolve(PLAN_PATH)
-    plan.write_text(plan.read_text().replace("max_regression: 0.0", "max_regression: .nan"))
+    plan.write_text(plan.read_text().replace("margin: 0.02", "margin: .nan"))
     with pytest.raises(TunestepError) as err:
         draft_job(model_ws, DraftRequest(batch="batch_100_01"))
     assert err.value.code == "plan_value_invalid"
-    assert "gate.max_regression" in err.value.message and err.value.path == PLAN_PATH
+    assert "gate.margin" in err.value.message and err.value.path == PLAN_PATH

@@ -201,8 +201,8 @@ def test_the_operator_promotes_and_rolls_back_from_the_cli(held_back, tmp_path, 
 @pytest.mark.e2e
 def test_a_gate_that_cannot_pass_keeps_latest_and_the_operator_can_promote(model_ws,
                                                                            operator):
-    """The local backend with the tiny model: max_regression -1.0 demands a whole point
-    of improvement on a 0-1 metric, which no step can give."""
+    """The local backend with the tiny model: margin -1.0 demands a proven gain of a whole
+    point on a 0-1 metric, which no step can give."""
     from tunestep.tools.draft import DraftRequest, draft_job
     from tunestep.tools.job_control import job_logs, wait_for_job
     from tunestep.tools.plan import load_plan, render_plan_document
@@ -211,13 +211,13 @@ def test_a_gate_that_cannot_pass_keeps_latest_and_the_operator_can_promote(model
     ws = model_ws
     plan = load_plan(ws).plan
     plan = plan.model_copy(update={
-        "gate": plan.gate.model_copy(update={"max_regression": -1.0}),
+        "gate": plan.gate.model_copy(update={"margin": -1.0}),
         "training": plan.training.model_copy(update={"num_train_epochs": 1}),
         "samples": plan.samples.model_copy(update={"n": 2, "max_new_tokens": 8})})
     (ws.root / ".specs/training/plan.md").write_text(render_plan_document(plan))
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
-    assert draft.job_config["gate"]["max_regression"] == -1.0
-    assert "may get worse than the previous version's by at most -1" in (
+    assert draft.job_config["gate"]["margin"] == -1.0
+    assert "is above 1, i.e. the hold-out shows it is not worse by more than -1" in (
         ws.root / draft.run_plan).read_text()
     handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
                         operator.trusted)

@@ -159,7 +159,8 @@ def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch
                          {"error": "the trainer stopped: " + "x" * 120}, status="failed")
     log = model_ws.root / ".tunestep" / "jobs" / job / "output.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("epoch 1 loss 0.5\n" + "a long job line " * 10 + "\n")
+    stamp = "2026-01-01T00:00:00Z [step 0001_batch_100_01] "  # the job's own lines
+    log.write_text(stamp + "epoch 1 loss 0.5\n" + stamp + "a long job line " * 10 + "\n")
     with ledger.open_ledger(model_ws) as conn, ledger.transaction(conn):
         conn.execute("UPDATE jobs SET log_path = ? WHERE job_id = ?",
                      (model_ws.relative(log), job))
@@ -168,7 +169,7 @@ def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch
     # logs prints the job's own lines as the job wrote them (`--tail N` is N of them):
     # data, not a screen, so only its refusals are held to the width here.
     assert cli(["logs", job, "-w", str(model_ws.root), "--tail", "2"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "a long job line " * 10
+    assert capsys.readouterr().out.splitlines()[-1] == (stamp + "a long job line " * 10).rstrip()
     s.run("logs", "job-000000000000")
     s.run_both("cancel", job)
     s.run_both("sync")

@@ -54,7 +54,7 @@ def test_same_inputs_give_the_same_draft(model_ws, drafted):
     other = draft_job(model_ws, DraftRequest(batch="batch_100_01", mode="lora"))
     assert other.draft_id != drafted.draft_id
     cfg = drafted.job_config
-    assert cfg["resume_from"] is None and cfg["hyperparameters"]["learning_rate"] == 3e-3
+    assert cfg["resume_from"] is None and cfg["hyperparameters"]["learning_rate"] == 1e-3
     assert [f["path"] for f in cfg["train_files"]] == [
         "datasets/processed_webdev_coding/train.jsonl",
         "datasets/incremental/batch_100_01/examples.jsonl"]
@@ -167,7 +167,7 @@ def test_local_job_runs_records_the_step_and_the_next_draft_resumes(model_ws, dr
     nxt = draft_job(ws, DraftRequest())
     assert nxt.batch == "batch_100_02"
     assert nxt.job_config["resume_from"].endswith("0001_batch_100_01")
-    assert nxt.job_config["hyperparameters"]["learning_rate"] == 1e-3
+    assert nxt.job_config["hyperparameters"]["learning_rate"] == 5e-4
     # The finished draft is stale now: its checkpoint moved.
     with pytest.raises(TunestepError) as err:
         operator.approve(ws, drafted.draft_id)

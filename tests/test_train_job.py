@@ -209,8 +209,7 @@ def full_steps(tmp_path_factory, tiny_model_dir):
     cfg3 = job_config(ws, tiny_model_dir, step=3, batch="batch_100_03",
                       resume_from="models/tiny_webdev/latest", num_train_epochs=1,
                       train=["datasets/incremental/batch_100_03/rows.jsonl"], max_length=128)
-    cfg3["gate"] = {"metric": "grade_exact", "max_regression": -1.0,
-                    "require_significance": True}
+    cfg3["gate"] = {"metric": "grade_exact", "margin": -1.0}
     third = run_job(ws, cfg3, name="job3.json")
     return ws, store, first, second, after_first, third
 
@@ -295,8 +294,12 @@ def test_load_chat_rows_drops_extra_keys_and_names_bad_lines(tmp_path):
     (lambda c: c.update(resume_from="hf://no-owner"), "resume_from must be a path, hf://"),
     (lambda c: c["hyperparameters"].update(warmup_ratio=1.0), "warmup_ratio must be in [0, 1)"),
     (lambda c: c["data"].update(overlong="cut"), "data.overlong must be one of"),
-    (lambda c: c.update(gate={"metric": "accuracy", "max_regression": 0.0,
-                              "require_significance": True}), "gate.metric must be one of"),
+    (lambda c: c.update(gate={"metric": "accuracy", "margin": 0.0}),
+     "gate.metric must be one of"),
+    (lambda c: c.update(gate={"metric": "grade_exact", "max_regression": 0.0,
+                              "require_significance": True}), "unknown key(s)"),
+    (lambda c: c.update(gate={"metric": "grade_exact", "margin": float("inf")}),
+     "gate.margin must be a finite number"),
     (lambda c: c["evaluation"].update(batch_size=0), "evaluation.batch_size must be >= 1"),
     (lambda c: c.update(expect_gpu="yes"), "config.expect_gpu must be bool"),
 ])
@@ -381,10 +384,13 @@ def test_fresh_full_step_writes_every_output(full_steps):
     assert result["model_path"] == str(version)
     assert result["metrics_after"]["n"] == 20 and result["train_tokens"] > 0
     # The random model answers nothing gradable; after training the "Grade: N" format parses.
-    # An unparsed answer counts as the largest error of the 0-10 scale, so MAE is defined.
+    # Nothing parsed: MAE, Spearman and kappa are undefined (never imputed), with the reason.
     before, after = result["metrics_before"], result["metrics_after"]
-    assert before["n_parsed"] == 0 and before["parse_rate"] == 0 and before["grade_mae"] >= 5
-    assert after["n_parsed"] > 0 and after["grade_mae"] < before["grade_mae"]
+    assert before["n_parsed"] == 0 and before["parse_rate"] == 0
+    assert before["grade_mae"] is None and before["spearman"] is None and before["kappa"] is None
+    assert "only 0 of 20" in result["evaluation"]["before"]["grade_mae"]["undefined"]
+    assert after["n_parsed"] > 0
+    assert result["evaluation"]["before_reused"] is False  # a fresh start: the base answers
     assert result["promoted"] is True and result["promotion"]["metric"] is None  # no gate
     assert result["saved_dtype"] == "float32" and result["precision"] == "fp32"  # CPU
 
@@ -421,8 +427,8 @@ def test_gate_that_cannot_pass_records_the_version_and_keeps_latest(full_steps):
     result = result_of(third)
     assert result["promoted"] is False
     promotion = result["promotion"]
-    assert promotion["metric"] == "grade_exact" and promotion["max_regression"] == -1.0
-    assert "below the gate's threshold" in promotion["reason"]
+    assert promotion["metric"] == "grade_exact" and promotion["margin"] == -1.0
+    assert "is not above +1" in promotion["reason"] and "latest stays" in promotion["reason"]
     assert promotion["interval"][1] < 1.0 and promotion["p_value"] is not None
     assert os.readlink(store / "latest") == "versions/0002_batch_100_02"  # unchanged
     version = store / "versions" / "0003_batch_100_03"
@@ -454,6 +460,15 @@ def test_second_step_resumes_from_latest(full_steps):
     assert [(h["step"], h["batch"]) for h in history][:2] == [(1, "batch_100_01"),
                                                              (2, "batch_100_02")]
     assert len(read_metrics(ws / "logs/metrics_step_batch_100_02.csv")) == 4  # epoch 0 + 3
+    # Its "before" is step 1's "after", kept with version 0001 and reused, not regenerated.
+    assert result["evaluation"]["before_reused"] is True
+    assert result["evaluation"]["seconds"]["before"] == 0
+    kept = json.loads((store / "versions/0001_batch_100_01/holdout_answers.json").read_text())
+    assert kept["version"] == "versions/0001_batch_100_01" and len(kept["answers"]) == 20
+    step1 = json.loads((ws / "logs/eval_step_batch_100_01.json").read_text())
+    step2 = json.loads((ws / "logs/eval_step_batch_100_02.json").read_text())
+    assert [r["before"] for r in step2["per_row"]] == [r["after"] for r in step1["per_row"]]
+    assert "**reused**" in (ws / "logs/eval_step_batch_100_02.md").read_text()
     assert (store / "versions" / "0001_batch_100_01" / "config.json").is_file()  # untouched
 
 

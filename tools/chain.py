@@ -21,6 +21,7 @@ than silently training on an older checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
@@ -193,10 +194,7 @@ def _local_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None) -> S
     kind = checkpoint_kind(latest)
     if mode == "full":
         if kind == "lora":
-            raise TunestepError("checkpoint_mode_mismatch",
-                                "the latest checkpoint is a LoRA adapter: draft with mode "
-                                "'lora', or point the model link at a full model",
-                                path=plan.model_link)
+            raise _full_after_lora(latest, plan.model_link)
         return StartPoint(base_model=base, resume_from=str(latest), source="local",
                           described=f"the local checkpoint {latest.name}")
     if kind == "lora":
@@ -205,6 +203,29 @@ def _local_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None) -> S
     # LoRA on top of a fully fine-tuned checkpoint: that checkpoint is the new base.
     return StartPoint(base_model=str(latest), resume_from=None, source="local",
                       described=f"new adapters on the local checkpoint {latest.name}")
+
+
+def _full_after_lora(latest: Path, link: str) -> TunestepError:
+    """The refusal of a full step on a LoRA adapter, with the commands that get on: go on
+    in LoRA, or move latest back to the newest full version (a signed promote) and draft
+    the full step from there, which retrains the LoRA steps' batches in full."""
+    from tunestep.tools.next_step import NextAction
+
+    versions = latest.resolve().parent
+    full = None
+    with contextlib.suppress(OSError):
+        full = next((v.name for v in sorted(versions.iterdir(), reverse=True)
+                     if v.is_dir() and v.resolve() != latest.resolve()
+                     and checkpoint_kind(v) == "full"), None)
+    back = (f", or move latest back to the newest full version, {full} (`tunestep promote "
+            f"{full}`), and draft the full step from it: the LoRA steps' batches are then "
+            "trained again, in full" if full else "")
+    return TunestepError(
+        "checkpoint_mode_mismatch",
+        f"the latest checkpoint ({latest.resolve().name}) is a LoRA adapter and a full step "
+        "cannot resume from an adapter: go on in LoRA (`tunestep draft --mode lora`)" + back,
+        path=link, hint=NextAction(tool="draft_job", args={"mode": "lora"},
+                                   note="(go on in LoRA)"))
 
 
 def _remote_base(ws: Workspace, plan: Plan, base: str | None, what: str) -> str:

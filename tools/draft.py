@@ -58,13 +58,20 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.estimate import (
     FLAVORS,
     LOCKED_INSTALL_SECONDS,
+    before_answers_kept,
     estimate_job,
     format_duration,
     live_prices,
     parse_duration,
     processes_for,
+    require_fits_timeout,
 )
-from tunestep.tools.eval_estimate import HoldOutLengths, holdout_lengths, token_budget
+from tunestep.tools.eval_estimate import (
+    HoldOutLengths,
+    holdout_lengths,
+    reference_tokens,
+    token_budget,
+)
 from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hub_ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
@@ -135,7 +142,9 @@ def load_draft(ws: Workspace, draft_id: str) -> JobDraft:
         row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                            (draft_id,)).fetchone()
     if row is None:
-        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in this workspace's ledger")
+        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in the ledger of the "
+                            f"workspace {ws.root} (a draft belongs to the workspace it was "
+                            "made in: give that one with --workspace)")
     return draft_from_row(row, draft_id)
 
 
@@ -166,6 +175,17 @@ def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
     """The stored draft's request drafted again now: a different digest means stale."""
     with step_context(ws):
         return build_draft(ws, stored.request, check_batch(ws, stored.batch))
+
+
+def what_changed(old: JobDraft, new: JobDraft) -> str:
+    """Which of a stale draft's files changed, for the refusal (else what else did)."""
+    before = {(f.role, f.path): f.sha256 for f in old.files}
+    after = {(f.role, f.path): f.sha256 for f in new.files}
+    files = sorted(path for key, path in {*before, *after}
+                   if before.get((key, path)) != after.get((key, path)))
+    if files:
+        return "changed files: " + ", ".join(files)
+    return "the plan, the checkpoint or the job settings changed"
 
 
 def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *,
@@ -256,7 +276,10 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         timeout=timeout, prices=live_prices() if backend == "hf-jobs" else None,
         install_seconds=LOCKED_INSTALL_SECONDS
         if backend == "hf-jobs" and plan.job.install == "locked" else 0.0,
+        eval_before_kept=before_answers_kept(ws, start),
         **_eval_estimate_args(ws, plan, config, report.validation.rows))
+    if backend == "hf-jobs":  # killed at the timeout, the trained model would be lost
+        require_fits_timeout(estimate)
     manifest = DraftManifest(
         kind=request.kind, workspace=str(ws.root), batch=report.batch, step=report.step,
         backend=backend, flavor=flavor, processes=processes_for(flavor) if backend ==
@@ -511,10 +534,17 @@ def _eval_estimate_args(ws: Workspace, plan: Plan, config: dict, rows: int | Non
     else:
         holdout = HoldOutLengths(rows=rows or 0, longest_reference_chars=0, prompt_chars=0)
     evaluation = config["evaluation"]
+    # The job's own count, with the plan model's tokenizer as the host sees it (the job
+    # config's base_model may be a path inside the job's container).
+    counted = (reference_tokens(ws, plan.model, path, plan.paths.validation)
+               if path.suffix.lower() == ".jsonl" else None)
     budget = token_budget(holdout.longest_reference_chars,
-                          config["samples"]["max_new_tokens"], evaluation["max_new_tokens"])
+                          config["samples"]["max_new_tokens"], evaluation["max_new_tokens"],
+                          counted)
     return {"holdout": holdout, "eval_max_new_tokens": budget,
-            "eval_batch_size": evaluation["batch_size"]}
+            "eval_batch_size": evaluation["batch_size"],
+            "eval_budget_counted": counted is not None or evaluation["max_new_tokens"]
+            is not None}
 
 
 def _train_tokens(ws: Workspace, files: list[FileRef]) -> int:

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.eval_estimate import HoldOutLengths, estimate_evaluation
+from tunestep.tools.jobs.job_train import distributed_batch
 
 
 class Flavor(BaseModel):
@@ -155,6 +156,10 @@ class Estimate(BaseModel):
     warnings: list[str]
     gpus: int = 0
     processes: int = 1  # training processes: one per GPU (accelerate launch)
+    # The global batch an optimizer step sees: the plan's per_device x accumulation, kept
+    # on N GPUs by fewer accumulation steps (or a smaller per-device batch); larger only
+    # where neither divides (job_train.distributed_batch, the job's own rule).
+    effective_batch: int = 0
     price_source: str = "table"  # hub (live list_jobs_hardware), table, guess
     # The whole hold-out evaluation after training (two greedy passes), counted in minutes;
     # 0 in a draft made before the estimate counted it.
@@ -162,6 +167,10 @@ class Estimate(BaseModel):
     eval_rows: int = 0
     eval_max_new_tokens: int = 0
     eval_method: str = ""
+    eval_passes: int = 2  # 1 when the previous version's kept answers are reused
+    # how eval_max_new_tokens was found: the plan's number or the model's tokenizer
+    # ("exact"), or characters / 4 where the tokenizer was not at hand ("estimated")
+    eval_budget: str = "estimated"
 
 
 def parse_duration(text: str) -> int:
@@ -239,6 +248,8 @@ def estimate_job(
     holdout: HoldOutLengths | None = None,
     eval_max_new_tokens: int = 0,
     eval_batch_size: int = 8,
+    eval_before_kept: bool = False,
+    eval_budget_counted: bool = False,
 ) -> Estimate:
     """Minutes, dollars, memory and warnings for one training job; ``install_seconds`` is
     the dependency install before training (billed on HF Jobs); ``holdout`` the hold-out's
@@ -257,13 +268,15 @@ def estimate_job(
     mfu = CPU_MFU if hw.gpus == 0 else MFU
     processes = max(hw.gpus, 1)
     scaling = 1.0 if processes == 1 else processes * DDP_EFFICIENCY
+    per_device, accumulation, batch_note = distributed_batch(batch_size, grad_accum, processes)
+    effective_batch = per_device * accumulation * processes
     tokens_per_second = hw.tflops * 1e12 * mfu * scaling / flops_per_token
     total_tokens = int(train_tokens * epochs)
     startup = LOCAL_STARTUP_MINUTES if flavor == "local" else STARTUP_MINUTES
     evaluation = estimate_evaluation(
         flavor=flavor, gpus=hw.gpus, flops_per_s=hw.tflops * 1e12 * mfu, params=params,
         lengths=holdout, max_new_tokens=eval_max_new_tokens, batch_size=eval_batch_size,
-        local=flavor == "local") if holdout is not None else None
+        local=flavor == "local", before_kept=eval_before_kept) if holdout is not None else None
     eval_minutes = evaluation.minutes if evaluation else 0.0
     minutes = (startup + install_seconds / 60 + total_tokens / tokens_per_second / 60
                + eval_minutes)
@@ -271,6 +284,8 @@ def estimate_job(
     suggested = max(300, math.ceil(minutes * 60 * TIMEOUT_MARGIN / 300) * 300)
     memory = params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
     warnings = _warnings(hw, precision, memory, minutes, timeout_seconds)
+    if batch_note:
+        warnings.append(batch_note)
     if price_source == "guess":
         warnings.append(f"no published price for {flavor} in tunestep's table and the Hub's "
                         f"live list was not available: ${hw.usd_per_hour:g}/h is a guess")
@@ -278,8 +293,8 @@ def estimate_job(
         flavor=flavor, params=params, train_tokens=train_tokens, epochs=epochs,
         total_tokens=total_tokens,
         # One batch per process per micro-step: N GPUs take N times fewer optimizer steps.
-        optimizer_steps=math.ceil(rows / (batch_size * grad_accum * processes))
-        * math.ceil(epochs),
+        optimizer_steps=math.ceil(rows / effective_batch) * math.ceil(epochs),
+        effective_batch=effective_batch,
         tokens_per_second=round(tokens_per_second, 1), minutes=round(minutes, 1),
         usd=round(hw.usd_per_hour * math.ceil(minutes) / 60, 2),
         usd_per_hour=hw.usd_per_hour, suggested_timeout=format_duration(suggested),
@@ -294,7 +309,9 @@ def estimate_job(
         gpus=hw.gpus, processes=processes, price_source=price_source,
         eval_minutes=eval_minutes, eval_rows=evaluation.rows if evaluation else 0,
         eval_max_new_tokens=evaluation.max_new_tokens if evaluation else 0,
-        eval_method=evaluation.method if evaluation else "")
+        eval_method=evaluation.method if evaluation else "",
+        eval_passes=1 if eval_before_kept else 2,
+        eval_budget="exact" if eval_budget_counted else "estimated")
 
 
 def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,
@@ -314,3 +331,38 @@ def _warnings(hw: Flavor, precision: str, memory: float, minutes: float,
         out.append(f"the model needs about {memory:.0f} GB to train this way; {hw.name} has "
                    f"{hw.memory_gb:g} GB{per}: choose a larger flavor or LoRA")
     return out
+
+
+def require_fits_timeout(estimate: Estimate) -> None:
+    """Refuse a draft whose estimated training plus evaluation outlasts its timeout.
+
+    A job killed at the timeout loses the trained model (it is saved only at the end), so
+    this is a refusal before anyone signs, not a warning: raise ``job.timeout`` (the
+    suggestion covers the estimate with a margin) or shorten the evaluation.
+    """
+    needed = estimate.minutes * 60
+    if estimate.timeout_seconds >= needed:
+        return
+    train = estimate.minutes - estimate.eval_minutes
+    raise TunestepError(
+        "draft_exceeds_timeout",
+        f"the job is estimated at {estimate.minutes:.0f} min ({train:.0f} min start-up and "
+        f"training, {estimate.eval_minutes:.0f} min evaluating {estimate.eval_rows} hold-out "
+        f"rows at up to {estimate.eval_max_new_tokens} new tokens) but the timeout is "
+        f"{format_duration(estimate.timeout_seconds)}: it would be killed and the trained "
+        f"model lost. Raise job.timeout to {estimate.suggested_timeout} or shorten the "
+        "evaluation (evaluation.max_new_tokens, a smaller hold-out set)")
+
+
+def before_answers_kept(ws, start) -> bool:
+    """Whether the version a draft resumes from carries its hold-out answers, which the
+    job reuses instead of generating them (tools/jobs/job_answers.py): one pass, not two.
+    Only a local folder can be looked at; a Hub start counts both passes."""
+    folder = start.checkpoint or (start.resume_from if start.source == "local" else None)
+    if not folder:
+        return False
+    try:
+        path = Path(folder) if Path(folder).is_absolute() else ws.resolve(folder)
+    except TunestepError:
+        return False
+    return (path / "holdout_answers.json").is_file()

@@ -45,7 +45,7 @@ CPU_STEP_OVERHEAD_S = 0.05  # per decode step on a CPU, beside the arithmetic
 # The previous version is loaded from disk (or the Hub mount) for its pass; the new one is
 # already in memory. Billed time outside training, beside the job's start-up.
 PREVIOUS_LOAD_SECONDS = 20.0
-PASSES = 2  # previous version and new one
+PASSES = 2  # previous version and new one; 1 when the previous version's answers are kept
 
 
 class HoldOutLengths(BaseModel):
@@ -93,14 +93,55 @@ def holdout_lengths(path: Path, shown: str | None = None) -> HoldOutLengths:
 
 
 def token_budget(longest_reference_chars: int, samples_max_new_tokens: int,
-                 chosen: int | None = None) -> int:
-    """The job's ``max_new_tokens`` for the evaluation (job_evaluate.answer_budget), from
-    characters: ``evaluation.max_new_tokens`` when set, else the longest reference + margin,
-    never below ``samples.max_new_tokens``."""
+                 chosen: int | None = None, longest_reference_tokens: int | None = None
+                 ) -> int:
+    """The job's ``max_new_tokens`` for the evaluation (job_evaluate.answer_budget):
+    ``evaluation.max_new_tokens`` when set, else the longest reference + margin, never
+    below ``samples.max_new_tokens``. The longest reference in tokens when the model's
+    tokenizer counted it (``reference_tokens``), else characters / ``CHARS_PER_TOKEN``."""
     if chosen is not None:
         return chosen
-    longest = math.ceil(longest_reference_chars / CHARS_PER_TOKEN)
+    longest = (longest_reference_tokens if longest_reference_tokens is not None
+               else math.ceil(longest_reference_chars / CHARS_PER_TOKEN))
     return max(longest + BUDGET_MARGIN, samples_max_new_tokens)
+
+
+def reference_tokens(ws, model: str, path: Path, shown: str | None = None,
+                     candidates: int = 8) -> int | None:
+    """The longest reference answer of a JSONL hold-out in the model's tokens, as the job
+    counts it, so a screen states the budget the job will really use (issue 18: screens
+    said "<= 64 new tokens" where every job used 145). The ``candidates`` longest answers
+    by characters are tokenized; None when the tokenizer cannot be had offline."""
+    import heapq
+
+    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.inspector.tokens import load_tokenizer
+
+    longest: list[tuple[int, int, str]] = []
+    with open_regular(path, shown) as handle:
+        for index, line in enumerate(bounded_lines(handle, DEFAULT_MAX_ROW_BYTES)):
+            if isinstance(line, Overlong) or not line.strip():
+                continue
+            try:
+                messages = orjson.loads(line).get("messages") or []
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            answers = [m.get("content") for m in messages
+                       if isinstance(m, dict) and m.get("role") == "assistant"]
+            if answers and isinstance(answers[-1], str):
+                item = (len(answers[-1]), index, answers[-1])
+                if len(longest) < candidates:
+                    heapq.heappush(longest, item)
+                else:
+                    heapq.heappushpop(longest, item)
+    if not longest:
+        return None
+    try:
+        tokenizer, _ = load_tokenizer(ws, model)
+    except (TunestepError, OSError, ValueError):
+        return None
+    texts = [text for _, _, text in longest]
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def decode_steps_per_s(flavor: str, gpus: int, flops_per_s: float, params: float,
@@ -115,9 +156,11 @@ def decode_steps_per_s(flavor: str, gpus: int, flops_per_s: float, params: float
 
 def estimate_evaluation(*, flavor: str, gpus: int, flops_per_s: float, params: float,
                         lengths: HoldOutLengths, max_new_tokens: int, batch_size: int,
-                        local: bool = False) -> EvalEstimate:
-    """Minutes of both evaluation passes; ``flops_per_s`` is the flavor's sustained rate
-    (peak x MFU of one GPU, or the CPU's). Only rank 0 evaluates, so one GPU's figures."""
+                        local: bool = False, before_kept: bool = False) -> EvalEstimate:
+    """Minutes of the evaluation passes; ``flops_per_s`` is the flavor's sustained rate
+    (peak x MFU of one GPU, or the CPU's). Only rank 0 evaluates, so one GPU's figures.
+    ``before_kept``: the previous version carries its hold-out answers
+    (``holdout_answers.json``), so the job answers only with the new version."""
     if lengths.rows == 0:
         return EvalEstimate(rows=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             minutes=0.0, method="no hold-out rows")
@@ -127,10 +170,13 @@ def estimate_evaluation(*, flavor: str, gpus: int, flops_per_s: float, params: f
     prompt_tokens = lengths.prompt_chars / CHARS_PER_TOKEN
     prefill_s = 2.0 * params * prompt_tokens / flops_per_s
     load_s = 0.0 if local else PREVIOUS_LOAD_SECONDS
-    seconds = PASSES * (decode_s + prefill_s) + load_s
+    passes = 1 if before_kept else PASSES
+    seconds = passes * (decode_s + prefill_s) + load_s
     return EvalEstimate(
         rows=lengths.rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
         minutes=round(seconds / 60, 1),
-        method=f"{PASSES} passes x {lengths.rows} rows in batches of {batch_size} x "
+        method=f"{passes} pass{'es' if passes > 1 else ''}"
+               + (" (the previous version's answers are kept)" if before_kept else "")
+               + f" x {lengths.rows} rows in batches of {batch_size} x "
                f"{max_new_tokens} new tokens at ~{steps:.3g} decode steps/s"
                + (f", +{load_s:g} s loading the previous version" if load_s else ""))

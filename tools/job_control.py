@@ -9,6 +9,7 @@ and no step is recorded).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections import deque
@@ -67,12 +68,20 @@ class JobStatus(BaseModel):
     latest: str | None = None
     latest_mismatch: str | None = None
     ignored_promotions: list[IgnoredPromotion] = []
+    # A job that did not succeed: how it ended, in words (a signal, a lost supervisor, an
+    # exit code), for the operator who did not watch it end.
+    ended: str | None = None
 
 
 class JobLogs(BaseModel):
     job_id: str
     lines: list[str]
     total_lines: int | None = None
+    # False: only the job's own log lines (what train.log holds) and its last error, each
+    # without escape codes; progress bars, libraries' chatter, the metrics dicts the
+    # trainer prints again and the result line are left out (``raw`` keeps them).
+    raw: bool = True
+    left_out: int = 0  # lines of the log the filtered view left out
 
 
 class JobList(BaseModel):
@@ -120,6 +129,8 @@ def job_status(ws: Workspace, job_id: str) -> JobStatus:
     status = _status(row)
     if status.status == "succeeded" and status.backend == "hf-jobs":
         status = _bring_model_home(ws, status)
+    if status.status in ("failed", "cancelled", "lost") and not status.next_steps:
+        status = _after_the_end(ws, status)
     status = _with_latest(ws, status)
     return status.model_copy(update=progress_fields(ws, status))
 
@@ -140,6 +151,26 @@ def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
     return status.model_copy(update={
         "latest": state.ledger_latest, "ignored_promotions": state.ignored,
         "latest_mismatch": None if state.matches else state.message})
+
+
+def _after_the_end(ws: Workspace, status: JobStatus) -> JobStatus:
+    """How a job that did not succeed ended, in words, and what to do next."""
+    result = status.result
+    ended = result.get("note") or result.get("error")
+    if status.status == "failed" and not ended:
+        ended = (f"the job exited with code {status.exit_code}" if status.exit_code
+                 is not None else "the job failed")
+    with ledger.open_ledger(ws) as conn:
+        found = conn.execute("SELECT batch, kind FROM drafts WHERE draft_id = ?",
+                             (status.draft_id,)).fetchone()
+    batch = found["batch"] if found else None
+    steps = [NextAction(lead="see what it printed:", tool="job_logs",
+                        args={"job_id": status.job_id})]
+    if found is not None and found["kind"] == "train" and batch:
+        steps.append(NextAction(lead="to run the step again, draft it anew (its approval "
+                                "token is spent):", tool="draft_job", args={"batch": batch}))
+    return status.model_copy(update={"ended": ended, "next_steps": steps,
+                                     "next_actions": [a.mcp() for a in steps]})
 
 
 def _bring_model_home(ws: Workspace, status: JobStatus) -> JobStatus:
@@ -178,8 +209,13 @@ def _refresh_local(ws: Workspace, row) -> None:
     # The supervisor records its own end; re-read in case it just did.
     if (row["status"] == "running" and not local.is_alive(row["pid"])
             and _row(ws, row["job_id"])["status"] == "running"):
-        local.record_outcome(ws, row["job_id"], "lost", None,
-                             {"error": "the job process ended without recording an outcome"})
+        # Killed outright (SIGKILL, out of memory): what it left of the job is stopped now.
+        left = local.stop_leftovers(row["pid"], row["job_id"]) if row["pid"] else 0
+        local.record_outcome(ws, row["job_id"], "lost", None, {
+            "error": f"the job's supervisor (pid {row['pid']}) ended without recording an "
+                     "outcome: killed outright (kill -9, out of memory) or the machine "
+                     "restarted" + (f"; {left} process(es) of the job it left were stopped"
+                                    if left else "")})
 
 
 def _hf_api():
@@ -356,8 +392,9 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     return summary
 
 
-def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
-    """The last ``tail`` lines of the job's output."""
+def job_logs(ws: Workspace, job_id: str, tail: int = 50, raw: bool = False) -> JobLogs:
+    """The last ``tail`` lines of the job's output: its own log lines and its last error
+    (``LogFilter``), or with ``raw`` every line as written."""
     if tail < 1 or tail > 5000:
         raise TunestepError("bad_argument", "tail must be between 1 and 5000 lines")
     row = _row(ws, job_id)
@@ -365,20 +402,85 @@ def job_logs(ws: Workspace, job_id: str, tail: int = 50) -> JobLogs:
         from tunestep.tools.backends import hf_jobs
 
         if not row["external_id"]:  # still submitting: no Hub job is known yet
-            return JobLogs(job_id=job_id, lines=[], total_lines=0)
+            return JobLogs(job_id=job_id, lines=[], total_lines=0, raw=raw)
         namespace, job = _split_external(row["external_id"])
-        logs = hf_jobs.hf_job_logs(_hf_api(), job, tail, namespace=namespace)
-        return JobLogs(job_id=job_id, lines=logs.lines)
+        # The Hub gives the last lines only: ask for more when most will be left out.
+        asked = tail if raw else min(5000, tail * 4)
+        logs = hf_jobs.hf_job_logs(_hf_api(), job, asked, namespace=namespace)
+        if raw:
+            return JobLogs(job_id=job_id, lines=logs.lines)
+        kept = LogFilter(tail)
+        for line in logs.lines:
+            kept.add(line)
+        return JobLogs(job_id=job_id, lines=kept.lines(), raw=False,
+                       left_out=kept.left_out)
     path = ws.resolve(row["log_path"]) if row["log_path"] else None
     if path is None or not path.is_file():
-        return JobLogs(job_id=job_id, lines=[], total_lines=0)
+        return JobLogs(job_id=job_id, lines=[], total_lines=0, raw=raw)
     count = 0
     last: deque[str] = deque(maxlen=tail)
+    kept = LogFilter(tail)
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             count += 1
-            last.append(line.rstrip("\n"))
-    return JobLogs(job_id=job_id, lines=list(last), total_lines=count)
+            if raw:
+                last.append(line.rstrip("\n"))
+            else:
+                kept.add(line)
+    if raw:
+        return JobLogs(job_id=job_id, lines=list(last), total_lines=count)
+    return JobLogs(job_id=job_id, lines=kept.lines(), total_lines=count, raw=False,
+                   left_out=kept.left_out)
+
+
+# The job's own lines (train_sft.py's log(): what train.log holds) start with a UTC stamp;
+# the supervisor's start with "tunestep:".
+_OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ |^tunestep: ")
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+MAX_ERROR_LINES = 60
+
+
+class LogFilter:
+    """The readable view of a job log, kept in bounded memory while it streams by.
+
+    Keeps the job's own stamped lines (the last ``tail``) and the last Python traceback
+    (its last ``MAX_ERROR_LINES`` lines), escape codes removed; counts what it leaves out.
+    """
+
+    def __init__(self, tail: int) -> None:
+        self.own: deque[str] = deque(maxlen=tail)
+        self.error: deque[str] = deque(maxlen=MAX_ERROR_LINES)
+        self._in_traceback = False
+        self._error_at = -1  # how many own lines came before the last error
+        self._own_seen = 0
+        self.left_out = 0
+
+    def add(self, raw_line: str) -> None:
+        # A progress bar redraws with \r: only what follows the last one was the line.
+        line = _ESCAPE.sub("", raw_line.rstrip("\n").rsplit("\r", 1)[-1]).rstrip()
+        if line.startswith("Traceback (most recent call last):"):
+            self._in_traceback = True
+            self.error.clear()
+            self._error_at = self._own_seen
+        if self._in_traceback:
+            self.error.append(line)
+            if _ERROR_LINE.match(line):  # the exception itself closes the traceback
+                self._in_traceback = False
+            return
+        if _OWN_LINE.match(line):
+            self.own.append(line)
+            self._own_seen += 1
+        else:
+            self.left_out += 1
+
+    def lines(self) -> list[str]:
+        own = list(self.own)
+        if not self.error:
+            return own
+        # The error where it happened among the job's lines (when they still show it).
+        cut = max(0, len(own) - (self._own_seen - self._error_at))
+        return [*own[:cut], *self.error, *own[cut:]]
 
 
 def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
@@ -387,11 +489,11 @@ def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
     if row["status"] == "submitting":
         row = _cancel_submitting(ws, row)
     if row["status"] in TERMINAL:
-        return _status(row)
+        return job_status(ws, job_id)  # with how it ended and what to do next
     if row["backend"] == "local":
         from tunestep.tools.backends import local
 
-        if not local.cancel(row["pid"]):
+        if not local.cancel(row["pid"], job_id):
             local.record_outcome(ws, job_id, "cancelled", None, {"note": "was not running"})
     else:
         from tunestep.tools import hf_poll

@@ -142,4 +142,4 @@ def resume_folder(ws: Workspace, conn: sqlite3.Connection, link: str,
             hint=NextAction(lead="the operator promotes it (signed), which records it:",
                             tool="promote_version", args={"version": latest}))
     scan_version(folder, shown, recorded)
-    return folder
+    return folder.resolve()  # through the store's own link (models/<name>), as a job sees it

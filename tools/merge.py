@@ -18,10 +18,14 @@ The regime (``data.regime``) decides which rows a step trains on:
 
 - ``replay`` (default): when the step resumes from trained weights, the new batch in full
   plus ``data.replay_fraction`` of the earlier rows (base + earlier batches, after dedup),
-  sampled per stratum (source x grade) with ``training.seed``, so each source and each
-  grade keeps its share: the earlier steps already trained on those rows, and replaying a
-  sample keeps them in view against forgetting without giving them 3 more epochs each
-  step. A fresh start (nothing trained to resume from) or the first batch trains on
+  sampled per stratum (source x grade), so each source and each grade keeps its share:
+  the earlier steps already trained on those rows, and replaying a sample keeps them in
+  view against forgetting without giving them 3 more epochs each step. The sample
+  rotates: within each stratum the rows replayed least often so far come first (the
+  records ``<paths.logs>/replay_rows_<batch>.json`` of earlier steps say which), ties
+  in an order seeded by ``training.seed`` and the step, so successive steps reach every
+  earlier row before repeating one, and the same inputs give the same sample.
+  A fresh start (nothing trained to resume from) or the first batch trains on
   everything. Strategy ``file`` puts the sample into the merged file; strategy ``list``
   writes it as one file of its own under ``paths.replay`` (``<batch>.jsonl`` plus a
   manifest) and hands the job that file and the new batch's files, untouched.
@@ -166,6 +170,69 @@ def _text(value: Any, normalize: bool) -> Any:
     if isinstance(value, str):
         return " ".join(value.split()) if normalize else value
     return canonical_json(value)
+
+
+def row_sha256(row: Any) -> str:
+    """A row's content hash (canonical JSON): what the replay records identify it by."""
+    return hashlib.sha256(canonical_json(row)).hexdigest()
+
+
+def replay_record_path(plan: Plan, batch: str) -> str:
+    """Which earlier rows a step's replay sample holds, beside the step's logs."""
+    return f"{plan.paths.logs}/replay_rows_{batch}.json"
+
+
+def replay_history(ws: Workspace, plan: Plan, step: int) -> dict[tuple[str, str], int]:
+    """(path, row hash) -> how many earlier steps' replay samples held that row.
+
+    Read from the records of steps before ``step``; an unreadable record counts nothing
+    (the rotation then starts over for its rows, it never fails a step).
+    """
+    folder = ws.resolve(plan.paths.logs)
+    counts: dict[tuple[str, str], int] = {}
+    if not folder.is_dir():
+        return counts
+    for path in sorted(folder.glob("replay_rows_*.json")):
+        try:
+            record = orjson.loads(path.read_bytes())
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                    and record["step"] < step):
+                continue
+            for rel, _line, sha in record["rows"]:
+                counts[(rel, sha)] = counts.get((rel, sha), 0) + 1
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return counts
+
+
+def record_replay(ws: Workspace, plan: Plan, step: StepDatasets) -> str | None:
+    """Write which earlier rows this step's sample holds (file, line, content hash).
+
+    Written when the sample is (the draft or a merge), replaced when the step is drafted
+    again; the next steps' rotation reads it (``replay_history``).
+    """
+    if step.replay.mode != "sampled":
+        return None
+    rows = []
+    for source in step.sources:
+        if source.part == step.batch:
+            continue
+        path = ws.resolve(source.path)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != source.sha256:
+            raise TunestepError("data_changed", "the file changed while sampling; draft "
+                                "again", path=source.path)
+        read = read_rows(path, source.path, data)
+        chosen = range(len(read)) if source.selected is None else source.selected
+        rows += [[source.path, read[i][0], row_sha256(read[i][1])] for i in chosen]
+    rel = replay_record_path(plan, step.batch)
+    record = orjson.dumps({"batch": step.batch, "step": step.step, "seed": step.replay.seed,
+                           "digest": step.digest, "rows": rows}) + b"\n"
+    out = ws.resolve(rel)
+    if not (out.is_file() and out.read_bytes() == record):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, record)
+    return rel
 
 
 def row_key(row: Any, *, normalize: bool) -> Any:
@@ -409,6 +476,7 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
     files: list[SourceFile] = []
     kept: list[list[int]] = []
     grades: list[list[str | None]] = []  # per file, per row: the stratum's grade
+    hashes: list[list[str]] = []  # per earlier file, per row: its content hash (rotation)
     drop = dedup and strategy == "file"
     for source in sources:
         for rel in source.files:
@@ -422,6 +490,8 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
             rows = read_rows(path, rel, data)
             keep = []
             grades.append([_grade(row, grade_re) for _, row in rows]
+                          if source.part != chosen.name else [])
+            hashes.append([row_sha256(row) for _, row in rows]
                           if source.part != chosen.name else [])
             for index, (line, row) in enumerate(rows):
                 hit = holdout.get(row_key(row, normalize=True))
@@ -452,7 +522,8 @@ def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None
             path=leaks[0][0].path, line=leaks[0][0].line)
 
     replay = _replay(files, kept, grades, chosen.name, fraction, plan.training.seed,
-                     plan.data.regime, resuming, held_back)
+                     plan.data.regime, resuming, held_back,
+                     rotation=(chosen.step, hashes, replay_history(ws, plan, chosen.step)))
     for source_file, keep in zip(files, kept, strict=True):
         if len(keep) != source_file.rows:
             source_file.selected = keep
@@ -490,9 +561,11 @@ def _grade(row: Any, pattern: Any) -> str | None:
     return None
 
 
-def _shares(total: int, sizes: dict) -> dict:
+def _shares(total: int, sizes: dict, behind: dict | None = None) -> dict:
     """``total`` split over groups in proportion to their sizes, by the largest remainder
-    (ties in key order), so the parts add up to ``total`` exactly."""
+    (ties in key order), so the parts add up to ``total`` exactly. ``behind`` (group ->
+    replays per row so far) hands the remainder to the least replayed groups first, so a
+    stratum whose share rounds down is not rounded down at every step."""
     whole = sum(sizes.values())
     if whole == 0:
         return dict.fromkeys(sizes, 0)
@@ -500,7 +573,10 @@ def _shares(total: int, sizes: dict) -> dict:
     exact = {k: total * sizes[k] / whole for k in keys}
     take = {k: int(exact[k]) for k in keys}
     rest = total - sum(take.values())
-    for k in sorted(keys, key=lambda k: (-(exact[k] - take[k]), keys.index(k)))[:rest]:
+    behind = behind or {}
+    order = sorted((k for k in keys if exact[k] > take[k]),
+                   key=lambda k: (behind.get(k, 0.0), -(exact[k] - take[k]), keys.index(k)))
+    for k in order[:rest]:
         take[k] += 1
     return take
 
@@ -516,13 +592,17 @@ def _held_back(conn) -> set[str]:
 
 def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[str | None]],
             current: str, fraction: float, seed: int, regime: str,
-            resuming: bool, held_back: set[str] | None = None) -> ReplayInfo:
+            resuming: bool, held_back: set[str] | None = None,
+            rotation: tuple[int, list[list[str]], dict] | None = None) -> ReplayInfo:
     """Sample the earlier rows in place (``kept`` is narrowed); current batch untouched.
 
     Stratified in two levels, each rounded by the largest remainder: the sample's size,
     round(fraction x earlier rows), is shared out over the sources by their size, then each
-    source's share over its grades; rows are then drawn within each (source, grade) group
-    with one seeded generator, in a fixed group order.
+    source's share over its grades. Within each (source, grade) group the rows replayed
+    least often by earlier steps come first (``rotation``: this step's number, every
+    earlier row's content hash per file, and (path, hash) -> times replayed), ties in an
+    order seeded by the seed and the step; so the sample changes from step to step and
+    reaches every row of a group before it repeats one.
     """
     held = sorted({f.part for f in files if f.part in (held_back or set())})
     # A held-back batch's rows are new to the weights the step resumes from: whole, as the
@@ -545,20 +625,36 @@ def _replay(files: list[SourceFile], kept: list[list[int]], grades: list[list[st
         return ReplayInfo(mode="fresh_start", **info, reason="no trained checkpoint to "
                           "resume from: a fresh start trains every row")
     count = round(fraction * population)
-    per_source = _shares(count, {i: len(kept[i]) for i in earlier})
-    rng = random.Random(seed)
-    strata = 0
+    step, hashes, history = rotation if rotation is not None else (0, [], {})
+    times = {i: ([history.get((files[i].path, h), 0) for h in hashes[i]]
+                 if i < len(hashes) and hashes[i] else [0] * files[i].rows) for i in earlier}
+
+    def behind(rows: list[int], i: int) -> float:  # replays per row so far
+        return sum(times[i][r] for r in rows) / len(rows) if rows else 0.0
+
+    per_source = _shares(count, {i: len(kept[i]) for i in earlier},
+                         {i: behind(kept[i], i) for i in earlier})
+    rng = random.Random(f"{seed}:{step}")  # a str seed hashes stably (random's version 2)
+    strata = repeats = 0
     for i in earlier:
         groups: dict[str, list[int]] = {}
         for row in kept[i]:
             groups.setdefault(grades[i][row] or "", []).append(row)
         strata += len(groups)
-        take = _shares(per_source[i], {g: len(rows) for g, rows in groups.items()})
-        chosen = [row for g in sorted(groups) for row in rng.sample(groups[g], take[g])]
+        take = _shares(per_source[i], {g: len(rows) for g, rows in groups.items()},
+                       {g: behind(rows, i) for g, rows in groups.items()})
+        chosen = []
+        for g in sorted(groups):
+            order = rng.sample(groups[g], len(groups[g]))
+            order.sort(key=times[i].__getitem__)  # stable: least replayed first, ties seeded
+            chosen += order[:take[g]]
+        repeats += sum(1 for row in chosen if times[i][row])
         kept[i] = sorted(chosen)  # the sampled rows keep their original order
     return ReplayInfo(mode="sampled", **info, sampled_rows=count, strata=strata,
+                      rotation_step=step, repeated_rows=repeats,
                       reason=f"resuming: the new batch in full plus {fraction:g} of the "
-                      f"{population} earlier rows ({count}), stratified by source and grade")
+                      f"{population} earlier rows ({count}), stratified by source and grade, "
+                      f"least replayed first ({count - repeats} not replayed before)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -669,6 +765,8 @@ def replay_file(ws: Workspace, plan: Plan, step: StepDatasets, *, write: bool) -
             ledger.audit(conn, "merge.write", rel, detail={
                 "batch": step.batch, "rows": rows, "sha256": sha, "digest": step.digest,
                 "replay": step.replay.mode})
+    if write:
+        record_replay(ws, plan, step)
     return TrainFile(path=rel, sha256=sha, rows=rows)
 
 
@@ -822,6 +920,7 @@ def _ensure_merged(ws: Workspace, plan: Plan, step: StepDatasets,
         remove_leftovers(out.parent, manifest_path(out).name)
         manifest = _fresh_merge(ws, plan, step)
         cached = manifest is not None
+        record_replay(ws, plan, step)
         if manifest is None:
             manifest = _write_merged(ws, out, step, progress)
     return manifest, cached

@@ -22,7 +22,7 @@ from tunestep.tools.approval import (
     sign_approval,
 )
 from tunestep.tools.atomic import atomic_write_text
-from tunestep.tools.draft import JobDraft, load_draft, recompute
+from tunestep.tools.draft import JobDraft, load_draft, recompute, what_changed
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace
 
@@ -127,10 +127,10 @@ def find_operator_key(name: str | None = None, key: Path | None = None,
 def review_draft(ws: Workspace, draft_id: str) -> JobDraft:
     """The stored draft, refused when the workspace no longer matches it."""
     stored = load_draft(ws, draft_id)
-    if recompute(ws, stored).digest != stored.digest:
+    now = recompute(ws, stored)
+    if now.digest != stored.digest:
         raise TunestepError("draft_stale", "the workspace changed since this draft was made "
-                            "(a dataset, the checkpoint, the plan or the job script); ask for "
-                            "a new draft")
+                            f"({what_changed(stored, now)}); ask for a new draft")
     return stored
 
 

@@ -233,18 +233,33 @@ LOWER_IS_BETTER = frozenset({"grade_mae"})
 class Gate(_Section):
     """Whether a finished step moves ``latest``: the promotion gate (approval_protocol.md).
 
-    The new version is promoted unless ``metric`` is worse than the previous version's by
-    more than ``max_regression`` (in the metric's own units; negative demands an
-    improvement). With ``require_significance`` the decision rests on the paired
-    comparison's 95 % interval rather than on the point estimate.
+    Non-inferiority: promoted only when the lower end of the paired 95 % interval of the
+    gain (new minus latest, sign-flipped where lower is better) is above ``-margin``, and
+    the same against the best version on the line; a drop the hold-out cannot rule out
+    holds the version back. ``margin`` is in the metric's own units (negative demands a
+    proven gain). The keys before this rule (``max_regression``, ``require_significance``,
+    whose ``true`` made the gate looser) are refused with the migration spelled out.
 
     Every key is checked generically: strict types and finite numbers (``_Section``), and
     each key marked ``METRIC_UNITS`` within the metric's span (``_within_span``).
     """
 
     metric: Literal[GATE_METRICS] = "grade_within_1"  # type: ignore[valid-type]
-    max_regression: float = Field(0.0, json_schema_extra=METRIC_UNITS)
-    require_significance: bool = True
+    margin: float = Field(0.02, json_schema_extra=METRIC_UNITS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        old = sorted({"max_regression", "require_significance"} & set(data or {})) \
+            if isinstance(data, dict) else []
+        if old:
+            raise ValueError(
+                f"{' and '.join(old)} {'were' if len(old) > 1 else 'was'} replaced: the "
+                "gate now promotes only when the "
+                "lower end of the gain's 95 % interval is above -margin; write "
+                "'margin: <the drop you tolerate>' (max_regression's number) and drop "
+                "require_significance")
+        return data
 
     @field_validator("*")
     @classmethod

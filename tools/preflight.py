@@ -61,6 +61,9 @@ class LastStep(BaseModel):
     version: str | None
     promoted: bool
     reason: str | None  # the promotion gate's reason, from the job
+    # The operator moved latest back past it (a signed rollback), as opposed to a gate
+    # that held the step back: the words differ, and no one should be told to promote it.
+    rolled_back: bool = False
 
 
 class LastInspection(BaseModel):
@@ -94,6 +97,9 @@ class PreflightReport(BaseModel):
     inspection: LastInspection | None = None
     requested: str | None = None  # the batch asked for by name (None: the next one)
     nothing_left: bool = False  # every batch folder is trained: nothing to do until the next
+    # Batches trained, but not into the weights latest holds (rolled back, or held back by
+    # the gate): the next step trains them again, in full.
+    retrain: list[str] = Field(default_factory=list)
 
 
 def discover_batches(ws: Workspace, loaded: LoadedPlan, trained: set[str]) -> list[BatchInfo]:
@@ -167,12 +173,13 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
     with ledger.open_ledger(ws) as conn:
         trained = ledger.trained_batches(conn)
         batches = discover_batches(ws, loaded, trained)
+        line = lineage(conn, plan.model_link)
+        retrain = [b.name for b in batches if b.name in set(line.not_learned)]
         chosen, files = _choose_batch(ws, plan.paths.incremental, plan.data.batch_pattern,
-                                      batch, batches, problems)
+                                      batch, batches, problems, retrain)
         validation = check_validation(ws, conn, plan.paths.validation)
         last = conn.execute("SELECT step, batch, version, promoted, promotion_reason FROM steps"
                             " ORDER BY step DESC LIMIT 1").fetchone()
-        line = lineage(conn, plan.model_link)
         inspection = None
         if chosen is not None:
             inspection = last_inspection(ws, conn, f"{plan.paths.mapped}/{chosen.name}",
@@ -187,8 +194,8 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
             step=last["step"], batch=last["batch"], version=last["version"],
             promoted=line.holds(last["version"] or f"step-{last['step']}")
             if line.latest is not None else bool(last["promoted"]),
-            reason=f"the operator moved latest to {line.latest}" if rolled
-            else last["promotion_reason"])
+            reason=f"latest moved back to {line.latest}" if rolled
+            else last["promotion_reason"], rolled_back=rolled)
     if inspection is not None and inspection.current and inspection.status == "INVALID":
         problems.append(Problem(
             code="batch_invalid", severity="error",
@@ -213,7 +220,14 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
     _chain_state(ws, plan.model_link, link, checkpoint, problems, actions)
     _latest_evidence(ws, plan.model_link, plan.model, link, problems, actions)
 
-    if last_step is not None and not last_step.promoted:
+    if last_step is not None and last_step.rolled_back:
+        problems.append(Problem(
+            code="step_rolled_back", severity="info",
+            message=f"step {last_step.step} ({last_step.batch}) was rolled back by the "
+                    f"operator ({last_step.reason}); the next step resumes from "
+                    f"{line.latest}",
+            path=plan.model_link))
+    elif last_step is not None and not last_step.promoted:
         # The ledger's line; where that is the base, the base folder the link names (a
         # link elsewhere is latest_link_mismatch, reported apart).
         held = line.latest or (checkpoint.latest.rsplit("/", 1)[-1] if checkpoint.latest
@@ -242,9 +256,21 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
             problems.append(Problem(code="file_unreadable", severity="error",
                                     message=f"cannot count rows: {data_file.note}",
                                     path=data_file.path))
+    if retrain and chosen is not None:
+        problems.append(Problem(
+            code="batches_to_retrain", severity="info",
+            message=f"the weights latest holds never learned {', '.join(retrain)} (rolled "
+                    "back or held back): the next step trains "
+                    f"{'it' if len(retrain) == 1 else 'them'} again, in full"))
     ready = not any(p.severity == "error" for p in problems)
     if chosen is not None and ready:
         actions.insert(0, _next_for(chosen, inspection))
+    elif chosen is None and batch is None and retrain:
+        # No new batch folder, but rolled-back batches await: draft the last of them again
+        # (the others come along in full).
+        actions.insert(0, NextAction(
+            lead=f"to retrain {', '.join(retrain)} now:", tool="draft_job",
+            args={"batch": retrain[-1]}, note="(or drop the next batch in first)"))
     return PreflightReport(
         batch=chosen.name if chosen else None,
         step=chosen.step if chosen else None,
@@ -264,7 +290,8 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         inspection=inspection,
         requested=batch,
         nothing_left=batch is None and chosen is None and bool(batches)
-        and all(b.trained for b in batches),
+        and all(b.trained for b in batches) and not retrain,
+        retrain=retrain,
     )
 
 
@@ -311,6 +338,7 @@ def last_inspection(ws: Workspace, conn: sqlite3.Connection, mapped: str, origin
 
 def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | None,
                   batches: list[BatchInfo], problems: list[Problem],
+                  retrain: list[str] | None = None,
                   ) -> tuple[BatchInfo | None, list[DataFile]]:
     if named is not None:
         check_batch_name(named)
@@ -330,6 +358,15 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
                                     path=chosen.path))
     else:
         chosen = next((b for b in batches if not b.trained), None)
+        if chosen is None and retrain:
+            problems.append(Problem(
+                code="batch_missing", severity="error",
+                message=f"no new batch folder, and {', '.join(retrain)} await retraining "
+                        "(the weights latest holds never learned them: rolled back or held "
+                        f"back): draft {retrain[-1]} again, which trains "
+                        f"{'it' if len(retrain) == 1 else 'them all'} in full, or drop the "
+                        f"next batch into {incremental}/", path=incremental))
+            return None, []
         if chosen is None:
             done = (f"nothing left to train: all {len(batches)} batch folder(s) are "
                     f"trained (the last: {batches[-1].name}); " if batches else

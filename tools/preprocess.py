@@ -150,11 +150,15 @@ class _Tokenizer:
     """The tokenizer and training template, loaded once and only on a cache miss."""
 
     def __init__(self, folder: Path) -> None:
-        from transformers import AutoTokenizer
-
+        from tunestep.tools.inspector.tokens import LOAD_LOCK
         from tunestep.tools.jobs import sft_data
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        # transformers' first import fails in two threads at once (a server runs tool
+        # calls in threads): one load at a time, with the inspector's and draft's loads.
+        with LOAD_LOCK:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         try:
             self.template = sft_data.training_chat_template(self.tokenizer)
         except ValueError as exc:

@@ -9,8 +9,9 @@ nothing in it is believed because it says so:
 - it must be this draft's step: draft id, step, batch, version folder ``NNNN_<batch>``
   and the model repo the draft pushes to (``remote_result_mismatch``);
 - it must name the start the ledger expects it to descend from: ``resume_from`` is the
-  draft's (``hf://<id>@<sha>`` of the last promoted push, the bundle's path, or none)
-  (``remote_result_wrong_parent``);
+  draft's ``hf://<id>@<sha>`` (the last promoted push) exactly, none when the draft starts
+  from the base, a container path when the start travels in the bundle (pinned by the
+  digest) (``remote_result_wrong_parent``);
 - whether it becomes latest is decided here, by the gate the operator signed (the
   draft's ``gate``, via ``load_draft``) over the metrics the job reported, with the job's
   own rule ``tools/jobs/job_gate.decide_promotion``; the job's claim is kept beside it as
@@ -110,7 +111,7 @@ def check_result(config: dict, draft_id: str, reported: dict) -> dict:
             raise TunestepError("remote_result_mismatch", f"result.json says the model went "
                                 f"to {result.hub.model_id!r}, the draft pushes to "
                                 f"{hub.get('model_id')!r}", path="result.json")
-    if result.resume_from != config.get("resume_from"):
+    if not _same_start(result.resume_from, config.get("resume_from")):
         raise TunestepError("remote_result_wrong_parent", f"result.json says the step "
                             f"trained from {result.resume_from!r}; the ledger expects it to "
                             f"descend from {config.get('resume_from')!r}",
@@ -121,6 +122,17 @@ def check_result(config: dict, draft_id: str, reported: dict) -> dict:
     checked["promotion"] = {**decision, "decided_by": "host"}
     checked["promoted"] = bool(decision["promoted"])
     return checked
+
+
+def _same_start(reported: str | None, expected: str | None) -> bool:
+    """The job resumed from the draft's start: the exact ``hf://id@sha``, none, or (a start
+    carried in the bundle, pinned file by file by the digest) a path in the container,
+    which the job reports resolved."""
+    if expected is None or reported is None:
+        return expected is None and reported is None
+    if expected.startswith("hf://") or reported.startswith("hf://"):
+        return reported == expected
+    return True
 
 
 def _decide(decide, gate: dict | None, evaluation: dict | None) -> dict:

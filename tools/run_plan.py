@@ -58,9 +58,15 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     last = report.last_step
     if last is not None:
         preflight += (f"\n5. Last step: {last.step} (`{last.batch}`), version "
-                      f"`{last.version}`, " + ("promoted." if last.promoted else
-                                              f"**promoted: false**: {last.reason}; latest "
-                                              "stayed where it was."))
+                      f"`{last.version}`, " + (
+                          "promoted." if last.promoted else
+                          f"**rolled back by the operator**: {last.reason}." if
+                          getattr(last, "rolled_back", False) else
+                          f"**promoted: false**: {last.reason}; latest stayed where it "
+                          "was."))
+    if report.retrain:
+        preflight += (f"\n6. Trained again, in full: {', '.join(report.retrain)} (the "
+                      "weights this step starts from never learned them).")
     data = _table(["role", "file", "rows", "sha256"],
                   [[f.role, f"`{f.path}`", str(f.rows if f.rows is not None else ""),
                     f"`{f.sha256[:16]}`"] for f in draft.files])
@@ -108,11 +114,10 @@ def render_run_plan(draft: JobDraft, report: PreflightReport) -> str:
     else:
         better = "lower" if g["metric"] == "grade_mae" else "higher"
         gate = (f"- promotion gate: `{g['metric']}` ({better} is better) on the whole hold-out "
-                f"set may get worse than the previous version's by at most "
-                f"{g['max_regression']:g}"
-                + (", judged on the paired comparison's 95 % interval"
-                   if g["require_significance"] else "")
-                + "; a version that fails is kept and recorded, `latest` stays, and the "
+                f"set: `latest` moves only when the lower end of the paired 95 % interval "
+                f"of the gain over `latest` (and over the best version on the line) is "
+                f"above {-g['margin']:g}, i.e. the hold-out shows it is not worse by more "
+                f"than {g['margin']:g}; a version held back is kept and recorded, and the "
                 "operator can still promote it (`tunestep promote VERSION`)")
     return f"""# Run plan: step {draft.step}, batch {draft.batch}
 

@@ -151,11 +151,14 @@ def build_sample_workspace(
         store_path = Path(store) if store else root.parent / f"{root.name}-model-store"
         base_model = str(_build_first_checkpoint(store_path / "qwen3_webdev", seed))
         settings.setdefault("model", base_model)
-        # A tiny random model learns only with a large step size; the real plan keeps 2e-5.
+        # A tiny random model learns only with a large step size (the real plan keeps
+        # 2e-5), but not too large: 3e-3 collapsed it to a constant "Grade: 0" (issue 18).
+        # Measured on this sample: 1e-3 on the base set, then 5e-4 resuming, took
+        # grade_within_1 from 0 to 0.325 [+0.20, +0.48 over the base] by the second step.
         training = settings.setdefault("training", {})
         training.setdefault("max_length", 512)
-        training.setdefault("learning_rate", 3e-3)
-        training.setdefault("resume_learning_rate", 1e-3)
+        training.setdefault("learning_rate", 1e-3)
+        training.setdefault("resume_learning_rate", 5e-4)
         settings.setdefault("samples", {"n": 20, "max_new_tokens": 64})
         link = root / "models/qwen3_webdev"
         link.parent.mkdir(parents=True, exist_ok=True)

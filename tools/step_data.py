@@ -60,6 +60,8 @@ class ReplayInfo(BaseModel):
     earlier_rows: int = 0  # earlier rows after dedup, the population sampled from
     sampled_rows: int = 0
     strata: int = 0  # (source, grade) groups sampled from
+    rotation_step: int = 0  # the step the rotation's order is seeded with
+    repeated_rows: int = 0  # sampled rows an earlier step replayed already
     # replay: earlier batches whose step was not promoted, trained in full again
     held_back: list[str] = Field(default_factory=list)
     reason: str = ""  # why the step trains the rows it trains, in one sentence

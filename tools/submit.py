@@ -92,22 +92,25 @@ def _resumable(ws: Workspace, nonce: str, draft_id: str) -> str | None:
 def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> JobDraft:
     """The draft parsed from the stored manifest bytes after they hash to the token's
     digest: what runs below (job.json, the Hub request) comes from these bytes only."""
+    if claims.workspace != str(ws.root):  # first: another workspace is not a replaced ledger
+        raise TunestepError("approval_wrong_draft", f"the token was signed for the workspace "
+                            f"{claims.workspace}, not this one ({ws.root}): submit it there")
     with ledger.open_ledger(ws) as conn:
         identity = ledger.ledger_id(conn)
         row = conn.execute("SELECT digest, payload, manifest FROM drafts WHERE draft_id = ?",
                            (draft_id,)).fetchone()
     if row is None:
-        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in this workspace's ledger")
+        raise TunestepError("draft_unknown", f"no draft {draft_id!r} in the ledger of the "
+                            f"workspace {ws.root}")
     if claims.ledger != identity:
         # The used nonces live in the ledger: a ledger made afresh must not forget them.
-        raise TunestepError("approval_wrong_ledger", "the token was signed for another "
-                            "ledger of this workspace (it was deleted or replaced since); "
-                            "draft again and ask the operator for a new approval")
+        raise TunestepError("approval_wrong_ledger", f"the token was signed for this "
+                            f"workspace's ledger as it was before ({ws.state_dir}/state.sqlite "
+                            "was deleted or replaced since); draft again and ask the operator "
+                            "for a new approval")
     if claims.draft_id != draft_id:
         raise TunestepError("approval_wrong_draft",
                             f"the token approves {claims.draft_id}, not {draft_id}")
-    if claims.workspace != str(ws.root):
-        raise TunestepError("approval_wrong_draft", "the token was signed for another workspace")
     data, _ = stored_manifest(row, draft_id)  # the bytes hash to the stored digest, or
     if manifest_digest(data) != claims.digest:  # draft_tampered
         raise TunestepError("approval_wrong_draft",

@@ -10,6 +10,7 @@ job writes.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path, PurePosixPath
 
@@ -81,12 +82,34 @@ def find_workspace(path: str | Path | None = None) -> Workspace:
         raise TunestepError(exc.code, f"{exc.message} (from {source}); give the workspace "
                             f"with --workspace DIR or {WORKSPACE_ENV}", path=exc.path) from None
     if not is_workspace(ws.root):
+        near = nearby_workspace(ws.root)
+        if near is not None:
+            raise TunestepError(
+                "workspace_not_found",
+                f"{ws.root} (from {source}) is not a tunestep workspace; did you mean "
+                f"{near}? Give it with --workspace {near} or {WORKSPACE_ENV}={near}")
         raise TunestepError(
             "workspace_not_found",
             f"{ws.root} (from {source}) is not a tunestep workspace: it has none of "
             f"{', '.join(WORKSPACE_MARKERS)}; give the workspace with --workspace DIR or "
             f"{WORKSPACE_ENV}=DIR")
     return ws
+
+
+def nearby_workspace(root: Path) -> Path | None:
+    """The workspace a user probably meant: one that holds ``root`` (a folder inside a
+    workspace), else the only workspace one level down (e.g. the demo's folder, which
+    holds ``workspace/``). None when there is none, or several one level down."""
+    for parent in root.parents:
+        if is_workspace(parent):
+            return parent
+    try:  # a look, not a search: the first few hundred entries of a large folder
+        children = sorted(itertools.islice(root.iterdir(), 500))
+        below = [child for child in children
+                 if child.is_dir() and not child.name.startswith(".") and is_workspace(child)]
+    except OSError:
+        return None
+    return below[0] if len(below) == 1 else None
 
 
 def check_relative(relative: str | Path) -> PurePosixPath:

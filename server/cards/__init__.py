@@ -30,16 +30,17 @@ from mcp.server.apps import Apps, ResourceCsp, ResourcePermissions, client_suppo
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
-from tunestep.tools.draft_model import JobDraft
+from tunestep.tools.draft_model import DraftManifest, JobDraft
 from tunestep.tools.review import DraftReview
 from tunestep.tools.step_outcome import StepOutcome
 from tunestep.tools.workspace import Workspace
 
 REVIEW_URI = "ui://tunestep/review-card.html"
 RESULTS_URI = "ui://tunestep/results-card.html"
-# The draft's top-level fields its digest covers (tools/draft.py build_draft's ``body``):
-# the operator's token signs the digest, so these are what the signature fixes.
-DIGEST_COVERS = ("kind", "request", "job_config", "files", "submission")
+# The draft's top-level fields the signature fixes: those of the signed manifest
+# (tools/draft_model.py DraftManifest; the digest is sha256 over its canonical bytes, and
+# load_draft parses them back only after they hash to it).
+DIGEST_COVERS = tuple(name for name in DraftManifest.model_fields if name in JobDraft.model_fields)
 
 APP_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False,
                            idempotent_hint=True, open_world_hint=False)

@@ -151,6 +151,17 @@ def _leading_literal(pattern: str) -> tuple[str, bool]:
     return (literal.lower() if fold else literal), fold
 
 
+# What a step does with a row over max_length, as the draft says it (data.overlong): the
+# inspector and the draft must not disagree about the same row.
+OVERLONG_SAYS = {
+    "truncate_prompt": "the job shortens the middle of its user turn and keeps the whole "
+                       "answer, or leaves the row out when the answer alone is too long; "
+                       "data.overlong truncate_prompt",
+    "drop": "the job leaves the row out; data.overlong drop",
+    "error": "a draft of it is refused; data.overlong error",
+}
+
+
 class Engine:
     def __init__(self, *, mode: str = "inspect", max_errors: int = 100,
                  grade_pattern: str | None = None, holdout: HoldoutIndex | None = None,
@@ -587,7 +598,7 @@ class Engine:
                 self.over_length.append((index, line, count))
                 self.findings.add(index, line, "over_max_length",
                                   f"{count:,} tokens, over training.max_length {limit:,} "
-                                  "(training would cut the answer)")
+                                  f"({OVERLONG_SAYS.get(self.tokens.overlong, '')})")
 
     # --- after the last row -------------------------------------------------------------
 

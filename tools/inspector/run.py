@@ -129,7 +129,7 @@ def _plan_settings(plan: Plan) -> dict:
             "max_row_bytes": plan.data.max_row_bytes,
             "train": plan.paths.train, "validation": plan.paths.validation,
             "incremental": plan.paths.incremental, "mapped": plan.paths.mapped,
-            "model": plan.model}
+            "model": plan.model, "overlong": plan.data.overlong}  # in the length findings
 
 
 def _cache_lookup(ws: Workspace, key: str) -> InspectionReport | None:
@@ -250,6 +250,7 @@ def inspect_sources(ws: Workspace, plan: Plan, shown: str, sources: list[Source]
 
         tokenizer, identity = load_tokenizer(ws, plan.model)
         counter = TokenCounter(tokenizer, plan.training.max_length)
+        counter.overlong = plan.data.overlong  # what a step does with a longer row
     engine = Engine(mode="inspect", max_errors=max_errors, grade_pattern=plan.grade_pattern,
                     holdout=holdout_index, references=references, tokens=counter,
                     progress=progress, max_row_bytes=plan.data.max_row_bytes)

@@ -48,7 +48,8 @@ BATCH = 512
 VERIFY_EVERY = 997  # assembled rows compared with Jinja: the 1st, then every 997th
 _loaded: OrderedDict[str, Any] = OrderedDict()
 _lock = threading.Lock()
-_load_lock = threading.Lock()
+# One tokenizer load at a time per process (load_tokenizer; preprocess uses it too).
+LOAD_LOCK = threading.Lock()
 
 
 def cache_root() -> Path:
@@ -129,7 +130,7 @@ def load_tokenizer(ws: Workspace, model: str):
     # One load at a time: the MCP server runs tool calls in threads, and two of them
     # importing transformers at once fail ("cannot import name 'AutoTokenizer'": its lazy
     # module is not thread-safe on first use); the second then finds the first's tokenizer.
-    with _load_lock:
+    with LOAD_LOCK:
         with _lock:
             if identity in _loaded:
                 return _loaded[identity], identity
@@ -254,6 +255,7 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.max_length = max_length
+        self.overlong = "truncate_prompt"  # the plan's data.overlong (run.py sets it)
         self.pending: list[tuple[Any, list, tuple, tuple, Any]] = []
         self.shapes: dict[tuple, list | None] = {}
         self.assembled = 0

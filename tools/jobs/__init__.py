@@ -14,6 +14,7 @@ JOB_FILES = (
     "job_data.py",
     "job_train.py",
     "job_evaluate.py",
+    "job_answers.py",
     "job_stats.py",
     "job_gate.py",
     "job_report.py",

@@ -6,6 +6,7 @@ The contract itself is documented in ``train_sft.py``'s docstring (and ``.specs/
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import stat
@@ -73,7 +74,7 @@ _NESTED: dict[str, dict[str, Any]] = {
     "eval_file": {"path": str, "sha256": str},
     "data": {"overlong": str},
     "evaluation": {"batch_size": int, "max_new_tokens": (int, type(None))},
-    "gate": {"metric": str, "max_regression": (int, float), "require_significance": bool},
+    "gate": {"metric": str, "margin": (int, float)},
     "checkpoint": {"of": str, "files": list},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -177,6 +178,8 @@ def validate_config(cfg: Any) -> dict:
              "evaluation.max_new_tokens must be >= 1 or null")
     if cfg["gate"] is not None:
         _require(cfg["gate"]["metric"] in METRICS, f"gate.metric must be one of {METRICS}")
+        # in the metric's units (MAE's span is the grade scale): the plan checks the span
+        _require(math.isfinite(cfg["gate"]["margin"]), "gate.margin must be a finite number")
     if cfg["mode"] == "lora":
         _require(cfg["lora"] is not None, "mode 'lora' needs a lora block")
         lora = cfg["lora"]

@@ -3,16 +3,19 @@
 Every hold-out row is answered by both versions (batched greedy generation, left padding,
 prompts sorted by length so a batch pads little), with a token budget long enough for the
 longest reference answer, so every grade can be reached. Metrics cover every row that has
-a reference grade; an answer with no parsable grade counts as wrong (exact, within 1) and
-as the largest error the scale allows (MAE, Spearman, kappa: see ``worst_prediction``).
-Each metric has a 95 % interval, and the two versions are compared row by row on the same
-prompts (wins/losses/ties, exact sign test, paired bootstrap interval of the difference).
+a reference grade: an answer with no parsable grade is wrong for grade_exact and
+grade_within_1; grade_mae, Spearman and kappa use the parsed rows only and are undefined
+(absent, with the reason) when too few parsed or a side is constant; nothing is imputed.
+Each metric has a 95 % interval and its parse rate, and the versions are compared row by
+row on the same prompts (Tango's paired score interval for proportions, a paired bootstrap
+otherwise, exact McNemar / sign tests). A version's answers are kept with it
+(``holdout_answers.json``, see ``kept_answers``) so the next step reuses them as its
+"before" instead of generating them again.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 if __package__:  # imported as tunestep.tools.jobs.<module>
@@ -20,6 +23,7 @@ if __package__:  # imported as tunestep.tools.jobs.<module>
     from .job_stats import (
         BOOTSTRAP_RESAMPLES,
         bootstrap_indices,
+        paired_proportion_change,
         percentile_interval,
         quadratic_kappa,
         sign_test,
@@ -31,6 +35,7 @@ else:  # a sibling of the job script, whose folder is on sys.path
     from job_stats import (
         BOOTSTRAP_RESAMPLES,
         bootstrap_indices,
+        paired_proportion_change,
         percentile_interval,
         quadratic_kappa,
         sign_test,
@@ -148,55 +153,66 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     return [a or "" for a in answers]
 
 
-def timed_answers(model, tokenizer, holdout: HoldOut, budget: int, batch_size: int,
-                  autocast: str | None) -> tuple[list[str], float]:
-    t0 = time.monotonic()
-    answers = generate_answers(model, tokenizer, holdout.prompts, budget, batch_size, autocast)
-    return answers, time.monotonic() - t0
-
-
 # ---------------------------------------------------------------------------------------
 # Scoring
 
-
-def worst_prediction(ref: float, low: float, high: float) -> float:
-    """What an unparsed answer counts as: the grade of the scale farthest from the reference.
-
-    The scale is the range of the hold-out's reference grades; the error is at least 1
-    (a one-grade scale would otherwise make a missing answer free).
-    """
-    up, down = high - ref, ref - low
-    error = max(up, down, 1.0)
-    return ref + error if up >= down else ref - error
+# MAE, Spearman and kappa are computed on the rows whose answer has a grade; with fewer
+# parsed rows than this they are undefined (absent, with the reason), never imputed.
+MIN_PARSED_ROWS = 5
+UNPARSED_RULE = ("an answer with no parsable grade is wrong for grade_exact and "
+                 "grade_within_1; grade_mae, spearman and kappa use only the rows with a "
+                 f"parsed grade (undefined below {MIN_PARSED_ROWS} such rows or for a "
+                 "constant predictor), so each stands next to its parse rate; rows without "
+                 "a reference grade are not scored")
 
 
 @dataclass
 class _Scored:
-    """Per graded row: reference, parsed prediction (or None), and what the metrics use."""
+    """Per graded row: reference, parsed prediction (or None), and per-row outcomes."""
 
     ref: list[float]
     pred: list[float | None]
-    eff: list[float]  # pred, or worst_prediction for an unparsed answer
     parsed: list[int]
     exact: list[int]
     within1: list[int]
-    err: list[float]
+    err: list[float | None]  # absolute error, None where nothing was parsed
 
 
-def _score(refs: list[float], preds: list[float | None], low: float, high: float) -> _Scored:
-    eff = [p if p is not None else worst_prediction(r, low, high)
-           for r, p in zip(refs, preds, strict=True)]
+def _score(refs: list[float], preds: list[float | None]) -> _Scored:
+    pairs = list(zip(refs, preds, strict=True))
     return _Scored(
-        ref=refs, pred=preds, eff=eff,
+        ref=refs, pred=preds,
         parsed=[int(p is not None) for p in preds],
-        exact=[int(p is not None and abs(r - p) < 1e-9) for r, p in zip(refs, preds,
-                                                                         strict=True)],
-        within1=[int(p is not None and abs(r - p) <= 1 + 1e-9)
-                 for r, p in zip(refs, preds, strict=True)],
-        err=[abs(r - e) for r, e in zip(refs, eff, strict=True)])
+        exact=[int(p is not None and abs(r - p) < 1e-9) for r, p in pairs],
+        within1=[int(p is not None and abs(r - p) <= 1 + 1e-9) for r, p in pairs],
+        err=[abs(r - p) if p is not None else None for r, p in pairs])
 
 
-def _metric(s: _Scored, name: str, idx: list[int] | None = None) -> float | None:
+def _parsed_pairs(s: _Scored, idx) -> tuple[list[float], list[float]]:
+    keep = [i for i in idx if s.pred[i] is not None]
+    return [s.ref[i] for i in keep], [s.pred[i] for i in keep]  # type: ignore[misc]
+
+
+def undefined_reason(s: _Scored, name: str, idx=None) -> str | None:
+    """Why ``name`` cannot be computed on these rows, or None when it can."""
+    idx = range(len(s.ref)) if idx is None else idx
+    if len(idx) == 0:
+        return "no hold-out row has a reference grade"
+    if name in PROPORTIONS:
+        return None
+    ref, pred = _parsed_pairs(s, idx)
+    if len(pred) < MIN_PARSED_ROWS:
+        return (f"only {len(pred)} of {len(idx)} answers have a parsable grade (at least "
+                f"{MIN_PARSED_ROWS} needed)")
+    if name == "spearman" and (len(set(pred)) < 2 or len(set(ref)) < 2):
+        side = "prediction" if len(set(pred)) < 2 else "reference"
+        return f"every parsed {side} is the same grade: a rank correlation is undefined"
+    if name == "kappa" and quadratic_kappa(ref, pred) is None:
+        return "both sides are one constant grade: kappa is undefined"
+    return None
+
+
+def _metric(s: _Scored, name: str, idx=None) -> float | None:
     idx = range(len(s.ref)) if idx is None else idx
     n = len(idx)
     if n == 0:
@@ -207,98 +223,139 @@ def _metric(s: _Scored, name: str, idx: list[int] | None = None) -> float | None
         return sum(s.exact[i] for i in idx) / n
     if name == "grade_within_1":
         return sum(s.within1[i] for i in idx) / n
+    ref, pred = _parsed_pairs(s, idx)
+    if len(pred) < MIN_PARSED_ROWS:
+        return None
     if name == "grade_mae":
-        return sum(s.err[i] for i in idx) / n
-    ref, eff = [s.ref[i] for i in idx], [s.eff[i] for i in idx]
-    return spearman(ref, eff) if name == "spearman" else quadratic_kappa(ref, eff)
+        return sum(abs(r - p) for r, p in zip(ref, pred, strict=True)) / len(pred)
+    return spearman(ref, pred) if name == "spearman" else quadratic_kappa(ref, pred)
 
 
-def _counts(s: _Scored, name: str) -> int:
-    return sum({"parse_rate": s.parsed, "grade_exact": s.exact,
-                "grade_within_1": s.within1}[name])
+_FLAGS = {"parse_rate": "parsed", "grade_exact": "exact", "grade_within_1": "within1"}
 
 
 def _r(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 6)
 
 
+def _version_metrics(s: _Scored, draws: dict, seed: int, n_boot: int) -> dict:
+    """Every metric of one version: value, 95 % interval, rows used, and why not, if not."""
+    n = len(s.ref)
+    parsed = sum(s.parsed)
+    out = {}
+    for m in METRICS:
+        reason = undefined_reason(s, m)
+        value = None if reason else _metric(s, m)
+        if value is None and reason is None:
+            reason = f"{m} cannot be computed on these rows"
+        if m in PROPORTIONS:
+            low_ci, high_ci = wilson(sum(getattr(s, _FLAGS[m])), n)
+            method = "wilson"
+        else:
+            low_ci, high_ci = percentile_interval(draws[m]) if value is not None else (None,
+                                                                                       None)
+            method = f"bootstrap ({n_boot} resamples, seed {seed})"
+        out[m] = {"value": _r(value), "low": _r(low_ci), "high": _r(high_ci),
+                  "method": method, "rows": n if m in PROPORTIONS else parsed,
+                  "parse_rate": _r(parsed / n) if n else None, "undefined": reason}
+    return out
+
+
+def _change(b: _Scored, a: _Scored, draws_b: dict, draws_a: dict, mb: dict, ma: dict
+            ) -> dict:
+    """After minus before for every metric, paired on the same rows."""
+    delta = {}
+    for m in METRICS:
+        vb, va = mb[m]["value"], ma[m]["value"]
+        if m in PROPORTIONS:  # Tango's paired score interval; exact McNemar
+            fb, fa = getattr(b, _FLAGS[m]), getattr(a, _FLAGS[m])
+            pairs = list(zip(fb, fa, strict=True))
+            both = sum(1 for x, y in pairs if x and y)
+            gained = sum(1 for x, y in pairs if y and not x)
+            lost = sum(1 for x, y in pairs if x and not y)
+            lo, hi = paired_proportion_change(both, gained, lost, len(pairs) - both - gained
+                                              - lost)
+            p, test = sign_test(gained, lost), "exact McNemar (sign test on discordant rows)"
+            method = "Tango's paired score interval"
+        else:
+            diffs = [(x - y) if x is not None and y is not None else None
+                     for x, y in zip(draws_a[m], draws_b[m], strict=True)]
+            lo, hi = percentile_interval(diffs) if vb is not None and va is not None else (
+                None, None)
+            method = "paired percentile bootstrap (the same resampled rows for both)"
+            if m == "grade_mae":
+                both_parsed = [(x, y) for x, y in zip(b.err, a.err, strict=True)
+                               if x is not None and y is not None]
+                p = sign_test(sum(1 for x, y in both_parsed if y < x),
+                              sum(1 for x, y in both_parsed if y > x))
+                test = "exact sign test on per-row absolute error (rows parsed by both)"
+            else:
+                valid = [d for d in diffs if d is not None]
+                p = (min(1.0, 2 * min(sum(d <= 0 for d in valid), sum(d >= 0 for d in valid))
+                         / len(valid)) if valid else None)
+                test = "bootstrap (two-sided share of resamples on the other side of 0)"
+        defined = vb is not None and va is not None
+        why = None
+        if not defined:
+            side, d = ("before", mb[m]) if vb is None else ("after", ma[m])
+            why = f"{side}: {d['undefined']}"
+        delta[m] = {"value": _r(va - vb) if defined else None,
+                    "low": _r(lo) if defined else None, "high": _r(hi) if defined else None,
+                    "p_value": _r(p) if defined else None, "test": test, "method": method,
+                    "undefined": why}
+    return delta
+
+
 def score_evaluation(holdout: HoldOut, before: list[str], after: list[str], pattern: str,
-                     seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
-    """The evaluation report (see the module docstring) as a JSON-ready dict."""
+                     seed: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                     best: list[str] | None = None, best_label: str | None = None) -> dict:
+    """The evaluation report (see the module docstring) as a JSON-ready dict.
+
+    ``best``: the answers of the best version on the current line when it is not the
+    previous version; the new one is then compared with it too (``versus_best``), so
+    small losses that each pass the gate cannot stack.
+    """
     graded = [i for i, g in enumerate(holdout.grades) if g is not None]
     refs = [holdout.grades[i] for i in graded]
     low, high = (min(refs), max(refs)) if refs else (0.0, 0.0)
-    versions = {}
-    for name, answers in (("before", before), ("after", after)):
-        preds = [sft_data.parse_grade(answers[i], pattern) for i in graded]
-        versions[name] = _score(refs, preds, low, high)
+    answers = {"before": before, "after": after}
+    if best is not None:
+        answers["best"] = best
+    versions = {name: _score(refs, [sft_data.parse_grade(texts[i], pattern) for i in graded])
+                for name, texts in answers.items()}
     n = len(graded)
     boots = bootstrap_indices(n, seed, resamples)
-    # Both versions' statistics on the same resampled indices: the difference's interval
-    # is paired.
-    draws = {v: {m: [_metric(s, m, idx) for idx in boots] for m in METRICS}
-             for v, s in versions.items()}
-
-    report_versions = {}
-    for v, s in versions.items():
-        metrics = {}
-        for m in METRICS:
-            value = _metric(s, m)
-            if m in PROPORTIONS:
-                low_ci, high_ci = wilson(_counts(s, m), n)
-                method = "wilson"
-            else:
-                low_ci, high_ci = percentile_interval(draws[v][m])
-                method = f"bootstrap ({len(boots)} resamples, seed {seed})"
-            metrics[m] = {"value": _r(value), "low": _r(low_ci), "high": _r(high_ci),
-                          "method": method}
-        report_versions[v] = metrics
-
+    # Every version's statistics on the same resampled indices: the changes are paired.
+    draws = {v: {m: [_metric(s, m, idx) for idx in boots] if m not in PROPORTIONS else []
+                 for m in METRICS} for v, s in versions.items()}
+    metrics = {v: _version_metrics(s, draws[v], seed, len(boots)) for v, s in versions.items()}
     b, a = versions["before"], versions["after"]
-    delta = {}
-    for m in METRICS:
-        vb, va = _metric(b, m), _metric(a, m)
-        diffs = [(x - y) if x is not None and y is not None else None
-                 for x, y in zip(draws["after"][m], draws["before"][m], strict=True)]
-        lo, hi = percentile_interval(diffs)
-        if m in PROPORTIONS:  # exact McNemar: the rows where exactly one version is right
-            flags = {"parse_rate": "parsed", "grade_exact": "exact",
-                     "grade_within_1": "within1"}[m]
-            fb, fa = getattr(b, flags), getattr(a, flags)
-            gained = sum(1 for x, y in zip(fb, fa, strict=True) if y and not x)
-            lost = sum(1 for x, y in zip(fb, fa, strict=True) if x and not y)
-            p, test = sign_test(gained, lost), "exact McNemar (sign test on discordant rows)"
-        elif m == "grade_mae":
-            gained = sum(1 for x, y in zip(b.err, a.err, strict=True) if y < x)
-            lost = sum(1 for x, y in zip(b.err, a.err, strict=True) if y > x)
-            p, test = sign_test(gained, lost), "exact sign test on per-row absolute error"
-        else:
-            valid = [d for d in diffs if d is not None]
-            p = (min(1.0, 2 * min(sum(d <= 0 for d in valid), sum(d >= 0 for d in valid))
-                     / len(valid)) if valid else None)
-            test = "bootstrap (two-sided share of resamples on the other side of 0)"
-        delta[m] = {"value": _r(va - vb) if va is not None and vb is not None else None,
-                    "low": _r(lo), "high": _r(hi), "p_value": _r(p), "test": test}
+    delta = _change(b, a, draws["before"], draws["after"], metrics["before"], metrics["after"])
+    versus_best = None
+    if best is not None:
+        versus_best = {"version": best_label, "metrics": metrics["best"],
+                       "delta": _change(versions["best"], a, draws["best"], draws["after"],
+                                        metrics["best"], metrics["after"])}
 
-    wins = sum(1 for x, y in zip(b.err, a.err, strict=True) if y < x)
-    losses = sum(1 for x, y in zip(b.err, a.err, strict=True) if y > x)
-    rows = []
-    for k, i in enumerate(graded):
-        rows.append({"row": i, "reference": refs[k], "before": b.pred[k], "after": a.pred[k]})
+    both = [(x, y) for x, y in zip(b.err, a.err, strict=True) if x is not None or
+            y is not None]
+    # A row parsed by one version only: the parsed side wins (an unparsed answer has no
+    # grade at all); both unparsed is a tie.
+    wins = sum(1 for x, y in both if (x is None) or (y is not None and y < x))
+    losses = sum(1 for x, y in both if (y is None) or (x is not None and y > x))
+    rows = [{"row": i, "reference": refs[k], "before": b.pred[k], "after": a.pred[k]}
+            for k, i in enumerate(graded)]
     return {
         "rows": len(holdout.prompts), "graded_rows": n,
         "ungraded_rows": len(holdout.prompts) - n,
         "scale": {"low": low, "high": high},
-        "unparsed_rule": ("an answer with no parsable grade is wrong for parse_rate, "
-                          "grade_exact and grade_within_1, and counts as the grade of the "
-                          "scale farthest from the reference (error at least 1) for "
-                          "grade_mae, spearman and kappa; rows without a reference grade "
-                          "are not scored"),
-        "before": report_versions["before"], "after": report_versions["after"],
-        "delta": delta,
+        "unparsed_rule": UNPARSED_RULE,
+        "before": metrics["before"], "after": metrics["after"],
+        "delta": delta, "versus_best": versus_best,
         "paired": {"wins": wins, "losses": losses, "ties": n - wins - losses,
                    "p_value": _r(sign_test(wins, losses)),
-                   "test": "exact sign test on per-row absolute error (after vs before)"},
+                   "test": "exact sign test on per-row absolute error (after vs before; a "
+                           "parsed grade beats none)"},
         "per_row": rows,
     }
 

@@ -114,3 +114,45 @@ def bootstrap(stat: Callable[[list[int]], float | None], resamples: list[list[in
               ) -> tuple[float | None, float | None]:
     """Percentile interval of ``stat`` over the resamples (each a list of row indices)."""
     return percentile_interval([stat(idx) for idx in resamples])
+
+
+def paired_proportion_change(both: int, after_only: int, before_only: int, neither: int,
+                             z: float = Z95) -> tuple[float | None, float | None]:
+    """95 % interval of p_after - p_before on paired rows: Tango's score interval (1998).
+
+    ``both``/``neither``: rows right (or wrong) for both versions; ``after_only``/
+    ``before_only``: the discordant rows (gains and losses). The interval is every
+    difference d whose score statistic (g - l - n d) / sqrt(n (2 q(d) + d (1 - d))), q(d)
+    the constrained maximum-likelihood share of losses, stays within +-z; found by
+    bisection, the statistic falling in d. It keeps its coverage at 20-60 rows, also
+    when every discordant row goes one way, where a percentile bootstrap or Newcombe's
+    hybrid interval is too narrow (the gate's false-promotion rate rests on this).
+    """
+    n = both + after_only + before_only + neither
+    if n <= 0:
+        return None, None
+    g, lost = after_only, before_only
+
+    def score(d: float) -> float:
+        b = -(g + lost) + d * (2 * n - g + lost)
+        c = -lost * d * (1 - d)
+        q = (-b + math.sqrt(max(0.0, b * b - 8 * n * c))) / (4 * n)
+        var = n * (2 * q + d * (1 - d))
+        diff = g - lost - n * d
+        if var <= 1e-15:
+            return math.copysign(math.inf, diff) if diff else 0.0
+        return diff / math.sqrt(var)
+
+    def solve(target: float, lo: float, hi: float) -> float:
+        for _ in range(80):  # 2^-80 of the range: far below any reported digit
+            mid = (lo + hi) / 2
+            if score(mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    estimate = (g - lost) / n
+    low = solve(z, -1.0, estimate) if score(-1.0 + 1e-12) > z else -1.0
+    high = solve(-z, estimate, 1.0) if score(1.0 - 1e-12) < -z else 1.0
+    return low, high

@@ -79,9 +79,13 @@ def memory_estimate(model, hp: dict, precision: str, torch) -> dict:
     Weights in fp32 (4 B/parameter) plus, for trainable ones, a gradient (4 B) and AdamW's
     two moments (8 B); activations per layer about 34 x sequence x batch x hidden bytes at
     half precision (Korthikanti et al. 2022, with fused attention: no sequence² term),
-    doubled in fp32; logits batch x sequence x vocabulary in fp32 and the half-precision
-    copy. Checkpointing recomputes the activations instead of keeping them (about a third
-    more compute), so it is turned on only on a GPU where this would pass 85 % of memory.
+    doubled in fp32; logits batch x sequence x vocabulary: the fp32 logits the loss is
+    computed on (4 B), their fp32 gradient in the backward pass (4 B), and under mixed
+    precision the half-precision copy the lm_head wrote (2 B): at 2 x 2048 tokens and
+    Qwen3's 151,936-token vocabulary 5.8 GiB in bf16, which an estimate without the
+    gradient put 2.3 GiB lower. Checkpointing recomputes the activations instead of
+    keeping them (about a third more compute), so it is turned on only on a GPU where this
+    would pass 85 % of memory.
     """
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -94,7 +98,7 @@ def memory_estimate(model, hp: dict, precision: str, torch) -> dict:
     half = precision in ("bf16", "fp16")
     static = params * 4 + trainable * 12
     activations = layers * 34 * seq * batch * hidden * (1 if half else 2)
-    logits = batch * seq * vocab * (4 + (2 if half else 4))
+    logits = batch * seq * vocab * (4 + 4 + (2 if half else 0))
     need = static + activations + logits
     out = {"estimate_bytes": int(need), "device_bytes": None, "checkpointing": False}
     if torch.cuda.is_available():
@@ -128,7 +132,8 @@ def _hub_download(spec: str, log: RunLog) -> Path:
 
 
 def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
-    """(model, tokenizer, what it resumed from) for fresh/resumed, full/LoRA training.
+    """(model, tokenizer, what it resumed from, its local folder or None) for fresh/resumed,
+    full/LoRA training (the folder holds the previous version's kept hold-out answers).
 
     The model is loaded in fp32: mixed precision (fp16/bf16 autocast) keeps fp32 master
     weights, which fp16 gradient scaling requires and which keep small updates from
@@ -175,7 +180,7 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
             ))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(f"LoRA trainable parameters: {trainable}")
-    return model, tokenizer, label
+    return model, tokenizer, label, resume
 
 def _clean(value: Any) -> Any:
     """Floats that JSON can carry (NaN/inf become None)."""
@@ -269,6 +274,27 @@ def ddp_timeout_seconds(rows: int, budget: int, batch_size: int) -> int:
     return max(DEFAULT_DDP_TIMEOUT, math.ceil(wait + WAIT_SLACK_SECONDS))
 
 
+def distributed_batch(per_device: int, accumulation: int, processes: int
+                      ) -> tuple[int, int, str | None]:
+    """(per-device batch, accumulation steps, note) that keep the plan's global batch,
+    per_device x accumulation, on ``processes`` GPUs (each process takes its own batch).
+
+    Fewer accumulation steps first, then a smaller per-device batch; where neither divides,
+    the global batch grows to per_device x accumulation x processes and the note says so
+    (tools/estimate.py applies the same rule for the review screen).
+    """
+    if processes <= 1:
+        return per_device, accumulation, None
+    if accumulation % processes == 0:
+        return per_device, accumulation // processes, None
+    if per_device % processes == 0:
+        return per_device // processes, accumulation, None
+    effective = per_device * accumulation * processes
+    return per_device, accumulation, (
+        f"the plan's global batch {per_device * accumulation} cannot be split over "
+        f"{processes} GPUs: the effective batch is {effective}")
+
+
 def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: bool,
                      checkpointing: bool, ddp_timeout: int = DEFAULT_DDP_TIMEOUT):
     from trl import SFTConfig
@@ -276,6 +302,10 @@ def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: 
     hp = cfg["hyperparameters"]
     tr = cfg["trackio"]
     names = {f.name for f in dataclasses.fields(SFTConfig)}
+    # accelerate launch sets WORLD_SIZE: the plan's global batch is kept across the GPUs.
+    per_device, accumulation, _ = distributed_batch(
+        hp["per_device_train_batch_size"], hp["gradient_accumulation_steps"],
+        int(os.environ.get("WORLD_SIZE", "1") or 1))
     # Fields that newer transformers releases added or renamed; tunestep's own environment
     # may hold any version in its supported range, so only pass what this one knows.
     optional = {
@@ -312,9 +342,9 @@ def build_sft_config(cfg: dict, precision: str, output_dir: Path, pretokenized: 
         optional["trackio_space_id"] = tr["space_id"]
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=hp["per_device_train_batch_size"],
-        per_device_eval_batch_size=hp["per_device_train_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         learning_rate=float(hp["learning_rate"]),
         num_train_epochs=float(hp["num_train_epochs"]),
         max_steps=hp["max_steps"],

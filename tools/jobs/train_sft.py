@@ -26,7 +26,8 @@ tunestep: only its declared dependencies and its sibling modules, which travel w
 ``job_common`` (exit codes, errors, atomic writes, the run log), ``job_config`` (this
 contract), ``job_data`` (datasets, over-long rows), ``job_train`` (precision, GPU check,
 model, memory estimate, SFTConfig), ``job_evaluate`` (whole hold-out generation and
-grading), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
+grading), ``job_answers`` (hold-out answers kept with a version and reused, continuous
+batching where faster), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
 ``job_report`` (CSV, Markdown, plots, history), ``job_store`` (versions, ``latest``, Hub
 pushes) and ``sft_data`` (loading, tokenization and grade parsing, which tunestep's
 preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
@@ -94,9 +95,10 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
     evaluation        {batch_size: int >= 1, max_new_tokens: int | null}   the whole hold-out
                             set, batched greedy generation; null budget = the longest
                             reference answer in tokens + 8, at least samples.max_new_tokens
-    gate              {metric, max_regression: number, require_significance: bool} | null
-                            promotion gate; metric one of parse_rate, grade_exact,
-                            grade_within_1, grade_mae, spearman, kappa. null = always promote
+    gate              {metric, margin: finite number} | null
+                            promotion gate (non-inferiority, see job_gate); metric one of
+                            parse_rate, grade_exact, grade_within_1, grade_mae, spearman,
+                            kappa. null = always promote
     expect_gpu        bool  true on a GPU flavor: without usable CUDA the job stops (exit 2)
 
 What it does, in order: check job.json's bytes against ``--config-sha256``; validate
@@ -129,21 +131,30 @@ fails the gate is still written to ``versions/`` (and pushed when configured) bu
 
 Evaluation (``eval_json``, ``eval_md``): every hold-out row with a reference grade is
 scored for both versions: parse_rate, grade_exact, grade_within_1, grade_mae, spearman,
-kappa (quadratic-weighted). An answer with no parsable grade is wrong for the first three
-and counts as the grade of the scale (the references' range) farthest from the reference,
-error at least 1, for the others. Each metric has a 95 % interval (Wilson for
-proportions, a percentile bootstrap of 1000 resamples seeded with ``seed`` otherwise);
-``delta`` (after minus before) has a paired bootstrap interval and a p-value (exact
-McNemar for proportions, exact sign test on per-row absolute error for MAE, bootstrap for
-the correlations); ``paired`` counts rows whose absolute error fell, rose or stayed
-(wins/losses/ties) with an exact sign test. ``per_row`` lists each row's reference and
-parsed grades.
+kappa (quadratic-weighted). An answer with no parsable grade is wrong for grade_exact and
+grade_within_1; grade_mae, spearman and kappa use the parsed rows only and are undefined
+(``value`` null, ``undefined`` says why) below 5 parsed rows or for a constant predictor:
+nothing is imputed, and each metric carries the ``parse_rate`` it stands on. Each metric
+has a 95 % interval (Wilson for proportions, a percentile bootstrap of 1000 resamples
+seeded with ``seed`` otherwise); ``delta`` (after minus before) has a paired interval
+(Tango's score interval for proportions, a paired bootstrap otherwise) and a p-value
+(exact McNemar for proportions, exact sign test on per-row absolute error for MAE,
+bootstrap for the correlations); ``versus_best`` compares the new version with the best
+version on the line the same way (null when that is the previous version); ``paired``
+counts rows whose absolute error fell, rose or stayed (wins/losses/ties; a parsed grade
+beats none) with an exact sign test. ``per_row`` lists each row's reference and parsed
+grades; ``before_reused`` says whether the previous version's answers were reused.
 
-Promotion (``gate``): improvement = delta, sign-flipped for grade_mae; threshold =
--max_regression. Without ``require_significance`` the version is promoted when the
-improvement is at least the threshold; with it, unless the paired 95 % interval of the
-improvement lies wholly below the threshold (held back on evidence, not on noise). A
-metric that cannot be computed holds the version back. ``gate: null`` always promotes.
+Promotion (``gate``): gain = delta, sign-flipped for grade_mae. Promoted only when the
+lower end of the gain's paired 95 % interval is above -margin, against the previous
+version and against the best version on the line (``versus_best``, from the kept
+answers), so a drop the hold-out cannot rule out holds the version back. A metric that
+is undefined holds the version back. ``gate: null`` always promotes.
+
+Kept answers (``job_answers``): the new version's hold-out answers are written into its
+folder (``holdout_answers.json``, keyed by its content hash, the hold-out's sha256, the
+prompts, the budget and the template) with the line's best version's answers; the next
+step reuses them as its "before" when they match (the report says "reused").
 
 Hub layout (``hub.push`` with ``hub.model_id``): the version folder (without
 ``checkpoints/`` and the generated README.md) is committed to the repo root, one commit
@@ -176,8 +187,8 @@ the CSV is rewritten after each epoch.
 
 Exit status: 0 success (promoted or not), then the last stdout line is
 ``TUNESTEP_RESULT <json>`` with ``model_path``, ``version``, ``promoted``, ``promotion``
-(promoted, reason, metric, before, after, delta, interval, p_value, max_regression,
-require_significance), ``evaluation`` (rows, graded_rows, max_new_tokens, seconds,
+(promoted, reason, metric, before, after, delta, interval, p_value, margin, rule,
+gain_low, detectable, versus_best), ``evaluation`` (rows, graded_rows, max_new_tokens, seconds,
 rows_per_second, before, after, delta, paired, report), ``metrics_before``/
 ``metrics_after`` (grade_exact, grade_within1, grade_mae, parse_rate, spearman, kappa,
 counts; over the whole hold-out), ``eval_loss_before``, ``final_train_loss``,
@@ -215,6 +226,7 @@ T_PROCESS = time.monotonic()  # as soon as the interpreter reaches this script
 
 if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling modules
     from . import (
+        job_answers,
         job_common,
         job_config,
         job_data,
@@ -230,8 +242,9 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
     import importlib.util
 
     _HERE = Path(__file__).resolve().parent
-    _SIBLINGS = frozenset({"job_common", "job_config", "job_data", "job_evaluate", "job_gate",
-                           "job_report", "job_stats", "job_store", "job_train", "sft_data"})
+    _SIBLINGS = frozenset({"job_answers", "job_common", "job_config", "job_data",
+                           "job_evaluate", "job_gate", "job_report", "job_stats", "job_store",
+                           "job_train", "sft_data"})
 
     class _Siblings(importlib.abc.MetaPathFinder):
         """The job's own modules, each loaded from its exact file beside this script.
@@ -250,6 +263,7 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
     sys.path[:] = [p for p in sys.path
                    if p not in ("", ".") and Path(p).resolve() not in (_HERE, Path.cwd())]
     sys.meta_path.insert(0, _Siblings())
+    import job_answers
     import job_common
     import job_config
     import job_data
@@ -348,10 +362,12 @@ class Prepared:
     longest_reference: int
     resumed_from: str | None
     warnings: list[str]
+    resume_folder: Path | None  # the previous version's files (its kept answers)
+    answers_key: dict  # what the hold-out answers depend on (job_answers.generation_key)
 
 
 def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
-    model, tokenizer, resumed_from = job_train.load_model_and_tokenizer(cfg, paths, log)
+    model, tokenizer, resumed_from, folder = job_train.load_model_and_tokenizer(cfg, paths, log)
     try:
         template = sft_data.training_chat_template(tokenizer)
     except ValueError as exc:
@@ -365,8 +381,10 @@ def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
         tokenizer, holdout.references, cfg["evaluation"], cfg["samples"]["max_new_tokens"])
     for warning in warnings:
         log(f"warning: {warning}")
+    key = job_answers.generation_key(cfg["eval_file"]["sha256"], holdout, budget,
+                                     tokenizer.chat_template, cfg["base_model"], cfg["mode"])
     return Prepared(model, tokenizer, tokenizer.chat_template, template, data, holdout,
-                    budget, longest, resumed_from, warnings)
+                    budget, longest, resumed_from, warnings, folder, key)
 
 
 def _last(rows: list[dict], key: str):
@@ -396,14 +414,14 @@ def run(cfg: dict, paths: Paths, state: dict) -> dict:
     set_seed(cfg["hyperparameters"]["seed"])  # before LoRA init and sampling
     prep = prepare(cfg, paths, log)
     ev = cfg["evaluation"]
-    before: list[str] = []
-    seconds_before = 0.0
-    if main:
+    previous = {"answers": [], "seconds": 0.0, "how": None, "reused": False, "why": None,
+                "line_best": None}
+    if main:  # the kept answers of the previous version when they match, else generated
         prep.model.to(torch.device("cuda" if cuda else "cpu"))
-        before, seconds_before = job_evaluate.timed_answers(
-            prep.model, prep.tokenizer, prep.holdout, prep.budget, ev["batch_size"], precision)
-        log(f"evaluated the previous version on {len(before)} hold-out rows in "
-            f"{seconds_before:.1f}s (max_new_tokens={prep.budget})")
+        previous = job_answers.before_answers(
+            prep.model, prep.tokenizer, prep.holdout, prep.answers_key, prep.resume_folder,
+            prep.budget, ev["batch_size"], precision, log)
+    before, seconds_before = previous["answers"], previous["seconds"]
 
     draft_tag = re.sub(r"[^A-Za-z0-9._-]", "_", cfg["draft_id"])
     # Built beside versions/ (same filesystem, so the final rename is atomic) and never
@@ -415,7 +433,7 @@ def run(cfg: dict, paths: Paths, state: dict) -> dict:
         (paths.store / "versions").mkdir(exist_ok=True)
     ctx = {"precision": precision, "fallback": fallback, "requested": requested,
            "cuda": cuda, "t_start": t_start, "before": before,
-           "seconds_before": seconds_before, "torch": torch}
+           "seconds_before": seconds_before, "torch": torch, "previous": previous}
     try:
         result = _train_and_publish(cfg, paths, state, log, prep, staging, ctx, SFTTrainer)
     except BaseException:
@@ -473,12 +491,18 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     tokenizer.save_pretrained(str(staging))
 
     ev = cfg["evaluation"]
-    after, seconds_after = job_evaluate.timed_answers(
-        trained, tokenizer, prep.holdout, prep.budget, ev["batch_size"], precision)
-    log(f"evaluated the new version on {len(after)} hold-out rows in {seconds_after:.1f}s")
-    report = job_evaluate.score_evaluation(prep.holdout, ctx["before"], after,
-                                           cfg["grade_pattern"], hp["seed"])
-    rows_total = 2 * len(after)
+    t_after = time.monotonic()
+    after, how_after = job_answers.answer_holdout(trained, tokenizer, prep.holdout.prompts,
+                                                  prep.budget, ev["batch_size"], precision)
+    seconds_after = time.monotonic() - t_after
+    log(f"evaluated the new version on {len(after)} hold-out rows in {seconds_after:.1f}s "
+        f"({how_after})")
+    previous, after_label = ctx["previous"], f"versions/{paths.version_name}"
+    best = previous["line_best"]
+    report = job_evaluate.score_evaluation(
+        prep.holdout, ctx["before"], after, cfg["grade_pattern"], hp["seed"],
+        best=best["answers"] if best else None, best_label=best["version"] if best else None)
+    rows_total = len(after) * (1 if ctx["previous"]["reused"] else 2)  # generated ones
     report.update({
         "step": cfg["step"], "batch": cfg["batch"], "draft_id": cfg["draft_id"],
         "before_version": prep.resumed_from or f"base model {cfg['base_model']}",
@@ -486,11 +510,19 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         "max_new_tokens": prep.budget, "longest_reference_tokens": prep.longest_reference,
         "batch_size": ev["batch_size"],
         "seconds": {"before": round(ctx["seconds_before"], 2), "after": round(seconds_after, 2)},
+        "before_reused": previous["reused"], "before_not_reused": previous["why"],
+        "generation": {"before": previous["how"], "after": how_after},
         "rows_per_second": round(rows_total / max(ctx["seconds_before"] + seconds_after, 1e-9),
                                  2),
     })
     promotion = job_gate.decide_promotion(cfg["gate"], report)
     report["promotion"] = promotion
+    # The new version's answers travel with it: the next step's "before", and the line's best.
+    job_answers.keep_answers(staging, prep.answers_key, after_label, after,
+                             job_answers.next_line_best(
+                                 (cfg["gate"] or {}).get("metric", "grade_within_1"),
+                                 promotion["promoted"], report, report["before_version"],
+                                 ctx["before"], after_label, after, best, prep.answers_key))
     job_common.atomic_write_text(paths.eval_json, json.dumps(report, indent=2) + "\n")
     job_common.atomic_write_text(paths.eval_md, job_report.render_eval_md(
         cfg, report, promotion, report["before_version"]))
@@ -517,7 +549,8 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     evaluation = {k: report[k] for k in (
         "rows", "graded_rows", "max_new_tokens", "longest_reference_tokens", "batch_size",
-        "seconds", "rows_per_second", "before", "after", "delta", "paired")}
+        "seconds", "rows_per_second", "before", "after", "delta", "paired", "versus_best",
+        "before_reused", "generation")}
     evaluation["report"] = str(paths.eval_json)
     summary = {
         "draft_id": cfg["draft_id"], "step": cfg["step"], "batch": cfg["batch"],
@@ -543,7 +576,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         "train_loss": final_train, **job_report.eval_columns(report, "after"),
         **{f"{k}_before": v for k, v in job_report.eval_columns(report, "before").items()
            if k != "eval_rows"},
-        "promoted": promotion["promoted"],
+        "promoted": promotion["promoted"], "parent": job_answers.version_label(prep.resume_folder),
         "train_tokens": train_tokens, "version": f"versions/{paths.version_name}",
         "finished_at": finished_at,
     })

@@ -477,3 +477,18 @@ def test_the_jobs_sibling_list_is_the_shipped_modules():
                  and getattr(node.targets[0], "id", "") == "_SIBLINGS")
     listed = {elt.value for elt in names.value.args[0].elts}
     assert listed == {n[:-3] for n in JOB_FILES if n.endswith(".py") and n != JOB_SCRIPT}
+
+
+def test_a_local_job_stops_at_its_signed_time_limit(model_ws, operator, tmp_path,
+                                                     monkeypatch):
+    """The manifest's timeout_seconds holds for a local job too: held at its pause point
+    past a 1 minute limit, the job is stopped and fails with job_timeout."""
+    ws = model_ws
+    draft = draft_job(ws, DraftRequest(batch="batch_100_01", timeout="1m"))
+    assert draft.timeout_seconds == 60 and draft.backend == "local"
+    pause = _paused(monkeypatch, tmp_path, "before_inputs")
+    handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
+                        operator.trusted)
+    _wait_reached(ws, handle.job_id, pause, "before_inputs")  # never released
+    _failed_with(ws, handle.job_id, "job_timeout")
+    assert latest_checkpoint(ws.resolve_model_store(STORE_LINK)).name == "0000_base"

@@ -26,8 +26,10 @@ from tunestep.tools.jobs import JOB_SCRIPT
 from tunestep.tools.workspace import Workspace
 
 
-def verified_scripts(ws: Workspace, job_id: str, folder: Path, digest: str) -> Path:
-    """A private copy of the job's scripts, each byte-checked against the signed manifest.
+def verified_scripts(ws: Workspace, job_id: str, folder: Path, digest: str
+                     ) -> tuple[Path, int]:
+    """A private copy of the job's scripts, each byte-checked against the signed manifest,
+    and the job's signed time limit in seconds (``timeout_seconds``).
 
     Raises ``draft_tampered`` when the stored manifest no longer hashes to ``digest``, and
     ``job_script_changed`` when a script in the job folder differs from its signed hash.
@@ -51,7 +53,7 @@ def verified_scripts(ws: Workspace, job_id: str, folder: Path, digest: str) -> P
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
-    return private
+    return private, manifest.timeout_seconds
 
 
 def _copy_checked(source: Path, target: Path, expected: str, name: str) -> None:

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "")
     folder = job_dir(ws, job_id)
     stop = _StopSignals(job_id)
     try:  # the signed scripts, copied out of the workspace, or the job does not run
-        scripts = verified_scripts(ws, job_id, folder, digest)
+        scripts, limit = verified_scripts(ws, job_id, folder, digest)
     except TunestepError as exc:
         print(f"tunestep: {exc.code}: {exc.message}", flush=True)
         record_outcome(ws, job_id, "failed", 2, {"error": exc.message, "code": exc.code})
@@ -183,6 +184,16 @@ def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "")
                              preexec_fn=_die_with_parent)
     if stop.signal_name is not None:  # stopped while the trainer was being started
         child.terminate()
+    timed_out = threading.Event()
+
+    def on_timeout():  # the signed time limit (manifest timeout_seconds), as on HF Jobs
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+
+    timer = threading.Timer(limit, on_timeout)
+    timer.daemon = True
+    timer.start()
     assert child.stdout is not None
     for raw in child.stdout:
         sys.stdout.buffer.write(raw)
@@ -196,6 +207,7 @@ def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "")
                 if isinstance(error, dict) and isinstance(error.get("code"), str):
                     result = {"error": str(error.get("error", "")), "code": error["code"]}
     code = child.wait()
+    timer.cancel()
     shutil.rmtree(scripts, ignore_errors=True)
     # Whatever the trainer started and left behind dies with the job.
     left = stop_leftovers(os.getpgid(0), job_id, grace=2.0)
@@ -204,6 +216,9 @@ def supervise(root: str, job_id: str, digest: str = "", config_sha256: str = "")
         result = {**result, **stop.note(left)}
         print(f"tunestep: {result['note']}", flush=True)
     status = "cancelled" if stop.signal_name else ("succeeded" if code == 0 else "failed")
+    if timed_out.is_set() and not stop.signal_name and code != 0:
+        status, result = "failed", {"error": f"stopped at its signed time limit ({limit} s)",
+                                    "code": "job_timeout"}
     for attempt in range(RECORD_ATTEMPTS):  # the result must land: a busy ledger is waited
         try:                                # out, not left for job_status to call "lost"
             record_outcome(ws, job_id, status, code, result)

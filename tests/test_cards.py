@@ -230,7 +230,8 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
             assert re.search(rf"{re.escape(shown)}\s*{f['rows']}\s*{f['sha256']}",
                              seen.field("files")), f["path"]
     assert seen.field("regime").endswith(draft["regime"])
-    assert seen.field("gate_metric").endswith(cfg["gate"]["metric"])
+    for key, value in cfg["gate"].items():
+        assert seen.field(f"gate_{key}") == f"{key}{value}", key
     for key, value in cfg["hyperparameters"].items():
         written = (str(value).lower() if isinstance(value, bool) else
                    str(int(value)) if isinstance(value, float) and value.is_integer() else
@@ -261,6 +262,15 @@ async def test_the_review_card_shows_the_signed_draft(tmp_path, tiny_model_dir):
     assert seen.state == "rendered" and seen.field("flavor") == "flavorlocal"
     assert "A local job" in seen.field("section:limits")
     assert seen.field("approve-command") == stored.structured_content["draft"]["approve_command"]
+
+
+def js_interval(m: dict) -> str:
+    """A measure as the card's interval() writes it: value [low, high], an undefined
+    metric as a dash, a missing interval left out."""
+    if m["value"] is None:
+        return "\u2014"
+    both = m["low"] is not None and m["high"] is not None
+    return js(m["value"]) + (f" [{js(m['low'])}, {js(m['high'])}]" if both else "")
 
 
 def js(value) -> str:
@@ -315,11 +325,12 @@ async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
     assert seen.state == "rendered" and seen.calls[0]["name"] == "results_card"
     assert o["promoted"] is False and "held back" in seen.field("decision")
     assert seen.field("reason") == o["reason"]
+    assert o["gate"]["margin"] == -0.99 and seen.field("gate_margin") == "margin-0.99"
+    assert seen.field("gate_metric") == f"metric{o['gate']['metric']}"
     for m in o["metrics"]:  # every metric with its 95 % interval, before and after
-        for side in ("before", "after"):
-            v = m[side]
-            assert f"{js(v['value'])} [{js(v['low'])}, {js(v['high'])}]" in seen.field(
-                "metrics"), (m["name"], side)
+        for side in ("before", "after", "change"):
+            assert js_interval(m[side]) in seen.field("metrics"), (m["name"], side)
+    assert re.search(r"\d \[-?\d", seen.field("metrics")), "no interval shown at all"
     one, two = "0001_batch_8_01", "0002_batch_8_02"
     assert "latest" in seen.field(one) and "held back by its gate" in seen.field(two)
     assert f"from {one}" in seen.field(two)

@@ -61,20 +61,47 @@ def gone(job_id: str, timeout: float = 60.0) -> list[int]:
 
 
 def start_stand_in(ws, script: str = STAND_IN) -> tuple[str, int]:
-    """A real draft and jobs row, the stand-in trainer as the job script, started."""
+    """A draft signed with the stand-in as its job script (a new manifest whose script
+    hash is the stand-in's, stored as a draft is: the supervisor verifies the script
+    against it), its jobs row, and the job started through the real supervisor."""
+    import hashlib
+    import json
+
+    from tunestep.tools.draft import JOBS_DIR
+    from tunestep.tools.jobs import JOB_SCRIPT
+    from tunestep.tools.signed_manifest import draft_id_for, manifest_digest
+
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
+    with ledger.open_ledger(ws) as conn:
+        row = dict(conn.execute("SELECT * FROM drafts WHERE draft_id = ?",
+                                (draft.draft_id,)).fetchone())
+    manifest = json.loads(bytes(row["manifest"]) if not isinstance(row["manifest"], str)
+                          else row["manifest"])
+    scripts = [f["path"] for f in manifest["files"] if f["role"] == "script"]
+    for ref in manifest["files"]:
+        if ref["role"] == "script" and ref["path"] == JOB_SCRIPT:
+            ref["sha256"] = hashlib.sha256(script.encode()).hexdigest()
+    data = json.dumps(manifest, sort_keys=True).encode()
+    digest = manifest_digest(data)
+    row.update(draft_id=draft_id_for(digest), digest=digest, manifest=data)
     job_id = f"job-{os.urandom(6).hex()}"
     folder = local.job_dir(ws, job_id)
     folder.mkdir(parents=True)
-    (folder / local.SCRIPT_NAME).write_text(script)
+    for name in scripts:
+        (folder / name).write_bytes(script.encode() if name == JOB_SCRIPT
+                                    else (JOBS_DIR / name).read_bytes())
     (folder / "job.json").write_text("{}")
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+        conn.execute(f"INSERT INTO drafts({', '.join(row)}) VALUES "
+                     f"({', '.join('?' for _ in row)})", tuple(row.values()))
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
                      " VALUES (?, ?, 'local', 'starting', ?)",
-                     (job_id, draft.draft_id, time.time()))
-    pid = local.start(ws, job_id)
+                     (job_id, row["draft_id"], time.time()))
+    pid = local.start(ws, job_id, digest=digest,
+                      config_sha256=hashlib.sha256(b"{}").hexdigest())
     deadline = time.monotonic() + 60
-    while not any(line.startswith("ready") for line in job_logs(ws, job_id, 50, raw=True).lines):
+    while not any(line.startswith("ready") for line in job_logs(ws, job_id, 50,
+                                                                raw=True).lines):
         assert time.monotonic() < deadline, job_logs(ws, job_id, 50, raw=True).lines
         time.sleep(0.1)
     if script == STAND_IN:
@@ -156,11 +183,11 @@ def test_status_wait_shows_progress_and_ctrl_c_leaves_the_job_running(sample_ws)
         text=True, env={**os.environ, "COLUMNS": "80"})
     seen = []
     deadline = time.monotonic() + 60
-    while not any("epoch 1/" in line for line in seen):
+    while not any("epoch 1" in line for line in seen):
         assert time.monotonic() < deadline, seen
         seen.append(waiting.stderr.readline())
-    line = next(line for line in seen if "epoch 1/" in line)
-    assert re.search(r"running: training, epoch 1/\d+, \d+:\d\d elapsed", line), line
+    line = next(line for line in seen if "epoch 1" in line)
+    assert re.search(r"running: training, epoch 1(/\d+)?, \d+:\d\d elapsed", line), line
     waiting.send_signal(signal.SIGINT)  # Ctrl-C on the wait
     _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 130

@@ -169,7 +169,7 @@ def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch
     # logs prints the job's own lines as the job wrote them (`--tail N` is N of them):
     # data, not a screen, so only its refusals are held to the width here.
     assert cli(["logs", job, "-w", str(model_ws.root), "--tail", "2"]) == 0
-    assert ("a long job line " * 10).strip() in capsys.readouterr().out.splitlines()[-1]
+    assert capsys.readouterr().out.splitlines()[-1] == (stamp + "a long job line " * 10).rstrip()
     s.run("logs", "job-000000000000")
     s.run_both("cancel", job)
     s.run_both("sync")

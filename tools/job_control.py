@@ -161,10 +161,9 @@ def _after_the_end(ws: Workspace, status: JobStatus) -> JobStatus:
         ended = (f"the job exited with code {status.exit_code}" if status.exit_code
                  is not None else "the job failed")
     with ledger.open_ledger(ws) as conn:
-        found = conn.execute("SELECT payload, kind FROM drafts WHERE draft_id = ?",
+        found = conn.execute("SELECT batch, kind FROM drafts WHERE draft_id = ?",
                              (status.draft_id,)).fetchone()
-    payload = ledger.loads(found["payload"]) if found else {}
-    batch = ((payload or {}).get("job_config") or {}).get("batch")
+    batch = found["batch"] if found else None
     steps = [NextAction(lead="see what it printed:", tool="job_logs",
                         args={"job_id": status.job_id})]
     if found is not None and found["kind"] == "train" and batch:

@@ -140,9 +140,12 @@ def _node(row, line: list[str], latest: str | None, metric: str | None) -> StepN
 
 
 def _draft_gate(ws: Workspace, draft_id: str) -> dict[str, Any] | None:
-    with ledger.open_ledger(ws) as conn:
-        row = conn.execute("SELECT payload FROM drafts WHERE draft_id = ?",
-                           (draft_id,)).fetchone()
-    payload = ledger.loads(row["payload"]) if row else None
-    gate = ((payload or {}).get("job_config") or {}).get("gate")
+    """The gate the step's signed draft carried (None: no gate, or no readable draft)."""
+    from tunestep.tools.draft import load_draft
+
+    try:
+        draft = load_draft(ws, draft_id)
+    except TunestepError:  # a draft gone or tampered with: the card shows no gate
+        return None
+    gate = draft.job_config.get("gate", draft.gate)
     return gate if isinstance(gate, dict) else None

@@ -86,10 +86,7 @@ function renderOutcome(o) {
     el("section", { "data-section": "gate" }, el("h2", {}, "The gate's decision"),
       el("p", { class: o.promoted ? "ok" : "held", "data-field": "decision" }, decision),
       el("p", { "data-field": "reason" }, o.reason),
-      o.gate ? pairs([["metric", o.gate.metric, "gate_metric"],
-                      ["max regression", fmt(o.gate.max_regression), "gate_max_regression"],
-                      ["require significance", o.gate.require_significance ? "yes" : "no",
-                       "gate_significance"]])
+      o.gate ? pairs(Object.keys(o.gate).sort().map((k) => [k, String(o.gate[k]), "gate_" + k]))
              : el("p", {}, "No gate configured.")),
     el("section", { "data-section": "metrics" },
       el("h2", {}, "Hold-out metrics (95 % intervals)"),

@@ -122,9 +122,7 @@ function renderDraft(card) {
 
   const gate = cfg.gate;
   parts.push(section("gate", "Promotion gate", signed.has("job_config"), gate
-    ? pairs([["metric", gate.metric, "gate_metric"],
-             ["max regression", fmt(gate.max_regression), "gate_max_regression"],
-             ["require significance", gate.require_significance ? "yes" : "no", "gate_significance"]])
+    ? pairs(Object.keys(gate).sort().map((k) => [k, String(gate[k]), "gate_" + k]))
     : el("p", { "data-field": "gate" }, "No gate: the new version becomes latest whatever it scores.")));
 
   const hp = cfg.hyperparameters || {};

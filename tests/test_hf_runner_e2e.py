@@ -28,7 +28,7 @@ def test_a_remote_step_runs_from_its_bundle_and_comes_home(fake_hub, tmp_path,
     ws = hub_base_workspace(tmp_path, {"training": {"num_train_epochs": 1, "max_length": 512}})
     operator = Operator(tmp_path / "keys")
     draft = draft_job(ws, DraftRequest(batch="batch_100_01", backend="hf-jobs",
-                                       flavor="cpu-basic", timeout="30m"))
+                                       flavor="cpu-basic", timeout="1d"))  # cpu: hours
     handle = submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id),
                         operator.trusted)
 

@@ -86,7 +86,9 @@ def store_job(ws: Workspace, status: str = "succeeded", log_lines: int = 80) -> 
     draft_id = store_draft(ws).draft_id
     log = ws.root / "logs" / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(f"line {i}\n" for i in range(1, log_lines + 1)))
+    # The job's own lines carry its UTC stamp; a progress bar in between is left out.
+    log.write_text("".join(f"2026-01-01T00:00:00Z line {i}\nMap: {i}%|###|\n"
+                           for i in range(1, log_lines + 1)))
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, log_path, created_at,"
                      " started_at, ended_at, exit_code, result)"
@@ -204,8 +206,8 @@ async def test_job_resource_has_status_and_the_last_50_log_lines(sample_ws):
     assert status["job_id"] == JOB_ID and status["draft_id"] == draft_id
     assert status["status"] == "succeeded" and status["terminal"] is True
     assert status["result"] == {"final_eval_loss": 1.25}
-    assert data["logs"]["total_lines"] == 80
-    assert data["logs"]["lines"] == [f"line {i}" for i in range(31, 81)]
+    assert data["logs"]["total_lines"] == 160
+    assert data["logs"]["lines"] == [f"2026-01-01T00:00:00Z line {i}" for i in range(31, 81)]
 
 
 async def test_unknown_job_is_not_found(sample_ws):

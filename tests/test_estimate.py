@@ -98,3 +98,17 @@ def test_one_evaluation_pass_when_the_previous_version_kept_its_answers(tmp_path
                                                 "eval_before_kept": True})
     assert (both.eval_passes, once.eval_passes) == (2, 1)
     assert once.eval_minutes < both.eval_minutes and "answers are kept" in once.eval_method
+
+
+def test_memory_counts_the_fp32_logits_and_their_gradient():
+    """Qwen3-0.6B full, 2 x 2,048 tokens: 9.6 GB of weights, grads and Adam + 2 GB, and
+    the logits (2 x 2,048 x 151,936 x 8 bytes = 4.98 GB) on top: over 90 % of an A10G's
+    24 GB is no longer called roomy, and a shorter max_length needs less."""
+    short = estimate_job(flavor="a10g-small", **{**BASE, "batch_size": 2}, max_length=256)
+    long = estimate_job(flavor="a10g-small", **{**BASE, "batch_size": 2}, max_length=2048)
+    logits = 2 * 2048 * 151_936 * 8 / 1e9
+    assert long.memory_needed_gb == pytest.approx(0.6e9 * 16 / 1e9 + 2 + logits, abs=0.05)
+    assert long.memory_needed_gb - short.memory_needed_gb == pytest.approx(
+        logits * (1 - 256 / 2048), abs=0.05)
+    assert estimate_job(flavor="a10g-small", **{**BASE, "batch_size": 2},
+                        max_length=0).memory_needed_gb == pytest.approx(11.6, abs=0.05)

@@ -277,6 +277,7 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
         install_seconds=LOCKED_INSTALL_SECONDS
         if backend == "hf-jobs" and plan.job.install == "locked" else 0.0,
         eval_before_kept=before_answers_kept(ws, start),
+        max_length=config["hyperparameters"]["max_length"],
         **_eval_estimate_args(ws, plan, config, report.validation.rows))
     if backend == "hf-jobs":  # killed at the timeout, the trained model would be lost
         require_fits_timeout(estimate)

@@ -136,6 +136,11 @@ TIMEOUT_MARGIN = 1.3
 KNOWN_PARAMS = {"Qwen/Qwen3-0.6B": 0.6e9, "Qwen/Qwen3-1.7B": 1.7e9, "Qwen/Qwen3-4B": 4.0e9,
                 "Qwen/Qwen3-8B": 8.2e9}
 BYTES_PER_PARAM = {"full": 16.0, "lora": 2.5}  # fp32 master+grads+Adam vs frozen half base
+# The loss upcasts the logits to fp32 and keeps their gradient: 4 + 4 bytes per position
+# and vocabulary entry. For Qwen3 (151,936 entries) at 2 x 2,048 tokens that is 5 GB on
+# top of the weights, the term that made a 22 GiB A10G look roomy at "16.1 GiB".
+LOGIT_BYTES = 8.0
+QWEN3_VOCAB = 151_936
 
 
 class Estimate(BaseModel):
@@ -212,6 +217,21 @@ def model_params(model: str) -> float:
     return 0.6e9  # the size this tool is built around; the estimate says it guessed
 
 
+def model_vocab(model: str) -> int:
+    """Vocabulary size of a local model folder's config, else Qwen3's (the known models)."""
+    config = Path(model) / "config.json"
+    if config.is_file():
+        vocab = orjson.loads(config.read_bytes()).get("vocab_size")
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
+            return vocab
+    return QWEN3_VOCAB
+
+
+def logits_gb(model: str, per_device_batch: int, max_length: int) -> float:
+    """The fp32 logits of one micro-batch and their gradient, in GB."""
+    return per_device_batch * max_length * model_vocab(model) * LOGIT_BYTES / 1e9
+
+
 def local_flavor() -> Flavor:
     cores = os.cpu_count() or 1
     return Flavor(name="local", usd_per_hour=0.0, tflops=0.05 * cores, memory_gb=0,
@@ -250,6 +270,7 @@ def estimate_job(
     eval_batch_size: int = 8,
     eval_before_kept: bool = False,
     eval_budget_counted: bool = False,
+    max_length: int = 0,
 ) -> Estimate:
     """Minutes, dollars, memory and warnings for one training job; ``install_seconds`` is
     the dependency install before training (billed on HF Jobs); ``holdout`` the hold-out's
@@ -282,7 +303,8 @@ def estimate_job(
                + eval_minutes)
     timeout_seconds = parse_duration(timeout)
     suggested = max(300, math.ceil(minutes * 60 * TIMEOUT_MARGIN / 300) * 300)
-    memory = params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
+    memory = (params * BYTES_PER_PARAM["lora" if mode == "lora" else "full"] / 1e9 + 2.0
+              + logits_gb(model, per_device, max_length))
     warnings = _warnings(hw, precision, memory, minutes, timeout_seconds)
     if batch_note:
         warnings.append(batch_note)

@@ -214,16 +214,7 @@ def record_replay(ws: Workspace, plan: Plan, step: StepDatasets) -> str | None:
     if step.replay.mode != "sampled":
         return None
     rows = []
-    for source in step.sources:
-        if source.part == step.batch:
-            continue
-        path = ws.resolve(source.path)
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != source.sha256:
-            raise TunestepError("data_changed", "the file changed while sampling; draft "
-                                "again", path=source.path)
-        read = read_rows(path, source.path, data)
-        chosen = range(len(read)) if source.selected is None else source.selected
+    for source, read, chosen in _sampled_sources(ws, step):
         rows += [[source.path, read[i][0], row_sha256(read[i][1])] for i in chosen]
     rel = replay_record_path(plan, step.batch)
     record = orjson.dumps({"batch": step.batch, "step": step.step, "seed": step.replay.seed,
@@ -710,10 +701,9 @@ def replay_path(plan: Plan, batch: str) -> str:
     return f"{plan.paths.replay}/{batch}.jsonl"
 
 
-def _replay_bytes(ws: Workspace, step: StepDatasets) -> tuple[bytes, list[dict]]:
-    """The sampled earlier rows as JSONL, and where each came from (source, lines)."""
-    chunks: list[bytes] = []
-    sources = []
+def _sampled_sources(ws: Workspace, step: StepDatasets):
+    """Each earlier source of the step with its rows, read once and checked against the
+    sha256 it was sampled from, and the indices of the rows the sample chose."""
     for source in step.sources:
         if source.part == step.batch:
             continue
@@ -723,7 +713,14 @@ def _replay_bytes(ws: Workspace, step: StepDatasets) -> tuple[bytes, list[dict]]
             raise TunestepError("data_changed", "the file changed while sampling; draft "
                                 "again", path=source.path)
         rows = read_rows(path, source.path, data)
-        chosen = range(len(rows)) if source.selected is None else source.selected
+        yield source, rows, range(len(rows)) if source.selected is None else source.selected
+
+
+def _replay_bytes(ws: Workspace, step: StepDatasets) -> tuple[bytes, list[dict]]:
+    """The sampled earlier rows as JSONL, and where each came from (source, lines)."""
+    chunks: list[bytes] = []
+    sources = []
+    for source, rows, chosen in _sampled_sources(ws, step):
         chunks += [orjson.dumps(rows[i][1]) + b"\n" for i in chosen]
         sources.append({"path": source.path, "sha256": source.sha256, "part": source.part,
                         "rows_in": source.rows, "rows_out": len(chosen),

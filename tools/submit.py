@@ -32,6 +32,7 @@ from tunestep.tools.draft import (
     manifest_digest,
     recompute,
     stored_manifest,
+    what_changed,
 )
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json
@@ -120,7 +121,7 @@ def _approved_draft(ws: Workspace, draft_id: str, claims: ApprovalClaims) -> Job
     _refuse_used_nonce(ws, claims.nonce, draft_id)
     now = recompute(ws, stored)  # staleness only: nothing of it runs
     if now.digest != claims.digest:
-        changed = _what_changed(stored, now)
+        changed = what_changed(stored, now)
         raise TunestepError("draft_stale", f"the draft no longer matches the workspace "
                             f"({changed}); draft again and ask the operator for a new approval")
     return stored
@@ -134,16 +135,6 @@ def _refuse_used_nonce(ws: Workspace, nonce: str, draft_id: str) -> None:
     if used:
         raise TunestepError("approval_replayed", "this approval token was already used; each "
                             "token starts one job")
-
-
-def _what_changed(old: JobDraft, new: JobDraft) -> str:
-    before = {(f.role, f.path): f.sha256 for f in old.files}
-    after = {(f.role, f.path): f.sha256 for f in new.files}
-    files = sorted(path for key, path in {*before, *after}
-                   if before.get((key, path)) != after.get((key, path)))
-    if files:
-        return "changed files: " + ", ".join(files)
-    return "the plan, the checkpoint or the job settings changed"
 
 
 def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id: str) -> None:

@@ -180,7 +180,10 @@ def test_status_wait_shows_progress_and_ctrl_c_leaves_the_job_running(sample_ws)
     waiting = subprocess.Popen(
         [sys.executable, "-m", "tunestep.server.cli", "status", job_id, "--wait", "600",
          "-w", str(sample_ws.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "COLUMNS": "80"})
+        text=True, env={**os.environ, "COLUMNS": "80"},
+        # As in a terminal's foreground: a shell that ran the suite in the background (`&`)
+        # leaves SIGINT ignored, and Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.monotonic() + 60
     while not any("epoch 1" in line for line in seen):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -28,6 +28,17 @@ def _sha256_file(path: Path) -> str:
     with open_regular(path) as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_hashing(source: Path, writer: BinaryIO) -> str:
+    """Copy ``source`` into the open ``writer`` and return the sha256 of the bytes copied:
+    the copy is exactly what was hashed, whatever happens to ``source`` afterwards."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader:
+        while chunk := reader.read(1 << 20):
+            digest.update(chunk)
+            writer.write(chunk)
     return digest.hexdigest()
 
 

@@ -299,25 +299,22 @@ def _spooled(ws: Workspace, draft, job_id: str, name: str, source) -> object:
     """A private copy of one checkpoint file, hashed while copied and checked against the
     draft: the commit carries the approved bytes even if the store changes meanwhile, and
     a multi-GB weight file is streamed from disk, never held in memory."""
-    import hashlib
     import shutil
 
     from tunestep.tools.atomic import atomic_open
+    from tunestep.tools.hashing import copy_hashing
 
     rel = name.split("/", 1)[1]
     expected = next((f.sha256 for f in draft.files
                      if f.role == "checkpoint" and f.path.endswith("/" + rel)), None)
     target = _spool_dir(ws, job_id) / rel
-    digest = hashlib.sha256()
     try:
-        with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
-            while chunk := reader.read(1 << 20):
-                digest.update(chunk)
-                writer.write(chunk)
+        with atomic_open(target, "wb") as writer:
+            copied = copy_hashing(source, writer)
     except OSError as exc:
         raise TunestepError("hf_bundle_unreadable", f"cannot read the start checkpoint's "
                             f"file: {exc.strerror}", path=str(source)) from None
-    if digest.hexdigest() != expected:
+    if copied != expected:
         shutil.rmtree(_spool_dir(ws, job_id), ignore_errors=True)
         raise TunestepError("draft_stale", f"the start checkpoint's {rel} changed since the "
                             "draft; draft again and ask the operator for a new approval",

@@ -12,7 +12,6 @@ import path) and verifies ``job.json`` against its digest itself (``--config-sha
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from tunestep.tools import ledger
 from tunestep.tools.draft_model import parse_manifest
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.hashing import copy_hashing
 from tunestep.tools.jobs import JOB_SCRIPT
 from tunestep.tools.workspace import Workspace
 
@@ -57,16 +57,13 @@ def verified_scripts(ws: Workspace, job_id: str, folder: Path, digest: str
 
 
 def _copy_checked(source: Path, target: Path, expected: str, name: str) -> None:
-    digest = hashlib.sha256()
     try:
-        with open(source, "rb") as reader, open(target, "xb") as writer:
-            while chunk := reader.read(1 << 20):
-                digest.update(chunk)
-                writer.write(chunk)
+        with open(target, "xb") as writer:
+            copied = copy_hashing(source, writer)
     except OSError as exc:
         raise TunestepError("job_script_changed", f"cannot read the job's {name}: "
                             f"{exc.strerror}") from None
-    if digest.hexdigest() != expected:
+    if copied != expected:
         raise TunestepError("job_script_changed", f"the job's {name} is not the signed one "
                             "(changed after submit); the job does not run")
     os.chmod(target, 0o500 if name.endswith(".py") else 0o400)

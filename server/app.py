@@ -23,13 +23,16 @@ from pydantic import BaseModel, WithJsonSchema
 
 from tunestep.server import cards
 from tunestep.server.assistant import register_prompts, register_resources
-from tunestep.tools import draft as drafts
-from tunestep.tools import inspector, job_control, merge, model_sync, preflight, promotion, submit
-from tunestep.tools import mapping as mappings
-from tunestep.tools import preprocess as preprocessing
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.promotion_records import bind_trusted
-from tunestep.tools.workspace import Workspace, find_workspace
+from tunestep.tools import inspector
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace, find_workspace
+from tunestep.tools.data import mapping as mappings
+from tunestep.tools.data import merge, preflight
+from tunestep.tools.data import preprocess as preprocessing
+from tunestep.tools.drafts import draft as drafts
+from tunestep.tools.lineage import model_sync, promotion
+from tunestep.tools.lineage.promotion_records import bind_trusted
+from tunestep.tools.runs import job_control, submit
 
 T = TypeVar("T")
 
@@ -253,7 +256,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                        version=_version(), extensions=[apps])
 
     def trusted_keys() -> dict:
-        from tunestep.tools.approval import ensure_keys_outside_workspace
+        from tunestep.tools.signing.approval import ensure_keys_outside_workspace
 
         ensure_keys_outside_workspace(config.operator_keys, workspace().root)
         if hasattr(pinned, "check_unchanged"):
@@ -402,7 +405,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
 
 
 def _pin_keys(config: ServerConfig) -> dict:
-    from tunestep.tools.approval import pin_trusted_keys
+    from tunestep.tools.signing.approval import pin_trusted_keys
 
     return pin_trusted_keys(config.operator_keys, config.operator_key_fingerprints)
 

@@ -35,9 +35,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, Annotations
 
 from tunestep import prompts
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.workspace import Workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace
 
 JSON = "application/json"
 LOG_TAIL = 50
@@ -99,7 +99,7 @@ def register_resources(server: MCPServer, workspace: Callable[[], Workspace]) ->
                          "in), `source` (the plan file, or null when the reference defaults "
                          "are used), `sha256`, `notes`."))
     def plan() -> str:
-        from tunestep.tools.plan import load_plan
+        from tunestep.tools.core.plan import load_plan
 
         return _resource_errors(lambda: _dump(load_plan(workspace()).model_dump(mode="json")))
 
@@ -117,7 +117,7 @@ def register_resources(server: MCPServer, workspace: Callable[[], Workspace]) ->
                          "config, files with sha256, estimate, warnings, run plan path and "
                          "the exact approve command."))
     def draft(draft_id: str) -> str:
-        from tunestep.tools.draft import load_draft
+        from tunestep.tools.drafts.draft import load_draft
 
         return _resource_errors(
             lambda: _dump(load_draft(workspace(), draft_id).model_dump(mode="json")))
@@ -161,7 +161,7 @@ def _latest_inspection(ws: Workspace) -> dict[str, Any]:
 
 
 def _job(ws: Workspace, job_id: str) -> dict[str, Any]:
-    from tunestep.tools.job_control import job_logs, job_status
+    from tunestep.tools.runs.job_control import job_logs, job_status
 
     status = job_status(ws, job_id)
     try:

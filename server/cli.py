@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
 
 if TYPE_CHECKING:  # rich loads only for commands that print to a person
     from rich.console import Console
@@ -35,7 +35,7 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _workspace(args: argparse.Namespace):
-    from tunestep.tools.workspace import find_workspace
+    from tunestep.tools.core.workspace import find_workspace
 
     ws = find_workspace(args.workspace)
     args.hint_workspace = _hint_workspace(ws.root)
@@ -45,7 +45,7 @@ def _workspace(args: argparse.Namespace):
 
 def _hint_workspace(root: Path) -> str | None:
     """The --workspace a printed command needs: none when it would find this one anyway."""
-    from tunestep.tools.workspace import WORKSPACE_ENV
+    from tunestep.tools.core.workspace import WORKSPACE_ENV
 
     implicit = os.environ.get(WORKSPACE_ENV) or os.getcwd()
     try:
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
     # stdout is the protocol channel in stdio mode: logs go to stderr only.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from tunestep.tools.workspace import find_workspace
+    from tunestep.tools.core.workspace import find_workspace
 
     keys = _trusted_key_paths(args)
     # A missing or wrong workspace fails now too, not at every tool call.
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
 @command("check")
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.preflight import check_batch
+    from tunestep.tools.data.preflight import check_batch
 
     report = check_batch(_workspace(args), args.batch)
     _show(args, console, report)
@@ -97,7 +97,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _trusted_key_paths(args: argparse.Namespace) -> list:
-    from tunestep.tools.approval import is_inline_pem, trusted_key_paths_from_env
+    from tunestep.tools.signing.approval import is_inline_pem, trusted_key_paths_from_env
 
     keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
             for p in (args.operator_key or [])]
@@ -108,7 +108,7 @@ def _bind_reader_keys(args: argparse.Namespace, root: Path) -> None:
     """The keys every read of the ledger's line checks signed promotion records with (as
     `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
     public halves in the operator's key folder; none from inside the workspace."""
-    from tunestep.tools.promotion_records import bind_trusted, reader_keys
+    from tunestep.tools.lineage.promotion_records import bind_trusted, reader_keys
 
     sources = _trusted_key_paths(args if hasattr(args, "operator_key")
                                  else argparse.Namespace(operator_key=None))
@@ -133,8 +133,8 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 @command("map")
 def cmd_map(args: argparse.Namespace, console: Console) -> int:
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
     from tunestep.tools.inspector.spec import parse_mapping_spec
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
 
     ws = _workspace(args)
     if args.spec:
@@ -155,7 +155,7 @@ def cmd_map(args: argparse.Namespace, console: Console) -> int:
 
 @command("merge")
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.merge import merge_datasets
+    from tunestep.tools.data.merge import merge_datasets
 
     _show(args, console, merge_datasets(_workspace(args), args.batch, args.strategy, args.dedup,
                                         progress=_progress(console, args)))
@@ -164,7 +164,7 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
 
 @command("preprocess")
 def cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.preprocess import preprocess
+    from tunestep.tools.data.preprocess import preprocess
 
     _show(args, console, preprocess(_workspace(args), args.batch, args.max_length,
                                     progress=_progress(console, args)))
@@ -188,7 +188,7 @@ def _progress(console: Console, args: argparse.Namespace):
 
 @command("draft")
 def cmd_draft(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     overrides = {}
     for item in args.set or []:
@@ -212,8 +212,8 @@ def _number(raw: str) -> int | float | str:
 
 @command("operator")
 def cmd_operator(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.approval import create_operator_key
-    from tunestep.tools.operator import check_new_passphrase, remember_default
+    from tunestep.tools.drafts.operator import check_new_passphrase, remember_default
+    from tunestep.tools.signing.approval import create_operator_key
 
     passphrase = _passphrase(confirm=True, new=True)
     check_new_passphrase(passphrase)
@@ -246,7 +246,7 @@ def _quote(value) -> str:
 def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
     import getpass
 
-    from tunestep.tools.operator import MIN_PASSPHRASE, passphrase_from_env
+    from tunestep.tools.drafts.operator import MIN_PASSPHRASE, passphrase_from_env
 
     env = passphrase_from_env()
     if env is not None:
@@ -258,7 +258,7 @@ def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
               if new else "operator key passphrase: ")
     first = getpass.getpass(prompt).encode()
     if new:
-        from tunestep.tools.operator import check_new_passphrase
+        from tunestep.tools.drafts.operator import check_new_passphrase
 
         check_new_passphrase(first)  # before asking again: say it at once
     if confirm and getpass.getpass("again: ").encode() != first:
@@ -272,8 +272,8 @@ PASSPHRASE_TRIES = 3
 def _key_passphrase(key_path: Path) -> bytes:
     """The passphrase that unlocks ``key_path``: a mistyped one is asked again (up to
     three tries at a terminal; one from TUNESTEP_OPERATOR_PASSPHRASE is tried once)."""
-    from tunestep.tools.approval import load_private_key
-    from tunestep.tools.operator import passphrase_from_env
+    from tunestep.tools.drafts.operator import passphrase_from_env
+    from tunestep.tools.signing.approval import load_private_key
 
     for attempt in range(1, PASSPHRASE_TRIES + 1):
         passphrase = _passphrase()
@@ -292,7 +292,7 @@ def _key_passphrase(key_path: Path) -> bytes:
 @command("approve")
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.render import make_console, render, screen
-    from tunestep.tools.operator import find_operator_key, review_draft, sign_draft
+    from tunestep.tools.drafts.operator import find_operator_key, review_draft, sign_draft
 
     # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
     key = find_operator_key(args.name, args.key, args.config_dir)
@@ -334,7 +334,7 @@ def _confirm(question: str, yes: bool) -> bool:
 def _sign_promotion(args: argparse.Namespace, ws, key, request):
     """Render the request as the store holds it now, ask, and sign it (act promote)."""
     from tunestep.server.render import make_console, render
-    from tunestep.tools.operator import sign_promotion
+    from tunestep.tools.drafts.operator import sign_promotion
 
     err = make_console(stderr=True)
     render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
@@ -347,7 +347,7 @@ def _sign_promotion(args: argparse.Namespace, ws, key, request):
 
 def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
     from tunestep.server.render import make_console, screen
-    from tunestep.tools.promotion import review_request
+    from tunestep.tools.lineage.promotion import review_request
 
     grant = _sign_promotion(args, ws, key, review_request(ws, args.draft_id))
     if grant is None:
@@ -364,9 +364,9 @@ def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
 @command("promote")
 def cmd_promote(args: argparse.Namespace, console: Console) -> int:
     """Move latest to a recorded version: sign here and apply, or apply a pasted token."""
-    from tunestep.tools.approval import ensure_keys_outside_workspace, load_trusted_keys
-    from tunestep.tools.operator import find_operator_key
-    from tunestep.tools.promotion import promote_version, request_promotion
+    from tunestep.tools.drafts.operator import find_operator_key
+    from tunestep.tools.lineage.promotion import promote_version, request_promotion
+    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, load_trusted_keys
 
     ws = _workspace(args)
     paths = _trusted_key_paths(args)
@@ -387,8 +387,8 @@ def cmd_promote(args: argparse.Namespace, console: Console) -> int:
 
 @command("submit")
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.approval import ensure_keys_outside_workspace, pin_trusted_keys
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.runs.submit import submit_job
+    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, pin_trusted_keys
 
     ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()
@@ -412,7 +412,7 @@ def _default_public_key(args: argparse.Namespace) -> list:
     """Without --operator-key or TUNESTEP_OPERATOR_KEYS: the public half of the key
     `tunestep approve` would sign with (the default made by `operator init`, or the only
     one), found the same way, else a refusal that names the flag and the variable."""
-    from tunestep.tools.operator import find_operator_key
+    from tunestep.tools.drafts.operator import find_operator_key
 
     try:
         key = find_operator_key(None, None, args.config_dir)
@@ -430,7 +430,7 @@ def _default_public_key(args: argparse.Namespace) -> list:
 
 @command("status")
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.job_control import job_status, list_jobs, wait_for_job
+    from tunestep.tools.runs.job_control import job_status, list_jobs, wait_for_job
 
     ws = _workspace(args)
     if args.job_id is None:
@@ -450,7 +450,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 def _progress_lines(ws):
     """While `status --wait` waits: a line on stderr whenever the job's stage or epoch
-    changes (stage, epoch, elapsed; tools/job_progress.py), and one a minute otherwise."""
+    changes (stage, epoch, elapsed; tools/runs/job_progress.py), and one a minute otherwise."""
     import time
 
     last = {"said": None, "at": 0.0}
@@ -479,7 +479,7 @@ def _progress_lines(ws):
 def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
     """Ctrl-C while waiting ends the wait, not the job: say so, and how to stop it."""
     from tunestep.server.render import View, cli_command
-    from tunestep.tools.next_step import NextAction
+    from tunestep.tools.core.next_step import NextAction
 
     view = View(workspace=getattr(args, "hint_workspace", None))
     cancel = cli_command(NextAction(tool="cancel_job", args={"job_id": job_id}), view)
@@ -491,7 +491,7 @@ def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
 
 @command("logs")
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.job_control import job_logs
+    from tunestep.tools.runs.job_control import job_logs
 
     logs = job_logs(_workspace(args), args.job_id, args.tail, raw=args.raw)
     if args.json:
@@ -508,7 +508,7 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
 
 @command("cancel")
 def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.job_control import cancel_job
+    from tunestep.tools.runs.job_control import cancel_job
 
     _show(args, console, cancel_job(_workspace(args), args.job_id))
     return EXIT_OK
@@ -516,7 +516,7 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
 
 @command("sync")
 def cmd_sync(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.model_sync import sync_model
+    from tunestep.tools.lineage.model_sync import sync_model
 
     _show(args, console, sync_model(_workspace(args), args.version))
     return EXIT_OK

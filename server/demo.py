@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
 
 MARKER = ".tunestep-demo"
 DEMO_PASSPHRASE = b"demo-only-passphrase"
@@ -24,7 +24,7 @@ DEMO_PASSPHRASE = b"demo-only-passphrase"
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.screen import screen
-    from tunestep.tools.approval import load_trusted_keys
+    from tunestep.tools.signing.approval import load_trusted_keys
 
     console = screen(console)  # every line wrapped between words at the width
     fresh = getattr(args, "fresh", None)
@@ -54,9 +54,9 @@ def _sample(console: Console, base: Path):
     """The sample workspace, its tiny model store and the demo key, in ``base``."""
     from transformers.utils import logging as hf_logging
 
-    from tunestep.tools.approval import create_operator_key
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.signing.approval import create_operator_key
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise in the demo
     console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")
@@ -132,12 +132,12 @@ def _fresh_folder(path: Path) -> Path:
 
 
 def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int) -> str:
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.data.preflight import check_batch
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.operator import review_draft, sign_draft
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.operator import review_draft, sign_draft
-    from tunestep.tools.preflight import check_batch
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.runs.submit import submit_job
 
     console.rule(f"[bold]step {number}: {batch}")
     console.print("[cyan]assistant[/] check_batch")
@@ -179,7 +179,7 @@ def _step(console: Console, ws, trusted, key_path: Path, batch: str, number: int
     status = _wait(console, ws, handle.job_id)
     console.print(f"  {handle.job_id}: [bold]{status.status}[/]")
     if status.status != "succeeded":
-        from tunestep.tools.job_control import job_logs
+        from tunestep.tools.runs.job_control import job_logs
 
         console.print("\n".join(job_logs(ws, handle.job_id, 30).lines))
         return status.status
@@ -201,7 +201,7 @@ def _num(value) -> str:
 
 
 def _wait(console: Console, ws, job_id: str):
-    from tunestep.tools.job_control import wait_for_job
+    from tunestep.tools.runs.job_control import wait_for_job
 
     columns = [TextColumn("  training"), BarColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn()]

@@ -1,7 +1,7 @@
 """The draft screen: what `tunestep draft` shows, and what `tunestep approve` shows to sign.
 
 It renders the draft as stored, field by field from the signed manifest
-(``tools/review.py`` reads them): where the job runs, its timeout and the worst case that
+(``tools/drafts/review.py`` reads them): where the job runs, its timeout and the worst case that
 timeout can cost, the image, command and secrets, the model repo and whether it is
 private and pushed, the Trackio destination, the gate, the hyperparameters, every input
 with its rows and sha256, the resume point by name and content hash, and the workspace
@@ -19,10 +19,10 @@ import shlex
 from rich.console import Console
 
 from tunestep.server.screen import Screen, View, duration, prose, screen, token, w
-from tunestep.tools.review import DraftReview, common_folder, review
+from tunestep.tools.drafts.review import DraftReview, common_folder, review
 
 NO_VIEW = View()
-CONTAINER = "/tunestep/"  # where an HF job's files are mounted (tools/draft.py HF_MOUNT)
+CONTAINER = "/tunestep/"  # where an HF job's files are mounted (tools/drafts/draft.py HF_MOUNT)
 
 
 def render_draft(console: Console | Screen, draft, view: View = NO_VIEW) -> None:
@@ -182,7 +182,7 @@ def _resume(console: Screen, facts: DraftReview) -> None:
 
 
 def _precision_note(draft, precision: str) -> str:
-    from tunestep.tools.estimate import expected_precision
+    from tunestep.tools.drafts.estimate import expected_precision
 
     if draft.backend == "local":
         if precision == "auto":

@@ -6,7 +6,7 @@ view, so a new tool is usable from the CLI before anyone writes it a view.
 At 80 columns nothing a person acts on may be cut: paths, file:line, error codes and
 commands are printed as whole words on their own lines (the console soft-wraps, it never
 ellipsizes), prose is wrapped at spaces, and the few tables fold instead of cutting.
-Next steps are rendered from their structured form (``tools/next_step.py``) as the
+Next steps are rendered from their structured form (``tools/core/next_step.py``) as the
 ``tunestep`` command a person types, never as the MCP call the assistant makes.
 
 Every string that comes from the workspace (file and folder names, row excerpts in
@@ -37,7 +37,7 @@ from tunestep.server.screen import (  # noqa: F401  (safe_text, visible_text: th
     visible_text,
     w,
 )
-from tunestep.tools.preflight import PreflightReport
+from tunestep.tools.data.preflight import PreflightReport
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 WHOLE_KEYS = {"fingerprint", "digest", "sha256", "kid", "code"}  # generic view: one word each
@@ -542,14 +542,14 @@ def render_promotion_outcome(console: Console, outcome, view: View) -> None:
 
 def register_domain_renderers() -> None:
     """Bind the views above to their result types (imported lazily: heavy modules)."""
-    from tunestep.tools.draft import JobDraft
+    from tunestep.tools.data.mapping import MappingResult
+    from tunestep.tools.data.merge import MergeResult
+    from tunestep.tools.data.preprocess import PreprocessResult
+    from tunestep.tools.drafts.draft import JobDraft
     from tunestep.tools.inspector import InspectionReport
-    from tunestep.tools.job_control import JobList, JobStatus
-    from tunestep.tools.mapping import MappingResult
-    from tunestep.tools.merge import MergeResult
-    from tunestep.tools.preprocess import PreprocessResult
-    from tunestep.tools.promotion import PromotionOutcome, PromotionRequest, PromotionResult
-    from tunestep.tools.submit import JobHandle
+    from tunestep.tools.lineage.promotion import PromotionOutcome, PromotionRequest, PromotionResult
+    from tunestep.tools.runs.job_control import JobList, JobStatus
+    from tunestep.tools.runs.submit import JobHandle
 
     _RENDERERS.update({InspectionReport: render_inspection, JobDraft: render_draft,
                        JobStatus: render_job, JobList: render_job_list,

@@ -7,10 +7,10 @@ import time
 import uuid
 from pathlib import Path
 
-from tunestep.tools import ledger
-from tunestep.tools.backends.local import record_outcome
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
+from tunestep.tools.runs.local_backend import record_outcome
 
 BASE_REPO = "tester/tiny-base"
 MODEL_REPO = "tester/qwen3_webdev"
@@ -58,7 +58,7 @@ def record_job_end(ws: Workspace, draft_id: str, backend: str, result: dict,
 def fake_local_version(ws: Workspace, source: Path, name: str) -> Path:
     """A version folder as a local job leaves it (a copy of ``source``), latest moved, and
     its files recorded in the ledger as the job's result reports them (``version_files``)."""
-    from tunestep.tools.version_files import record_files, scan_version
+    from tunestep.tools.lineage.version_files import record_files, scan_version
 
     store = ws.resolve_model_store("models/qwen3_webdev")
     target = store / "versions" / name

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hub_stub import fake_hub  # noqa: F401  (a fixture every test module may use)
 
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 # Shaped like a real token so any leak scan would find it; never valid anywhere. Built at
 # run time so the repository itself holds nothing that looks like a token.
@@ -38,7 +38,7 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 def _hub_polls_at_once(monkeypatch):
     """The suite asks the Hub about a job whenever it likes; tests of the 10 s floor
     (tests/test_hf_submit.py) set it back and move an injected clock instead."""
-    from tunestep.tools import hf_poll
+    from tunestep.tools.hub import poll as hf_poll
 
     monkeypatch.setattr(hf_poll, "MIN_INTERVAL_S", 0.0)
 
@@ -51,7 +51,7 @@ def sample_ws(tmp_path) -> Workspace:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tunestep.tools.tiny_model import build_tiny_model
+    from tunestep.tools.demo.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(out)
@@ -97,7 +97,7 @@ class Operator:
     """A test operator: a real key pair outside the workspace, and a way to approve."""
 
     def __init__(self, folder: Path, name: str = "tester") -> None:
-        from tunestep.tools.approval import create_operator_key, load_trusted_keys
+        from tunestep.tools.signing.approval import create_operator_key, load_trusted_keys
 
         self.name = name
         self.passphrase = b"test passphrase"
@@ -105,7 +105,7 @@ class Operator:
         self.trusted = load_trusted_keys([self.info.public_key_path])
 
     def approve(self, ws: Workspace, draft_id: str, ttl: str = "1h") -> str:
-        from tunestep.tools.operator import review_draft, sign_draft
+        from tunestep.tools.drafts.operator import review_draft, sign_draft
 
         grant = sign_draft(ws, review_draft(ws, draft_id), name=self.name,
                            key_path=self.info.private_key_path, passphrase=self.passphrase,
@@ -115,7 +115,7 @@ class Operator:
 
 @pytest.fixture
 def operator(tmp_path) -> Iterator[Operator]:
-    from tunestep.tools.promotion_records import trusting
+    from tunestep.tools.lineage.promotion_records import trusting
 
     found = Operator(tmp_path / "operator-keys")
     # This process trusts the operator's key, as the server and the CLI do: signed

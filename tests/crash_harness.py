@@ -47,13 +47,13 @@ HOOKS = ("mkstemp", "mkdtemp", "fsync", "replace", "exchange", "link", "execute"
 
 
 def _ws(root: str):
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
 
     return open_workspace(root)
 
 
 def op_apply_mapping(root: str, args: dict) -> dict:
-    from tunestep.tools.mapping import MappingSpec, apply_mapping
+    from tunestep.tools.data.mapping import MappingSpec, apply_mapping
 
     spec = MappingSpec.model_validate(args["spec"])
     result = apply_mapping(_ws(root), args["source"], spec)
@@ -61,22 +61,22 @@ def op_apply_mapping(root: str, args: dict) -> dict:
 
 
 def op_merge(root: str, args: dict) -> dict:
-    from tunestep.tools.merge import merge_datasets
+    from tunestep.tools.data.merge import merge_datasets
 
     result = merge_datasets(_ws(root), args["batch"])
     return {"rows": result.rows, "cached": result.cached}
 
 
 def op_preprocess(root: str, args: dict) -> dict:
-    from tunestep.tools.preprocess import preprocess
+    from tunestep.tools.data.preprocess import preprocess
 
     result = preprocess(_ws(root), args["batch"], max_length=args.get("max_length"))
     return {"rows": result.rows, "cached": result.cached}
 
 
 def op_submit(root: str, args: dict) -> dict:
-    from tunestep.tools import approval
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.runs.submit import submit_job
+    from tunestep.tools.signing import approval
 
     trusted = approval.load_trusted_keys([Path(args["public_key"])])
     # The job process itself is not under test: the local backend starts `true` instead
@@ -87,7 +87,7 @@ def op_submit(root: str, args: dict) -> dict:
 
 
 def op_record_outcome(root: str, args: dict) -> dict:
-    from tunestep.tools.backends import local
+    from tunestep.tools.runs import local_backend as local
 
     local.record_outcome(_ws(root), args["job_id"], args["status"], args["exit_code"],
                          args["result"])
@@ -142,7 +142,7 @@ class _Recorder:
 def _install(rec: _Recorder) -> None:
     import tempfile
 
-    from tunestep.tools import atomic, ledger
+    from tunestep.tools.core import atomic, ledger
 
     def wrap(module: Any, name: str, kind: str, detail=lambda *a, **k: None) -> None:
         real = getattr(module, name)
@@ -287,7 +287,7 @@ class Harness:
     """A zygote process that forks one child per trial."""
 
     def __init__(self, preload: tuple[str, ...] = (), timeout: float = 120) -> None:
-        self.preload = ["tunestep.tools.ledger", *preload]
+        self.preload = ["tunestep.tools.core.ledger", *preload]
         self.timeout = timeout
         self.env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                         HF_HUB_OFFLINE="1")

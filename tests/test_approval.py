@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunestep.tools import approval as A
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.signing import approval as A
 
 NOW = 1_800_000_000
 DIGEST = "3f" * 32

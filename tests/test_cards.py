@@ -25,8 +25,8 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
 from tunestep.server import cards
 from tunestep.server.app import MAX_WAIT_S, ServerConfig, build_server, error_code
-from tunestep.tools import ledger
-from tunestep.tools.job_progress import LOCAL_POLL_S, ask_again_after, read_progress
+from tunestep.tools.core import ledger
+from tunestep.tools.runs.job_progress import LOCAL_POLL_S, ask_again_after, read_progress
 
 pytestmark = pytest.mark.anyio
 APPS = advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})
@@ -167,7 +167,7 @@ async def test_a_waiting_job_status_reports_progress_from_the_job_output(sample_
 
 
 def test_ask_again_follows_the_hub_poll_floor():
-    from tunestep.tools import hf_poll
+    from tunestep.tools.hub import poll as hf_poll
 
     assert ask_again_after("hf-jobs", False, hub_next_at=1030.0, now=1000.0) == 30.0
     assert ask_again_after("hf-jobs", False, hub_next_at=0.0, now=1000.0) == max(
@@ -279,10 +279,10 @@ def js(value) -> str:
 
 
 def run_step(ws, operator, gate, batch=None):
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.job_control import job_logs, wait_for_job
-    from tunestep.tools.plan import load_plan, render_plan_document
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.core.plan import load_plan, render_plan_document
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.runs.job_control import job_logs, wait_for_job
+    from tunestep.tools.runs.submit import submit_job
 
     plan = load_plan(ws).plan
     plan = plan.model_copy(update={"gate": gate, "training": plan.training.model_copy(
@@ -299,8 +299,8 @@ def run_step(ws, operator, gate, batch=None):
 @pytest.mark.e2e
 async def test_the_results_card_shows_the_gate_metrics_and_the_branch(
         tmp_path, tiny_model_dir, operator):
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.plan import Gate
+    from tunestep.tools.core.plan import Gate
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     chromium()
     ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=8, holdout_rows=4,
@@ -354,12 +354,12 @@ def test_a_rolled_back_step_is_a_branch_and_gets_no_promote_command(
     A job that recorded no step is refused by name."""
     from chain_helpers import fake_local_version, record_job_end
 
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.errors import TunestepError
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.operator import sign_promotion
-    from tunestep.tools.promotion import promote, promote_version, review_request
-    from tunestep.tools.step_outcome import step_outcome
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.operator import sign_promotion
+    from tunestep.tools.lineage.promotion import promote, promote_version, review_request
+    from tunestep.tools.runs.step_outcome import step_outcome
 
     ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=8, holdout_rows=4,
                               batch_rows=8)
@@ -409,12 +409,12 @@ def test_an_hf_job_reports_progress_from_its_hub_log_at_most_once_per_interval(
     import hub_stub
     from conftest import FAKE_TOKEN, Operator
 
-    from tunestep.tools import hf_poll
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.job_control import job_status
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.submit import submit_job
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.hub import poll as hf_poll
+    from tunestep.tools.runs.job_control import job_status
+    from tunestep.tools.runs.submit import submit_job
 
     build_sample_workspace(tmp_path / "ws",
                            plan_overrides={"hub": {"dataset_repo": f"{hub_stub.USER}/steps"}})

@@ -15,10 +15,10 @@ from chain_helpers import (
 )
 from conftest import FAKE_TOKEN
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
 SHA1, SHA2 = "1" * 40, "2" * 40
 REMOTE = {"backend": "hf-jobs", "flavor": "t4-medium"}
@@ -166,9 +166,9 @@ def test_a_local_start_is_committed_from_a_verified_copy_streamed_from_disk(
         local_ws, fake_hub, monkeypatch, tmp_path):
     from conftest import Operator
 
-    from tunestep.tools import hf_submit
-    from tunestep.tools.backends import hf_jobs
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.hub import jobs_api as hf_jobs
+    from tunestep.tools.runs import hf_submit
+    from tunestep.tools.runs.submit import submit_job
 
     ws = local_ws
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)

@@ -18,11 +18,12 @@ from chain_helpers import MODEL_REPO, host_base_model, hub_base_workspace
 from conftest import FAKE_TOKEN, Operator
 from test_chain import map_batch_2
 
-from tunestep.tools import hf_poll, ledger
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.job_control import job_logs, job_status, wait_for_job
-from tunestep.tools.model_store import checkpoint_kind, latest_checkpoint
-from tunestep.tools.submit import submit_job
+from tunestep.tools.core import ledger
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.hub import poll as hf_poll
+from tunestep.tools.lineage.model_store import checkpoint_kind, latest_checkpoint
+from tunestep.tools.runs.job_control import job_logs, job_status, wait_for_job
+from tunestep.tools.runs.submit import submit_job
 
 pytestmark = pytest.mark.e2e
 fake_hub = hub_stub.fake_hub

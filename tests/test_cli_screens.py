@@ -167,8 +167,8 @@ def trained(ws, *batches: str) -> None:
     """The ledger records these batches as trained; the store holds a checkpoint."""
     import os
 
-    from tunestep.tools import ledger
-    from tunestep.tools.version_files import record_files, scan_version
+    from tunestep.tools.core import ledger
+    from tunestep.tools.lineage.version_files import record_files, scan_version
 
     name = f"{len(batches):04d}_{batches[-1]}"
     version = ws.root.parent / "store" / "versions" / name
@@ -351,8 +351,8 @@ def test_json_is_json_for_every_command(sample_ws, capsys, argv):
 
 
 def test_an_error_hint_is_a_command_on_the_cli_and_a_call_over_mcp(sample_ws, capsys):
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     code, _, err = run(capsys, "draft", "--kind", "inspect", "-w", str(sample_ws.root))
     assert code == 1 and "draft_kind_backend" in err
@@ -373,7 +373,7 @@ def test_json_refusals_are_json_too(capsys, tmp_path, monkeypatch):
 def test_logs_show_control_characters_from_job_output_visibly(sample_ws, capsys,
                                                               monkeypatch):
     # A training row's text reaches the job's output; its ESC must not reach the terminal.
-    from tunestep.tools import job_control
+    from tunestep.tools.runs import job_control
 
     lines = ["epoch 1\tloss 0.5", "row: \x1b]0;owned\x07 \x1b[2Jcleared"]
     monkeypatch.setattr(job_control, "job_logs",
@@ -401,7 +401,7 @@ def test_a_promotion_request_hints_in_each_views_syntax(model_ws, capsys):
     from rich.console import Console
 
     from tunestep.server.render import render
-    from tunestep.tools.promotion import promote
+    from tunestep.tools.lineage.promotion import promote
 
     store = model_ws.resolve_model_store("models/qwen3_webdev")
     shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
@@ -528,7 +528,7 @@ def test_a_remote_approval_screen_shows_the_job_it_starts(remote_ws, fake_hub, t
     from chain_helpers import MODEL_REPO
     from test_model_sync import push_step_model, remote_step
 
-    from tunestep.tools.estimate import FLAVORS
+    from tunestep.tools.drafts.estimate import FLAVORS
 
     sha, _ = push_step_model(fake_hub, tiny_model_dir, b"one")
     remote_step(remote_ws, sha)
@@ -567,7 +567,7 @@ def test_a_bundled_start_is_named_with_its_content_hash(tmp_path, tiny_model_dir
     (the one `tunestep promote` shows for it), never the container path alone."""
     from chain_helpers import local_base_workspace
 
-    from tunestep.tools.promotion import version_identity
+    from tunestep.tools.lineage.promotion import version_identity
 
     ws = local_base_workspace(tmp_path, tiny_model_dir)
     monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
@@ -590,7 +590,7 @@ def test_an_edited_estimate_changes_nothing_signed_on_screen(sample_ws, capsys, 
     """Storage underneath: the stored draft's estimate (not signed) rewritten to look cheap,
     and a hold-out near match added to its warnings. The signed lines do not move; the
     near match gets its own section and a line in the summary."""
-    from tunestep.tools import ledger
+    from tunestep.tools.core import ledger
 
     monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
     run(capsys, "operator", "init", "--name", "olly")
@@ -670,7 +670,7 @@ def test_the_promote_screen_shows_the_version_its_content_and_latest(model_ws, c
                                                                      monkeypatch):
     import shutil
 
-    from tunestep.tools.promotion import current_latest, version_identity
+    from tunestep.tools.lineage.promotion import current_latest, version_identity
 
     monkeypatch.setenv("TUNESTEP_OPERATOR_PASSPHRASE", PASS)
     run(capsys, "operator", "init", "--name", "olly")

@@ -24,7 +24,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tunestep.server.app import ServerConfig, build_server, error_code
-from tunestep.tools.sample_workspace import build_sample_workspace, make_row
+from tunestep.tools.demo.sample_workspace import build_sample_workspace, make_row
 
 pytestmark = pytest.mark.anyio
 
@@ -234,7 +234,7 @@ def _fill(value, outside: Path):
 
 def _signed_token(tmp: Path, ws: Path) -> tuple[str, Path]:
     """A genuinely signed approval (for a draft that does not exist) and its public key."""
-    from tunestep.tools.approval import create_operator_key, load_private_key, sign_approval
+    from tunestep.tools.signing.approval import create_operator_key, load_private_key, sign_approval
 
     key = create_operator_key("confiner", b"pass phrase", tmp / "keys")
     token = sign_approval(load_private_key(key.private_key_path, b"pass phrase"),

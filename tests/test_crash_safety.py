@@ -33,10 +33,10 @@ import crash_harness as H
 import orjson
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 SEED = 8  # issue 8; every trial's delay and kill point derive from it
 MAPPED = "datasets/processed_webdev_coding_mapped"
@@ -157,7 +157,7 @@ def mapped_state(folder: Path) -> dict | None:
 
 @pytest.mark.e2e
 def test_apply_mapping_killed_anywhere_leaves_old_or_new_output(tmp_path):
-    from tunestep.tools.mapping import MappingSpec, apply_mapping, suggest_mapping
+    from tunestep.tools.data.mapping import MappingSpec, apply_mapping, suggest_mapping
 
     root = tmp_path / "ws"
     build_sample_workspace(root, batch_rows=600, batches=2)
@@ -171,7 +171,7 @@ def test_apply_mapping_killed_anywhere_leaves_old_or_new_output(tmp_path):
     out = root / MAPPED / "batch_600_02"
     tally = Tally("apply_mapping")
 
-    with H.Harness(("tunestep.tools.mapping",)) as harness:
+    with H.Harness(("tunestep.tools.data.mapping",)) as harness:
         args_a = {"source": source, "spec": spec_a.model_dump(mode="json")}
         args_b = {"source": source, "spec": spec_b.model_dump(mode="json")}
         run_a = must_run(harness, "apply_mapping", root, args_a)
@@ -231,8 +231,8 @@ def merged_state(root: Path) -> tuple[str | None, str | None]:
 
 @pytest.mark.e2e
 def test_merge_killed_anywhere_leaves_old_or_new_file(tmp_path):
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.merge import merge_datasets
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.data.merge import merge_datasets
 
     root = tmp_path / "ws"
     build_sample_workspace(root, batch_rows=600, batches=3,
@@ -243,7 +243,7 @@ def test_merge_killed_anywhere_leaves_old_or_new_file(tmp_path):
     mapped = H.snapshot(root, tmp_path / "mapped")  # no merge yet, no READY memo
     tally = Tally("merge_datasets(file)")
 
-    with H.Harness(("tunestep.tools.merge", "tunestep.tools.inspector")) as harness:
+    with H.Harness(("tunestep.tools.data.merge", "tunestep.tools.inspector")) as harness:
         must_run(harness, "merge", root, {"batch": "batch_600_02"})
         ref_2 = merged_state(root)
         with_2 = H.snapshot(root, tmp_path / "with_2")
@@ -333,9 +333,9 @@ def split_state(state: dict, batch: str) -> tuple[dict, dict[str, dict]]:
 
 @pytest.mark.e2e
 def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_dir):
-    from tunestep.tools import merge, preprocess
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.plan import load_plan
+    from tunestep.tools.core.plan import load_plan
+    from tunestep.tools.data import merge, preprocess
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     root = tmp_path / "ws"
     build_sample_workspace(root, base_rows=30, batch_rows=10, batches=3, holdout_rows=8,
@@ -347,7 +347,7 @@ def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_di
     batch = "batch_10_03"
     start = H.snapshot(root, tmp_path / "start")
     tally = Tally("preprocess")
-    preload = ("tunestep.tools.preprocess", "tunestep.tools.inspector", "datasets",
+    preload = ("tunestep.tools.data.preprocess", "tunestep.tools.inspector", "datasets",
                "transformers.models.auto.tokenization_auto", "tunestep.tools.jobs.sft_data")
 
     with H.Harness(preload) as harness:
@@ -415,8 +415,8 @@ def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_di
 @pytest.fixture
 def approved(tmp_path, tiny_model_dir):
     """A small workspace with a stored draft, an operator key and a signed token."""
-    from tunestep.tools import approval
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.signing import approval
 
     root = tmp_path / "ws"
     build_sample_workspace(root, base_rows=30, batch_rows=10, batches=2, holdout_rows=8,
@@ -453,16 +453,17 @@ def job_files(root: Path) -> list[dict | None]:
     return [H.tree(f) for f in folders]
 
 
-SUBMIT_PRELOAD = ("tunestep.tools.submit", "tunestep.tools.draft", "tunestep.tools.approval",
-                  "tunestep.tools.backends.local", "tunestep.tools.inspector",
+SUBMIT_PRELOAD = ("tunestep.tools.runs.submit", "tunestep.tools.drafts.draft",
+                  "tunestep.tools.signing.approval", "tunestep.tools.runs.local_backend",
+                  "tunestep.tools.inspector",
                   "transformers.models.auto.tokenization_auto")
 
 
 @pytest.mark.e2e
 def test_submit_killed_anywhere_records_the_job_and_its_nonce_together(approved, tmp_path,
                                                                         monkeypatch):
-    from tunestep.tools import job_control
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.runs import job_control
+    from tunestep.tools.runs.submit import submit_job
 
     root, draft, token = approved["root"], approved["draft"], approved["token"]
     start = H.snapshot(root, tmp_path / "start")
@@ -524,8 +525,8 @@ def test_submit_killed_anywhere_records_the_job_and_its_nonce_together(approved,
 
 @pytest.mark.e2e
 def test_record_outcome_killed_anywhere_is_all_or_nothing(approved, tmp_path, monkeypatch):
-    from tunestep.tools.backends import local
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.runs import local_backend as local
+    from tunestep.tools.runs.submit import submit_job
 
     root, draft = approved["root"], approved["draft"]
     ws = open_workspace(root)
@@ -542,7 +543,7 @@ def test_record_outcome_killed_anywhere_is_all_or_nothing(approved, tmp_path, mo
         return H.rows(root, "SELECT step, batch, draft_id, job_id, digest, mode, datasets,"
                             " model_path, metrics FROM steps")
 
-    with H.Harness(("tunestep.tools.backends.local",)) as harness:
+    with H.Harness(("tunestep.tools.runs.local_backend",)) as harness:
         before = (job_rows(root), steps(root), audit_actions(root, "job.end", "step.record"))
         reference = must_run(harness, "record_outcome", root, outcome_args)
         after = (job_rows(root), steps(root), audit_actions(root, "job.end", "step.record"))
@@ -582,7 +583,7 @@ def test_the_harness_kills_exactly_at_the_planned_call(tmp_path):
     build_sample_workspace(root, base_rows=20, batch_rows=5, batches=1, holdout_rows=5,
                            plan_overrides={"data": {"merge_strategy": "file"}})
     start = H.snapshot(root, tmp_path / "start")
-    with H.Harness(("tunestep.tools.merge", "tunestep.tools.inspector")) as harness:
+    with H.Harness(("tunestep.tools.data.merge", "tunestep.tools.inspector")) as harness:
         done = must_run(harness, "merge", root, {"batch": "batch_5_01"})
         assert done.result == {"rows": 25, "cached": False}
         number = H.call_number(done.events, "replace", "merged_train.jsonl")
@@ -602,7 +603,7 @@ def test_a_job_recorded_but_never_started_settles_as_lost(sample_ws, monkeypatch
     """What a submit killed between its ledger commit and the backend call leaves behind."""
     import time
 
-    from tunestep.tools import job_control
+    from tunestep.tools.runs import job_control
 
     with ledger.open_ledger(sample_ws) as conn, ledger.transaction(conn):
         conn.execute("INSERT INTO drafts(draft_id, digest, kind, batch, payload, created_at)"

@@ -9,13 +9,13 @@ import time
 import orjson
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, draft_job, load_draft, recompute
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.mapping import apply_mapping, suggest_mapping
-from tunestep.tools.plan import load_plan, render_plan_document
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.version_files import record_files, scan_version
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import load_plan, render_plan_document
+from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts.draft import DraftRequest, draft_job, load_draft, recompute
+from tunestep.tools.lineage.version_files import record_files, scan_version
 
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"
 REPLAY = "datasets/processed_webdev_coding/replay/batch_100_02.jsonl"
@@ -107,8 +107,8 @@ def test_a_held_back_batch_is_trained_in_full_again(resumed_ws, operator):
     # Once the operator promotes that version (the signed move is the record, see
     # tools/lineage) its rows count as learned.
     # A signed promotion: a row written into `promotions` by hand would be ignored.
-    from tunestep.tools.operator import sign_promotion
-    from tunestep.tools.promotion import promote, promote_version, review_request
+    from tunestep.tools.drafts.operator import sign_promotion
+    from tunestep.tools.lineage.promotion import promote, promote_version, review_request
 
     store = ws.resolve_model_store("models/qwen3_webdev")
     shutil.copytree(store / "versions/0000_base", store / "versions/0002_batch_100_02")

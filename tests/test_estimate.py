@@ -1,7 +1,7 @@
 import pytest
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.estimate import (
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.drafts.estimate import (
     FLAVORS,
     estimate_job,
     format_duration,
@@ -66,7 +66,7 @@ def test_params_from_local_config(tiny_model_dir):
 
 
 def test_expected_precision_follows_the_flavor_the_way_the_job_resolves_it():
-    from tunestep.tools.estimate import expected_precision
+    from tunestep.tools.drafts.estimate import expected_precision
 
     assert expected_precision("auto", "a10g-large") == "bf16"
     assert expected_precision("auto", "t4-medium") == "fp16"  # a T4 has no native bf16
@@ -79,8 +79,8 @@ def test_expected_precision_follows_the_flavor_the_way_the_job_resolves_it():
 def test_one_evaluation_pass_when_the_previous_version_kept_its_answers(tmp_path):
     import types
 
-    from tunestep.tools.estimate import before_answers_kept
-    from tunestep.tools.eval_estimate import HoldOutLengths
+    from tunestep.tools.drafts.estimate import before_answers_kept
+    from tunestep.tools.drafts.eval_estimate import HoldOutLengths
 
     version = tmp_path / "versions" / "0001_b"
     version.mkdir(parents=True)

@@ -8,8 +8,8 @@ import shutil
 import orjson
 import pytest
 
-from tunestep.tools.estimate import estimate_job
-from tunestep.tools.eval_estimate import (
+from tunestep.tools.drafts.estimate import estimate_job
+from tunestep.tools.drafts.eval_estimate import (
     BUDGET_MARGIN,
     CHARS_PER_TOKEN,
     HoldOutLengths,
@@ -82,9 +82,9 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
     from rich.console import Console
 
     from tunestep.server.render import View, render_draft
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     store = tmp_path / "store"
     shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")
@@ -125,7 +125,7 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
     assert est.eval_max_new_tokens == longest + BUDGET_MARGIN
 
     # A timeout the estimate does not fit: refused before anyone signs.
-    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.core.errors import TunestepError
 
     with pytest.raises(TunestepError) as err:
         draft_job(ws, DraftRequest(batch="batch_100_01", backend="hf-jobs",
@@ -138,7 +138,7 @@ def test_draft_screen_and_run_plan_show_the_evaluation(tmp_path, tiny_model_dir)
 def test_other_ranks_wait_out_rank_zeros_evaluation(model_ws, tmp_path):
     """On several GPUs rank 0 answers the hold-out while the others wait in collectives:
     the SFTConfig's ddp_timeout outlasts that pass (never below transformers' 1800 s)."""
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
     from tunestep.tools.jobs import job_train
 
     assert job_train.ddp_timeout_seconds(40, 64, 32) == job_train.DEFAULT_DDP_TIMEOUT

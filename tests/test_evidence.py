@@ -24,27 +24,29 @@ from chain_helpers import (
 )
 from conftest import FAKE_TOKEN
 
-from tunestep.tools import hf_poll, ledger, version_files
-from tunestep.tools.approval import (
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import load_plan
+from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.drafts.operator import sign_promotion
+from tunestep.tools.hub import poll as hf_poll
+from tunestep.tools.jobs.job_evaluate import LOWER_IS_BETTER
+from tunestep.tools.lineage import version_files
+from tunestep.tools.lineage.chain import starting_point
+from tunestep.tools.lineage.line import lineage
+from tunestep.tools.lineage.model_sync import sync_model
+from tunestep.tools.lineage.promotion import promote, promote_version, review_request
+from tunestep.tools.lineage.promotion_records import trusting
+from tunestep.tools.runs.job_control import job_status
+from tunestep.tools.runs.submit import submit_job
+from tunestep.tools.signing.approval import (
     create_operator_key,
     load_trusted_keys,
     parse_token,
     sign_approval,
 )
-from tunestep.tools.chain import starting_point
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.job_control import job_status
-from tunestep.tools.jobs.job_evaluate import LOWER_IS_BETTER
-from tunestep.tools.lineage import lineage
-from tunestep.tools.mapping import apply_mapping, suggest_mapping
-from tunestep.tools.model_sync import sync_model
-from tunestep.tools.operator import sign_promotion
-from tunestep.tools.plan import load_plan
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.promotion import promote, promote_version, review_request
-from tunestep.tools.promotion_records import trusting
-from tunestep.tools.submit import submit_job
 
 LINK = "models/qwen3_webdev"
 V1, V2 = "0001_batch_100_01", "0002_batch_100_02"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tunestep.tools import ledger
+from tunestep.tools.core import ledger
 
 # 0.15.0 is the newest release that runs on Node 20: from 0.16.0 on, `engines` asks for
 # Node >= 22.7.5 (and 2.x for >= 22.19). It speaks stdio and streamable HTTP, and passes
@@ -102,7 +102,7 @@ SERVE_WITH_ASSISTANT = """\
 import sys, anyio
 from tunestep.server.app import ServerConfig, build_server
 from tunestep.server.assistant import register_prompts, register_resources
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core.workspace import open_workspace
 server = build_server(ServerConfig(workspace=sys.argv[1]))
 if not anyio.run(server.list_prompts):
     register_prompts(server)

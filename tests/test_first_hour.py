@@ -183,8 +183,8 @@ NOISY_LOG = (
 
 
 def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
-    from tunestep.tools import ledger
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.core import ledger
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     draft = draft_job(sample_ws, DraftRequest(batch="batch_100_01"))
     log = sample_ws.state_dir / "jobs/job-000000000001/output.log"
@@ -195,7 +195,7 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
                      "log_path) VALUES ('job-000000000001', ?, 'local', 'failed', 0, ?)",
                      (draft.draft_id, sample_ws.relative(log)))
     ws = str(sample_ws.root)
-    from tunestep.tools.job_control import job_logs
+    from tunestep.tools.runs.job_control import job_logs
 
     assert job_logs(sample_ws, "job-000000000001", 50).lines == [
         "2026-12-06T04:12:04Z [step 0001_batch_100_01] start: draft=draft-x step=1",
@@ -223,10 +223,10 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
     ("truncate_prompt", "keeps the whole answer"), ("drop", "leaves")])
 def test_the_inspector_and_the_draft_agree_on_an_overlong_row(tmp_path, tiny_model_dir,
                                                               overlong, both_say):
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
 
     build_sample_workspace(tmp_path / "ws", plan_overrides={
         "model": str(tiny_model_dir), "training": {"max_length": 400},
@@ -241,11 +241,11 @@ def test_the_inspector_and_the_draft_agree_on_an_overlong_row(tmp_path, tiny_mod
 
 
 def test_refusals_name_what_they_checked(tmp_path, operator, capsys):
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.errors import TunestepError
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.submit import submit_job
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.runs.submit import submit_job
 
     build_sample_workspace(tmp_path / "a")
     build_sample_workspace(tmp_path / "b")
@@ -275,7 +275,7 @@ def test_refusals_name_what_they_checked(tmp_path, operator, capsys):
 
 def test_screens_to_a_pipe_carry_no_trailing_spaces_and_files_get_the_usual_mode(
         sample_ws, capsys, tmp_path):
-    from tunestep.tools.atomic import atomic_write_text
+    from tunestep.tools.core.atomic import atomic_write_text
 
     assert cli(["check", "-w", str(sample_ws.root)]) in (0, 1)
     out = capsys.readouterr()
@@ -299,8 +299,8 @@ def test_a_full_step_after_lora_names_the_commands_that_get_on(tmp_path, tiny_mo
     from chain_helpers import fake_local_version, local_base_workspace, record_job_end
     from test_lineage import local_result, map_batch
 
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=40, holdout_rows=10)
     store = ws.resolve_model_store("models/qwen3_webdev")

@@ -8,8 +8,8 @@ import sys
 import pytest
 from huggingface_hub import JobHardware
 
-from tunestep.tools import estimate
-from tunestep.tools.estimate import FLAVORS, estimate_job, processes_for
+from tunestep.tools.drafts import estimate
+from tunestep.tools.drafts.estimate import FLAVORS, estimate_job, processes_for
 from tunestep.tools.jobs.job_common import launch_argv
 
 ARGS = dict(model="Qwen/Qwen3-0.6B", mode="full", train_tokens=200_000, rows=200, epochs=3,
@@ -96,9 +96,9 @@ def test_the_job_relaunches_itself_one_process_per_gpu():
 
 
 def test_a_multi_gpu_draft_says_so(tmp_path, tiny_model_dir, monkeypatch):
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     store = tmp_path / "store"
     shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")

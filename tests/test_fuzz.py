@@ -29,14 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tunestep.tools import approval as A
-from tunestep.tools import merge
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import open_workspace
+from tunestep.tools.data import merge
+from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.inspector import RULES, run_inspector
 from tunestep.tools.jobs import sft_data
-from tunestep.tools.mapping import apply_mapping, suggest_mapping
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.signing import approval as A
 
 BATCH = "datasets/incremental/batch_5_09"
 

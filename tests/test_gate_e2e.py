@@ -10,7 +10,7 @@ import os
 import pytest
 from test_train_job import chat_rows, job_config, result_of, run_job, write_jsonl
 
-from tunestep.tools.plan import Gate
+from tunestep.tools.core.plan import Gate
 
 pytestmark = pytest.mark.e2e
 

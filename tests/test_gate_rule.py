@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from tunestep.tools.core.plan import Gate
 from tunestep.tools.jobs import job_evaluate, job_gate, job_stats
-from tunestep.tools.plan import Gate
 
 PATTERN = r"Grade:\s*(\d+)"
 
@@ -135,8 +135,8 @@ def test_the_reason_says_the_numbers_and_what_the_hold_out_can_detect():
 
 
 def test_old_gate_keys_are_refused_with_the_migration():
-    from tunestep.tools.errors import TunestepError
-    from tunestep.tools.plan import parse_plan_text
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.core.plan import parse_plan_text
 
     with pytest.raises(TunestepError) as err:
         parse_plan_text("---\ngate:\n  metric: grade_exact\n  max_regression: 0.0\n"

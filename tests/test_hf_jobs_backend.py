@@ -11,8 +11,8 @@ import hub_stub
 import pytest
 from hub_stub import FakeHub, RecordedRequest
 
-from tunestep.tools.backends import hf_jobs
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.hub import jobs_api as hf_jobs
 
 # Registers the fixture in this module too, so it runs whether or not a conftest imports it.
 fake_hub = hub_stub.fake_hub

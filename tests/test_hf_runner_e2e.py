@@ -9,10 +9,10 @@ import pytest
 from chain_helpers import host_base_model, hub_base_workspace
 from conftest import FAKE_TOKEN, Operator
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.job_control import job_logs, job_status
-from tunestep.tools.submit import submit_job
+from tunestep.tools.core import ledger
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.runs.job_control import job_logs, job_status
+from tunestep.tools.runs.submit import submit_job
 
 pytestmark = pytest.mark.e2e
 fake_hub = hub_stub.fake_hub
@@ -48,9 +48,9 @@ def test_a_remote_step_runs_from_its_bundle_and_comes_home(fake_hub, tmp_path,
 
 
 def test_a_remote_inspection_runs_on_the_runner_and_reports(fake_hub, tmp_path, monkeypatch):
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     fake_hub.tokens = {FAKE_TOKEN}

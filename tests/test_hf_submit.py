@@ -12,14 +12,15 @@ import pytest
 from conftest import FAKE_TOKEN, Operator
 from huggingface_hub.utils import _http
 
-from tunestep.tools import hf_poll, ledger
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hf_submit import NONCE_LABEL
-from tunestep.tools.job_control import cancel_job, job_status
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.submit import submit_job
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.hub import poll as hf_poll
+from tunestep.tools.runs.hf_submit import NONCE_LABEL
+from tunestep.tools.runs.job_control import cancel_job, job_status
+from tunestep.tools.runs.submit import submit_job
 
 fake_hub = hub_stub.fake_hub
 REPO = f"{hub_stub.USER}/steps"

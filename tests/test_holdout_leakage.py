@@ -15,11 +15,11 @@ import random
 import orjson
 import pytest
 
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.demo.sample_workspace import make_row
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
 from tunestep.tools.inspector import run_inspector
 from tunestep.tools.inspector.leakage import NEAR_MATCH, normalize_prompt, prompt_words
-from tunestep.tools.sample_workspace import make_row
 
 HOLDOUT = "datasets/processed_webdev_coding/validation.jsonl"
 BATCH = "datasets/incremental/batch_100_01"
@@ -131,8 +131,8 @@ def test_fresh_sample_rows_are_never_near_matches(tmp_path, seed):
     """Rows from the same generator (same templates, same code idioms) but other
     submissions: no exact or near match (a shared template line may still be an
     overlap warning: that rule is older and looser)."""
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     build_sample_workspace(tmp_path / "ws", seed=seed)
     ws = open_workspace(tmp_path / "ws")
@@ -203,6 +203,6 @@ def test_a_near_match_reaches_the_draft_as_a_warning(model_ws):
     draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
     near = [w for w in draft.warnings if w.startswith("holdout near match")]
     assert len(near) == 1 and f"{LEAK}:1 " in near[0] and f"{HOLDOUT}:12" in near[0]
-    from tunestep.tools.review import review  # what the approval screen is built from
+    from tunestep.tools.drafts.review import review  # what the approval screen is built from
 
     assert review(draft, str(model_ws.root)).near_matches == near

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.plan import FIXED_PATHS, PATH_ROLES, Plan, load_plan, parse_plan_text
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import FIXED_PATHS, PATH_ROLES, Plan, load_plan, parse_plan_text
+from tunestep.tools.core.workspace import open_workspace
 
 PLAN = ".specs/training/plan.md"
 
@@ -69,7 +69,7 @@ def test_a_path_inside_a_batch_folder_is_refused(key):
 ])
 def test_the_issues_plans_are_refused_at_load_and_nothing_is_written(sample_ws, front):
     """Case: the plans of issue 12 §1, through load_plan (what every tool calls first)."""
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     root = sample_ws.root
     before = {p: p.read_bytes() for p in (root / "datasets").rglob("*") if p.is_file()}
@@ -100,8 +100,8 @@ def test_the_default_paths_are_apart():
 
 def test_a_recreated_ledger_refuses_the_old_token(model_ws, operator):
     """Case: delete .tunestep/state.sqlite*, draft again (same id) -> approval_wrong_ledger."""
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.runs.submit import submit_job
 
     draft = draft_job(model_ws, DraftRequest(batch="batch_100_01"))
     token = operator.approve(model_ws, draft.draft_id)
@@ -129,8 +129,8 @@ def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
     """Case: the trusted key file is overwritten with the assistant's own key after the
     server started, and a token signed by that key is submitted -> operator_key_changed."""
     from tunestep.server.app import ServerConfig, build_server, error_code
-    from tunestep.tools import ledger
-    from tunestep.tools.approval import create_operator_key, load_private_key, sign_approval
+    from tunestep.tools.core import ledger
+    from tunestep.tools.signing.approval import create_operator_key, load_private_key, sign_approval
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
@@ -151,7 +151,7 @@ def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
 def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
     """Case: the key file differs from the fingerprint in the client config (swapped
     before the server started) -> operator_key_fingerprint_mismatch; an inline PEM works."""
-    from tunestep.tools.approval import create_operator_key, pin_trusted_keys
+    from tunestep.tools.signing.approval import create_operator_key, pin_trusted_keys
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
@@ -166,7 +166,7 @@ def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
 
 def test_serve_takes_an_inline_key_and_a_fingerprint_flag(tmp_path):
     from tunestep.server.cli import _fingerprints, _trusted_key_paths, build_parser
-    from tunestep.tools.approval import create_operator_key, pin_trusted_keys
+    from tunestep.tools.signing.approval import create_operator_key, pin_trusted_keys
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     pem = real.public_key_path.read_text()
@@ -181,8 +181,8 @@ def test_concurrent_first_use_of_a_fresh_workspace(sample_ws):
     """Case: eight callers open a fresh workspace at once (migrations, the hold-out pin)."""
     import threading
 
-    from tunestep.tools import ledger
-    from tunestep.tools.preflight import check_batch
+    from tunestep.tools.core import ledger
+    from tunestep.tools.data.preflight import check_batch
 
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -249,7 +249,7 @@ def _no_raw_controls(text: str) -> None:
 def test_the_approval_review_shows_hostile_file_names(model_ws):
     """Case: batch files named with rich markup and an RTL override, drafted and reviewed
     as `tunestep approve` renders it: every name appears exactly, nothing hidden."""
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     batch = model_ws.root / "datasets/incremental/batch_100_01"
     original = next(batch.glob("*.jsonl"))
@@ -268,8 +268,8 @@ def test_the_approval_review_shows_hostile_file_names(model_ws):
 
 def test_preflight_and_findings_show_escapes_visibly(sample_ws):
     """Case: file names with ANSI escapes and newlines, and a row whose key is markup."""
+    from tunestep.tools.data.preflight import check_batch
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.preflight import check_batch
 
     batch = sample_ws.root / "datasets/incremental/batch_100_03"
     (batch / "evil\x1b[8m\nname.jsonl").write_bytes(
@@ -317,7 +317,7 @@ def test_plan_patterns_run_on_a_linear_time_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
-    from tunestep.tools.datafiles import batch_step
+    from tunestep.tools.core.datafiles import batch_step
 
     assert batch_step("batch_100_07", r"^batch_\d+_(\d+)$") == 7
 
@@ -328,16 +328,16 @@ BOUNDED_CHILD = """
 import resource, sys
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.core.workspace import open_workspace
 ws = open_workspace(sys.argv[1])
 report = run_inspector(ws, sys.argv[2])
 print("inspect", report.status, ",".join(sorted(report.counts)))
 check_batch(ws, sys.argv[2].rsplit("/", 1)[-1])
 print("check ok")
-from tunestep.tools.merge import merge_datasets
+from tunestep.tools.data.merge import merge_datasets
 try:
     merge_datasets(ws, sys.argv[2].rsplit("/", 1)[-1])
 except TunestepError as exc:
@@ -431,8 +431,8 @@ def test_an_odd_file_given_as_the_path_is_a_named_error(sample_ws, kind):
 
 def test_a_fifo_swapped_in_after_the_check_never_blocks(tmp_path):
     """Case: a FIFO reaches the opener itself (the race after an is_file check)."""
-    from tunestep.tools.hashing import sha256_file
-    from tunestep.tools.readfile import open_regular
+    from tunestep.tools.core.hashing import sha256_file
+    from tunestep.tools.core.readfile import open_regular
 
     _fifo(tmp_path / "p.jsonl")
     for call in (open_regular, sha256_file):
@@ -451,9 +451,9 @@ def test_parquet_columns_the_job_cannot_train_on_are_findings(sample_ws, kind):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from tunestep.tools.data.mapping import apply_mapping
     from tunestep.tools.inspector import run_inspector
     from tunestep.tools.inspector.spec import default_spec
-    from tunestep.tools.mapping import apply_mapping
 
     values = {"binary": pa.array([b"\x00\x01"] * 2),
               "decimal": pa.array([decimal.Decimal("1.5")] * 2),
@@ -504,8 +504,9 @@ def test_a_file_swapped_between_hash_and_scan_is_never_cached_ready(sample_ws, m
 def test_a_draft_pins_only_bytes_the_inspector_found_ready(model_ws, monkeypatch):
     """Case: the batch is READY when inspected and swapped for INVALID rows right after,
     before the draft reads it -> data_changed; no draft row, nothing to approve."""
-    from tunestep.tools import ledger, merge
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.core import ledger
+    from tunestep.tools.data import merge
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     target = model_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
     real = merge._inspect
@@ -529,8 +530,8 @@ def test_concurrent_apply_mapping_results_name_what_is_on_disk(sample_ws):
     call holds .tunestep/locks/, so the one that returns last names the bytes on disk."""
     import threading
 
-    from tunestep.tools.hashing import sha256_file
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.core.hashing import sha256_file
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     source = "datasets/incremental/batch_100_02"
     spec = suggest_mapping(sample_ws, source).mapping
@@ -585,7 +586,7 @@ def test_merge_refuses_a_parquet_batch_of_bytes_by_name(sample_ws):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tunestep.tools.merge import merge_datasets
+    from tunestep.tools.data.merge import merge_datasets
 
     folder = sample_ws.root / "datasets/incremental/batch_100_01"
     rows = [orjson_loads(line) for line in (folder / "examples.jsonl").read_bytes()
@@ -638,9 +639,9 @@ def test_the_estimate_counts_tokens_after_max_length(model_ws):
     tokens (what training sees), not its full length."""
     import orjson
 
-    from tunestep.tools.draft import DraftRequest, draft_job
+    from tunestep.tools.core.plan import load_plan
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.plan import load_plan
 
     target = model_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
     long_row = {"messages": [{"role": "user", "content": "review this code " * 60000},

@@ -6,10 +6,10 @@ import pytest
 from chain_helpers import host_base_model, hub_base_workspace
 from conftest import FAKE_TOKEN, Operator
 
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hub_ids import _cache
-from tunestep.tools.submit import submit_job
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.hub.ids import _cache
+from tunestep.tools.runs.submit import submit_job
 
 REMOTE = {"batch": "batch_100_01", "backend": "hf-jobs", "flavor": "t4-medium"}
 

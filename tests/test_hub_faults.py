@@ -15,9 +15,9 @@ import hub_stub
 import pytest
 from huggingface_hub.utils import _http
 
-from tunestep.tools.backends import hf_jobs
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hub_errors import configure_client
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.hub import jobs_api as hf_jobs
+from tunestep.tools.hub.errors import configure_client
 
 fake_hub = hub_stub.fake_hub
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace, make_row
 from tunestep.tools.inspector import RULES, InspectionReport, run_inspector
-from tunestep.tools.sample_workspace import build_sample_workspace, make_row
-from tunestep.tools.workspace import Workspace, open_workspace
 
 HOLDOUT = "datasets/processed_webdev_coding/validation.jsonl"
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"

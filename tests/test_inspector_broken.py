@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tunestep.tools.demo.sample_workspace import make_row
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.sample_workspace import make_row
 
 BATCH = "datasets/incremental/batch_100_04"
 
@@ -121,7 +121,7 @@ def test_a_ten_megabyte_line(sample_ws):
     assert report.status == "INVALID" and report.counts == {"row_too_large": 1}
     assert [(e.line, e.code) for e in report.errors] == [(2, "row_too_large")]
     # Under a plan that allows 16 MiB rows it is read, and READY.
-    from tunestep.tools.plan import load_plan, render_plan_document
+    from tunestep.tools.core.plan import load_plan, render_plan_document
 
     plan = load_plan(sample_ws).plan
     data = plan.data.model_copy(update={"max_row_bytes": 16 << 20})

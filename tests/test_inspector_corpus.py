@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tunestep.tools.data.mapping import apply_mapping
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.mapping import apply_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "real_formats"

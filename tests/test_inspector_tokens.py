@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import open_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import open_workspace
 
 BATCH = "datasets/incremental/batch_100_01"
 

@@ -11,11 +11,11 @@ import pytest
 from chain_helpers import local_base_workspace
 from conftest import REPO_ROOT
 
-from tunestep.tools import draft as drafts
-from tunestep.tools.draft import DraftRequest, build_draft
-from tunestep.tools.estimate import LOCKED_INSTALL_SECONDS
-from tunestep.tools.hashing import sha256_file
-from tunestep.tools.preflight import check_batch
+from tunestep.tools.core.hashing import sha256_file
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts import draft as drafts
+from tunestep.tools.drafts.draft import DraftRequest, build_draft
+from tunestep.tools.drafts.estimate import LOCKED_INSTALL_SECONDS
 
 JOBS = REPO_ROOT / "tools" / "jobs"
 REMOTE = DraftRequest(batch="batch_100_01", backend="hf-jobs", flavor="a10g-large")

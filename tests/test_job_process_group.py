@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.backends import local
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.job_control import cancel_job, job_logs, job_status, wait_for_job
-from tunestep.tools.submit import submit_job
+from tunestep.tools.core import ledger
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.runs import local_backend as local
+from tunestep.tools.runs.job_control import cancel_job, job_logs, job_status, wait_for_job
+from tunestep.tools.runs.submit import submit_job
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc to find the job's processes")
@@ -67,9 +67,9 @@ def start_stand_in(ws, script: str = STAND_IN) -> tuple[str, int]:
     import hashlib
     import json
 
-    from tunestep.tools.draft import JOBS_DIR
+    from tunestep.tools.drafts.draft import JOBS_DIR
     from tunestep.tools.jobs import JOB_SCRIPT
-    from tunestep.tools.signed_manifest import draft_id_for, manifest_digest
+    from tunestep.tools.signing.signed_manifest import draft_id_for, manifest_digest
 
     draft = draft_job(ws, DraftRequest(batch="batch_100_01"))
     with ledger.open_ledger(ws) as conn:

@@ -280,7 +280,7 @@ def test_the_job_grades_with_a_linear_time_engine():
     import subprocess
     import sys
 
-    from tunestep.tools.patterns import compile_pattern
+    from tunestep.tools.core.patterns import compile_pattern
 
     pattern = "(a|aa)*(c)"
     compile_pattern(pattern)  # the plan accepts it

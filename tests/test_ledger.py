@@ -2,8 +2,8 @@ import sqlite3
 
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
 
 
 def test_fresh_ledger_is_migrated_to_current_schema_in_wal(sample_ws):

@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.plan import load_plan, render_plan_document
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import load_plan, render_plan_document
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
 BASE = "datasets/processed_webdev_coding/train.jsonl"
 BATCH = "datasets/incremental/batch_100_01/examples.jsonl"

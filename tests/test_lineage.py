@@ -16,14 +16,14 @@ from chain_helpers import (
 )
 from conftest import FAKE_TOKEN
 
-from tunestep.tools import ledger
-from tunestep.tools.chain import record_version
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.lineage import lineage
-from tunestep.tools.mapping import apply_mapping, suggest_mapping
-from tunestep.tools.operator import sign_promotion
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.promotion import promote, promote_version, review_request
+from tunestep.tools.core import ledger
+from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.drafts.operator import sign_promotion
+from tunestep.tools.lineage.chain import record_version
+from tunestep.tools.lineage.line import lineage
+from tunestep.tools.lineage.promotion import promote, promote_version, review_request
 
 V1, V2 = "0001_batch_100_01", "0002_batch_100_02"
 SHA1, SHA2 = "1" * 40, "2" * 40
@@ -208,9 +208,9 @@ def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, ope
     gate (latest moves), step 2 with a gate that cannot pass (margin -0.99); the
     operator promotes step 2 and step 3's draft resumes from it; then rolls back to step 1,
     and the next draft resumes from step 1 and trains batch 2 in full."""
-    from tunestep.tools.job_control import job_logs, wait_for_job
-    from tunestep.tools.plan import Gate, load_plan, render_plan_document
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.core.plan import Gate, load_plan, render_plan_document
+    from tunestep.tools.runs.job_control import job_logs, wait_for_job
+    from tunestep.tools.runs.submit import submit_job
 
     ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=8,
                               holdout_rows=4, batch_rows=8)

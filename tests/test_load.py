@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import open_workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 import bench_load  # the load driver, shared with make bench (tests/bench/)
@@ -188,13 +188,13 @@ def test_tool_calls_in_threads_load_the_tokenizer_at_once(tmp_path, tiny_model_d
     # The MCP server runs tool calls in threads; two first imports of transformers at once
     # fail ("cannot import name 'AutoTokenizer'"): the mixed load found it in draft_job.
     # A fresh interpreter, as a server is, with nothing of transformers imported yet.
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     build_sample_workspace(tmp_path / "ws", plan_overrides={"model": str(tiny_model_dir)})
     script = (
         "import sys, threading\n"
         "from tunestep.tools.inspector.tokens import load_tokenizer\n"
-        "from tunestep.tools.workspace import open_workspace\n"
+        "from tunestep.tools.core.workspace import open_workspace\n"
         "ws, errors = open_workspace(sys.argv[1]), []\n"
         "def load():\n"
         "    try:\n"

@@ -19,13 +19,13 @@ import hub_stub
 import orjson
 import pytest
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, draft_job, load_draft
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.job_control import job_logs, wait_for_job
-from tunestep.tools.model_store import latest_checkpoint
-from tunestep.tools.submit import submit_job
-from tunestep.tools.workspace import Workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.drafts.draft import DraftRequest, draft_job, load_draft
+from tunestep.tools.lineage.model_store import latest_checkpoint
+from tunestep.tools.runs.job_control import job_logs, wait_for_job
+from tunestep.tools.runs.submit import submit_job
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,7 @@ def _with_prior_version(ws: Workspace) -> Path:
     moved), and batch 2 mapped: the next draft (batch_100_02) resumes from that version."""
     from chain_helpers import fake_local_version, record_job_end
 
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     store = ws.resolve_model_store(STORE_LINK)
     record_job_end(ws, draft_job(ws, DraftRequest(batch="batch_100_01")).draft_id, "local",
@@ -219,8 +219,8 @@ def test_a_poisoned_tokenized_dataset_with_its_cache_rewritten_is_refused(
     """Case: a tokenized dataset's rows rewritten and its cache record's hashes rewritten
     to match: after approval -> draft_stale; after submit, before the job reads it ->
     the job refuses, input_changed."""
-    from tunestep.tools.preprocess import preprocess
-    from tunestep.tools.tokenized_cache import CACHE_FILE
+    from tunestep.tools.data.preprocess import preprocess
+    from tunestep.tools.data.tokenized_cache import CACHE_FILE
 
     ws = model_ws
     result = preprocess(ws, "batch_100_01", max_length=4096)  # no row over-long
@@ -262,10 +262,10 @@ def test_a_merged_file_with_holdout_rows_appended_is_not_believed(tmp_path, tiny
     """Case: strategy file, hold-out rows appended to the merged file and its manifest's
     hash and count rewritten: a draft re-derives it (the rows it signs are the real ones);
     after approval the submit refuses (draft_stale)."""
-    from tunestep.tools.merge import manifest_path, merge_datasets
-    from tunestep.tools.plan import load_plan
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.plan import load_plan
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.data.merge import manifest_path, merge_datasets
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     store = tmp_path / "store"
     shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")
@@ -322,7 +322,7 @@ def test_a_train_file_swapped_before_the_jobs_read_is_refused(
 
 def _start_after(monkeypatch, change) -> None:
     """Run ``change(job folder)`` between submit writing the job folder and the job's start."""
-    from tunestep.tools.backends import local
+    from tunestep.tools.runs import local_backend as local
 
     real = local.start
 
@@ -416,10 +416,10 @@ def test_a_hub_job_with_the_nonce_label_but_another_flavor_is_not_adopted(
     from conftest import FAKE_TOKEN, Operator
     from huggingface_hub.utils import _http
 
-    from tunestep.tools.backends.hf_jobs import hub_api
-    from tunestep.tools.hf_submit import NONCE_LABEL
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.hub.jobs_api import hub_api
+    from tunestep.tools.runs.hf_submit import NONCE_LABEL
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("TUNESTEP_HUB_TIMEOUT", "0.5")
@@ -452,7 +452,7 @@ def test_a_labels_list_in_a_hub_answer_is_a_named_error():
     """Case: the Hub answers a job's labels as a list (or another malformed job)."""
     from huggingface_hub import JobInfo
 
-    from tunestep.tools.backends.hf_jobs import _status_of
+    from tunestep.tools.hub.jobs_api import _status_of
 
     job = {"id": "j1", "owner": {"id": "u", "name": "u", "type": "user"},
            "status": {"stage": "RUNNING"}, "flavor": "cpu-basic", "labels": ["a", "b"]}

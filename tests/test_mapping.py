@@ -10,10 +10,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from tunestep.tools import ledger
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.inspector import run_inspector
-from tunestep.tools.mapping import (
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.data.mapping import (
     MANIFEST_NAME,
     DropRule,
     MappingSpec,
@@ -21,7 +20,8 @@ from tunestep.tools.mapping import (
     read_manifest,
     suggest_mapping,
 )
-from tunestep.tools.sample_workspace import make_row
+from tunestep.tools.demo.sample_workspace import make_row
+from tunestep.tools.inspector import run_inspector
 
 SHAREGPT = "datasets/incremental/batch_100_02"
 MAPPED = "datasets/processed_webdev_coding_mapped"
@@ -142,7 +142,7 @@ def test_an_output_folder_it_did_not_write_is_never_replaced(sample_ws):
 
 
 def test_a_crash_while_writing_leaves_no_partial_output(sample_ws, monkeypatch):
-    from tunestep.tools import mapping as module
+    from tunestep.tools.data import mapping as module
 
     spec = suggest_mapping(sample_ws, SHAREGPT).mapping
     real = module._write_file

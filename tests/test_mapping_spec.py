@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tunestep.server.cli import main as cli
+from tunestep.tools.data.mapping import apply_mapping
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.mapping import apply_mapping
 
 
 @pytest.mark.parametrize("text, says", [

@@ -15,10 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tunestep.tools import ledger, merge
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.data import merge
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"
 HOLDOUT = "datasets/processed_webdev_coding/validation.jsonl"
@@ -79,7 +80,7 @@ def append_row(path: Path, row: dict) -> None:
 
 def set_plan(ws: Workspace, **data) -> None:
     """Rewrite the plan's data section (and seed) in place."""
-    from tunestep.tools.plan import load_plan, render_plan_document
+    from tunestep.tools.core.plan import load_plan, render_plan_document
 
     plan = load_plan(ws).plan
     training = data.pop("training", {})
@@ -422,8 +423,8 @@ def test_a_written_merge_is_audited(ws):
 KILL_SCRIPT = """
 import sys, time, types
 from pathlib import Path
-from tunestep.tools import merge
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.data import merge
+from tunestep.tools.core.workspace import open_workspace
 merge._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[], error_count=0)
 marker = Path(sys.argv[2])
 
@@ -513,7 +514,7 @@ def test_replay_rotates_through_every_earlier_row_over_seven_steps(tmp_path, ins
     ws = open_workspace(tmp_path / "ws")
     map_sharegpt(ws)
     set_plan(ws, merge_strategy="list", replay_fraction=0.25)
-    plan = __import__("tunestep.tools.plan", fromlist=["load_plan"]).load_plan(ws).plan
+    plan = __import__("tunestep.tools.core.plan", fromlist=["load_plan"]).load_plan(ws).plan
     base = jsonl_rows(ws.root / TRAIN)
     grade_of = {merge.row_sha256(row): _grade_of(row) for row in base}
     seen: dict[tuple[str, str], list[int]] = {}  # (path, row) -> steps that replayed it

@@ -6,12 +6,12 @@ import pytest
 from chain_helpers import MODEL_REPO, host_base_model, hub_base_workspace, record_job_end
 from conftest import FAKE_TOKEN
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.model_store import latest_checkpoint
-from tunestep.tools.model_sync import sync_model
-from tunestep.tools.preflight import check_batch
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
+from tunestep.tools.lineage.model_store import latest_checkpoint
+from tunestep.tools.lineage.model_sync import sync_model
 
 REMOTE = {"backend": "hf-jobs", "flavor": "t4-medium"}
 
@@ -88,7 +88,7 @@ def test_sync_downloads_the_steps_commit_and_moves_latest(ws, fake_hub, tiny_mod
 
 def test_a_failed_download_leaves_the_store_as_it_was_and_can_be_rerun(ws, fake_hub,
                                                                        tiny_model_dir):
-    from tunestep.tools.job_control import job_status
+    from tunestep.tools.runs.job_control import job_status
 
     sha, _ = push_step_model(fake_hub, tiny_model_dir, b"x")
     _, job_id = remote_step(ws, sha)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tunestep.tools.outputs_merge import append_log_once, merge_history, merge_trackio
+from tunestep.tools.lineage.outputs_merge import append_log_once, merge_history, merge_trackio
 
 
 def entry(step: int, batch: str, loss: float) -> dict:
@@ -34,7 +34,7 @@ def test_a_fetched_history_adds_its_own_step_and_overwrites_no_other(tmp_path):
     only its own step's entry is taken."""
     import pytest
 
-    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.core.errors import TunestepError
 
     local, fetched = tmp_path / "history.json", tmp_path / "fetched.json"
     local.write_text(json.dumps([entry(1, "batch_100_01", 1.0), entry(2, "batch_100_02", 0.8)]))

@@ -1,8 +1,8 @@
 import pytest
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.plan import Plan, load_plan, parse_plan_text, render_plan_document
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import Plan, load_plan, parse_plan_text, render_plan_document
+from tunestep.tools.core.workspace import open_workspace
 
 
 def test_missing_plan_gives_reference_defaults_and_a_note(tmp_path):
@@ -49,8 +49,8 @@ def test_plan_defaults_are_private():
 
 
 def test_a_gate_names_only_metrics_the_job_computes():
+    from tunestep.tools.core.plan import GATE_METRICS
     from tunestep.tools.jobs.job_evaluate import METRICS
-    from tunestep.tools.plan import GATE_METRICS
 
     assert set(GATE_METRICS) == set(METRICS)
     with pytest.raises(TunestepError) as err:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from tunestep.tools.draft import DraftRequest, draft_job
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.plan import PLAN_PATH, parse_plan_text
-from tunestep.tools.plan_values import check_overrides
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan import PLAN_PATH, parse_plan_text
+from tunestep.tools.core.plan_values import check_overrides
+from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
 DIGITS = "9" * 5000
 

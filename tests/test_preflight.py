@@ -3,8 +3,8 @@ import shutil
 import time
 
 from tunestep.server.cli import main as cli
-from tunestep.tools import ledger
-from tunestep.tools.preflight import check_batch
+from tunestep.tools.core import ledger
+from tunestep.tools.data.preflight import check_batch
 
 
 def codes(report):

@@ -15,11 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tunestep.tools import ledger, merge, preprocess
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.data import merge, preprocess
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.jobs import sft_data
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import Workspace, open_workspace
 
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"
 MAPPED = "datasets/processed_webdev_coding_mapped"
@@ -245,8 +246,8 @@ def test_unknown_hub_model_is_a_clear_error(tmp_path, tiny_model_dir):
 KILL_SCRIPT = """
 import sys, time, types
 from pathlib import Path
-from tunestep.tools import merge, preprocess
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.data import merge, preprocess
+from tunestep.tools.core.workspace import open_workspace
 merge._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[], error_count=0)
 marker = Path(sys.argv[2])
 assemble = preprocess._assemble

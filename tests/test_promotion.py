@@ -9,13 +9,13 @@ import anyio
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tunestep.tools import ledger
-from tunestep.tools.approval import sign_approval
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.job_control import job_status
-from tunestep.tools.operator import sign_promotion
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.promotion import promote, promote_version, review_request
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.drafts.operator import sign_promotion
+from tunestep.tools.lineage.promotion import promote, promote_version, review_request
+from tunestep.tools.runs.job_control import job_status
+from tunestep.tools.signing.approval import sign_approval
 
 HELD = "0001_batch_100_01"
 REASON = "grade_within_1 0.40 -> 0.45 (+0.05), the gate demands +1.00 (max_regression -1.0)"
@@ -39,7 +39,7 @@ def held_back(model_ws):
                                         "outputs": {"model_store": "models/qwen3_webdev"}}}),))
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
                      " VALUES ('job-x', 'draft-x', 'local', 'running', 0)")
-    from tunestep.tools.backends.local import record_outcome
+    from tunestep.tools.runs.local_backend import record_outcome
 
     record_outcome(ws, "job-x", "succeeded", 0, result)
     return ws
@@ -93,7 +93,7 @@ def test_promote_and_roll_back_refuse_without_a_valid_token(held_back, operator,
     good = signed(ws, operator, HELD)
     # A submit_job token for the same request: the wrong action.
     request = asked.request
-    from tunestep.tools.approval import load_private_key
+    from tunestep.tools.signing.approval import load_private_key
 
     key = load_private_key(operator.info.private_key_path, operator.passphrase)
     with ledger.open_ledger(ws) as conn:
@@ -203,10 +203,10 @@ def test_a_gate_that_cannot_pass_keeps_latest_and_the_operator_can_promote(model
                                                                            operator):
     """The local backend with the tiny model: margin -1.0 demands a proven gain of a whole
     point on a 0-1 metric, which no step can give."""
-    from tunestep.tools.draft import DraftRequest, draft_job
-    from tunestep.tools.job_control import job_logs, wait_for_job
-    from tunestep.tools.plan import load_plan, render_plan_document
-    from tunestep.tools.submit import submit_job
+    from tunestep.tools.core.plan import load_plan, render_plan_document
+    from tunestep.tools.drafts.draft import DraftRequest, draft_job
+    from tunestep.tools.runs.job_control import job_logs, wait_for_job
+    from tunestep.tools.runs.submit import submit_job
 
     ws = model_ws
     plan = load_plan(ws).plan

@@ -12,7 +12,7 @@ from mcp.shared.exceptions import MCPError
 from tunestep import prompts
 from tunestep.server.app import ServerConfig, build_server
 from tunestep.server.assistant import register_prompts
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
 
 pytestmark = pytest.mark.anyio
 
@@ -204,7 +204,7 @@ async def test_missing_required_argument_is_an_error_with_the_code(sample_ws):
 def test_request_approval_presents_every_signed_field_and_labels_the_rest():
     """The prompt's text names each field the signature covers (what `tunestep approve`
     shows) and says the estimate and warnings are not signed."""
-    from tunestep.tools.draft_model import HfSubmission
+    from tunestep.tools.drafts.draft_model import HfSubmission
 
     text = " ".join(prompts.render("request_approval", draft_id="draft-0123456789ab").split())
     for field in set(HfSubmission.model_fields) - {"labels", "bundle"}:

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_TOKEN, Operator
 
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, InspectEstimate, draft_job, load_draft
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hashing import canonical_json
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.hashing import canonical_json
+from tunestep.tools.core.plan import load_plan
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.data.preflight import check_batch
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
+from tunestep.tools.drafts.draft import DraftRequest, InspectEstimate, draft_job, load_draft
 from tunestep.tools.inspector import run_inspector
-from tunestep.tools.job_control import job_status
-from tunestep.tools.plan import load_plan
-from tunestep.tools.preflight import check_batch
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.submit import submit_job
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.runs.job_control import job_status
+from tunestep.tools.runs.submit import submit_job
 
 BATCH = "batch_100_01"
 BATCH_DIR = f"datasets/incremental/{BATCH}"

@@ -11,11 +11,11 @@ from mcp.shared.exceptions import MCPError
 
 from tunestep.server.app import ServerConfig, build_server
 from tunestep.server.assistant import register_resources
-from tunestep.tools import ledger
-from tunestep.tools.draft import DraftRequest, FileRef, JobDraft, load_draft
-from tunestep.tools.estimate import Estimate
-from tunestep.tools.plan import load_plan
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core import ledger
+from tunestep.tools.core.plan import load_plan
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.drafts.draft import DraftRequest, FileRef, JobDraft, load_draft
+from tunestep.tools.drafts.estimate import Estimate
 
 pytestmark = pytest.mark.anyio
 
@@ -54,8 +54,8 @@ async def read_error(ws: Workspace, uri: str) -> MCPError:
 def store_draft(ws: Workspace) -> JobDraft:
     """A stored draft row, as draft_job writes it (built by hand: no training needed): the
     signed manifest's bytes, and apart from them the view (estimate, warnings)."""
-    from tunestep.tools.draft import DraftManifest, signed_draft
-    from tunestep.tools.draft import store_draft as store
+    from tunestep.tools.drafts.draft import DraftManifest, signed_draft
+    from tunestep.tools.drafts.draft import store_draft as store
 
     estimate = Estimate(flavor="local", params=6e8, train_tokens=50_000, epochs=3,
                         total_tokens=150_000, optimizer_steps=450, tokens_per_second=900.0,

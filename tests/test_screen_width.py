@@ -128,7 +128,7 @@ def eighty(monkeypatch):
 def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch, tmp_path):
     from chain_helpers import record_job_end
 
-    from tunestep.tools import ledger
+    from tunestep.tools.core import ledger
 
     # A long key folder, so operator init's paths and fingerprint are longer than a line.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ("config-" + "k" * 60)))

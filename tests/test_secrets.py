@@ -33,7 +33,7 @@ from mcp import Client
 
 from tunestep.server.app import ServerConfig, build_server, error_code
 from tunestep.server.cli import main as cli
-from tunestep.tools.sample_workspace import build_sample_workspace
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 fake_hub = hub_stub.fake_hub
@@ -190,7 +190,7 @@ def run_cli(*argv: str) -> str:
 
 async def test_the_token_goes_to_the_job_secret_and_nowhere_else(
         fake_hub, tmp_path, tiny_model_dir, monkeypatch, capfd):
-    from tunestep.tools.approval import create_operator_key
+    from tunestep.tools.signing.approval import create_operator_key
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # after fake_hub, which hides any token
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from tunestep.tools.plan import Plan, render_plan_document
+from tunestep.tools.core.plan import Plan, render_plan_document
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / ".specs"

@@ -9,8 +9,15 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tunestep.tools import ledger
-from tunestep.tools.approval import (
+from tunestep.tools.core import ledger
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.hashing import canonical_json
+from tunestep.tools.drafts.draft import DraftRequest, draft_job, load_draft
+from tunestep.tools.jobs import JOB_FILES
+from tunestep.tools.lineage.model_store import latest_checkpoint
+from tunestep.tools.runs.job_control import cancel_job, job_logs, job_status, wait_for_job
+from tunestep.tools.runs.submit import submit_job
+from tunestep.tools.signing.approval import (
     ApprovalClaims,
     _b64url_encode,
     canonical_claims_bytes,
@@ -18,13 +25,6 @@ from tunestep.tools.approval import (
     load_private_key,
     sign_approval,
 )
-from tunestep.tools.draft import DraftRequest, draft_job, load_draft
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hashing import canonical_json
-from tunestep.tools.job_control import cancel_job, job_logs, job_status, wait_for_job
-from tunestep.tools.jobs import JOB_FILES
-from tunestep.tools.model_store import latest_checkpoint
-from tunestep.tools.submit import submit_job
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,7 @@ def test_local_job_runs_records_the_step_and_the_next_draft_resumes(model_ws, dr
     with pytest.raises(TunestepError) as err:
         draft_job(ws, DraftRequest())
     assert err.value.code == "batch_not_ready"
-    from tunestep.tools.mapping import apply_mapping, suggest_mapping
+    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     source = "datasets/incremental/batch_100_02"
     apply_mapping(ws, source, suggest_mapping(ws, source).mapping)
@@ -198,9 +198,9 @@ def test_hf_jobs_submission_sends_the_approved_bundle(tmp_path, tiny_model_dir, 
 
     from conftest import FAKE_TOKEN, Operator
 
-    from tunestep.tools.estimate import expected_precision
-    from tunestep.tools.sample_workspace import build_sample_workspace
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.drafts.estimate import expected_precision
 
     store = tmp_path / "store"
     shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.workspace import open_workspace
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import open_workspace
 
 
 @pytest.mark.parametrize("bad, code", [

@@ -30,15 +30,15 @@ from mcp.server.apps import Apps, ResourceCsp, ResourcePermissions, client_suppo
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
-from tunestep.tools.draft_model import DraftManifest, JobDraft
-from tunestep.tools.review import DraftReview
-from tunestep.tools.step_outcome import StepOutcome
-from tunestep.tools.workspace import Workspace
+from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.drafts.draft_model import DraftManifest, JobDraft
+from tunestep.tools.drafts.review import DraftReview
+from tunestep.tools.runs.step_outcome import StepOutcome
 
 REVIEW_URI = "ui://tunestep/review-card.html"
 RESULTS_URI = "ui://tunestep/results-card.html"
 # The draft's top-level fields the signature fixes: those of the signed manifest
-# (tools/draft_model.py DraftManifest; the digest is sha256 over its canonical bytes, and
+# (tools/drafts/draft_model.py DraftManifest; the digest is sha256 over its canonical bytes, and
 # load_draft parses them back only after they hash to it).
 DIGEST_COVERS = tuple(name for name in DraftManifest.model_fields if name in JobDraft.model_fields)
 
@@ -52,7 +52,7 @@ class ReviewCard(BaseModel):
 
     draft: JobDraft
     signed: list[str]  # top-level fields of ``draft`` that its digest (the signature) covers
-    # The same field-by-field reading `tunestep approve` shows (tools/review.py): the
+    # The same field-by-field reading `tunestep approve` shows (tools/drafts/review.py): the
     # worst case at the higher of the table and the quoted price, the resume point's
     # content identity.
     review: DraftReview
@@ -94,8 +94,8 @@ def build_apps(workspace: Callable[[], Workspace],
                description="The stored draft for the review card (called by the card).")
     @errors
     def review_card(draft_id: str) -> ReviewCard:
-        from tunestep.tools.draft import load_draft
-        from tunestep.tools.review import review
+        from tunestep.tools.drafts.draft import load_draft
+        from tunestep.tools.drafts.review import review
 
         ws = workspace()
         draft = load_draft(ws, draft_id)
@@ -107,7 +107,7 @@ def build_apps(workspace: Callable[[], Workspace],
                description="A finished step's outcome for the results card (called by the card).")
     @errors
     def results_card(job_id: str) -> StepOutcome:
-        from tunestep.tools.step_outcome import step_outcome
+        from tunestep.tools.runs.step_outcome import step_outcome
 
         return step_outcome(workspace(), job_id)
 

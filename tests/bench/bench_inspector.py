@@ -45,7 +45,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> int:
     """Write ``rows`` distinct grading conversations (~720 bytes each); return bytes."""
     import orjson
 
-    from tunestep.tools.sample_workspace import make_row
+    from tunestep.tools.demo.sample_workspace import make_row
 
     rng = random.Random(seed)
     with open(path, "wb") as handle:
@@ -73,10 +73,10 @@ def measure(kind: str, workspace: str, batch: str) -> dict:
                 for line in handle:
                     loads(line)
     elif kind == "structural":
+        from tunestep.tools.core.plan import load_plan
+        from tunestep.tools.core.workspace import open_workspace
         from tunestep.tools.inspector.engine import Engine
         from tunestep.tools.inspector.run import data_sources
-        from tunestep.tools.plan import load_plan
-        from tunestep.tools.workspace import open_workspace
 
         ws = open_workspace(workspace)
         plan = load_plan(ws).plan
@@ -88,17 +88,17 @@ def measure(kind: str, workspace: str, batch: str) -> dict:
         extra["duplicates"] = engine.resolve_duplicates()
         extra["rows"] = engine.stats.summary().rows
     elif kind in ("full", "tokens"):
+        from tunestep.tools.core.workspace import open_workspace
         from tunestep.tools.inspector import run_inspector
-        from tunestep.tools.workspace import open_workspace
 
         ws = open_workspace(workspace)
-        from tunestep.tools import ledger
+        from tunestep.tools.core import ledger
 
         with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
             conn.execute("DELETE FROM inspections")  # measure the work, not the cache
         if kind == "tokens":  # loading the tokenizer is not tokenizing: load it untimed
+            from tunestep.tools.core.plan import load_plan
             from tunestep.tools.inspector.tokens import load_tokenizer
-            from tunestep.tools.plan import load_plan
 
             load_tokenizer(ws, load_plan(ws).plan.model)
         start_wall, start_cpu = time.perf_counter(), time.process_time()  # after imports
@@ -123,9 +123,9 @@ def bare_tokenizer(workspace: str, batch: str, backend: bool) -> tuple[int, floa
     """Tokens of the rendered rows; with the clocks read after rendering, before tokenizing."""
     import orjson
 
+    from tunestep.tools.core.plan import load_plan
+    from tunestep.tools.core.workspace import open_workspace
     from tunestep.tools.inspector.tokens import load_tokenizer
-    from tunestep.tools.plan import load_plan
-    from tunestep.tools.workspace import open_workspace
 
     ws = open_workspace(workspace)
     tokenizer, _ = load_tokenizer(ws, load_plan(ws).plan.model)
@@ -176,7 +176,7 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.workspace, args.batch)))
         return
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     with tempfile.TemporaryDirectory(prefix="bench-inspector-") as tmp:

@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunestep.tools.hashing import sha256_file
+from tunestep.tools.core.hashing import sha256_file
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
+from tunestep.tools.demo.tiny_model import build_tiny_model
 from tunestep.tools.jobs import JOB_SCRIPT, job_evaluate, sft_data
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.tiny_model import build_tiny_model
 
 JOBS = Path(sft_data.__file__).resolve().parent
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"

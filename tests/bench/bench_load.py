@@ -85,7 +85,7 @@ def first_use_burst(root: Path, processes: int) -> Burst:
 def load_workspace(base: Path, tiny_model: Path | None = None) -> Path:
     """A sample workspace small enough that its local job ends within the load on 2 cores:
     40 base rows, batches of 20, a hold-out set of 10, one epoch, 2 short samples."""
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     store = base / "store"
     if tiny_model is not None:
@@ -381,8 +381,8 @@ def p95(values: list[float]) -> float:
 
 
 def run(seconds: float, processes: int, baseline: int = 10) -> dict:
-    from tunestep.tools.approval import create_operator_key
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
+    from tunestep.tools.signing.approval import create_operator_key
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         base = Path(tmp)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import orjson
 
-from tunestep.tools import merge, preprocess
-from tunestep.tools.sample_workspace import build_sample_workspace
-from tunestep.tools.workspace import Workspace, open_workspace
+from tunestep.tools.core.workspace import Workspace, open_workspace
+from tunestep.tools.data import merge, preprocess
+from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--fake-inspector", action="store_true",
                         help="measure without the inspector's cost")
     args = parser.parse_args()
-    from tunestep.tools.tiny_model import build_tiny_model
+    from tunestep.tools.demo.tiny_model import build_tiny_model
 
     print(f"inspector: {use_inspector(args.fake_inspector)}; python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="tunestep-bench-") as tmp:

@@ -129,15 +129,15 @@ def p95(values: list[float]) -> float:
 
 
 def build_batches_workspace(root: Path, batches: int, rows: int = 100) -> list[str]:
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     return build_sample_workspace(root, batches=batches, batch_rows=rows).batches
 
 
 def _baseline_once(ws, plan, name: str | None, names: list[str]) -> float:
     """Hash and row-count what check_batch reads for ``name``: its files and the hold-out."""
-    from tunestep.tools.datafiles import count_rows, list_data_files
-    from tunestep.tools.hashing import sha256_file
+    from tunestep.tools.core.datafiles import count_rows, list_data_files
+    from tunestep.tools.core.hashing import sha256_file
 
     started = time.perf_counter()
     folder = ws.root / plan.paths.incremental / (name or names[0])
@@ -151,9 +151,9 @@ def measure_check_batch(workspace: Path, rounds: int = 3) -> dict:
     """p95 per check_batch call (domain function and MCP), and of hashing + counting alone."""
     import anyio
 
-    from tunestep.tools.plan import load_plan
-    from tunestep.tools.preflight import check_batch
-    from tunestep.tools.workspace import open_workspace
+    from tunestep.tools.core.plan import load_plan
+    from tunestep.tools.core.workspace import open_workspace
+    from tunestep.tools.data.preflight import check_batch
 
     ws = open_workspace(workspace)
     plan = load_plan(ws).plan

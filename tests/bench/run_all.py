@@ -83,7 +83,7 @@ def server_rows(args) -> list[Row]:
 def inspector_rows(args) -> list[Row]:
     import bench_inspector
 
-    from tunestep.tools.sample_workspace import build_sample_workspace
+    from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     rows: list[Row] = []
@@ -132,7 +132,7 @@ def inspector_rows(args) -> list[Row]:
 def preprocess_rows(args) -> list[Row]:
     import bench_preprocess
 
-    from tunestep.tools.tiny_model import build_tiny_model
+    from tunestep.tools.demo.tiny_model import build_tiny_model
 
     print(f"preprocess, inspector: {bench_preprocess.use_inspector(False)}")
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:

@@ -4,7 +4,9 @@ Public API (domain functions returning pydantic models; the MCP and CLI layers w
 
 - ``run_inspector(ws, path, tokens=False, max_errors=100, progress=None) -> InspectionReport``
 - ``MappingSpec`` (declarative mapping of a foreign format to canonical chat)
-- ``apply_mapping`` / ``suggest_mapping`` live in ``tunestep.tools.mapping``.
+- ``apply_mapping`` / ``suggest_mapping`` live in ``tunestep.tools.data.mapping``.
+
+May import: ``core``.
 """
 
 from tunestep.tools.inspector.report import (

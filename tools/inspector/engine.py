@@ -25,7 +25,14 @@ from typing import Any
 
 import orjson
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.readfile import (
+    DEFAULT_MAX_ROW_BYTES,
+    Overlong,
+    bounded_lines,
+    drain,
+    open_regular,
+)
 from tunestep.tools.inspector import formats
 from tunestep.tools.inspector.findings import Findings
 from tunestep.tools.inspector.formats import RowProblem, classify, convert
@@ -59,13 +66,6 @@ from tunestep.tools.inspector.rules import (
 from tunestep.tools.inspector.spec import MappingSpec
 from tunestep.tools.inspector.stats import StatsCollector
 from tunestep.tools.inspector.tokens import TokenCounter
-from tunestep.tools.readfile import (
-    DEFAULT_MAX_ROW_BYTES,
-    Overlong,
-    bounded_lines,
-    drain,
-    open_regular,
-)
 
 Progress = Callable[[int, int | None, str], None]
 PROGRESS_EVERY = 1 << 14  # rows between progress calls (a power of two: a cheap mask)
@@ -111,7 +111,7 @@ class GradeCheck:
     """
 
     def __init__(self, pattern: str) -> None:
-        from tunestep.tools.patterns import compile_pattern
+        from tunestep.tools.core.patterns import compile_pattern
 
         self.regex = compile_pattern(pattern)  # RE2: no pattern can stall the scan
         self.literal, self.fold = _leading_literal(pattern)

@@ -24,10 +24,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import leakage
 from tunestep.tools.inspector.refs import canonical_rows
-from tunestep.tools.workspace import Workspace
 
 WARNED = 20  # near-match warnings listed per draft (all are counted)
 LISTED = 10  # exact matches named in the refusal

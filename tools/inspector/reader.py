@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.readfile import (
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.readfile import (
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_ROW_BYTES,
     Overlong,

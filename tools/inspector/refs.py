@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunestep.tools.errors import TunestepError
+from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.inspector.formats import (
     NOT_OBJECT,
     PREFERENCE,

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tunestep.tools import ledger
-from tunestep.tools.hashing import sha256_json
+from tunestep.tools.core import ledger
+from tunestep.tools.core.hashing import sha256_json
+from tunestep.tools.core.next_step import NextAction
 from tunestep.tools.inspector.spec import MappingSpec
-from tunestep.tools.next_step import NextAction
 
 INSPECTOR_VERSION = "5"  # bump when a rule changes what a report says
 KEEP_PER_PATH = 8  # cached reports kept per inspected path

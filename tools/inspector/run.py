@@ -13,10 +13,13 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunestep.tools import ledger
-from tunestep.tools.datafiles import DATA_SUFFIXES, batch_step, list_data_files
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.hashing import sha256_file
+from tunestep.tools.core import ledger
+from tunestep.tools.core.datafiles import DATA_SUFFIXES, batch_step, list_data_files
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.hashing import sha256_file
+from tunestep.tools.core.next_step import NextAction, mcp_texts
+from tunestep.tools.core.plan import Plan, load_plan
+from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import leakage, verdict
 from tunestep.tools.inspector.engine import Engine, Progress, Source
 from tunestep.tools.inspector.reader import container_of
@@ -34,9 +37,6 @@ from tunestep.tools.inspector.report import (
     store_report,
 )
 from tunestep.tools.inspector.stats import percentiles
-from tunestep.tools.next_step import NextAction, mcp_texts
-from tunestep.tools.plan import Plan, load_plan
-from tunestep.tools.workspace import Workspace
 
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder
 HUB_PREFIX = "hf://datasets/"

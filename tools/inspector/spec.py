@@ -188,7 +188,7 @@ def parse_mapping_spec(data: bytes | str | dict, shown: str | None = None):
     import orjson
     from pydantic import ValidationError
 
-    from tunestep.tools.errors import TunestepError
+    from tunestep.tools.core.errors import TunestepError
 
     try:
         raw = data if isinstance(data, dict) else orjson.loads(data)

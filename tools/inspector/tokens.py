@@ -29,8 +29,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from tunestep.tools.errors import TunestepError
-from tunestep.tools.workspace import Workspace
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.workspace import Workspace
 
 QWEN3_SPECIAL = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
@@ -187,7 +187,7 @@ def qwen_tokenizer(model: str):
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(folder))
     tokenizer = _build_qwen(template)
-    from tunestep.tools.atomic import atomic_directory
+    from tunestep.tools.core.atomic import atomic_directory
 
     with atomic_directory(folder) as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -4,6 +4,10 @@
 digest covers them), the local backend copies each into the job's folder and an hf-jobs
 bundle carries each beside ``job.json``. A new job module goes here, or the job fails
 where only the listed files travel.
+
+May import: nothing of tunestep (each job file is standalone, PEP 723). The one exception
+is ``inspect_remote.py``, the remote inspector's wrapper: it imports the inspector from
+the approved wheel it unpacks at run time.
 """
 
 JOB_SCRIPT = "train_sft.py"

@@ -145,8 +145,8 @@ def run(config: Path, root: Path) -> int:
     unpack_wheel(mount / cfg["wheel"]["name"], lib)
     sys.path.insert(0, str(lib))  # before any installed tunestep: the approved code runs
     import tunestep.tools as code
+    from tunestep.tools.core.workspace import open_workspace
     from tunestep.tools.inspector import run_inspector
-    from tunestep.tools.workspace import open_workspace
 
     log(f"tunestep from {Path(code.__file__).parent}; inspecting {cfg['path']}")
     report = run_inspector(open_workspace(work), cfg["path"], max_errors=cfg["max_errors"])

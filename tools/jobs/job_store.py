@@ -30,7 +30,7 @@ def commit_version(staging: Path, store: Path, name: str) -> Path:
 def version_manifest(folder: Path) -> list[list]:
     """``[[path, sha256, size], ...]`` of the finished version (epoch checkpoints left out):
     reported in the job's result, the host records it in the ledger as the version's
-    evidence (tools/version_files.py checks every later read against it)."""
+    evidence (tools/lineage/version_files.py checks every later read against it)."""
     import hashlib
 
     out = []

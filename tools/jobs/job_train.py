@@ -258,7 +258,7 @@ def configure_trackio_env(cfg: dict, paths: Paths) -> None:
 # while the other ranks already wait in the process group's rendezvous and first
 # collectives. Their wait must outlast that pass, or they die at transformers' default
 # ddp_timeout (1800 s). A pass costs at most batches x budget decode steps; 0.25 s a step
-# is ~6-10x the estimate's per-flavor figure (tools/eval_estimate.py), so a slow GPU still
+# is ~6-10x the estimate's per-flavor figure (tools/drafts/eval_estimate.py), so a slow GPU still
 # fits; 120 s a batch covers its prefill; 600 s the model moves and the start of training.
 WAIT_SECONDS_PER_STEP = 0.25
 WAIT_SECONDS_PER_BATCH = 120.0
@@ -281,7 +281,7 @@ def distributed_batch(per_device: int, accumulation: int, processes: int
 
     Fewer accumulation steps first, then a smaller per-device batch; where neither divides,
     the global batch grows to per_device x accumulation x processes and the note says so
-    (tools/estimate.py applies the same rule for the review screen).
+    (tools/drafts/estimate.py applies the same rule for the review screen).
     """
     if processes <= 1:
         return per_device, accumulation, None

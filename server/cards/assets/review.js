@@ -28,7 +28,7 @@ function renderDraft(card) {
     : sub ? sub.timeout_seconds : est.timeout_seconds;
   const flavor = d.flavor || (sub ? sub.flavor : (req.flavor || "local"));
   const rv = card.review || {};
-  // The approval screen's reading (tools/review.py): the signed flavor's price, the higher
+  // The approval screen's reading (tools/drafts/review.py): the signed flavor's price, the higher
   // of tunestep's table and the quote, times the timeout.
   const usdPerHour = typeof rv.usd_per_hour === "number" ? rv.usd_per_hour : est.usd_per_hour;
   const priceSource = rv.price_source || est.price_source;

@@ -1,1 +1,0 @@
-"""Where a job runs: local subprocess or Hugging Face Jobs."""

@@ -1,0 +1,9 @@
+"""The step's data: from a batch folder to the rows a job trains on.
+
+Owns check_batch (``preflight``), apply_mapping (``mapping``), the step's datasets, the
+merge and the replay regime (``merge``, ``step_data``), every row's length
+(``lengths``), and tokenized datasets with their content-keyed cache (``preprocess``,
+``tokenized_cache``).
+
+May import: ``core``, ``hub``, ``inspector``, ``jobs``, ``lineage``.
+"""

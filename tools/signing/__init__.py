@@ -1,0 +1,9 @@
+"""Signatures: Ed25519 operator keys, ``tsa1`` approval tokens, signed documents' bytes.
+
+Owns making and reading operator keys, signing and verifying approval tokens (act,
+audience, expiry, nonce), the trusted-key set, and a stored manifest's bytes checked
+against their digest. What is signed (a draft, a promotion) is decided above; this
+package only knows bytes, digests and keys.
+
+May import: ``core``.
+"""

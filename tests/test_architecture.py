@@ -1,4 +1,4 @@
-"""The package's shape: no import circles in the domain, thin adapters.
+"""The package's shape: capability packages in layers, no import circles, thin adapters.
 
 The import graph is read from the source with ``ast`` (not by importing), so a lazy
 import inside a function counts as much as a module-level one: a circle hidden in a
@@ -15,6 +15,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
 SERVER = ROOT / "server"
+
+# Which capability package of tools/ may import which: the picture in tools/__init__.py,
+# each package's docstring ("May import: ...") and .specs/layout.md, held here.
+LAYERS: dict[str, set[str]] = {
+    "core": set(),
+    "jobs": set(),
+    "signing": {"core"},
+    "hub": {"core"},
+    "inspector": {"core"},
+    "demo": {"core"},
+    "lineage": {"core", "signing", "hub", "jobs"},
+    "data": {"core", "hub", "inspector", "jobs", "lineage"},
+    "drafts": {"core", "signing", "hub", "inspector", "jobs", "lineage", "data"},
+    "runs": {"core", "signing", "hub", "inspector", "jobs", "lineage", "data", "drafts"},
+}
+# The one module allowed past its package's layer, and why: the remote inspector's
+# wrapper runs in a job but imports the inspector from the approved wheel it unpacks.
+LAYER_EXCEPTIONS = {"tunestep.tools.jobs.inspect_remote": {"", "core", "inspector"}}
 
 # Circles that are known and accepted, each with why. Keep it empty if you can.
 KNOWN_CYCLES: set[frozenset[str]] = set()
@@ -147,3 +165,66 @@ def test_adapters_import_no_heavy_library_at_module_level(path: Path) -> None:
     heavy = sorted({m for m, _ in _imports(tree, top_level_only=True)
                     if m.split(".")[0] in HEAVY})
     assert not heavy, f"{path.name} imports {heavy} at module level"
+
+
+def package_of(module: str) -> str:
+    """``tunestep.tools.<package>.<module>`` -> ``<package>``; the root package -> ''."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 else ""
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, edges in sorted(graph.items()):
+        own = package_of(module)
+        allowed = LAYERS.get(own, set()) | {own} | LAYER_EXCEPTIONS.get(module, set())
+        for target in sorted(edges):
+            if package_of(target) not in allowed:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_layer_checker_finds_an_upward_import() -> None:
+    # The checker itself: core reaching up into drafts is named; drafts using core is not.
+    graph = {"tunestep.tools.core.plan": {"tunestep.tools.drafts.draft"},
+             "tunestep.tools.drafts.draft": {"tunestep.tools.core.plan"}}
+    assert layer_violations(graph) == ["tunestep.tools.core.plan -> tunestep.tools.drafts.draft"]
+
+
+def test_every_domain_module_lives_in_a_capability_package() -> None:
+    # No flat room again: tools/ holds only __init__.py and the packages of LAYERS.
+    flat = sorted(p.name for p in TOOLS.glob("*.py") if p.name != "__init__.py")
+    assert not flat, f"modules directly in tools/: {flat} (put each in a package)"
+    packages = {p.name for p in TOOLS.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYERS), packages ^ set(LAYERS)
+
+
+def test_packages_import_only_the_layers_below() -> None:
+    bad = layer_violations(import_graph())
+    assert not bad, "imports against the layering (LAYERS):\n" + "\n".join(bad)
+
+
+def test_layers_have_no_circle() -> None:
+    # The allowed-imports table itself is a picture with no way back up.
+    found = cycles({k: set(v) for k, v in LAYERS.items()})
+    assert not found, found
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_package_docstring_says_what_it_may_import(package: str) -> None:
+    # Each package says what it owns and what it may import; the sentence must match the
+    # table, so the docstring a newcomer reads is the rule the test holds.
+    doc = ast.get_docstring(ast.parse((TOOLS / package / "__init__.py").read_text()))
+    assert doc and "May import:" in doc, f"tools/{package}/__init__.py: no 'May import:'"
+    said = doc.split("May import:", 1)[1].split(".\n", 1)[0]
+    named = {name for name in LAYERS if f"``{name}``" in said}
+    if package == "runs":
+        assert "every other package" in said
+    else:
+        assert named == LAYERS[package], (package, named, LAYERS[package])
+
+
+def test_layout_spec_names_every_package() -> None:
+    layout = (ROOT / ".specs" / "layout.md").read_text()
+    missing = [p for p in LAYERS if f"  {p}/" not in layout]
+    assert not missing, f".specs/layout.md has no row for tools/{missing}"

@@ -14,9 +14,9 @@ CHUNK = 1 << 20
 def sha256_file(path: Path) -> str:
     """sha256 of a regular file, read in chunks; a FIFO or device is refused, never read.
 
-    Inside a step context (tools/core/step_context.py) an unchanged file is hashed once per call.
+    Inside a step context (tools/core/call_context.py) an unchanged file is hashed once per call.
     """
-    from tunestep.tools.core.step_context import memo_hash
+    from tunestep.tools.core.call_context import memo_hash
 
     return memo_hash(path, _sha256_file)
 

@@ -379,9 +379,9 @@ def _resolver(ws: Workspace):
 def load_plan(ws: Workspace) -> LoadedPlan:
     """Load the workspace's plan; a missing plan means defaults plus a note.
 
-    Inside a step context (tools/core/step_context.py) the plan is read once per tool call.
+    Inside a step context (tools/core/call_context.py) the plan is read once per tool call.
     """
-    from tunestep.tools.core.step_context import memo_plan
+    from tunestep.tools.core.call_context import memo_plan
 
     return memo_plan(ws, ws.root / PLAN_PATH, _read_plan)
 

@@ -31,10 +31,10 @@ from typing import Any
 from tunestep.tools import jobs
 from tunestep.tools.core import ledger
 from tunestep.tools.core.atomic import atomic_write_text
+from tunestep.tools.core.call_context import step_context
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.plan import Plan, load_plan
-from tunestep.tools.core.step_context import step_context
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.data.lengths import LengthCheck, check_lengths
 from tunestep.tools.data.preflight import PreflightReport, check_batch

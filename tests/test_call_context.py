@@ -2,7 +2,7 @@
 
 The readers behind ``load_plan`` and ``sha256_file`` (``plan._read_plan``,
 ``hashing._sha256_file``) are wrapped, so every real read of the plan and every real
-hash counts, whoever asked. Measured before tools/core/step_context.py, on this workspace:
+hash counts, whoever asked. Measured before tools/core/call_context.py, on this workspace:
 9 plan reads; the base training set hashed 10 times, the hold-out 8, the batch 5.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tunestep.tools.core import hashing, plan
-from tunestep.tools.core.step_context import step_context
+from tunestep.tools.core.call_context import step_context
 from tunestep.tools.drafts.draft import DraftRequest, draft_job, load_draft, recompute
 
 

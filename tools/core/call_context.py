@@ -14,7 +14,7 @@ is remembered between calls. A file is known by (path, size, mtime_ns, inode, de
 any write through ``atomic.py`` is a new inode, an in-place write a new mtime, so a
 changed file is hashed again. A hash is kept only when the file's stat is the same
 before and after reading it. Only regular files are remembered (a FIFO is refused by
-the hasher, never stat-keyed here). ``tests/test_step_context.py`` counts the reads.
+the hasher, never stat-keyed here). ``tests/test_call_context.py`` counts the reads.
 
 This module is the bottom floor: standard library only (plan.py and hashing.py import
 it lazily), so it can never close an import circle.

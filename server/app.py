@@ -31,7 +31,6 @@ from tunestep.tools.data import merge, preflight
 from tunestep.tools.data import preprocess as preprocessing
 from tunestep.tools.drafts import draft as drafts
 from tunestep.tools.lineage import model_sync, promotion
-from tunestep.tools.lineage.promotion_records import bind_trusted
 from tunestep.tools.runs import job_control, submit
 
 T = TypeVar("T")
@@ -179,9 +178,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     pinned = _pin_keys(config) if config.operator_keys else {}
 
     def workspace() -> Workspace:
-        # Every tool reads the ledger's line with the pinned keys (signed promotions).
-        bind_trusted(pinned)
-        return find_workspace(config.workspace)
+        # One call's context: every tool reads the ledger's line with the pinned keys
+        # (signed promotions), reads the plan once and hashes each unchanged file once.
+        return find_workspace(config.workspace, trusted_keys=pinned)
 
     # The Apps extension is applied when the server is made: the card-bound tools are
     # declared on it first.

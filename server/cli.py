@@ -37,10 +37,11 @@ def command(name: str) -> Callable[[Command], Command]:
 def _workspace(args: argparse.Namespace):
     from tunestep.tools.core.workspace import find_workspace
 
+    # The command's one context: the workspace, the keys every read of the ledger's line
+    # checks signed promotion records with, the plan and hash memo.
     ws = find_workspace(args.workspace)
     args.hint_workspace = _hint_workspace(ws.root)
-    _bind_reader_keys(args, ws.root)
-    return ws
+    return ws.for_call(_reader_keys(args, ws.root))
 
 
 def _hint_workspace(root: Path) -> str | None:
@@ -104,15 +105,15 @@ def _trusted_key_paths(args: argparse.Namespace) -> list:
     return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
 
 
-def _bind_reader_keys(args: argparse.Namespace, root: Path) -> None:
+def _reader_keys(args: argparse.Namespace, root: Path) -> dict:
     """The keys every read of the ledger's line checks signed promotion records with (as
     `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
     public halves in the operator's key folder; none from inside the workspace."""
-    from tunestep.tools.lineage.promotion_records import bind_trusted, reader_keys
+    from tunestep.tools.lineage.promotion_records import reader_keys
 
     sources = _trusted_key_paths(args if hasattr(args, "operator_key")
                                  else argparse.Namespace(operator_key=None))
-    bind_trusted(reader_keys(sources, getattr(args, "config_dir", None), root))
+    return reader_keys(sources, getattr(args, "config_dir", None), root)
 
 
 def _fingerprints(args: argparse.Namespace) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +42,20 @@ def _hub_polls_at_once(monkeypatch):
     monkeypatch.setattr(hf_poll, "MIN_INTERVAL_S", 0.0)
 
 
+def as_the_view_opens(ws: Workspace, request: pytest.FixtureRequest) -> Workspace:
+    """The workspace with the context a view would hand down: it trusts the test
+    operator's key when the test has one (signed promotion records verify when the
+    ledger's line is read, as in the server and the CLI). No memo: a test keeps this one
+    object across many calls, and each call must see the files as they are then."""
+    keys = request.getfixturevalue("operator").trusted if (
+        "operator" in request.fixturenames) else None
+    return ws.for_call(keys, remember=False)
+
+
 @pytest.fixture
-def sample_ws(tmp_path) -> Workspace:
+def sample_ws(tmp_path, request) -> Workspace:
     build_sample_workspace(tmp_path / "ws")
-    return open_workspace(tmp_path / "ws")
+    return as_the_view_opens(open_workspace(tmp_path / "ws"), request)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +91,7 @@ def scan_for(needle: str, *roots: Path) -> list[Path]:
 
 
 @pytest.fixture
-def model_ws(tmp_path, tiny_model_dir, monkeypatch) -> Workspace:
+def model_ws(tmp_path, tiny_model_dir, monkeypatch, request) -> Workspace:
     """A sample workspace whose model store holds the tiny model as its first checkpoint."""
     import shutil
 
@@ -90,7 +99,7 @@ def model_ws(tmp_path, tiny_model_dir, monkeypatch) -> Workspace:
     shutil.copytree(tiny_model_dir, store / "qwen3_webdev" / "versions" / "0000_base")
     build_sample_workspace(tmp_path / "ws", store=store, with_model=True)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny jobs: spinning threads only cost
-    return open_workspace(tmp_path / "ws")
+    return as_the_view_opens(open_workspace(tmp_path / "ws"), request)
 
 
 class Operator:
@@ -112,13 +121,11 @@ class Operator:
                            ttl=ttl)
         return grant.token
 
+    def trust(self, ws: Workspace) -> Workspace:
+        """``ws`` as a view opens it for this operator (see ``as_the_view_opens``)."""
+        return ws.for_call(self.trusted, remember=False)
+
 
 @pytest.fixture
-def operator(tmp_path) -> Iterator[Operator]:
-    from tunestep.tools.lineage.promotion_records import trusting
-
-    found = Operator(tmp_path / "operator-keys")
-    # This process trusts the operator's key, as the server and the CLI do: signed
-    # promotion records verify when the ledger's line is read.
-    with trusting(found.trusted):
-        yield found
+def operator(tmp_path) -> Operator:
+    return Operator(tmp_path / "operator-keys")

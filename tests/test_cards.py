@@ -361,8 +361,8 @@ def test_a_rolled_back_step_is_a_branch_and_gets_no_promote_command(
     from tunestep.tools.lineage.promotion import promote, promote_version, review_request
     from tunestep.tools.runs.step_outcome import step_outcome
 
-    ws = local_base_workspace(tmp_path, tiny_model_dir, base_rows=8, holdout_rows=4,
-                              batch_rows=8)
+    ws = operator.trust(local_base_workspace(tmp_path, tiny_model_dir, base_rows=8,
+                                             holdout_rows=4, batch_rows=8))
     store = ws.resolve_model_store("models/qwen3_webdev")
     jobs = []
     for batch in ("batch_8_01", "batch_8_02"):

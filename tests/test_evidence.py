@@ -38,7 +38,6 @@ from tunestep.tools.lineage.chain import starting_point
 from tunestep.tools.lineage.line import lineage
 from tunestep.tools.lineage.model_sync import sync_model
 from tunestep.tools.lineage.promotion import promote, promote_version, review_request
-from tunestep.tools.lineage.promotion_records import trusting
 from tunestep.tools.runs.job_control import job_status
 from tunestep.tools.runs.submit import submit_job
 from tunestep.tools.signing.approval import (
@@ -111,8 +110,8 @@ def ledger_line(ws):
 def two_steps(tmp_path, tiny_model_dir, operator):
     """Step 1 passed its gate (latest V1); step 2's version V2 was held back (stored and
     recorded, latest stayed): as the local job leaves the ledger and the store."""
-    ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
-                              holdout_rows=10)
+    ws = operator.trust(local_base_workspace(tmp_path / "local", tiny_model_dir,
+                                             base_rows=40, holdout_rows=10))
     store = ws.resolve_model_store(LINK)
     first = draft_job(ws, DraftRequest(batch="batch_100_01"))
     fake_local_version(ws, store / "versions/0000_base", V1)
@@ -170,9 +169,9 @@ def test_a_forged_promotions_row_moves_nothing_and_is_named(two_steps, tmp_path)
     reasons = {i.reason for i in ledger_line(ws).ignored}
     assert reasons == {"no_token", "bad_token"} and ledger_line(ws).latest == V1
     # Trusting that key does not help either: the request it names is not in the ledger.
-    with trusting(load_trusted_keys([info.public_key_path])):
-        assert {i.reason for i in ledger_line(ws).ignored} == {"no_token", "wrong_request"}
-        assert ledger_line(ws).latest == V1
+    mallory = ws.for_call(load_trusted_keys([info.public_key_path]))
+    assert {i.reason for i in ledger_line(mallory).ignored} == {"no_token", "wrong_request"}
+    assert ledger_line(mallory).latest == V1
 
 
 def test_a_genuine_token_copied_into_another_row_moves_nothing(two_steps, operator):
@@ -188,8 +187,7 @@ def test_a_genuine_token_copied_into_another_row_moves_nothing(two_steps, operat
     assert line.latest == V1 and [i.reason for i in line.ignored] == ["wrong_record"]
     # A process that trusts no key verifies nothing: the signed records are said to be
     # unverified and the ledger's line is the gate's alone.
-    with trusting(None):
-        line = ledger_line(ws)
+    line = ledger_line(ws.for_call(None))
     assert [i.reason for i in line.ignored] == ["unverified"] * 3
     assert line.latest == V1 and line.moved_by == "gate"
 
@@ -323,12 +321,12 @@ def test_an_adapter_config_that_is_not_an_object_is_a_named_error(tmp_path, tiny
 
 
 @pytest.fixture
-def hub_ws(tmp_path, tiny_model_dir, fake_hub, monkeypatch):
+def hub_ws(tmp_path, tiny_model_dir, fake_hub, monkeypatch, operator):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(hf_poll, "MIN_INTERVAL_S", 0.0)
     host_base_model(fake_hub, tiny_model_dir, FAKE_TOKEN)
     fake_hub.add_repo(MODEL_REPO, "model", private=True)
-    return hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10)
+    return operator.trust(hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10))
 
 
 def evaluation(metric: str, worse: bool) -> dict:

@@ -67,11 +67,11 @@ def trained(draft) -> dict[str, int]:
 
 
 @pytest.fixture
-def two_local_steps(tmp_path, tiny_model_dir):
+def two_local_steps(tmp_path, tiny_model_dir, operator):
     """Step 1 passed its gate (latest on it); step 2's version failed (stored, latest
     stayed): the ledger and store as the local job leaves them, without training."""
-    ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
-                              holdout_rows=10)
+    ws = operator.trust(local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
+                                              holdout_rows=10))
     store = ws.resolve_model_store("models/qwen3_webdev")
     first = draft_job(ws, DraftRequest(batch="batch_100_01"))
     fake_local_version(ws, store / "versions/0000_base", V1)
@@ -119,8 +119,8 @@ def test_after_a_rollback_with_no_new_batch_check_offers_the_retraining(
     train" but the rolled-back batch, by its name, with the draft command that retrains it."""
     from tunestep.server.cli import main as cli
 
-    ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
-                              holdout_rows=10, batches=2)
+    ws = operator.trust(local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=40,
+                                              holdout_rows=10, batches=2))
     store = ws.resolve_model_store("models/qwen3_webdev")
     first = draft_job(ws, DraftRequest(batch="batch_100_01"))
     fake_local_version(ws, store / "versions/0000_base", V1)
@@ -161,7 +161,7 @@ def test_a_manual_promote_of_a_synced_remote_version_is_resumed_by_its_commit(
     local one is not refused for step 1's missing model."""
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     host_base_model(fake_hub, tiny_model_dir, FAKE_TOKEN)
-    ws = hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10)
+    ws = operator.trust(hub_base_workspace(tmp_path, base_rows=40, holdout_rows=10))
     store = ws.resolve_model_store("models/qwen3_webdev")
 
     def remote(draft, sha, **extra):
@@ -212,8 +212,8 @@ def test_a_chain_promoted_by_hand_then_rolled_back(tmp_path, tiny_model_dir, ope
     from tunestep.tools.runs.job_control import job_logs, wait_for_job
     from tunestep.tools.runs.submit import submit_job
 
-    ws = local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=8,
-                              holdout_rows=4, batch_rows=8)
+    ws = operator.trust(local_base_workspace(tmp_path / "local", tiny_model_dir, base_rows=8,
+                                              holdout_rows=4, batch_rows=8))
     one, two = "0001_batch_8_01", "0002_batch_8_02"  # the sample names batches by size
 
     def step(gate: Gate | None, batch: str | None = None):

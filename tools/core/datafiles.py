@@ -7,11 +7,15 @@ how many rows, what hash" quickly enough for a preflight on every call.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tunestep.tools.core.call_context import CallContext
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -81,14 +85,14 @@ def count_rows(path: Path) -> tuple[int | None, str | None]:
     raise TunestepError("data_format", f"unsupported data file type '{suffix}'", path=str(path))
 
 
-def describe(path: Path, shown: str) -> DataFile:
+def describe(path: Path, shown: str, call: CallContext | None = None) -> DataFile:
     rows, note = count_rows(path)
     return DataFile(
         path=shown,
         format=path.suffix.lower().lstrip("."),
         rows=rows,
         size=path.stat().st_size,
-        sha256=sha256_file(path),
+        sha256=sha256_file(path, call),
         note=note,
     )
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from tunestep.tools.core.call_context import CallContext
 
 CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, call: CallContext | None = None) -> str:
     """sha256 of a regular file, read in chunks; a FIFO or device is refused, never read.
 
-    Inside a step context (tools/core/call_context.py) an unchanged file is hashed once per call.
+    Given the call's context (``ws.call``), an unchanged file is hashed once per call.
     """
-    from tunestep.tools.core.call_context import memo_hash
-
-    return memo_hash(path, _sha256_file)
+    if call is None:
+        return _sha256_file(path)
+    return call.hash_file(path, _sha256_file)
 
 
 def _sha256_file(path: Path) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from tunestep.tools.core.call_context import CallContext
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import Workspace
 
@@ -223,11 +224,23 @@ def is_busy(exc: BaseException) -> bool:
             and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY)
 
 
-def _connect(path: str, wait: float) -> sqlite3.Connection:
+class LedgerConnection(sqlite3.Connection):
+    """A ledger connection that knows the call it was opened for (``open_ledger(ws)``):
+    readers holding only the connection verify signed records with the call's keys."""
+
+    call: CallContext | None = None
+
+    @property
+    def trusted_keys(self) -> Any:
+        return self.call.trusted_keys if self.call is not None else None
+
+
+def _connect(path: str, wait: float) -> LedgerConnection:
     # isolation_level=None: we open transactions ourselves with BEGIN IMMEDIATE, so a
     # writer takes the lock up front (where SQLite waits for it) instead of upgrading a
     # read to a write half-way (where SQLite answers busy at once, to avoid deadlock).
-    conn = sqlite3.connect(path, timeout=wait, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=wait, isolation_level=None, check_same_thread=False,
+                           factory=LedgerConnection)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
     conn.execute("PRAGMA synchronous=FULL")
@@ -329,7 +342,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextlib.contextmanager
-def open_ledger(ws: Workspace, *, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+def open_ledger(ws: Workspace, *, wait: float | None = None) -> Iterator[LedgerConnection]:
     """The workspace's ledger, created and migrated on first use.
 
     Every lock it or its caller needs is waited for, up to ``wait`` seconds (default
@@ -340,6 +353,7 @@ def open_ledger(ws: Workspace, *, wait: float | None = None) -> Iterator[sqlite3
     try:
         ws.state_dir.mkdir(exist_ok=True)
         conn = _connect(str(ws.state_dir / LEDGER_FILE), wait)
+        conn.call = ws.call
     except sqlite3.OperationalError as exc:
         if is_busy(exc):
             raise LedgerBusy(wait) from None

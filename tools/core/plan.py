@@ -379,11 +379,11 @@ def _resolver(ws: Workspace):
 def load_plan(ws: Workspace) -> LoadedPlan:
     """Load the workspace's plan; a missing plan means defaults plus a note.
 
-    Inside a step context (tools/core/call_context.py) the plan is read once per tool call.
+    With a call context (``ws.call``) the plan is read once per tool call.
     """
-    from tunestep.tools.core.call_context import memo_plan
-
-    return memo_plan(ws, ws.root / PLAN_PATH, _read_plan)
+    if ws.call is None:
+        return _read_plan(ws)
+    return ws.call.plan(ws.root / PLAN_PATH, lambda: _read_plan(ws))
 
 
 def _read_plan(ws: Workspace) -> LoadedPlan:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from tunestep.tools.core.call_context import CallContext
 from tunestep.tools.core.errors import TunestepError
 
 WORKSPACE_ENV = "TUNESTEP_WORKSPACE"
@@ -27,11 +29,28 @@ WORKSPACE_MARKERS = (".specs/training/plan.md", STATE_DIR, "datasets/incremental
 
 
 class Workspace(BaseModel):
-    """An opened workspace: its resolved root folder."""
+    """An opened workspace: its resolved root folder, and the call it was opened for.
 
-    model_config = ConfigDict(frozen=True)
+    ``call`` is the one context of a tool call (``core/call_context.py``): the view builds
+    it with ``find_workspace`` and hands it down inside this object, the parameter every
+    domain function already takes. ``None`` (``open_workspace``): no memo, no trusted key.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     root: Path
+    call: CallContext | None = Field(default=None, exclude=True, repr=False)
+
+    def for_call(self, trusted_keys: Any = None, *, remember: bool = True) -> Workspace:
+        """This workspace with a fresh context for one call, trusting ``trusted_keys``
+        (``remember=False``: a memo-less context, for a workspace kept across calls)."""
+        return Workspace(root=self.root,
+                         call=CallContext(trusted_keys=trusted_keys, remember=remember))
+
+    @property
+    def trusted_keys(self) -> Any:
+        """The operator keys this call verifies signed records with (None: none known)."""
+        return self.call.trusted_keys if self.call is not None else None
 
     @property
     def state_dir(self) -> Path:
@@ -68,11 +87,13 @@ def is_workspace(root: Path) -> bool:
     return any((Path(root) / marker).exists() for marker in WORKSPACE_MARKERS)
 
 
-def find_workspace(path: str | Path | None = None) -> Workspace:
+def find_workspace(path: str | Path | None = None, *, trusted_keys: Any = None) -> Workspace:
     """``open_workspace``, refusing a folder that is not a workspace (nothing is written).
 
-    The CLI and the server use this: a command run in the wrong folder must not create
-    a ledger there. ``open_workspace`` stays lenient for callers that build one.
+    The CLI and the server use this, once per command or tool call: a command run in the
+    wrong folder must not create a ledger there. The workspace it returns carries a fresh
+    call context trusting ``trusted_keys`` (``core/call_context.py``).
+    ``open_workspace`` stays lenient for callers that build one.
     """
     source = "--workspace" if path else (WORKSPACE_ENV if os.environ.get(WORKSPACE_ENV)
                                          else "the current folder")
@@ -93,7 +114,7 @@ def find_workspace(path: str | Path | None = None) -> Workspace:
             f"{ws.root} (from {source}) is not a tunestep workspace: it has none of "
             f"{', '.join(WORKSPACE_MARKERS)}; give the workspace with --workspace DIR or "
             f"{WORKSPACE_ENV}=DIR")
-    return ws
+    return ws.for_call(trusted_keys)
 
 
 def nearby_workspace(root: Path) -> Path | None:

@@ -301,7 +301,7 @@ def _folder_hashes(ws: Workspace, rel: str) -> list[list[str]]:
     path = ws.resolve(rel)
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [[p.name, sha256_file(p)] for p in files]
+    return [[p.name, sha256_file(p, ws.call)] for p in files]
 
 
 class _ReadyMemo:

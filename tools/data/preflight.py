@@ -122,7 +122,7 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
     path = ws.resolve(rel)
     if not path.is_file():
         return ValidationStatus(path=rel, present=False)
-    digest = sha256_file(path)
+    digest = sha256_file(path, ws.call)
     size = path.stat().st_size
     rows, _ = count_rows(path)
     status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
@@ -377,7 +377,7 @@ def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | No
             return None, []
     _report_gaps(batches, chosen, problems)
     folder = ws.resolve(chosen.path)
-    files = [describe(p, ws.relative(p)) for p in list_data_files(folder, ws.root)]
+    files = [describe(p, ws.relative(p), ws.call) for p in list_data_files(folder, ws.root)]
     if not files:
         problems.append(Problem(code="batch_empty", severity="error",
                                 message="the batch folder holds no .jsonl, .json or .parquet file",

@@ -31,7 +31,6 @@ from typing import Any
 from tunestep.tools import jobs
 from tunestep.tools.core import ledger
 from tunestep.tools.core.atomic import atomic_write_text
-from tunestep.tools.core.call_context import step_context
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.plan import Plan, load_plan
@@ -106,12 +105,8 @@ def draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
 
     Derived data the step needs (a replay sample's file, the merged file of strategy
     ``file``) is written here when missing; a recompute (approve, submit) only checks it.
+    The call's context (``ws.call``) makes it one plan read and one hash per unchanged file.
     """
-    with step_context(ws):  # the whole call: one plan read, one hash per unchanged file
-        return _draft_job(ws, request)
-
-
-def _draft_job(ws: Workspace, request: DraftRequest) -> JobDraft:
     report = check_batch(ws, request.batch)
     draft = build_draft(ws, request, report, write=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
@@ -174,8 +169,7 @@ def draft_from_row(row, draft_id: str, *, digest: str | None = None) -> JobDraft
 
 def recompute(ws: Workspace, stored: JobDraft) -> JobDraft:
     """The stored draft's request drafted again now: a different digest means stale."""
-    with step_context(ws):
-        return build_draft(ws, stored.request, check_batch(ws, stored.batch))
+    return build_draft(ws, stored.request, check_batch(ws, stored.batch))
 
 
 def what_changed(old: JobDraft, new: JobDraft) -> str:

@@ -161,7 +161,7 @@ def data_sources(ws: Workspace, plan: Plan, target: Path) -> list[Source]:
                                            "give a .jsonl, .json or .parquet file or a folder",
                             path=ws.relative(target))
     return [Source(shown=ws.relative(p), path=p, container=container_of(p),
-                   sha256=sha256_file(p)) for p in files]
+                   sha256=sha256_file(p, ws.call)) for p in files]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -203,7 +203,7 @@ def _file(ws: Workspace, rel: str) -> tuple[Path, str, str] | None:
         return None
     if not path.is_file():
         return None
-    return path.resolve(), ws.relative(path), sha256_file(path)
+    return path.resolve(), ws.relative(path), sha256_file(path, ws.call)
 
 
 def _step_of(target: Path, pattern: str) -> int | None:

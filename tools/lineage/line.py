@@ -24,7 +24,8 @@ A version with no step (the base, or a folder put in the store by hand) starts a
 its own: promoting it means no recorded batch is learned.
 
 A ``promotions`` row counts only when its signed token verifies (``promotion_records``):
-against the keys given (``trusted``), else those bound to this call; a row that does not
+against the keys given (``trusted``), else those of the call the ledger connection was
+opened for; a row that does not
 verify moves nothing and is listed in ``ignored``. Order stays the ledger's ``seq`` (a
 clock may jump): someone who can write the ledger can still delete or renumber genuine
 signed rows, so latest can become a version the operator once signed for, never one no
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from tunestep.tools.core import ledger
-from tunestep.tools.lineage.promotion_records import IgnoredPromotion, trusted_keys, verify_record
+from tunestep.tools.lineage.promotion_records import IgnoredPromotion, verify_record
 
 if TYPE_CHECKING:
     from tunestep.tools.core.workspace import Workspace
@@ -78,14 +79,14 @@ def _order(row: sqlite3.Row, kind: int, index: int, at: float) -> tuple:
 def lineage(conn: sqlite3.Connection, store: str | None = None,
             trusted: dict | None = None) -> Lineage:
     """Replay the steps and the signed moves of latest (of ``store``, when given); a move
-    whose token does not verify against ``trusted`` (default: the keys bound to this call)
-    is ignored and named."""
+    whose token does not verify against ``trusted`` (default: the keys of the call the
+    connection was opened for, ``conn.trusted_keys``) is ignored and named."""
     steps = conn.execute("SELECT step, batch, version, promoted, recorded_at, parent, seq"
                          " FROM steps ORDER BY step").fetchall()
     query = "SELECT nonce, request_id, store, version, at, seq, token FROM promotions"
     rows = conn.execute(query + (" WHERE store = ?" if store else ""),
                         (store,) if store else ()).fetchall()
-    keys = trusted if trusted is not None else trusted_keys()
+    keys = trusted if trusted is not None else getattr(conn, "trusted_keys", None)
     identity = ledger.ledger_id(conn)
     ignored: list[IgnoredPromotion] = []
     moves = []

@@ -43,7 +43,7 @@ from tunestep.tools.core.plan import load_plan
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.lineage.latest_check import latest_state
 from tunestep.tools.lineage.model_store import checkpoint_kind
-from tunestep.tools.lineage.promotion_records import request_digest, trusted_keys, trusting
+from tunestep.tools.lineage.promotion_records import request_digest
 from tunestep.tools.lineage.version_files import identity as files_identity
 from tunestep.tools.lineage.version_files import record_files, recorded_files, scan_version
 
@@ -229,8 +229,8 @@ def promote_version(ws: Workspace, version: str, approval_token: str | None,
                     trusted: dict[str, Ed25519PublicKey]) -> PromotionResult:
     """Move ``latest`` to ``version`` with the operator's signed token, or refuse."""
     # The ledger's line is read with the keys this move is checked with.
-    with trusting(trusted or trusted_keys()):
-        return _promote_version(ws, version, approval_token, trusted)
+    call = ws.for_call(trusted or ws.trusted_keys)
+    return _promote_version(call, version, approval_token, trusted)
 
 
 def _promote_version(ws: Workspace, version: str, approval_token: str | None,

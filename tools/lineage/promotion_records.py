@@ -19,17 +19,16 @@ here before the row counts:
 A row that fails is ignored and named (``IgnoredPromotion``); check_batch reports it as
 ``promotion_unverified``, job_status lists it.
 
-Trusted keys come from the process: the MCP server binds the keys it pinned at launch to
-every tool call (``bind_trusted``), the CLI those of ``tunestep promote`` (``--operator-key``,
-``$TUNESTEP_OPERATOR_KEYS``, else the public halves in the operator's key folder).
+Trusted keys come from the call's context (``core/call_context.py``), built by the view:
+the MCP server's keys pinned at launch, the CLI's those of ``tunestep promote``
+(``--operator-key``, ``$TUNESTEP_OPERATOR_KEYS``, else the public halves in the operator's
+key folder). A reader gets them from the workspace or the ledger connection it was
+handed (``ws.trusted_keys``, ``conn.trusted_keys``), never from ambient state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -40,7 +39,6 @@ from tunestep.tools.core.hashing import sha256_json
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-_TRUSTED: ContextVar[dict | None] = ContextVar("tunestep_trusted_keys", default=None)
 CLOCK_SKEW_S = 300  # the approval protocol's allowance
 
 
@@ -51,24 +49,6 @@ class IgnoredPromotion(BaseModel):
     version: str
     reason: str  # no_token | unverified | bad_token | wrong_record | wrong_request | ...
     detail: str
-
-
-def bind_trusted(keys: dict[str, Ed25519PublicKey] | None) -> None:
-    """The keys this call (this context) verifies promotion records with."""
-    _TRUSTED.set(dict(keys) if keys else None)
-
-
-@contextlib.contextmanager
-def trusting(keys: dict[str, Ed25519PublicKey] | None) -> Iterator[None]:
-    handle = _TRUSTED.set(dict(keys) if keys else None)
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(handle)
-
-
-def trusted_keys() -> dict[str, Ed25519PublicKey] | None:
-    return _TRUSTED.get()
 
 
 def request_digest(store: str, version: str, identity: str, workspace: str) -> str:

@@ -1,7 +1,8 @@
 """The step's data: from a batch folder to the rows a job trains on.
 
 Owns check_batch (``preflight``), apply_mapping (``mapping``), the step's datasets, the
-merge and the replay regime (``merge``, ``step_data``), every row's length
+merge and the replay regime (``merge``, ``selection``, ``step_sources``,
+``replay_sample``, ``step_data``, ``data_rows``, ``data_writer``), every row's length
 (``lengths``), and tokenized datasets with their content-keyed cache (``preprocess``,
 ``tokenized_cache``).
 

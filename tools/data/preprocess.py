@@ -39,16 +39,10 @@ from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.plan import Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
-from tunestep.tools.data.merge import (
-    SHOWN,
-    Progress,
-    ReplayInfo,
-    RowRef,
-    SourceFile,
-    StepDatasets,
-    data_lock,
-    select_rows,
-)
+from tunestep.tools.data.data_writer import data_lock
+from tunestep.tools.data.merge import SHOWN
+from tunestep.tools.data.selection import Progress, select_rows
+from tunestep.tools.data.step_data import ReplayInfo, RowRef, SourceFile, StepDatasets
 from tunestep.tools.data.tokenized_cache import (  # re-exported: callers import them from here
     CACHE_FILE,
     CACHE_VERSION,

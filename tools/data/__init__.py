@@ -4,7 +4,7 @@ Owns check_batch (``preflight``), apply_mapping (``mapping``), the step's datase
 merge and the replay regime (``merge``, ``selection``, ``step_sources``,
 ``replay_sample``, ``step_data``, ``data_rows``, ``data_writer``), every row's length
 (``lengths``), and tokenized datasets with their content-keyed cache (``preprocess``,
-``tokenized_cache``).
+``tokenize_part``, ``tokenized_cache``).
 
 May import: ``core``, ``hub``, ``inspector``, ``jobs``, ``lineage``.
 """

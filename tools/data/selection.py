@@ -16,9 +16,10 @@ from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_json
 from tunestep.tools.core.plan import LoadedPlan, Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.batch_folders import discover_batches
 from tunestep.tools.data.data_rows import read_regular, read_rows, row_key, row_sha256
 from tunestep.tools.data.data_writer import MANIFEST_VERSION
-from tunestep.tools.data.preflight import discover_batches, pinned_validation
+from tunestep.tools.data.holdout_pin import pinned_validation
 from tunestep.tools.data.replay_sample import (
     held_back_batches,
     replay_history,

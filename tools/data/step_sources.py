@@ -21,7 +21,7 @@ from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file, sha256_json
 from tunestep.tools.core.plan import Plan
 from tunestep.tools.core.workspace import Workspace
-from tunestep.tools.data.preflight import BatchInfo
+from tunestep.tools.data.batch_folders import BatchInfo
 
 BASE_PART = "base"  # the part name of the base training set (batch names match a pattern)
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's own record, not data

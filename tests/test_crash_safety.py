@@ -334,7 +334,7 @@ def split_state(state: dict, batch: str) -> tuple[dict, dict[str, dict]]:
 @pytest.mark.e2e
 def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_dir):
     from tunestep.tools.core.plan import load_plan
-    from tunestep.tools.data import merge, preprocess
+    from tunestep.tools.data import preprocess, selection, tokenized_cache
     from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 
     root = tmp_path / "ws"
@@ -373,9 +373,9 @@ def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_di
                     assert name == ".parts" or name.endswith(".tmp") or ".old-" in name, (
                         where, name)
                 # what a draft would pick up: nothing, or exactly the finished folder
-                step_data = merge.select_rows(ws, batch)
-                found = merge.find_tokenized(ws, load_plan(ws).plan, step_data,
-                                            max_length)
+                step_data = selection.select_rows(ws, batch)
+                found = tokenized_cache.find_tokenized(ws, load_plan(ws).plan, step_data,
+                                                      max_length)
                 assert found is None or named == "new", where
                 return named
             return check

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import open_workspace
-from tunestep.tools.data import merge
+from tunestep.tools.data import data_rows
 from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
 from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.inspector import RULES, run_inspector
@@ -280,7 +280,7 @@ def test_the_line_is_the_one_the_job_loader_names(fuzz_ws, case):
     assert re.search(rf":{line}: ", str(job.value)), (str(job.value), line)
     if "invalid_json" in {f.code for f in report.errors}:
         with pytest.raises(TunestepError) as merged:
-            merge.read_rows(path, shown)
+            data_rows.read_rows(path, shown)
         assert merged.value.line == line
 
 
@@ -299,7 +299,7 @@ def test_ready_means_the_job_loader_reads_every_row(fuzz_ws, rows, endings):
     assert report.status == "READY", report.errors
     path = fuzz_ws.resolve(shown)
     assert len(sft_data.load_chat_rows([path])) == len(rows) == report.files[0].rows
-    assert [n for n, _ in merge.read_rows(path, shown)] == [
+    assert [n for n, _ in data_rows.read_rows(path, shown)] == [
         n for n, line in enumerate(io.StringIO(data.decode(), newline=None), 1) if line.strip()]
 
 
@@ -312,7 +312,7 @@ def test_a_line_of_unicode_whitespace_is_blank_as_for_the_job(fuzz_ws):
     report = run_inspector(fuzz_ws, BATCH)
     assert report.status == "READY" and report.counts.get("blank_lines") == 1
     assert report.files[0].rows == len(sft_data.load_chat_rows([fuzz_ws.resolve(shown)])) == 2
-    assert [n for n, _ in merge.read_rows(fuzz_ws.resolve(shown), shown)] == [1, 4]
+    assert [n for n, _ in data_rows.read_rows(fuzz_ws.resolve(shown), shown)] == [1, 4]
 
 
 junk_line = st.one_of(
@@ -519,7 +519,7 @@ def test_a_bom_file_is_ready_and_the_job_reads_it(fuzz_ws, container):
             else orjson.dumps(rows))
     shown = fresh_batch(fuzz_ws, f"rows.{container}", b"\xef\xbb\xbf" + data)
     assert run_inspector(fuzz_ws, BATCH).status == "READY"
-    assert len(merge.read_rows(fuzz_ws.resolve(shown), shown)) == 2
+    assert len(data_rows.read_rows(fuzz_ws.resolve(shown), shown)) == 2
     assert len(sft_data.load_chat_rows([fuzz_ws.resolve(shown)])) == 2
 
 

@@ -505,11 +505,11 @@ def test_a_draft_pins_only_bytes_the_inspector_found_ready(model_ws, monkeypatch
     """Case: the batch is READY when inspected and swapped for INVALID rows right after,
     before the draft reads it -> data_changed; no draft row, nothing to approve."""
     from tunestep.tools.core import ledger
-    from tunestep.tools.data import merge
+    from tunestep.tools.data import step_sources
     from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
     target = model_ws.root / "datasets/incremental/batch_100_01/examples.jsonl"
-    real = merge._inspect
+    real = step_sources._inspect
 
     def inspect_then_swap(ws, path):
         report = real(ws, path)
@@ -517,7 +517,7 @@ def test_a_draft_pins_only_bytes_the_inspector_found_ready(model_ws, monkeypatch
             target.write_bytes(INVALID_ROW * 5)
         return report
 
-    monkeypatch.setattr(merge, "_inspect", inspect_then_swap)
+    monkeypatch.setattr(step_sources, "_inspect", inspect_then_swap)
     with pytest.raises(TunestepError) as err:
         draft_job(model_ws, DraftRequest(batch="batch_100_01"))
     assert err.value.code == "data_changed"

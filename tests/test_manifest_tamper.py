@@ -264,7 +264,8 @@ def test_a_merged_file_with_holdout_rows_appended_is_not_believed(tmp_path, tiny
     after approval the submit refuses (draft_stale)."""
     from tunestep.tools.core.plan import load_plan
     from tunestep.tools.core.workspace import open_workspace
-    from tunestep.tools.data.merge import manifest_path, merge_datasets
+    from tunestep.tools.data.data_writer import manifest_path
+    from tunestep.tools.data.merge import merge_datasets
     from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
     store = tmp_path / "store"

@@ -18,7 +18,7 @@ import pytest
 from tunestep.tools.core import ledger
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import Workspace, open_workspace
-from tunestep.tools.data import merge
+from tunestep.tools.data import data_rows, merge, replay_sample, selection, step_sources
 from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 TRAIN = "datasets/processed_webdev_coding/train.jsonl"
@@ -37,7 +37,8 @@ def ready_report(**_):
 def inspector(monkeypatch):
     """READY for every source unless a test says otherwise: path -> report."""
     verdicts: dict[str, object] = {}
-    monkeypatch.setattr(merge, "_inspect", lambda ws, path: verdicts.get(path, ready_report()))
+    monkeypatch.setattr(step_sources, "_inspect",
+                        lambda ws, path: verdicts.get(path, ready_report()))
     return verdicts
 
 
@@ -272,7 +273,7 @@ def test_ready_verdicts_are_remembered_until_an_input_changes(ws, monkeypatch):
         asked.append(path)
         return ready_report()
 
-    monkeypatch.setattr(merge, "_inspect", counting)
+    monkeypatch.setattr(step_sources, "_inspect", counting)
     merge.step_datasets(ws, "batch_10_03")
     assert len(asked) == 4
     asked.clear()
@@ -314,7 +315,7 @@ def test_a_refused_batch_is_asked_again_every_time(ws, inspector):
 @pytest.fixture
 def resuming(monkeypatch):
     """A trained checkpoint to resume from (the replay regime samples only then)."""
-    monkeypatch.setattr(merge, "resumes", lambda ws, plan: plan.data.regime != "from_base")
+    monkeypatch.setattr(selection, "resumes", lambda ws, plan: plan.data.regime != "from_base")
 
 
 def test_replay_samples_earlier_rows_with_the_seed(ws, resuming):
@@ -423,9 +424,10 @@ def test_a_written_merge_is_audited(ws):
 KILL_SCRIPT = """
 import sys, time, types
 from pathlib import Path
-from tunestep.tools.data import merge
+from tunestep.tools.data import merge, step_sources
 from tunestep.tools.core.workspace import open_workspace
-merge._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[], error_count=0)
+step_sources._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[],
+                                                               error_count=0)
 marker = Path(sys.argv[2])
 
 def progress(done, total, message):
@@ -477,7 +479,7 @@ def test_rows_are_counted_as_the_job_counts_them(tmp_path):
     row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     line = orjson.dumps(row)
     path.write_bytes(line + b"\r\n\r\n" + line + b"\n   \n" + line + b"\r" + line)
-    rows = merge.read_rows(path, "rows.jsonl")
+    rows = data_rows.read_rows(path, "rows.jsonl")
     assert [n for n, _ in rows] == [1, 3, 5, 6]
     assert len(sft_data.load_chat_rows([path])) == len(rows)
 
@@ -485,9 +487,10 @@ def test_rows_are_counted_as_the_job_counts_them(tmp_path):
 def test_row_key_ignores_metadata_and_normalizes_only_when_asked():
     a = {"messages": [{"role": "user", "content": "x  y"}], "id": 1}
     b = {"messages": [{"role": "user", "content": "x y"}], "id": 2}
-    assert merge.row_key(a, normalize=False) != merge.row_key(b, normalize=False)
-    assert merge.row_key(a, normalize=True) == merge.row_key(b, normalize=True)
-    assert merge.row_key(dict(a, id=3), normalize=False) == merge.row_key(a, normalize=False)
+    assert data_rows.row_key(a, normalize=False) != data_rows.row_key(b, normalize=False)
+    assert data_rows.row_key(a, normalize=True) == data_rows.row_key(b, normalize=True)
+    assert data_rows.row_key(dict(a, id=3), normalize=False) == \
+        data_rows.row_key(a, normalize=False)
 
 
 def test_with_the_real_inspector_a_mapped_sample_is_ready(tmp_path, monkeypatch):
@@ -516,19 +519,19 @@ def test_replay_rotates_through_every_earlier_row_over_seven_steps(tmp_path, ins
     set_plan(ws, merge_strategy="list", replay_fraction=0.25)
     plan = __import__("tunestep.tools.core.plan", fromlist=["load_plan"]).load_plan(ws).plan
     base = jsonl_rows(ws.root / TRAIN)
-    grade_of = {merge.row_sha256(row): _grade_of(row) for row in base}
+    grade_of = {data_rows.row_sha256(row): _grade_of(row) for row in base}
     seen: dict[tuple[str, str], list[int]] = {}  # (path, row) -> steps that replayed it
     samples = []
     for step in range(2, 9):
         result = merge.step_datasets(ws, f"batch_10_{step:02d}", write=True)
-        record = orjson.loads((ws.root / merge.replay_record_path(plan, result.batch))
+        record = orjson.loads((ws.root / replay_sample.replay_record_path(plan, result.batch))
                               .read_bytes())
         assert record["step"] == step and result.replay.rotation_step == step
         rows = {(path, sha) for path, _line, sha in record["rows"]}
         assert len(rows) == len(record["rows"]) == result.replay.sampled_rows
         # the record names real rows: file, line and content hash agree
         for path, line, sha in record["rows"][:5]:
-            assert merge.row_sha256(jsonl_rows(ws.root / path)[line - 1]) == sha
+            assert data_rows.row_sha256(jsonl_rows(ws.root / path)[line - 1]) == sha
         for key in rows:
             seen.setdefault(key, []).append(step)
         samples.append({sha for path, sha in rows if path == TRAIN})
@@ -554,7 +557,7 @@ def test_replay_rotates_through_every_earlier_row_over_seven_steps(tmp_path, ins
         stratum = [k for k in base_keys if grade_of[k[1]] == grade_of[sha]]
         assert all(min(seen[k]) < steps[1] for k in stratum), (sha, steps)
     # Reproducible: the same step drafted again gives the same sample, byte for byte.
-    last = ws.root / merge.replay_record_path(plan, "batch_10_08")
+    last = ws.root / replay_sample.replay_record_path(plan, "batch_10_08")
     before = last.read_bytes()
     merge.step_datasets(ws, "batch_10_08", write=True)
     assert last.read_bytes() == before

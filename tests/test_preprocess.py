@@ -18,7 +18,7 @@ import pytest
 from tunestep.tools.core import ledger
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import Workspace, open_workspace
-from tunestep.tools.data import merge, preprocess
+from tunestep.tools.data import merge, preprocess, selection, step_sources
 from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.jobs import sft_data
 
@@ -30,7 +30,7 @@ ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 @pytest.fixture(autouse=True)
 def ready(monkeypatch):
-    monkeypatch.setattr(merge, "_inspect", lambda ws, path: types.SimpleNamespace(
+    monkeypatch.setattr(step_sources, "_inspect", lambda ws, path: types.SimpleNamespace(
         status="READY", errors=[], error_count=0))
 
 
@@ -203,7 +203,7 @@ def test_truncation_is_counted_and_cut_away_assistants_are_refused(ws, tiny_mode
 def test_strategy_file_tokenizes_the_merged_rows(tmp_path, tiny_model_dir, monkeypatch):
     from datasets import load_from_disk
 
-    monkeypatch.setattr(merge, "resumes", lambda ws, plan: True)  # replay samples when resuming
+    monkeypatch.setattr(selection, "resumes", lambda ws, plan: True)  # replay samples when resuming
     ws = make_ws(tmp_path / "ws", tiny_model_dir,
                  data={"merge_strategy": "file", "replay_fraction": 0.3})
     merged = merge.merge_datasets(ws, "batch_10_03")
@@ -226,7 +226,7 @@ def test_padding_waste_with_and_without_length_grouping():
 
 
 def test_refusals_reach_preprocess_too(ws, monkeypatch):
-    monkeypatch.setattr(merge, "_inspect", lambda ws, path: types.SimpleNamespace(
+    monkeypatch.setattr(step_sources, "_inspect", lambda ws, path: types.SimpleNamespace(
         status="INVALID", errors=[], error_count=1))
     with pytest.raises(TunestepError, match="batch_not_ready"):
         preprocess.preprocess(ws, "batch_10_01")
@@ -246,9 +246,10 @@ def test_unknown_hub_model_is_a_clear_error(tmp_path, tiny_model_dir):
 KILL_SCRIPT = """
 import sys, time, types
 from pathlib import Path
-from tunestep.tools.data import merge, preprocess
+from tunestep.tools.data import preprocess, step_sources
 from tunestep.tools.core.workspace import open_workspace
-merge._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[], error_count=0)
+step_sources._inspect = lambda ws, path: types.SimpleNamespace(status="READY", errors=[],
+                                                               error_count=0)
 marker = Path(sys.argv[2])
 assemble = preprocess._assemble
 

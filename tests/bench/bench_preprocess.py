@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 
 from tunestep.tools.core.workspace import Workspace, open_workspace
-from tunestep.tools.data import merge, preprocess
+from tunestep.tools.data import merge, preprocess, step_sources
 from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -40,7 +40,7 @@ def use_inspector(fake: bool) -> str:
     except ImportError:
         fake = True
     if fake:
-        merge._inspect = lambda ws, path: types.SimpleNamespace(
+        step_sources._inspect = lambda ws, path: types.SimpleNamespace(
             status="READY", errors=[], error_count=0)
         return "stand-in (READY)"
     return "real run_inspector"

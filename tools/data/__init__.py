@@ -1,9 +1,10 @@
 """The step's data: from a batch folder to the rows a job trains on.
 
-Owns check_batch (``preflight``), apply_mapping (``mapping``), the step's datasets, the
-merge and the replay regime (``merge``, ``step_data``), every row's length
-(``lengths``), and tokenized datasets with their content-keyed cache (``preprocess``,
-``tokenized_cache``).
+Owns check_batch (``preflight``, ``batch_folders``, ``holdout_pin``), apply_mapping
+(``mapping``, ``mapping_guards``), the step's datasets, the merge and the replay regime
+(``merge``, ``selection``, ``step_sources``, ``replay_sample``, ``step_data``,
+``data_rows``, ``data_writer``), every row's length (``lengths``), and tokenized datasets
+with their content-keyed cache (``preprocess``, ``tokenize_part``, ``tokenized_cache``).
 
 May import: ``core``, ``hub``, ``inspector``, ``jobs``, ``lineage``.
 """

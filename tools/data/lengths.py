@@ -131,7 +131,7 @@ def _messages(row) -> tuple[list, tuple, tuple, object]:
 
 def _count(ws: Workspace, plan: Plan, rel: str, max_length: int) -> list[tuple[int, int]]:
     """(line, tokens) of every row of one file over ``max_length``, counted here."""
-    from tunestep.tools.data.merge import read_rows
+    from tunestep.tools.data.data_rows import read_rows
     from tunestep.tools.inspector.tokens import TokenCounter, load_tokenizer
 
     tokenizer, _ = load_tokenizer(ws, plan.model)
@@ -149,7 +149,7 @@ def _rest_tokens(ws: Workspace, plan: Plan, long_rows: list[tuple[str, int | Non
                  ) -> tuple[list[int], int]:
     """Per over-long row: its tokens outside the user turn the job shortens (the last one
     before the last answer); and the omission marker's tokens."""
-    from tunestep.tools.data.merge import read_rows
+    from tunestep.tools.data.data_rows import read_rows
     from tunestep.tools.inspector.tokens import load_tokenizer
     from tunestep.tools.jobs.job_data import OMISSION
 

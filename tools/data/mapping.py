@@ -11,6 +11,9 @@ Which rows are dropped is decided by the same scan the inspector runs (mode "map
 the spec cannot convert, a row still wrong after conversion (unless ``on_invalid="fail"``
 refuses the whole mapping), a duplicate (inside the source, or of the base train set or
 an earlier batch), an exact copy of a hold-out row, and rows matched by ``drop_where``.
+
+The checks that refuse before anything is written (the source, the output, the spec's
+fit) are in ``mapping_guards``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from tunestep.tools.core.hashing import sha256_file, sha256_json
 from tunestep.tools.core.next_step import NextAction
 from tunestep.tools.core.plan import Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.mapping_guards import (
+    fit_spec,
+    refuse_invalid,
+    refuse_output,
+    refuse_source,
+    refuse_unreadable,
+)
 from tunestep.tools.inspector import formats, leakage
 from tunestep.tools.inspector.engine import Engine, Source
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
@@ -47,7 +57,7 @@ from tunestep.tools.inspector.run import (
     resolve_data_path,
     run_inspector,
 )
-from tunestep.tools.inspector.spec import DropRule, MappingSpec, default_spec
+from tunestep.tools.inspector.spec import DropRule, MappingSpec
 
 __all__ = ["MANIFEST_NAME", "DropRule", "DroppedRow", "MappedFile", "MappingResult",
            "MappingSpec", "MappingSuggestion", "apply_mapping", "read_manifest",
@@ -128,14 +138,14 @@ def apply_mapping(ws: Workspace, source: str, mapping: MappingSpec,
     plan = load_plan(ws).plan
     target = resolve_data_path(ws, plan, source)
     shown = ws.relative(target) or "."
-    _refuse_source(ws, plan, target, shown)
+    refuse_source(ws, plan, target, shown)
     sources = data_sources(ws, plan, target)
     if not sources:
         raise TunestepError("mapping_source_invalid", "the source holds no .jsonl, .json or "
                                                       ".parquet file", path=shown)
     out_rel = f"{plan.paths.mapped.rstrip('/')}/{_output_name(shown)}"
     out = ws.resolve(out_rel)
-    _refuse_output(ws, plan, out, out_rel, sources)
+    refuse_output(ws, plan, out, out_rel, sources)
     spec_sha = sha256_json(mapping.model_dump(mode="json"))
     context = comparison_context(ws, plan, target, sources)
     context_key = _context_key(context)
@@ -146,12 +156,12 @@ def apply_mapping(ws: Workspace, source: str, mapping: MappingSpec,
         if recorded is not None:
             _audit(ws, out_rel, recorded, "unchanged")
             return recorded
-        kinds = [_fit(s, mapping) for s in sources]
+        kinds = [fit_spec(s, mapping) for s in sources]
         _remove_stale_leftovers(out)
         engine = _scan(plan, sources, context, progress)
-        _refuse_unreadable(engine)
+        refuse_unreadable(engine)
         if mapping.on_invalid == "fail":
-            _refuse_invalid(engine)
+            refuse_invalid(engine)
         result = _write(ws, out, out_rel, shown, sources, kinds, engine, mapping, spec_sha,
                         context_key, progress)
         _audit(ws, out_rel, result, "ok")
@@ -175,23 +185,7 @@ def output_lock(ws: Workspace, name: str) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-# File-level findings that leave a source with no rows to map: refused, not mapped empty.
-UNMAPPABLE = ("column_type_unsupported", "file_too_large", "file_not_regular")
-
-
-def _refuse_unreadable(engine: Engine) -> None:
-    for index, state in enumerate(engine.files):
-        code = next((c for c in UNMAPPABLE if engine.findings.counts.get(c)), None)
-        if code is None or not state.blocked:
-            continue
-        listed, _ = engine.findings.listed([s.source.shown for s in engine.files])
-        first = next((f for f in listed if f.code == code), None)
-        detail = f": {first.message}" if first else ""
-        raise TunestepError("mapping_source_invalid", f"{code}{detail}",
-                            path=first.file if first else engine.files[index].source.shown)
-
-
-# --- refusals -------------------------------------------------------------------------
+# --- leftovers ------------------------------------------------------------------------
 
 STALE_AFTER_S = 3600  # a temp folder this old belongs to a run that was killed
 
@@ -209,82 +203,6 @@ def _remove_stale_leftovers(out: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             continue
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
-
-
-def _refuse_source(ws: Workspace, plan: Plan, target: Path, shown: str) -> None:
-    holdout = ws.resolve(plan.paths.validation)
-    mapped = ws.resolve(plan.paths.mapped)
-    if target == holdout or (target.is_dir() and _inside(holdout, target)):
-        raise TunestepError("mapping_source_invalid", "the source is (or holds) the hold-out "
-                                                      "set, which is never mapped or copied",
-                            path=shown)
-    if _inside(target, mapped) or _inside(mapped, target):
-        raise TunestepError("mapping_source_invalid", f"the source is inside (or holds) the "
-                                                      f"mapped output root {plan.paths.mapped}",
-                            path=shown)
-
-
-def _refuse_output(ws: Workspace, plan: Plan, out: Path, out_rel: str,
-                   sources: list[Source]) -> None:
-    holdout = ws.resolve(plan.paths.validation)
-    if _inside(holdout, out) or any(_inside(s.path, out) for s in sources):
-        raise TunestepError("mapping_output_invalid", "the output folder would hold the "
-                                                      "hold-out set or the source", path=out_rel)
-    if out.exists() and not (out / MANIFEST_NAME).is_file() and (
-            not out.is_dir() or any(out.iterdir())):
-        raise TunestepError("mapping_output_exists", "the output folder exists and was not "
-                                                     "written by apply_mapping; move it away "
-                                                     "first", path=out_rel)
-
-
-def _fit(source: Source, mapping: MappingSpec) -> tuple[str, MappingSpec]:
-    """The spec a file is mapped with: the given one, or pass-through for canonical chat.
-
-    The first object row decides; a file whose rows have neither the spec's fields nor the
-    canonical ``messages`` is refused before anything is written.
-    """
-    for count, (_, row) in enumerate(iter_rows(source.path)):
-        if count > 1000:
-            break
-        if isinstance(row, ReadIssue) or not isinstance(row, dict):
-            continue
-        if all(field in row for field in mapping.required_fields()):
-            source.map_spec = mapping
-            return "spec", mapping
-        if formats.classify(row) == formats.CHAT:
-            source.map_spec = default_spec(
-                "chat", system_prompt=mapping.system_prompt,
-                replace_system=mapping.replace_system, empty_turns=mapping.empty_turns,
-                trim_trailing=mapping.trim_trailing, drop_where=mapping.drop_where,
-                on_invalid=mapping.on_invalid)
-            return "pass-through", source.map_spec
-        keys = ", ".join(sorted(map(str, row))[:8])
-        needed = ", ".join(mapping.required_fields())
-        raise TunestepError("mapping_mismatch", f"the rows have keys ({keys}) but a "
-                                                f"{mapping.source_format} mapping reads "
-                                                f"({needed}); inspect the file for a fitting "
-                                                "mapping", path=source.shown)
-    source.map_spec = mapping  # no readable row: every row is dropped with its reason
-    return "spec", mapping
-
-
-def _refuse_invalid(engine: Engine) -> None:
-    bad = sum(s.rows_with_errors for s in engine.files)
-    if not bad:
-        return
-    listed, _ = engine.findings.listed([s.source.shown for s in engine.files])
-    first = next((f for f in listed if f.severity == "error"), None)
-    where = f" first: {first.file}:{first.line} {first.code}: {first.message}" if first else ""
-    raise TunestepError("mapping_rows_invalid", f"{bad} row(s) are still invalid after "
-                                                f"mapping and on_invalid is 'fail';{where}")
 
 
 # --- the scan and the writer ----------------------------------------------------------

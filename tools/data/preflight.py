@@ -1,9 +1,11 @@
-"""check_batch: is everything in place for the next step? A report, never a crash."""
+"""check_batch: is everything in place for the next step? A report, never a crash.
+
+The batch folders (``batch_folders``) and the hold-out pin (``holdout_pin``) live apart:
+the step's selection reads them too, without the report.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -13,15 +15,19 @@ from tunestep.tools.core.datafiles import (
     DataFile,
     batch_step,
     check_batch_name,
-    count_rows,
     describe,
     list_data_files,
 )
-from tunestep.tools.core.errors import TunestepError
-from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.next_step import NextAction, mcp_texts
-from tunestep.tools.core.plan import LoadedPlan, load_plan
+from tunestep.tools.core.plan import load_plan
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.batch_folders import (
+    BatchInfo,
+    LastInspection,
+    discover_batches,
+    last_inspection,
+)
+from tunestep.tools.data.holdout_pin import ValidationStatus, check_validation
 from tunestep.tools.hub.token import token_status
 from tunestep.tools.lineage.line import lineage
 from tunestep.tools.lineage.model_store import CheckpointStatus, inspect_store
@@ -32,25 +38,6 @@ class Problem(BaseModel):
     severity: Literal["error", "warning", "info"]
     message: str
     path: str | None = None
-
-
-class ValidationStatus(BaseModel):
-    path: str
-    present: bool
-    sha256: str | None = None
-    size: int | None = None
-    rows: int | None = None
-    pinned_sha256: str | None = None
-    pinned_at: float | None = None
-    newly_pinned: bool = False
-    changed: bool = False
-
-
-class BatchInfo(BaseModel):
-    name: str
-    step: int
-    path: str
-    trained: bool
 
 
 class LastStep(BaseModel):
@@ -64,16 +51,6 @@ class LastStep(BaseModel):
     # The operator moved latest back past it (a signed rollback), as opposed to a gate
     # that held the step back: the words differ, and no one should be told to promote it.
     rolled_back: bool = False
-
-
-class LastInspection(BaseModel):
-    """What the inspector last said of the batch's data (the mapped copy when there is one)."""
-
-    path: str
-    status: str | None = None  # READY / NEEDS_MAPPING / INVALID; None: not inspected yet
-    current: bool = False  # the report is of the files as they are now
-    error_count: int = 0
-    warning_count: int = 0
 
 
 class PreflightReport(BaseModel):
@@ -100,67 +77,6 @@ class PreflightReport(BaseModel):
     # Batches trained, but not into the weights latest holds (rolled back, or held back by
     # the gate): the next step trains them again, in full.
     retrain: list[str] = Field(default_factory=list)
-
-
-def discover_batches(ws: Workspace, loaded: LoadedPlan, trained: set[str]) -> list[BatchInfo]:
-    """Batch folders in step order; folders whose name is not a batch are ignored."""
-    folder = ws.resolve(loaded.plan.paths.incremental)
-    if not folder.is_dir():
-        return []
-    found = []
-    for child in folder.iterdir():
-        step = batch_step(child.name, loaded.plan.data.batch_pattern)
-        if step is None or not child.is_dir():
-            continue
-        found.append(BatchInfo(name=child.name, step=step, path=ws.relative(child),
-                               trained=child.name in trained))
-    return sorted(found, key=lambda b: (b.step, b.name))
-
-
-def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
-    """Pin the hold-out set on first sight; report any later change. Never writes it."""
-    path = ws.resolve(rel)
-    if not path.is_file():
-        return ValidationStatus(path=rel, present=False)
-    digest = sha256_file(path, ws.call)
-    size = path.stat().st_size
-    rows, _ = count_rows(path)
-    status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
-    pin = conn.execute(
-        "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
-    ).fetchone()
-    if pin is None:
-        # Read again under the write lock: a concurrent first use may have pinned it.
-        with ledger.transaction(conn):
-            pin = conn.execute(
-                "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
-            ).fetchone()
-            if pin is None:
-                now = time.time()
-                conn.execute(
-                    "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
-                    " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
-                ledger.audit(conn, "validation.pin", rel,
-                             detail={"sha256": digest, "rows": rows})
-        if pin is None:
-            return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
-                                             "newly_pinned": True})
-    return status.model_copy(update={"pinned_sha256": pin["sha256"],
-                                     "pinned_at": pin["pinned_at"],
-                                     "changed": pin["sha256"] != digest})
-
-
-def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
-    """The hold-out status, raising when it is missing or changed (for tools that need it)."""
-    status = check_validation(ws, conn, rel)
-    if not status.present:
-        raise TunestepError("validation_missing", "the hold-out set is missing", path=rel)
-    if status.changed:
-        raise TunestepError(
-            "validation_changed",
-            f"the hold-out set changed since it was pinned "
-            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]})", path=rel)
-    return status
 
 
 def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
@@ -306,34 +222,6 @@ def _next_for(chosen: BatchInfo, inspection: LastInspection | None) -> NextActio
                           note="(the inspector's suggestion)")
     return NextAction(tool="draft_job", args={"batch": chosen.name})
 
-
-def last_inspection(ws: Workspace, conn: sqlite3.Connection, mapped: str, original: str,
-                    files: list[DataFile]) -> LastInspection:
-    """The latest cached report of the batch's data: its mapped copy when one exists.
-
-    ``current`` compares the report's file hashes with the files now, so an edit after
-    the inspection reads as "inspected before the change", never as its old verdict.
-    """
-    from tunestep.tools.inspector.report import InspectionReport
-
-    mapped_dir = ws.resolve(mapped)
-    path = mapped if mapped_dir.is_dir() else original
-    row = conn.execute("SELECT report FROM inspections WHERE path = ? ORDER BY created_at "
-                       "DESC LIMIT 1", (path,)).fetchone()
-    if row is None:
-        return LastInspection(path=path)
-    try:
-        report = InspectionReport.model_validate_json(row["report"])
-    except ValueError:
-        return LastInspection(path=path)
-    if path == original:
-        now = {f.path: f.sha256 for f in files}
-    else:
-        now = {ws.relative(f): sha256_file(f) for f in list_data_files(mapped_dir, ws.root)
-               if f.name != "manifest.json"}
-    current = {f.path: f.sha256 for f in report.files} == now
-    return LastInspection(path=path, status=report.status, current=current,
-                          error_count=report.error_count, warning_count=report.warning_count)
 
 
 def _choose_batch(ws: Workspace, incremental: str, pattern: str, named: str | None,

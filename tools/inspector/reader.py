@@ -103,7 +103,7 @@ def universal_lines(raw: bytes) -> list[bytes]:
     """One binary line (cut at ``\n``) cut where universal newlines cut it.
 
     The job's loader reads JSONL in text mode, where a lone ``\r`` ends a line too; so
-    does ``merge.read_rows``. Cutting the same way keeps every line number the same as
+    does ``data_rows.read_rows``. Cutting the same way keeps every line number the same as
     theirs, and a row that only parses when a lone ``\r`` is taken for JSON whitespace
     is not READY here when the job could not read it.
     """

@@ -1,0 +1,76 @@
+"""The hold-out set's pin: its sha256 recorded on first sight, any later change caught.
+
+Apart from preflight's report because the data tools need it too: the selection refuses
+to read rows against a hold-out set that is missing or changed (``pinned_validation``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from pydantic import BaseModel
+
+from tunestep.tools.core import ledger
+from tunestep.tools.core.datafiles import count_rows
+from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.hashing import sha256_file
+from tunestep.tools.core.workspace import Workspace
+
+
+class ValidationStatus(BaseModel):
+    path: str
+    present: bool
+    sha256: str | None = None
+    size: int | None = None
+    rows: int | None = None
+    pinned_sha256: str | None = None
+    pinned_at: float | None = None
+    newly_pinned: bool = False
+    changed: bool = False
+
+
+def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
+    """Pin the hold-out set on first sight; report any later change. Never writes it."""
+    path = ws.resolve(rel)
+    if not path.is_file():
+        return ValidationStatus(path=rel, present=False)
+    digest = sha256_file(path, ws.call)
+    size = path.stat().st_size
+    rows, _ = count_rows(path)
+    status = ValidationStatus(path=rel, present=True, sha256=digest, size=size, rows=rows)
+    pin = conn.execute(
+        "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
+    ).fetchone()
+    if pin is None:
+        # Read again under the write lock: a concurrent first use may have pinned it.
+        with ledger.transaction(conn):
+            pin = conn.execute(
+                "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
+            ).fetchone()
+            if pin is None:
+                now = time.time()
+                conn.execute(
+                    "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
+                ledger.audit(conn, "validation.pin", rel,
+                             detail={"sha256": digest, "rows": rows})
+        if pin is None:
+            return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
+                                             "newly_pinned": True})
+    return status.model_copy(update={"pinned_sha256": pin["sha256"],
+                                     "pinned_at": pin["pinned_at"],
+                                     "changed": pin["sha256"] != digest})
+
+
+def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
+    """The hold-out status, raising when it is missing or changed (for tools that need it)."""
+    status = check_validation(ws, conn, rel)
+    if not status.present:
+        raise TunestepError("validation_missing", "the hold-out set is missing", path=rel)
+    if status.changed:
+        raise TunestepError(
+            "validation_changed",
+            f"the hold-out set changed since it was pinned "
+            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]})", path=rel)
+    return status

@@ -34,7 +34,7 @@ from tunestep.tools.core.next_step import NextAction
 from tunestep.tools.core.plan import Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import formats, leakage
-from tunestep.tools.inspector.engine import Engine, Source
+from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
 from tunestep.tools.inspector.refs import reference_set
 from tunestep.tools.inspector.report import INSPECTOR_VERSION, MappingPreview
@@ -47,6 +47,7 @@ from tunestep.tools.inspector.run import (
     resolve_data_path,
     run_inspector,
 )
+from tunestep.tools.inspector.scan_state import Source
 from tunestep.tools.inspector.spec import DropRule, MappingSpec, default_spec
 
 __all__ = ["MANIFEST_NAME", "DropRule", "DroppedRow", "MappedFile", "MappingResult",

@@ -21,7 +21,7 @@ from tunestep.tools.core.next_step import NextAction, mcp_texts
 from tunestep.tools.core.plan import Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import leakage, verdict
-from tunestep.tools.inspector.engine import Engine, Progress, Source
+from tunestep.tools.inspector.engine import Engine, Progress
 from tunestep.tools.inspector.reader import container_of
 from tunestep.tools.inspector.refs import reference_set
 from tunestep.tools.inspector.report import (
@@ -36,6 +36,7 @@ from tunestep.tools.inspector.report import (
     cached_report,
     store_report,
 )
+from tunestep.tools.inspector.scan_state import Source
 from tunestep.tools.inspector.stats import percentiles
 
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder

@@ -33,7 +33,7 @@ from tunestep.tools.core.hashing import sha256_file, sha256_json
 from tunestep.tools.core.next_step import NextAction
 from tunestep.tools.core.plan import Plan, load_plan
 from tunestep.tools.core.workspace import Workspace
-from tunestep.tools.inspector import formats, leakage
+from tunestep.tools.inspector import conversion, formats, leakage
 from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
 from tunestep.tools.inspector.refs import reference_set
@@ -371,7 +371,7 @@ def _write_file(source: Source, index: int, engine: Engine, target: Path) -> tup
                                    digest=read):
             if isinstance(row, ReadIssue) or (index, line) in drops:
                 continue
-            messages, dropped, _ = formats.convert(row, spec)
+            messages, dropped, _ = conversion.convert(row, spec)
             if dropped or messages is None:
                 continue  # recorded by the scan already
             out = {"messages": messages}

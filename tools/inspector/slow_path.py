@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunestep.tools.inspector import formats
-from tunestep.tools.inspector.formats import RowProblem, classify, convert
+from tunestep.tools.inspector.conversion import RowProblem, convert
+from tunestep.tools.inspector.formats import classify
 from tunestep.tools.inspector.reader import ReadIssue
 from tunestep.tools.inspector.refs import content_text
 from tunestep.tools.inspector.rules import check_messages, message_key_issues, severity

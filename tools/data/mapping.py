@@ -38,16 +38,15 @@ from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
 from tunestep.tools.inspector.refs import reference_set
 from tunestep.tools.inspector.report import INSPECTOR_VERSION, MappingPreview
-from tunestep.tools.inspector.run import (
+from tunestep.tools.inspector.run import _output_name, run_inspector
+from tunestep.tools.inspector.scan_state import Source
+from tunestep.tools.inspector.sources import (
     MAPPING_MANIFEST,
     Context,
-    _output_name,
     comparison_context,
     data_sources,
     resolve_data_path,
-    run_inspector,
 )
-from tunestep.tools.inspector.scan_state import Source
 from tunestep.tools.inspector.spec import DropRule, MappingSpec, default_spec
 
 __all__ = ["MANIFEST_NAME", "DropRule", "DroppedRow", "MappedFile", "MappingResult",

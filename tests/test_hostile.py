@@ -312,7 +312,7 @@ def test_plan_patterns_run_on_a_linear_time_engine():
     import subprocess
     import sys
 
-    code = ("from tunestep.tools.inspector.engine import GradeCheck\n"
+    code = ("from tunestep.tools.inspector.grade import GradeCheck\n"
             "print(GradeCheck(r'(a|aa)*(c)').find('a' * 5000 + 'b'))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)

@@ -15,7 +15,7 @@ from importlib.resources import files
 
 import pytest
 
-from tunestep.tools.jobs import sft_data
+from tunestep.tools.jobs import sft_batched, sft_data
 
 TRICKY = [
     "plain answer. Grade: 7",
@@ -96,8 +96,8 @@ def assert_same(rows, tokenizer, max_length, template=None):
 def batched_rows(rows, tokenizer, template=None) -> int:
     """How many rows the batched route took (the rest went through tokenize_row)."""
     template = template or sft_data.training_chat_template(tokenizer)
-    return sum(got is not None for got in sft_data._BatchedChat.tokenize(rows, tokenizer,
-                                                                          template))
+    return sum(got is not None for got in sft_batched.BatchedChat.tokenize(
+        rows, tokenizer, template, sft_data.tokenize_row))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def tokenizer(request, tiny_tokenizer):
 def test_batched_equals_row_by_row_on_awkward_rows(tokenizer):
     rows = tricky_rows(120, seed=1)
     template = sft_data.training_chat_template(tokenizer)
-    assert hashlib.sha256(template.encode()).hexdigest() in sft_data.QWEN3_TRAINING_SHA256
+    assert hashlib.sha256(template.encode()).hexdigest() in sft_batched.QWEN3_TRAINING_SHA256
     assert batched_rows(rows, tokenizer) == len(rows)  # so the shortcuts are what is tested
     full = sft_data.tokenize_chat(rows, tokenizer, None)
     lengths = sorted(len(ids) for ids in full["input_ids"])
@@ -168,30 +168,30 @@ def test_rendering_matches_jinja_branch_for_branch(tiny_tokenizer):
     trl = files("trl").joinpath("chat_templates/qwen3_training.jinja").read_text("utf-8")
     assert bundled.endswith(trl)
     assert {hashlib.sha256(t.encode()).hexdigest() for t in (bundled, trl)} == \
-        sft_data.QWEN3_TRAINING_SHA256
+        sft_batched.QWEN3_TRAINING_SHA256
     for template in (bundled, trl):
         texts, spans = render_jinja_template(
             conversations=conversations, chat_template=template,
             return_assistant_tokens_mask=True, **tiny_tokenizer.special_tokens_map)
         for messages, text, row_spans in zip(conversations, texts, spans, strict=True):
-            assert sft_data._render_qwen3_training(messages) == \
+            assert sft_batched._render_qwen3_training(messages) == \
                 (text, [tuple(s) for s in row_spans]), messages
 
 
 def test_a_wrong_python_rendering_is_caught_by_jinja(tiny_tokenizer, monkeypatch):
     rows = tricky_rows(40, seed=2)
-    real = sft_data._render_qwen3_training
+    real = sft_batched._render_qwen3_training
 
     def off_by_one(messages):
         text, spans = real(messages)
         return text, [(a + 1, b) for a, b in spans]
 
     for wrong in (lambda m: (real(m)[0] + " ", real(m)[1]), off_by_one):
-        monkeypatch.setattr(sft_data, "_render_qwen3_training", wrong)
+        monkeypatch.setattr(sft_batched, "_render_qwen3_training", wrong)
         assert_same(rows, tiny_tokenizer, None)
         # ... by the check of each row shape alone, without the check of the first row
         with monkeypatch.context() as m:
-            m.setattr(sft_data, "_agrees", lambda *args: True)
+            m.setattr(sft_batched, "_agrees", lambda *args: True)
             assert_same(rows, tiny_tokenizer, None)
 
 

@@ -76,7 +76,7 @@ def measure(kind: str, workspace: str, batch: str) -> dict:
         from tunestep.tools.core.plan import load_plan
         from tunestep.tools.core.workspace import open_workspace
         from tunestep.tools.inspector.engine import Engine
-        from tunestep.tools.inspector.run import data_sources
+        from tunestep.tools.inspector.sources import data_sources
 
         ws = open_workspace(workspace)
         plan = load_plan(ws).plan

@@ -43,19 +43,19 @@ from tunestep.tools.data.mapping_guards import (
     refuse_source,
     refuse_unreadable,
 )
-from tunestep.tools.inspector import formats, leakage
-from tunestep.tools.inspector.engine import Engine, Source
+from tunestep.tools.inspector import conversion, leakage
+from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
 from tunestep.tools.inspector.refs import reference_set
 from tunestep.tools.inspector.report import INSPECTOR_VERSION, MappingPreview
-from tunestep.tools.inspector.run import (
+from tunestep.tools.inspector.run import _output_name, run_inspector
+from tunestep.tools.inspector.scan_state import Source
+from tunestep.tools.inspector.sources import (
     MAPPING_MANIFEST,
     Context,
-    _output_name,
     comparison_context,
     data_sources,
     resolve_data_path,
-    run_inspector,
 )
 from tunestep.tools.inspector.spec import DropRule, MappingSpec
 
@@ -288,7 +288,7 @@ def _write_file(source: Source, index: int, engine: Engine, target: Path) -> tup
                                    digest=read):
             if isinstance(row, ReadIssue) or (index, line) in drops:
                 continue
-            messages, dropped, _ = formats.convert(row, spec)
+            messages, dropped, _ = conversion.convert(row, spec)
             if dropped or messages is None:
                 continue  # recorded by the scan already
             out = {"messages": messages}

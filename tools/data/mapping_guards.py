@@ -14,9 +14,10 @@ from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.plan import Plan
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import formats
-from tunestep.tools.inspector.engine import Engine, Source
+from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
-from tunestep.tools.inspector.run import MAPPING_MANIFEST
+from tunestep.tools.inspector.scan_state import Source
+from tunestep.tools.inspector.sources import MAPPING_MANIFEST
 from tunestep.tools.inspector.spec import MappingSpec, default_spec
 
 # File-level findings that leave a source with no rows to map: refused, not mapped empty.

@@ -87,7 +87,9 @@ def tokenizer_fingerprint(folder: Path) -> dict[str, Any]:
     return {
         "files": files,
         "bundled_template": sha256_file(sft_data.QWEN3_TRAINING_TEMPLATE_FILE),
-        "code": sha256_file(Path(sft_data.__file__)),
+        # the shared tokenization code: sft_data and its batched route beside it
+        "code": {name: sha256_file(Path(sft_data.__file__).with_name(name))
+                 for name in ("sft_data.py", "sft_batched.py")},
         "versions": {name: _version(name) for name in ("transformers", "tokenizers", "trl")},
     }
 

@@ -575,7 +575,7 @@ def build_inspect_draft(ws: Workspace, request: DraftRequest,
     cached wheel)."""
     from tunestep.tools.core.datafiles import count_rows
     from tunestep.tools.drafts.selfwheel import build_self_wheel
-    from tunestep.tools.inspector.run import comparison_context, data_sources
+    from tunestep.tools.inspector.sources import comparison_context, data_sources
 
     if request.backend != "hf-jobs":
         from tunestep.tools.core.next_step import NextAction

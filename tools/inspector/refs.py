@@ -17,15 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tunestep.tools.core.errors import TunestepError
-from tunestep.tools.inspector.formats import (
-    NOT_OBJECT,
-    PREFERENCE,
-    UNKNOWN,
-    RowProblem,
-    classify,
-    convert,
-    spec_for,
-)
+from tunestep.tools.inspector.conversion import RowProblem, convert
+from tunestep.tools.inspector.formats import NOT_OBJECT, PREFERENCE, UNKNOWN, classify, spec_for
 from tunestep.tools.inspector.reader import ReadIssue, iter_rows
 from tunestep.tools.inspector.rules import check_messages
 

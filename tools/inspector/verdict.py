@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunestep.tools.inspector import formats
-from tunestep.tools.inspector.engine import REPAIRS, Engine, FileState
+from tunestep.tools.inspector.engine import Engine
 from tunestep.tools.inspector.report import FileReport, MappingPreview
+from tunestep.tools.inspector.scan_state import FileState
+from tunestep.tools.inspector.slow_path import REPAIRS
 from tunestep.tools.inspector.spec import MappingSpec, default_spec
 
 FOREIGN = {formats.CHAT_PARTS, formats.SHAREGPT, formats.ALPACA, formats.PROMPT_COMPLETION,

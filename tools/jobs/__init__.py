@@ -24,6 +24,7 @@ JOB_FILES = (
     "job_report.py",
     "job_store.py",
     "sft_data.py",
+    "sft_batched.py",
     "qwen3_training.jinja",
     # The exact dependency versions the HF job installs (`uv run --locked`): regenerated
     # from train_sft.py's header by `make lock`, never by a draft (drafting works offline).

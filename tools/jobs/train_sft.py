@@ -244,7 +244,7 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
     _HERE = Path(__file__).resolve().parent
     _SIBLINGS = frozenset({"job_answers", "job_common", "job_config", "job_data",
                            "job_evaluate", "job_gate", "job_report", "job_stats", "job_store",
-                           "job_train", "sft_data"})
+                           "job_train", "sft_data", "sft_batched"})
 
     class _Siblings(importlib.abc.MetaPathFinder):
         """The job's own modules, each loaded from its exact file beside this script.

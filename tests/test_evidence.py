@@ -41,12 +41,9 @@ from tunestep.tools.lineage.promotion import promote, promote_version, review_re
 from tunestep.tools.lineage.promotion_records import trusting
 from tunestep.tools.runs.job_control import job_status
 from tunestep.tools.runs.submit import submit_job
-from tunestep.tools.signing.approval import (
-    create_operator_key,
-    load_trusted_keys,
-    parse_token,
-    sign_approval,
-)
+from tunestep.tools.signing.approval import parse_token, sign_approval
+from tunestep.tools.signing.operator_keys import create_operator_key
+from tunestep.tools.signing.trusted_keys import load_trusted_keys
 
 LINK = "models/qwen3_webdev"
 V1, V2 = "0001_batch_100_01", "0002_batch_100_02"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tunestep.tools.core.errors import TunestepError
-from tunestep.tools.core.plan import FIXED_PATHS, PATH_ROLES, Plan, load_plan, parse_plan_text
+from tunestep.tools.core.plan import Plan, load_plan, parse_plan_text
+from tunestep.tools.core.plan_paths import FIXED_PATHS, PATH_ROLES
 from tunestep.tools.core.workspace import open_workspace
 
 PLAN = ".specs/training/plan.md"

@@ -255,7 +255,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                        version=_version(), extensions=[apps])
 
     def trusted_keys() -> dict:
-        from tunestep.tools.signing.approval import ensure_keys_outside_workspace
+        from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace
 
         ensure_keys_outside_workspace(config.operator_keys, workspace().root)
         if hasattr(pinned, "check_unchanged"):
@@ -404,7 +404,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
 
 
 def _pin_keys(config: ServerConfig) -> dict:
-    from tunestep.tools.signing.approval import pin_trusted_keys
+    from tunestep.tools.signing.trusted_keys import pin_trusted_keys
 
     return pin_trusted_keys(config.operator_keys, config.operator_key_fingerprints)
 

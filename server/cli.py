@@ -98,7 +98,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _trusted_key_paths(args: argparse.Namespace) -> list:
-    from tunestep.tools.signing.approval import is_inline_pem, trusted_key_paths_from_env
+    from tunestep.tools.signing.trusted_keys import is_inline_pem, trusted_key_paths_from_env
 
     keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
             for p in (args.operator_key or [])]
@@ -214,7 +214,7 @@ def _number(raw: str) -> int | float | str:
 @command("operator")
 def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.drafts.operator import check_new_passphrase, remember_default
-    from tunestep.tools.signing.approval import create_operator_key
+    from tunestep.tools.signing.operator_keys import create_operator_key
 
     passphrase = _passphrase(confirm=True, new=True)
     check_new_passphrase(passphrase)
@@ -274,7 +274,7 @@ def _key_passphrase(key_path: Path) -> bytes:
     """The passphrase that unlocks ``key_path``: a mistyped one is asked again (up to
     three tries at a terminal; one from TUNESTEP_OPERATOR_PASSPHRASE is tried once)."""
     from tunestep.tools.drafts.operator import passphrase_from_env
-    from tunestep.tools.signing.approval import load_private_key
+    from tunestep.tools.signing.operator_keys import load_private_key
 
     for attempt in range(1, PASSPHRASE_TRIES + 1):
         passphrase = _passphrase()
@@ -367,7 +367,7 @@ def cmd_promote(args: argparse.Namespace, console: Console) -> int:
     """Move latest to a recorded version: sign here and apply, or apply a pasted token."""
     from tunestep.tools.drafts.operator import find_operator_key
     from tunestep.tools.lineage.promotion import promote_version, request_promotion
-    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, load_trusted_keys
+    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
 
     ws = _workspace(args)
     paths = _trusted_key_paths(args)
@@ -389,7 +389,7 @@ def cmd_promote(args: argparse.Namespace, console: Console) -> int:
 @command("submit")
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     from tunestep.tools.runs.submit import submit_job
-    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, pin_trusted_keys
+    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, pin_trusted_keys
 
     ws = _workspace(args)
     token = args.token if args.token != "-" else sys.stdin.readline().strip()

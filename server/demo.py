@@ -24,7 +24,7 @@ DEMO_PASSPHRASE = b"demo-only-passphrase"
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     from tunestep.server.screen import screen
-    from tunestep.tools.signing.approval import load_trusted_keys
+    from tunestep.tools.signing.trusted_keys import load_trusted_keys
 
     console = screen(console)  # every line wrapped between words at the width
     fresh = getattr(args, "fresh", None)
@@ -56,7 +56,7 @@ def _sample(console: Console, base: Path):
 
     from tunestep.tools.core.workspace import open_workspace
     from tunestep.tools.demo.sample_workspace import build_sample_workspace
-    from tunestep.tools.signing.approval import create_operator_key
+    from tunestep.tools.signing.operator_keys import create_operator_key
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars: noise in the demo
     console.print(f"sample workspace, tiny Qwen3 model store and a DEMO operator key in {base}")

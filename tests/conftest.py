@@ -106,7 +106,8 @@ class Operator:
     """A test operator: a real key pair outside the workspace, and a way to approve."""
 
     def __init__(self, folder: Path, name: str = "tester") -> None:
-        from tunestep.tools.signing.approval import create_operator_key, load_trusted_keys
+        from tunestep.tools.signing.operator_keys import create_operator_key
+        from tunestep.tools.signing.trusted_keys import load_trusted_keys
 
         self.name = name
         self.passphrase = b"test passphrase"

@@ -76,9 +76,9 @@ def op_preprocess(root: str, args: dict) -> dict:
 
 def op_submit(root: str, args: dict) -> dict:
     from tunestep.tools.runs.submit import submit_job
-    from tunestep.tools.signing import approval
+    from tunestep.tools.signing import trusted_keys
 
-    trusted = approval.load_trusted_keys([Path(args["public_key"])])
+    trusted = trusted_keys.load_trusted_keys([Path(args["public_key"])])
     # The job process itself is not under test: the local backend starts `true` instead
     # of the supervisor (same Popen, same ledger update with its pid).
     sys.executable = shutil.which("true") or "/bin/true"

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.signing import approval as A
+from tunestep.tools.signing import operator_keys as K
+from tunestep.tools.signing import trusted_keys as T
 
 NOW = 1_800_000_000
 DIGEST = "3f" * 32
@@ -39,7 +41,7 @@ def claims_dict(key: Ed25519PrivateKey, **overrides) -> dict:
         "digest": DIGEST,
         "workspace": WORKSPACE,
         "op": "alice",
-        "kid": A.key_id(key.public_key()),
+        "kid": K.key_id(key.public_key()),
         "ledger": LEDGER,
         "iat": NOW,
         "exp": NOW + 3600,
@@ -62,7 +64,7 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture(scope="module")
 def trusted(key) -> dict:
-    return {A.key_id(key.public_key()): key.public_key()}
+    return {K.key_id(key.public_key()): key.public_key()}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_key_id_is_sha256_prefix_of_raw_public_key(key):
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     import hashlib
 
-    assert A.key_id(key.public_key()) == hashlib.sha256(raw).hexdigest()[:16]
+    assert K.key_id(key.public_key()) == hashlib.sha256(raw).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- refusals
@@ -188,7 +190,7 @@ def test_malformed_non_canonical_or_duplicate_json(key, trusted):
 
 def test_untrusted_key(token):
     other = Ed25519PrivateKey.generate()
-    assert refusal(token, {A.key_id(other.public_key()): other.public_key()}).code == (
+    assert refusal(token, {K.key_id(other.public_key()): other.public_key()}).code == (
         "approval_untrusted_key"
     )
 
@@ -246,7 +248,7 @@ def test_signature_is_checked_before_any_claim_semantics(key, trusted):
 
 
 def test_refusals_never_echo_the_token(key, trusted, token):
-    other = {A.key_id(k.public_key()): k.public_key() for k in [Ed25519PrivateKey.generate()]}
+    other = {K.key_id(k.public_key()): k.public_key() for k in [Ed25519PrivateKey.generate()]}
     for tok, keys in [(token, other), (token + "x", trusted), (token, trusted)]:
         with pytest.raises(TunestepError) as err:
             A.verify_approval(tok, keys, now=NOW + 10**7)
@@ -300,7 +302,7 @@ def test_arbitrary_text_never_verifies_and_never_crashes(trusted, text):
 def test_key_files_modes_and_contents(tmp_path):
     old = os.umask(0)  # even a careless umask must not widen the private key
     try:
-        info = A.create_operator_key("alice", PASS, tmp_path / "op")
+        info = K.create_operator_key("alice", PASS, tmp_path / "op")
     finally:
         os.umask(old)
     assert info.private_key_path == tmp_path / "op" / "alice.key.pem"
@@ -311,41 +313,41 @@ def test_key_files_modes_and_contents(tmp_path):
     pem = info.private_key_path.read_bytes()
     assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert not list((tmp_path / "op").glob(".*.tmp"))
-    key = A.load_private_key(info.private_key_path, PASS)
-    assert A.key_id(key.public_key()) == info.kid
-    assert list(A.load_trusted_keys([info.public_key_path])) == [info.kid]
+    key = K.load_private_key(info.private_key_path, PASS)
+    assert K.key_id(key.public_key()) == info.kid
+    assert list(T.load_trusted_keys([info.public_key_path])) == [info.kid]
 
 
 def test_default_dir_follows_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
-    info = A.create_operator_key("bob", PASS)
+    info = K.create_operator_key("bob", PASS)
     assert info.private_key_path.parent == tmp_path / "cfg" / "tunestep" / "operator"
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert A.default_operator_dir() == tmp_path / "home" / ".config" / "tunestep" / "operator"
+    assert K.default_operator_dir() == tmp_path / "home" / ".config" / "tunestep" / "operator"
 
 
 def test_wrong_passphrase_is_locked_not_a_traceback(tmp_path):
-    info = A.create_operator_key("alice", PASS, tmp_path)
+    info = K.create_operator_key("alice", PASS, tmp_path)
     for wrong in (b"wrong", b""):
         with pytest.raises(TunestepError) as err:
-            A.load_private_key(info.private_key_path, wrong)
+            K.load_private_key(info.private_key_path, wrong)
         assert err.value.code == "operator_key_locked"
         assert err.value.path == str(info.private_key_path)
         assert PASS.decode() not in str(err.value)
 
 
 def test_key_is_never_overwritten(tmp_path):
-    info = A.create_operator_key("alice", PASS, tmp_path)
+    info = K.create_operator_key("alice", PASS, tmp_path)
     before = info.private_key_path.read_bytes(), info.public_key_path.read_bytes()
     with pytest.raises(TunestepError) as err:
-        A.create_operator_key("alice", b"another", tmp_path)
+        K.create_operator_key("alice", b"another", tmp_path)
     assert err.value.code == "operator_key_exists"
     assert (info.private_key_path.read_bytes(), info.public_key_path.read_bytes()) == before
     # A stray public half alone also blocks: the pair must stay a pair.
     (tmp_path / "carol.pub.pem").write_bytes(b"x")
     with pytest.raises(TunestepError) as err:
-        A.create_operator_key("carol", PASS, tmp_path)
+        K.create_operator_key("carol", PASS, tmp_path)
     assert err.value.code == "operator_key_exists"
     assert not (tmp_path / "carol.key.pem").exists()
 
@@ -353,44 +355,44 @@ def test_key_is_never_overwritten(tmp_path):
 def test_bad_names_and_empty_passphrase(tmp_path):
     for name in ("", "../x", "a/b", ".hidden", "x" * 65):
         with pytest.raises(TunestepError) as err:
-            A.create_operator_key(name, PASS, tmp_path)
+            K.create_operator_key(name, PASS, tmp_path)
         assert err.value.code == "operator_name_invalid"
     with pytest.raises(TunestepError) as err:
-        A.create_operator_key("alice", b"", tmp_path)
+        K.create_operator_key("alice", b"", tmp_path)
     assert err.value.code == "operator_passphrase_empty"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_private_key_readable_by_others_is_refused(tmp_path):
-    info = A.create_operator_key("alice", PASS, tmp_path)
+    info = K.create_operator_key("alice", PASS, tmp_path)
     info.private_key_path.chmod(0o644)
     with pytest.raises(TunestepError) as err:
-        A.load_private_key(info.private_key_path, PASS)
+        K.load_private_key(info.private_key_path, PASS)
     assert err.value.code == "operator_key_permissions"
 
 
 def test_key_in_an_unrelated_dir_is_not_trusted_unless_passed(tmp_path):
-    alice = A.create_operator_key("alice", PASS, tmp_path / "alice")
-    mallory = A.create_operator_key("mallory", PASS, tmp_path / "elsewhere")
-    trusted = A.load_trusted_keys(A.trusted_key_paths_from_env(str(alice.public_key_path)))
-    mallory_key = A.load_private_key(mallory.private_key_path, PASS)
+    alice = K.create_operator_key("alice", PASS, tmp_path / "alice")
+    mallory = K.create_operator_key("mallory", PASS, tmp_path / "elsewhere")
+    trusted = T.load_trusted_keys(T.trusted_key_paths_from_env(str(alice.public_key_path)))
+    mallory_key = K.load_private_key(mallory.private_key_path, PASS)
     tok = A.sign_approval(
         mallory_key, draft_id="d", digest=DIGEST, workspace="/w", op="mallory",
                 ttl_seconds=60, ledger_id=LEDGER
     )
     assert refusal(tok, trusted, now=None).code == "approval_untrusted_key"
-    both = A.trusted_key_paths_from_env(
+    both = T.trusted_key_paths_from_env(
         f"{alice.public_key_path}{os.pathsep}{os.pathsep}{mallory.public_key_path}"
     )
-    assert A.verify_approval(tok, A.load_trusted_keys(both)).op == "mallory"
+    assert A.verify_approval(tok, T.load_trusted_keys(both)).op == "mallory"
 
 
 def test_trusted_key_paths_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert A.trusted_key_paths_from_env("") == []
-    assert A.trusted_key_paths_from_env(f" ~/a.pub.pem {os.pathsep}") == [tmp_path / "a.pub.pem"]
+    assert T.trusted_key_paths_from_env("") == []
+    assert T.trusted_key_paths_from_env(f" ~/a.pub.pem {os.pathsep}") == [tmp_path / "a.pub.pem"]
     with pytest.raises(TunestepError) as err:
-        A.trusted_key_paths_from_env("keys/a.pub.pem")
+        T.trusted_key_paths_from_env("keys/a.pub.pem")
     assert err.value.code == "operator_key_invalid"
 
 
@@ -400,7 +402,7 @@ def test_invalid_trusted_keys_name_the_path(tmp_path):
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    info = A.create_operator_key("alice", PASS, tmp_path / "k")
+    info = K.create_operator_key("alice", PASS, tmp_path / "k")
     (tmp_path / "ec.pub.pem").write_bytes(ec_pem)
     (tmp_path / "junk.pem").write_bytes(b"junk")
     for path in (
@@ -410,7 +412,7 @@ def test_invalid_trusted_keys_name_the_path(tmp_path):
         info.private_key_path,
     ):
         with pytest.raises(TunestepError) as err:
-            A.load_trusted_keys([info.public_key_path, path])
+            T.load_trusted_keys([info.public_key_path, path])
         assert err.value.code == "operator_key_invalid"
         assert err.value.path == str(path)
 
@@ -420,9 +422,9 @@ def test_keys_inside_the_workspace_are_refused(tmp_path):
     (ws / "keys").mkdir(parents=True)
     (ws / "keys" / "a.pub.pem").write_bytes(b"")
     with pytest.raises(TunestepError) as err:
-        A.ensure_keys_outside_workspace([ws / "keys" / "a.pub.pem"], ws)
+        T.ensure_keys_outside_workspace([ws / "keys" / "a.pub.pem"], ws)
     assert err.value.code == "operator_key_in_workspace"
-    A.ensure_keys_outside_workspace([tmp_path / "a.pub.pem"], ws)
+    T.ensure_keys_outside_workspace([tmp_path / "a.pub.pem"], ws)
 
 
 # --------------------------------------------------------------------------- ttl

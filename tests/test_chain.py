@@ -166,13 +166,13 @@ def test_a_local_start_is_committed_from_a_verified_copy_streamed_from_disk(
         local_ws, fake_hub, monkeypatch, tmp_path):
     from conftest import Operator
 
-    from tunestep.tools.hub import jobs_api as hf_jobs
+    from tunestep.tools.hub import bundle
     from tunestep.tools.runs import hf_submit
     from tunestep.tools.runs.submit import submit_job
 
     ws = local_ws
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    monkeypatch.setattr(hf_jobs, "BUNDLE_INLINE_MAX", 1024)  # the weights go by path
+    monkeypatch.setattr(bundle, "BUNDLE_INLINE_MAX", 1024)  # the weights go by path
     operator = Operator(tmp_path / "keys")
     draft = draft_job(ws, DraftRequest(batch="batch_100_01", **REMOTE))
     submit_job(ws, draft.draft_id, operator.approve(ws, draft.draft_id), operator.trusted)

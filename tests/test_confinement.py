@@ -234,7 +234,8 @@ def _fill(value, outside: Path):
 
 def _signed_token(tmp: Path, ws: Path) -> tuple[str, Path]:
     """A genuinely signed approval (for a draft that does not exist) and its public key."""
-    from tunestep.tools.signing.approval import create_operator_key, load_private_key, sign_approval
+    from tunestep.tools.signing.approval import sign_approval
+    from tunestep.tools.signing.operator_keys import create_operator_key, load_private_key
 
     key = create_operator_key("confiner", b"pass phrase", tmp / "keys")
     token = sign_approval(load_private_key(key.private_key_path, b"pass phrase"),

@@ -416,22 +416,22 @@ def test_preprocess_killed_anywhere_leaves_whole_folders(tmp_path, tiny_model_di
 def approved(tmp_path, tiny_model_dir):
     """A small workspace with a stored draft, an operator key and a signed token."""
     from tunestep.tools.drafts.draft import DraftRequest, draft_job
-    from tunestep.tools.signing import approval
+    from tunestep.tools.signing import approval, operator_keys, trusted_keys
 
     root = tmp_path / "ws"
     build_sample_workspace(root, base_rows=30, batch_rows=10, batches=2, holdout_rows=8,
                            plan_overrides={"model": str(tiny_model_dir)})
     ws = open_workspace(root)
     draft = draft_job(ws, DraftRequest(batch="batch_10_01"))
-    info = approval.create_operator_key("alice", b"crash test", tmp_path / "operator")
-    key = approval.load_private_key(info.private_key_path, b"crash test")
+    info = operator_keys.create_operator_key("alice", b"crash test", tmp_path / "operator")
+    key = operator_keys.load_private_key(info.private_key_path, b"crash test")
     with ledger.open_ledger(ws) as conn:
         identity = ledger.ledger_id(conn)
     token = approval.sign_approval(key, draft_id=draft.draft_id, digest=draft.digest,
                                    workspace=str(ws.root), op="alice", ttl_seconds=3600,
                                    ledger_id=identity)
     return {"root": root, "draft": draft, "token": token, "info": info,
-            "trusted": approval.load_trusted_keys([info.public_key_path])}
+            "trusted": trusted_keys.load_trusted_keys([info.public_key_path])}
 
 
 def job_rows(root: Path) -> list[tuple]:
@@ -454,7 +454,8 @@ def job_files(root: Path) -> list[dict | None]:
 
 
 SUBMIT_PRELOAD = ("tunestep.tools.runs.submit", "tunestep.tools.drafts.draft",
-                  "tunestep.tools.signing.approval", "tunestep.tools.runs.local_backend",
+                  "tunestep.tools.signing.approval", "tunestep.tools.signing.trusted_keys",
+                  "tunestep.tools.runs.local_backend",
                   "tunestep.tools.inspector",
                   "transformers.models.auto.tokenization_auto")
 

@@ -40,12 +40,9 @@ from tunestep.tools.lineage.model_sync import sync_model
 from tunestep.tools.lineage.promotion import promote, promote_version, review_request
 from tunestep.tools.runs.job_control import job_status
 from tunestep.tools.runs.submit import submit_job
-from tunestep.tools.signing.approval import (
-    create_operator_key,
-    load_trusted_keys,
-    parse_token,
-    sign_approval,
-)
+from tunestep.tools.signing.approval import parse_token, sign_approval
+from tunestep.tools.signing.operator_keys import create_operator_key
+from tunestep.tools.signing.trusted_keys import load_trusted_keys
 
 LINK = "models/qwen3_webdev"
 V1, V2 = "0001_batch_100_01", "0002_batch_100_02"

@@ -37,6 +37,7 @@ from tunestep.tools.demo.sample_workspace import build_sample_workspace
 from tunestep.tools.inspector import RULES, run_inspector
 from tunestep.tools.jobs import sft_data
 from tunestep.tools.signing import approval as A
+from tunestep.tools.signing import operator_keys
 
 BATCH = "datasets/incremental/batch_5_09"
 
@@ -546,7 +547,7 @@ def test_an_openai_tool_call_is_ready_and_the_job_reads_it(fuzz_ws):
 NOW = 1_800_000_000
 KEY = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()  # also trusted: a second operator
-TRUSTED = {A.key_id(k.public_key()): k.public_key() for k in (KEY, OTHER)}
+TRUSTED = {operator_keys.key_id(k.public_key()): k.public_key() for k in (KEY, OTHER)}
 
 
 def sign(key=KEY, **fields) -> str:
@@ -634,8 +635,8 @@ def test_the_key_id_decides_between_untrusted_and_bad_signature():
     _, _, signature = parts(token)
     claims = claims_of(token)
     stranger = Ed25519PrivateKey.generate()
-    for kid, code in ((A.key_id(OTHER.public_key()), "approval_bad_signature"),
-                      (A.key_id(stranger.public_key()), "approval_untrusted_key"),
+    for kid, code in ((operator_keys.key_id(OTHER.public_key()), "approval_bad_signature"),
+                      (operator_keys.key_id(stranger.public_key()), "approval_untrusted_key"),
                       ("0" * 16, "approval_untrusted_key")):
         assert refused(f"tsa1.{b64(canonical({**claims, 'kid': kid}))}.{signature}") == code
     # a stranger's own valid token names its key as untrusted, not its signature

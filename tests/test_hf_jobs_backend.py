@@ -12,7 +12,9 @@ import pytest
 from hub_stub import FakeHub, RecordedRequest
 
 from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.hub import bundle, job_outputs
 from tunestep.tools.hub import jobs_api as hf_jobs
+from tunestep.tools.hub import prices as hub_prices
 
 # Registers the fixture in this module too, so it runs whether or not a conftest imports it.
 fake_hub = hub_stub.fake_hub
@@ -37,7 +39,7 @@ def api(fake_hub: FakeHub):
 
 @pytest.fixture
 def bundle_sha(api, fake_hub: FakeHub) -> str:
-    return hf_jobs.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
+    return bundle.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
 
 
 def _submit(api, sha: str, **overrides):
@@ -67,7 +69,7 @@ def _assert_token_only_in_auth(requests: list[RecordedRequest]) -> None:
 
 
 def test_upload_bundle_is_one_commit_of_every_file_to_a_private_repo(api, fake_hub):
-    sha = hf_jobs.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
+    sha = bundle.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
 
     (create,) = fake_hub.requests_to("POST", "/api/repos/create")
     assert create.json["type"] == "dataset"
@@ -98,7 +100,7 @@ def test_upload_reads_paths_and_keeps_existing_private_repo(api, fake_hub, tmp_p
     fake_hub.add_repo(REPO, private=True)
     script = tmp_path / "train_sft.py"
     script.write_bytes(BUNDLE["train_sft.py"])
-    sha = hf_jobs.upload_step_bundle(api, REPO, DRAFT, {"train_sft.py": script})
+    sha = bundle.upload_step_bundle(api, REPO, DRAFT, {"train_sft.py": script})
     assert fake_hub.repo(REPO).tree(sha) == {f"steps/{DRAFT}/train_sft.py": BUNDLE["train_sft.py"],
                                              ".gitattributes": hub_stub.GITATTRIBUTES}
 
@@ -106,7 +108,7 @@ def test_upload_reads_paths_and_keeps_existing_private_repo(api, fake_hub, tmp_p
 def test_upload_refuses_an_existing_public_repo(api, fake_hub):
     fake_hub.add_repo(REPO, private=False)
     with pytest.raises(TunestepError) as err:
-        hf_jobs.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
+        bundle.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
     assert err.value.code == "hub_repo_public"
     assert not fake_hub.requests_to("POST", f"/api/datasets/{REPO}/commit/")
 
@@ -114,14 +116,14 @@ def test_upload_refuses_an_existing_public_repo(api, fake_hub):
 @pytest.mark.parametrize("name", ["../escape.py", "/abs.py", "a/../b", "", "a//b", "a\\b"])
 def test_upload_refuses_unsafe_names_before_any_request(api, fake_hub, name):
     with pytest.raises(TunestepError) as err:
-        hf_jobs.upload_step_bundle(api, REPO, DRAFT, {name: b"x"})
+        bundle.upload_step_bundle(api, REPO, DRAFT, {name: b"x"})
     assert err.value.code == "hf_bad_argument"
     assert fake_hub.requests == []
 
 
 def test_upload_missing_file_names_it(api, fake_hub, tmp_path):
     with pytest.raises(TunestepError) as err:
-        hf_jobs.upload_step_bundle(api, REPO, DRAFT, {"job.json": tmp_path / "nope.json"})
+        bundle.upload_step_bundle(api, REPO, DRAFT, {"job.json": tmp_path / "nope.json"})
     assert err.value.code == "hf_bundle_unreadable"
     assert err.value.path.endswith("nope.json")
 
@@ -301,7 +303,7 @@ def test_cancel_maps_to_cancel_endpoint(api, fake_hub, job):
 
 
 def test_fetch_outputs_before_any_push_is_empty(api, fake_hub, bundle_sha, tmp_path):
-    out = hf_jobs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", tmp_path / "got")
+    out = job_outputs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", tmp_path / "got")
     assert out.files == [] and out.revision == bundle_sha
 
 
@@ -314,7 +316,7 @@ def test_fetch_outputs_downloads_what_the_job_pushed(api, fake_hub, bundle_sha, 
     }
     sha = fake_hub.push_files(REPO, pushed)
     dest = tmp_path / "got"
-    out = hf_jobs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", dest)
+    out = job_outputs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", dest)
     assert out.revision == sha
     got = {f.name: f.local_path.read_bytes() for f in out.files}
     assert got == {
@@ -340,7 +342,7 @@ def test_fetch_outputs_only_takes_allowed_names(api, fake_hub, bundle_sha, tmp_p
             f"outputs/{DRAFT}/logs.txt": b"not the logs folder",
         },
     )
-    out = hf_jobs.fetch_job_outputs(
+    out = job_outputs.fetch_job_outputs(
         api, REPO, f"outputs/{DRAFT}", tmp_path, allow=["logs/", "tunestep_result.json"]
     )
     assert sorted(f.name for f in out.files) == ["logs/train.log", "tunestep_result.json"]
@@ -351,7 +353,7 @@ def test_fetch_outputs_only_takes_allowed_names(api, fake_hub, bundle_sha, tmp_p
 def test_fetch_outputs_refuses_unsafe_names_from_the_hub(api, fake_hub, bundle_sha, tmp_path):
     fake_hub.push_files(REPO, {f"outputs/{DRAFT}/../../escape.txt": b"x"})
     with pytest.raises(TunestepError) as err:
-        hf_jobs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", tmp_path / "got")
+        job_outputs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", tmp_path / "got")
     assert err.value.code == "hf_output_unsafe_name"
     assert not (tmp_path / "escape.txt").exists()
 
@@ -363,7 +365,7 @@ def test_fetch_outputs_does_not_follow_a_planted_symlink(api, fake_hub, bundle_s
     elsewhere.mkdir()
     (dest / "plots").symlink_to(elsewhere)
     with pytest.raises(TunestepError) as err:
-        hf_jobs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", dest)
+        job_outputs.fetch_job_outputs(api, REPO, f"outputs/{DRAFT}", dest)
     assert err.value.code == "hf_output_unsafe_name"
     assert list(elsewhere.iterdir()) == []
 
@@ -372,7 +374,7 @@ def test_fetch_outputs_does_not_follow_a_planted_symlink(api, fake_hub, bundle_s
 
 
 def test_hardware_prices_are_per_hour(api, fake_hub):
-    prices = hf_jobs.hardware_prices(api)
+    prices = hub_prices.hardware_prices(api)
     assert {k: prices[k] for k in ("cpu-basic", "t4-medium", "a10g-large", "h200x8")} == {
         "cpu-basic": 0.01, "t4-medium": 0.6, "a10g-large": 1.5, "h200x8": 40.0}
     assert set(prices) == set(hub_stub.FLAVORS)
@@ -381,7 +383,7 @@ def test_hardware_prices_are_per_hour(api, fake_hub):
 
 def test_hardware_prices_none_when_hub_fails(api, fake_hub):
     fake_hub.hardware = None
-    assert hf_jobs.hardware_prices(api) is None
+    assert hub_prices.hardware_prices(api) is None
 
 
 def test_hardware_prices_none_when_offline(fake_hub):
@@ -389,7 +391,7 @@ def test_hardware_prices_none_when_offline(fake_hub):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     api = hf_jobs.hub_api(TOKEN, endpoint=f"http://127.0.0.1:{port}")
-    assert hf_jobs.hardware_prices(api) is None
+    assert hub_prices.hardware_prices(api) is None
 
 
 def test_hub_api_reads_hf_endpoint_at_call_time(fake_hub, monkeypatch):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tunestep.tools.core.errors import TunestepError
-from tunestep.tools.core.plan import FIXED_PATHS, PATH_ROLES, Plan, load_plan, parse_plan_text
+from tunestep.tools.core.plan import Plan, load_plan, parse_plan_text
+from tunestep.tools.core.plan_paths import FIXED_PATHS, PATH_ROLES
 from tunestep.tools.core.workspace import open_workspace
 
 PLAN = ".specs/training/plan.md"
@@ -130,7 +131,8 @@ def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
     server started, and a token signed by that key is submitted -> operator_key_changed."""
     from tunestep.server.app import ServerConfig, build_server, error_code
     from tunestep.tools.core import ledger
-    from tunestep.tools.signing.approval import create_operator_key, load_private_key, sign_approval
+    from tunestep.tools.signing.approval import sign_approval
+    from tunestep.tools.signing.operator_keys import create_operator_key, load_private_key
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
@@ -151,7 +153,8 @@ def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
 def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
     """Case: the key file differs from the fingerprint in the client config (swapped
     before the server started) -> operator_key_fingerprint_mismatch; an inline PEM works."""
-    from tunestep.tools.signing.approval import create_operator_key, pin_trusted_keys
+    from tunestep.tools.signing.operator_keys import create_operator_key
+    from tunestep.tools.signing.trusted_keys import pin_trusted_keys
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     mallory = create_operator_key("mallory", b"pass", tmp_path / "mallory")
@@ -166,7 +169,8 @@ def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
 
 def test_serve_takes_an_inline_key_and_a_fingerprint_flag(tmp_path):
     from tunestep.server.cli import _fingerprints, _trusted_key_paths, build_parser
-    from tunestep.tools.signing.approval import create_operator_key, pin_trusted_keys
+    from tunestep.tools.signing.operator_keys import create_operator_key
+    from tunestep.tools.signing.trusted_keys import pin_trusted_keys
 
     real = create_operator_key("op", b"pass", tmp_path / "real")
     pem = real.public_key_path.read_text()

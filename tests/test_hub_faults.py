@@ -16,7 +16,9 @@ import pytest
 from huggingface_hub.utils import _http
 
 from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.hub import bundle, job_outputs
 from tunestep.tools.hub import jobs_api as hf_jobs
+from tunestep.tools.hub import prices as hub_prices
 from tunestep.tools.hub.errors import configure_client
 
 fake_hub = hub_stub.fake_hub
@@ -38,7 +40,7 @@ def hub(fake_hub, monkeypatch):
     # The SDK's backoff pauses (1-8 s, or Retry-After + 1) are not what is tested here.
     monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda _s: None))
     api = hf_jobs.hub_api(TOKEN)
-    sha = hf_jobs.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
+    sha = bundle.upload_step_bundle(api, REPO, DRAFT, BUNDLE)
     job = _submit(api, sha)
     fake_hub.push_files(REPO, {f"{OUT}/result.json": b'{"ok": true}'})
     fake_hub.requests.clear()
@@ -59,13 +61,13 @@ def _submit(api, sha):
 CALLS = {
     "whoami": ("GET", "/api/whoami-v2", lambda c, tmp: hf_jobs.hub_whoami(c.api)),
     "repo_create": ("POST", "/api/repos/create",
-                    lambda c, tmp: hf_jobs.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
+                    lambda c, tmp: bundle.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
     "repo_info": ("GET", f"/api/datasets/{REPO}",
-                  lambda c, tmp: hf_jobs.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
+                  lambda c, tmp: bundle.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
     "preupload": ("POST", f"/api/datasets/{REPO}/preupload/*",
-                  lambda c, tmp: hf_jobs.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
+                  lambda c, tmp: bundle.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
     "commit": ("POST", f"/api/datasets/{REPO}/commit/*",
-               lambda c, tmp: hf_jobs.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
+               lambda c, tmp: bundle.upload_step_bundle(c.api, REPO, "d0002", BUNDLE)),
     "job_create": ("POST", f"/api/jobs/{hub_stub.USER}", lambda c, tmp: _submit(c.api, c.sha)),
     "inspect": ("GET", f"/api/jobs/{hub_stub.USER}/*",
                 lambda c, tmp: hf_jobs.hf_job_status(c.api, c.job.job_id,
@@ -80,10 +82,10 @@ CALLS = {
                   lambda c, tmp: hf_jobs.find_hf_jobs(c.api, {"tunestep-nonce": "n1"},
                                                       namespace=hub_stub.USER)),
     "tree": ("GET", f"/api/datasets/{REPO}/tree/*",
-             lambda c, tmp: hf_jobs.fetch_job_outputs(c.api, REPO, OUT, tmp / "got")),
+             lambda c, tmp: job_outputs.fetch_job_outputs(c.api, REPO, OUT, tmp / "got")),
     "download": ("GET", f"/datasets/{REPO}/resolve/*",
-                 lambda c, tmp: hf_jobs.fetch_job_outputs(c.api, REPO, OUT, tmp / "got")),
-    "hardware": ("GET", "/api/jobs/hardware", lambda c, tmp: hf_jobs.hardware_prices(c.api)),
+                 lambda c, tmp: job_outputs.fetch_job_outputs(c.api, REPO, OUT, tmp / "got")),
+    "hardware": ("GET", "/api/jobs/hardware", lambda c, tmp: hub_prices.hardware_prices(c.api)),
 }
 
 # Where a call answers a fault without an error, by design (all else: EXPECTED).
@@ -131,7 +133,7 @@ def test_every_call_meets_every_fault_with_a_named_error(hub, call, fault, tmp_p
 def test_a_transient_fault_is_ridden_out_by_the_sdks_retries(hub, tmp_path):
     """One 503 on the tree listing: the SDK retries, the fetch succeeds."""
     injected = hub.hub.inject("GET", f"/api/datasets/{REPO}/tree/*", "503", times=1)
-    out = hf_jobs.fetch_job_outputs(hub.api, REPO, OUT, tmp_path / "got")
+    out = job_outputs.fetch_job_outputs(hub.api, REPO, OUT, tmp_path / "got")
     assert [f.name for f in out.files] == ["result.json"] and injected.hits == 1
 
 
@@ -142,5 +144,5 @@ def test_wrong_token_and_missing_repo_are_named(hub, tmp_path):
         hf_jobs.hf_job_status(wrong, hub.job.job_id, namespace=hub_stub.USER)
     assert err.value.code == "hub_auth_failed"
     with pytest.raises(TunestepError) as err:
-        hf_jobs.fetch_job_outputs(hub.api, f"{hub_stub.USER}/nope", OUT, tmp_path)
+        job_outputs.fetch_job_outputs(hub.api, f"{hub_stub.USER}/nope", OUT, tmp_path)
     assert err.value.code == "hf_repo_not_found"

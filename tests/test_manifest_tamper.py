@@ -453,16 +453,16 @@ def test_a_labels_list_in_a_hub_answer_is_a_named_error():
     """Case: the Hub answers a job's labels as a list (or another malformed job)."""
     from huggingface_hub import JobInfo
 
-    from tunestep.tools.hub.jobs_api import _status_of
+    from tunestep.tools.hub.job_info import status_of
 
     job = {"id": "j1", "owner": {"id": "u", "name": "u", "type": "user"},
            "status": {"stage": "RUNNING"}, "flavor": "cpu-basic", "labels": ["a", "b"]}
     with pytest.raises(TunestepError) as err:
-        _status_of(JobInfo(**job))
+        status_of(JobInfo(**job))
     assert err.value.code == "hub_bad_response"
     job.update(labels={"a": "b"}, command="not a list")
     with pytest.raises(TunestepError) as err:
-        _status_of(JobInfo(**job))
+        status_of(JobInfo(**job))
     assert err.value.code == "hub_bad_response"
 
 

@@ -93,7 +93,7 @@ def test_promote_and_roll_back_refuse_without_a_valid_token(held_back, operator,
     good = signed(ws, operator, HELD)
     # A submit_job token for the same request: the wrong action.
     request = asked.request
-    from tunestep.tools.signing.approval import load_private_key
+    from tunestep.tools.signing.operator_keys import load_private_key
 
     key = load_private_key(operator.info.private_key_path, operator.passphrase)
     with ledger.open_ledger(ws) as conn:

@@ -190,7 +190,7 @@ def run_cli(*argv: str) -> str:
 
 async def test_the_token_goes_to_the_job_secret_and_nowhere_else(
         fake_hub, tmp_path, tiny_model_dir, monkeypatch, capfd):
-    from tunestep.tools.signing.approval import create_operator_key
+    from tunestep.tools.signing.operator_keys import create_operator_key
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # after fake_hub, which hides any token
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -21,10 +21,9 @@ from tunestep.tools.signing.approval import (
     ApprovalClaims,
     _b64url_encode,
     canonical_claims_bytes,
-    key_id,
-    load_private_key,
     sign_approval,
 )
+from tunestep.tools.signing.operator_keys import key_id, load_private_key
 
 pytestmark = pytest.mark.e2e
 

@@ -243,7 +243,7 @@ def mixed_load(root: Path, operator_info, passphrase: bytes, *, seconds: float, 
                job_timeout: float = 900.0) -> LoadRun:
     """The mixed load on ``root`` (a workspace whose model store holds a checkpoint).
 
-    ``operator_info``: the operator's key pair (``approval.OperatorKeyInfo``). Returns what
+    ``operator_info``: the operator's key pair (``operator_keys.OperatorKeyInfo``). Returns what
     happened; ``baseline`` > 0 adds that many one-at-a-time check_batch and job_status
     calls after the load.
     """
@@ -382,7 +382,7 @@ def p95(values: list[float]) -> float:
 
 def run(seconds: float, processes: int, baseline: int = 10) -> dict:
     from tunestep.tools.demo.sample_workspace import build_sample_workspace
-    from tunestep.tools.signing.approval import create_operator_key
+    from tunestep.tools.signing.operator_keys import create_operator_key
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         base = Path(tmp)

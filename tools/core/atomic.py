@@ -39,7 +39,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     try:
         # mkstemp makes the file 0600; the file it becomes gets the mode open() would give
         # it (0644 under the usual umask), as every other file of the workspace has.
-        # Secrets are written with an explicit mode (approval._write_new_file).
+        # Secrets are written with an explicit mode (signing/operator_keys.py _write_new_file).
         os.fchmod(fd, default_file_mode())
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:

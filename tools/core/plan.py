@@ -7,14 +7,15 @@ load (``plan_value_invalid`` naming the key and what it allows): strict types (`
 is no number, ``'5'`` is no number, a number is no string), finite numbers, and each
 number within the range stated beside its key here and in .specs/plan_format.md, so that
 nothing the job would refuse after it started can be signed. The ranges are types
-(``Annotated``) shared with draft_job's overrides (``check_overrides``).
+(``Annotated``) shared with draft_job's overrides (``check_overrides``). The ``paths``
+section and the rule that keeps its locations apart are ``plan_paths``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -28,6 +29,14 @@ from pydantic import (
 )
 
 from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.plan_paths import (
+    PLAN_PATH,
+    PathConflict,
+    Paths,
+    check_path_roles,
+    conflict_error,
+    link_resolver,
+)
 from tunestep.tools.core.plan_values import (
     METRIC_SPAN,
     METRIC_UNITS,
@@ -49,7 +58,6 @@ from tunestep.tools.core.plan_values import (
 )
 from tunestep.tools.core.workspace import Workspace
 
-PLAN_PATH = ".specs/training/plan.md"
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 
@@ -64,88 +72,6 @@ class _Section(BaseModel):
     # strict: no coercion (true is not 1, '5' is not 5, 5 is not '5'; an int is a float);
     # allow_inf_nan: NaN and infinities are refused in every section, whatever its keys.
     model_config = STRICT
-
-
-
-
-class Paths(_Section):
-    """Where things live, relative to the workspace root."""
-
-    train: str = "datasets/processed_webdev_coding/train.jsonl"
-    validation: str = "datasets/processed_webdev_coding/validation.jsonl"
-    incremental: str = "datasets/incremental"
-    mapped: str = "datasets/processed_webdev_coding_mapped"
-    merged: str = "datasets/processed_webdev_coding/merged_train.jsonl"
-    replay: str = "datasets/processed_webdev_coding/replay"  # the replay sample per batch
-    tokenized: str = "datasets/tokenized"
-    models: str = "models"
-    logs: str = "logs"
-    plots: str = ".specs/plots"
-    run_plan: str = ".specs/training/run_plan_preparation.md"
-
-
-# The role of every path the plan can set, and of the two fixed locations. Outputs are
-# written by tunestep or a job; inputs and the hold-out set are only read. Every pair must
-# be apart (neither the same place nor one inside the other): an output at an input's,
-# the hold-out set's, the plan's, the ledger's or another output's location would
-# overwrite it, and an output inside the batch folder would become training data.
-PATH_ROLES: dict[str, str] = {
-    "paths.train": "input", "paths.validation": "hold-out", "paths.incremental": "input",
-    "paths.mapped": "derived output", "paths.merged": "derived output",
-    "paths.replay": "derived output",
-    "paths.tokenized": "derived output", "paths.models": "derived output",
-    "paths.logs": "report", "paths.plots": "report", "paths.run_plan": "report",
-    "plan": "plan", "state": "state",
-}
-FIXED_PATHS = {"plan": PLAN_PATH, "state": ".tunestep"}
-
-
-class PathConflict(ValueError):
-    """Two plan paths share a location (raised inside validation, reported by key)."""
-
-    def __init__(self, first: str, second: str, how: str) -> None:
-        super().__init__(f"{first} and {second} {how}")
-        self.first, self.second, self.how = first, second, how
-
-
-def _norm(value: str) -> PurePosixPath:
-    parts = [p for p in PurePosixPath(value.replace("\\", "/")).parts if p not in ("", ".")]
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
-
-
-def path_locations(paths: Paths) -> dict[str, list[str]]:
-    """Each path key's locations (merged brings its manifest), plus the fixed ones."""
-    found = {f"paths.{name}": [value] for name, value in paths.model_dump().items()}
-    merged = PurePosixPath(paths.merged)
-    found["paths.merged"].append(str(merged.with_name(f"{merged.stem}.manifest.json")))
-    found.update({key: [value] for key, value in FIXED_PATHS.items()})
-    return found
-
-
-def _apart(first: PurePosixPath, second: PurePosixPath) -> str | None:
-    if first == second:
-        return "are the same location"
-    if second == PurePosixPath(".") or second in first.parents:
-        return "lie one inside the other"
-    if first == PurePosixPath(".") or first in second.parents:
-        return "lie one inside the other"
-    return None
-
-
-def check_path_roles(paths: Paths, resolve=None) -> None:
-    """Refuse two path keys sharing a location (``resolve`` also follows links)."""
-    places = path_locations(paths)
-    keys = list(places)
-    for i, first in enumerate(keys):
-        for second in keys[i + 1:]:
-            for a in places[first]:
-                for b in places[second]:
-                    pair = (_norm(a), _norm(b)) if resolve is None else (resolve(a), resolve(b))
-                    if None in pair:
-                        continue
-                    how = _apart(*pair)
-                    if how:
-                        raise PathConflict(first, second, how)
 
 
 class Training(_Section):
@@ -344,36 +270,13 @@ def parse_plan_text(text: str, shown_path: str = PLAN_PATH) -> Plan:
         first = exc.errors()[0]
         conflict = (first.get("ctx") or {}).get("error")
         if isinstance(conflict, PathConflict):
-            raise _conflict_error(conflict, shown_path) from None
+            raise conflict_error(conflict, shown_path) from None
         if first["type"] == "extra_forbidden":
             key = ".".join(str(p) for p in first["loc"])
             raise TunestepError("plan_unknown_key", f"plan key '{key}': unknown key",
                                 path=shown_path) from None
         raise value_error(Plan, first, exc.error_count(), "plan key",
                           shown_path) from None
-
-
-def _label(key: str) -> str:
-    if key in FIXED_PATHS:
-        return f"the {'ledger' if key == 'state' else 'plan'} ({FIXED_PATHS[key]})"
-    return f"'{key}' ({PATH_ROLES[key]})"
-
-
-def _conflict_error(conflict: PathConflict, shown_path: str) -> TunestepError:
-    return TunestepError(
-        "plan_path_conflict",
-        f"plan key {_label(conflict.first)} and {_label(conflict.second)} {conflict.how}: "
-        "an output must never overwrite an input, the hold-out set, the plan, the ledger "
-        "or another output; give each its own location", path=shown_path)
-
-
-def _resolver(ws: Workspace):
-    def resolve(value: str) -> PurePosixPath | None:
-        try:
-            return PurePosixPath(ws.resolve(value).relative_to(ws.root).as_posix())
-        except (TunestepError, ValueError, OSError, RuntimeError):
-            return None  # refused where it is used; here only links are the concern
-    return resolve
 
 
 def load_plan(ws: Workspace) -> LoadedPlan:
@@ -406,9 +309,9 @@ def _read_plan(ws: Workspace) -> LoadedPlan:
         raise TunestepError("plan_encoding", "the plan is not UTF-8", path=PLAN_PATH) from None
     plan = parse_plan_text(text)
     try:  # the same rule through links: a folder linked onto the hold-out's is no apart
-        check_path_roles(plan.paths, _resolver(ws))
+        check_path_roles(plan.paths, link_resolver(ws))
     except PathConflict as conflict:
-        raise _conflict_error(conflict, PLAN_PATH) from None
+        raise conflict_error(conflict, PLAN_PATH) from None
     return LoadedPlan(plan=plan, source=PLAN_PATH, sha256=hashlib.sha256(raw).hexdigest())
 
 

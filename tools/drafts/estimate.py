@@ -109,7 +109,8 @@ def live_prices(refresh: bool = False) -> dict[str, float] | None:
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return None
-    from tunestep.tools.hub.jobs_api import hardware_prices, hub_api
+    from tunestep.tools.hub.jobs_api import hub_api
+    from tunestep.tools.hub.prices import hardware_prices
     from tunestep.tools.hub.token import read_token
 
     api = hub_api(read_token())

@@ -20,11 +20,10 @@ from tunestep.tools.drafts.draft import JobDraft, load_draft, recompute, what_ch
 from tunestep.tools.signing.approval import (
     ACTION_PROMOTE,
     ACTION_SUBMIT_JOB,
-    default_operator_dir,
-    load_private_key,
     parse_ttl,
     sign_approval,
 )
+from tunestep.tools.signing.operator_keys import default_operator_dir, load_private_key
 
 PASSPHRASE_ENV = "TUNESTEP_OPERATOR_PASSPHRASE"
 DEFAULT_NAME = "operator"

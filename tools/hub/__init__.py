@@ -2,8 +2,10 @@
 
 Owns the Hub client's timeouts and errors (``errors``), repository ids and their defaults
 from whoami (``ids``), whether a token is available without ever showing it (``token``),
-the Jobs API and the step bundle (``jobs_api``: upload, submit, status, logs, cancel,
-outputs, prices) and the polling interval (``poll``).
+the checks of names and private repos (``repos``), the step bundle and its upload
+(``bundle``), the Jobs API (``jobs_api``: submit, status, find, logs, cancel; a job's
+answer read by ``job_info``), a job's outputs (``job_outputs``), hardware prices
+(``prices``) and the polling interval (``poll``).
 
 May import: ``core``.
 """

@@ -119,13 +119,8 @@ def reader_keys(sources: list, folder, workspace) -> dict:
     write there."""
     from pathlib import Path
 
-    from tunestep.tools.signing.approval import (
-        default_operator_dir,
-        ensure_keys_outside_workspace,
-        key_id,
-        load_public_key,
-        pin_trusted_keys,
-    )
+    from tunestep.tools.signing.operator_keys import default_operator_dir, key_id, load_public_key
+    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, pin_trusted_keys
 
     if sources:
         ensure_keys_outside_workspace(sources, workspace)

@@ -150,7 +150,7 @@ def run_command(submission: dict, job_config: dict) -> list[str]:
 
 def expected_job(submission: dict, job_config: dict, draft_id: str,
                  revision: str | None) -> ExpectedJob:
-    from tunestep.tools.hub.jobs_api import step_path
+    from tunestep.tools.hub.bundle import step_path
 
     return ExpectedJob(draft_id=draft_id, flavor=submission["flavor"],
                        image=submission["image"], command=run_command(submission, job_config),
@@ -205,7 +205,9 @@ def _recorded_revision(ws: Workspace, job_id: str) -> str | None:
 def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> HfStarted:
     """Get the Hub to run the token's one job for ``draft``; see the module docstring."""
     from tunestep.tools.hub import jobs_api as hf_jobs
+    from tunestep.tools.hub.bundle import upload_step_bundle
     from tunestep.tools.hub.errors import EFFECT_UNKNOWN, HubError
+    from tunestep.tools.hub.repos import ensure_repo
     from tunestep.tools.hub.token import read_token
 
     if not fresh:
@@ -225,10 +227,9 @@ def start_hf(ws: Workspace, draft, job_id: str, nonce: str, *, fresh: bool) -> H
             hub = draft.job_config.get("hub") or {}  # an inspect draft pushes no model
             private = hub.get("private", True) is not False
             if hub.get("push") and hub.get("model_id"):  # private before the job pushes
-                hf_jobs.ensure_repo(api, hub["model_id"], "model", private=private)
-            revision = hf_jobs.upload_step_bundle(api, sub.dataset_repo, draft.draft_id,
-                                                  _bundle_files(ws, draft, job_id),
-                                                  private=private)
+                ensure_repo(api, hub["model_id"], "model", private=private)
+            revision = upload_step_bundle(api, sub.dataset_repo, draft.draft_id,
+                                          _bundle_files(ws, draft, job_id), private=private)
             _drop_spool(ws, job_id)
             _update_submit_state(ws, job_id, revision=revision)
             try:

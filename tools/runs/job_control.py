@@ -290,14 +290,15 @@ def _fetch_inspection(ws: Workspace, api, row, repo: str) -> dict:
     """
     from pydantic import ValidationError
 
-    from tunestep.tools.hub import jobs_api as hf_jobs
+    from tunestep.tools.hub.bundle import output_path
+    from tunestep.tools.hub.job_outputs import fetch_job_outputs
     from tunestep.tools.inspector import InspectionReport
     from tunestep.tools.runs.local_backend import job_dir
 
     folder = job_dir(ws, row["job_id"])
     folder.mkdir(parents=True, exist_ok=True)
-    outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
-                                        folder, allow=["result.json"])
+    outputs = fetch_job_outputs(api, repo, output_path(row["draft_id"]),
+                                folder, allow=["result.json"])
     item = next((f for f in outputs.files if f.name == "result.json"), None)
     if item is None:
         return {"error": "the job completed without pushing its report (result.json)"}
@@ -327,7 +328,8 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
 
     from tunestep.tools.core.plan import load_plan
     from tunestep.tools.drafts.draft import load_draft
-    from tunestep.tools.hub import jobs_api as hf_jobs
+    from tunestep.tools.hub.bundle import output_path
+    from tunestep.tools.hub.job_outputs import fetch_job_outputs
     from tunestep.tools.lineage import outputs_merge
     from tunestep.tools.lineage.remote_result import check_result, read_result
     from tunestep.tools.runs.local_backend import job_dir
@@ -338,8 +340,8 @@ def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
     progression = f"{out['plots_dir']}/val_progression.png"
     allowed = [f"{paths.logs}/", f"{paths.plots}/"]
     staging = job_dir(ws, row["job_id"]) / "outputs"
-    outputs = hf_jobs.fetch_job_outputs(api, repo, hf_jobs.output_path(row["draft_id"]),
-                                        staging, allow=[*allowed, "result.json", "trackio/"])
+    outputs = fetch_job_outputs(api, repo, output_path(row["draft_id"]),
+                                staging, allow=[*allowed, "result.json", "trackio/"])
     errors: list[str] = []
     history = None
     reported = next((f for f in outputs.files if f.name == "result.json"), None)

@@ -199,11 +199,12 @@ def _start_local(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
     atomic_write_bytes(folder / "job.json", config)
     hub = draft.job_config["hub"]
     if hub["push"]:  # the job would push into whatever repo exists: check it is private
-        from tunestep.tools.hub import jobs_api as hf_jobs
+        from tunestep.tools.hub.jobs_api import hub_api
+        from tunestep.tools.hub.repos import ensure_repo
         from tunestep.tools.hub.token import read_token
 
-        hf_jobs.ensure_repo(hf_jobs.hub_api(read_token()), hub["model_id"], "model",
-                            private=hub["private"] is not False)
+        ensure_repo(hub_api(read_token()), hub["model_id"], "model",
+                    private=hub["private"] is not False)
     # The job gets the digests on its command line and verifies before anything else.
     pid = local.start(ws, job_id, pass_token=bool(hub["push"]), digest=draft.digest,
                       config_sha256=hashlib.sha256(config).hexdigest())

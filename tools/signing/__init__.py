@@ -1,9 +1,10 @@
 """Signatures: Ed25519 operator keys, ``tsa1`` approval tokens, signed documents' bytes.
 
-Owns making and reading operator keys, signing and verifying approval tokens (act,
-audience, expiry, nonce), the trusted-key set, and a stored manifest's bytes checked
-against their digest. What is signed (a draft, a promotion) is decided above; this
-package only knows bytes, digests and keys.
+Owns making and reading operator keys (``operator_keys``), signing and verifying approval
+tokens (``approval``: act, audience, expiry, nonce), the trusted-key set (``trusted_keys``),
+and a stored manifest's bytes checked against their digest (``signed_manifest``). What
+is signed (a draft, a promotion) is decided above; this package only knows bytes,
+digests and keys.
 
 May import: ``core``.
 """

@@ -63,34 +63,22 @@ Only ``kid`` is read before the signature is checked; no claim's meaning is trus
 then. Whether the draft exists, its digest matches the draft recomputed now, the workspace
 matches, and the nonce was never used, are checked by ``submit_job`` against the ledger.
 
-Key files
-=========
-
-``tunestep operator init`` writes ``<name>.key.pem`` (PKCS#8 PEM, encrypted with the
-passphrase via the best encryption the cryptography library offers, mode 0600) and
-``<name>.pub.pem`` (SubjectPublicKeyInfo PEM, mode 0644) under
-``$XDG_CONFIG_HOME/tunestep/operator/`` (``~/.config/tunestep/operator/`` when unset).
-The server is given public key paths only, through ``TUNESTEP_OPERATOR_KEYS``
-(``os.pathsep``-separated) or a launch flag.
+Keys live elsewhere in ``signing``: the operator's key pair on disk and key ids in
+``operator_keys``, the keys the server trusts in ``trusted_keys``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import hashlib
-import os
 import re
 import secrets
-import stat
 import time
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -104,8 +92,8 @@ from pydantic import (
     field_validator,
 )
 
-from tunestep.tools.core.atomic import fsync_dir
 from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.signing.operator_keys import key_id
 
 TOKEN_PREFIX = "tsa1"
 TOKEN_VERSION = 1
@@ -117,9 +105,7 @@ CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_CHARS = 8192
 MAX_TTL_SECONDS = 30 * 24 * 3600
 SIGNATURE_BYTES = 64
-KEY_ENV_VAR = "TUNESTEP_OPERATOR_KEYS"
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 _TTL_RE = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -169,18 +155,6 @@ class ApprovalClaims(BaseModel):
         return value
 
 
-class OperatorKeyInfo(BaseModel):
-    """Where a new operator key pair was written, and its key id."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    kid: str
-    fingerprint: str  # sha256:<64 hex>; pin it in the MCP client config
-    private_key_path: Path
-    public_key_path: Path
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -208,20 +182,6 @@ def canonical_claims_bytes(claims: ApprovalClaims) -> bytes:
     return orjson.dumps(claims.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """Key id: the first 16 hex characters of sha256 over the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def default_operator_dir() -> Path:
-    """``$XDG_CONFIG_HOME/tunestep/operator``, or ``~/.config/tunestep/operator``."""
-    xdg = os.environ.get("XDG_CONFIG_HOME", "")
-    # The XDG spec says a relative value is invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
-    return base / "tunestep" / "operator"
-
-
 def parse_ttl(text: str) -> int:
     """Parse a lifetime such as ``45s``, ``30m``, ``1h`` or ``2d`` into seconds.
 
@@ -245,279 +205,6 @@ def _check_ttl(seconds: int) -> None:
         raise TunestepError(
             "bad_ttl", f"lifetime must be between 1 second and 30 days, got {seconds} s"
         )
-
-
-# --------------------------------------------------------------------------- key files
-
-
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, with ``mode`` from the start, never replacing.
-
-    The temp file is created with O_EXCL and the final mode, so it is never readable by
-    others even for an instant; ``os.link`` then publishes it and fails if ``path`` exists,
-    which closes the race that an exists-check followed by a rename would leave open.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have removed bits we want (0644)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise TunestepError(
-                "operator_key_exists", "refusing to overwrite an existing key", path=str(path)
-            ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-
-
-def _key_paths(config_dir: Path, name: str) -> tuple[Path, Path]:
-    return config_dir / f"{name}.key.pem", config_dir / f"{name}.pub.pem"
-
-
-def create_operator_key(
-    name: str, passphrase: bytes, config_dir: Path | None = None
-) -> OperatorKeyInfo:
-    """Create the operator's Ed25519 key pair; the private half encrypted with ``passphrase``.
-
-    Writes ``<name>.key.pem`` (mode 0600) and ``<name>.pub.pem`` (mode 0644) into
-    ``config_dir`` (default: ``default_operator_dir()``, created 0700). Never overwrites:
-    an existing file of either name raises ``operator_key_exists``. Give the server the
-    ``.pub.pem`` path only.
-    """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise TunestepError(
-            "operator_name_invalid",
-            "operator name must be 1-64 characters [A-Za-z0-9._-], starting alphanumeric",
-        )
-    if not isinstance(passphrase, bytes) or not passphrase:
-        raise TunestepError("operator_passphrase_empty", "a non-empty passphrase is required")
-    folder = Path(config_dir) if config_dir is not None else default_operator_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    private_path, public_path = _key_paths(folder, name)
-    for path in (private_path, public_path):
-        if os.path.lexists(path):
-            raise TunestepError(
-                "operator_key_exists", "refusing to overwrite an existing key", path=str(path)
-            )
-
-    private_key = Ed25519PrivateKey.generate()
-    private_pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    _write_new_file(private_path, private_pem, 0o600)
-    try:
-        _write_new_file(public_path, public_pem, 0o644)
-    except BaseException:
-        # Half a key pair is worse than none: the private half we just made goes again.
-        private_path.unlink(missing_ok=True)
-        raise
-    return OperatorKeyInfo(
-        name=name,
-        kid=key_id(private_key.public_key()),
-        fingerprint=key_fingerprint(private_key.public_key()),
-        private_key_path=private_path,
-        public_key_path=public_path,
-    )
-
-
-def _read_key_file(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise TunestepError(
-            "operator_key_invalid", f"cannot read key file: {exc.strerror or exc}", path=str(path)
-        ) from None
-
-
-def load_private_key(path: Path, passphrase: bytes) -> Ed25519PrivateKey:
-    """Load and decrypt the operator's private key.
-
-    Raises ``operator_key_locked`` for a wrong passphrase, ``operator_key_permissions`` when
-    the file is readable by group or others (as ssh does), and ``operator_key_invalid``
-    for an unreadable file or a key that is not Ed25519.
-    """
-    path = Path(path)
-    data = _read_key_file(path)
-    with contextlib.suppress(OSError):
-        if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            raise TunestepError(
-                "operator_key_permissions",
-                "private key is readable by other users; run chmod 600 on it",
-                path=str(path),
-            )
-    try:
-        key = serialization.load_pem_private_key(data, password=passphrase or None)
-    except TypeError:
-        # cryptography raises TypeError when the file is unencrypted or a password is missing.
-        raise TunestepError(
-            "operator_key_locked",
-            "the key file is not passphrase-encrypted as expected, or no passphrase was given",
-            path=str(path),
-        ) from None
-    except ValueError:
-        # Wrong passphrase and a damaged file look the same to OpenSSL.
-        raise TunestepError(
-            "operator_key_locked",
-            "cannot decrypt the key: wrong passphrase or damaged key file",
-            path=str(path),
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise TunestepError("operator_key_invalid", "not an Ed25519 private key", path=str(path))
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load one operator public key (PEM SubjectPublicKeyInfo, Ed25519)."""
-    return _public_key_from_pem(_read_key_file(path), str(path))
-
-
-def _public_key_from_pem(data: bytes, shown: str) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise TunestepError("operator_key_invalid", "not a PEM public key", path=shown) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise TunestepError("operator_key_invalid", "not an Ed25519 public key", path=shown)
-    return key
-
-
-def key_fingerprint(public_key: Ed25519PublicKey) -> str:
-    """``sha256:`` and the 64 hex of sha256 over the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def normalize_fingerprint(text: str) -> str:
-    """``sha256:<64 hex>`` (the prefix optional, any case); else ``operator_key_invalid``."""
-    value = text.strip().lower().removeprefix("sha256:")
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise TunestepError("operator_key_invalid", "a key fingerprint is sha256: and 64 hex "
-                            "digits, as `tunestep operator init` prints it")
-    return "sha256:" + value
-
-
-def is_inline_pem(text: str) -> bool:
-    return str(text).lstrip().startswith("-----BEGIN")
-
-
-class TrustedKeys(dict):
-    """Key id -> public key, read once when the server starts, pinned by fingerprint.
-
-    ``files`` remembers each key file and the fingerprint it held then. The server never
-    reads a key file again to trust it: ``check_unchanged`` only tells that one changed
-    (``operator_key_changed``), so swapping the file under a running server gains nothing.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.files: dict[Path, str] = {}
-
-    def check_unchanged(self) -> None:
-        for path, pinned in self.files.items():
-            try:
-                now = key_fingerprint(load_public_key(path))
-            except TunestepError:
-                now = None
-            if now != pinned:
-                raise TunestepError(
-                    "operator_key_changed", "a trusted operator key file changed (or went) "
-                    "since the server started; the server still trusts only the key it read "
-                    "then, and refuses to submit until the operator restarts it from a key "
-                    "they checked", path=str(path))
-
-
-def pin_trusted_keys(sources: list, fingerprints: list[str] | None = None) -> TrustedKeys:
-    """Read the trusted keys once: each source a key file path or an inline PEM string.
-
-    With ``fingerprints`` (from the MCP client config, out of the workspace's reach) every
-    key must have one of them, else ``operator_key_fingerprint_mismatch``: a key file
-    replaced before the server started is refused too.
-    """
-    wanted = {normalize_fingerprint(f) for f in fingerprints or []}
-    pinned = TrustedKeys()
-    for source in sources:
-        if is_inline_pem(source):
-            key, path = _public_key_from_pem(str(source).encode(), "inline key"), None
-        else:
-            path = Path(source)
-            key = load_public_key(path)
-        found = key_fingerprint(key)
-        if wanted and found not in wanted:
-            raise TunestepError(
-                "operator_key_fingerprint_mismatch", f"the trusted key has fingerprint "
-                f"{found}, which is not among the fingerprints the server was given",
-                path=str(path) if path else "inline key")
-        pinned[key_id(key)] = key
-        if path is not None:
-            pinned.files[path] = found
-    return pinned
-
-
-def load_trusted_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
-    """Load the public keys the server trusts, keyed by key id.
-
-    Every path must be a readable Ed25519 public key; the first that is not raises
-    ``operator_key_invalid`` naming it (a typo must not silently trust nobody).
-    """
-    trusted: dict[str, Ed25519PublicKey] = {}
-    for path in paths:
-        key = load_public_key(Path(path))
-        trusted[key_id(key)] = key
-    return trusted
-
-
-def trusted_key_paths_from_env(value: str) -> list[Path]:
-    """Split ``TUNESTEP_OPERATOR_KEYS`` (``os.pathsep``-separated) into key paths.
-
-    Empty entries are skipped and ``~`` is expanded. A relative path raises
-    ``operator_key_invalid``: it would resolve against whatever folder the server starts
-    in, which may be the workspace the assistant can write to.
-    """
-    paths = []
-    for entry in (value or "").split(os.pathsep):
-        entry = entry.strip()
-        if not entry:
-            continue
-        if is_inline_pem(entry):  # a PEM holds no path separator: it may stand inline
-            paths.append(entry)
-            continue
-        path = Path(entry).expanduser()
-        if not path.is_absolute():
-            raise TunestepError(
-                "operator_key_invalid", "trusted key paths must be absolute", path=entry
-            )
-        paths.append(path)
-    return paths
-
-
-def ensure_keys_outside_workspace(paths: list[Path], workspace: Path) -> None:
-    """Refuse trusted keys stored inside the workspace (``operator_key_in_workspace``).
-
-    The assistant can write there, so a key found there could be its own.
-    """
-    root = Path(workspace).resolve()
-    for path in paths:
-        if is_inline_pem(path):
-            continue  # carried in the launch config itself, not a file anyone can edit
-        if Path(path).resolve().is_relative_to(root):
-            raise TunestepError(
-                "operator_key_in_workspace",
-                "a trusted public key must not live inside the workspace",
-                path=str(path),
-            )
 
 
 # --------------------------------------------------------------------------- tokens

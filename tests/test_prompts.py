@@ -138,7 +138,7 @@ def test_prepare_next_batch_walks_the_tools_in_order_and_stops():
 
 def test_request_approval_covers_every_refusal_code_of_submit():
     text = prompts.render("request_approval", draft_id="draft-0123456789ab")
-    source = (REPO / "tools" / "approval.py").read_text() + (REPO / "tools" / "submit.py"
+    source = (REPO / "tools/signing/approval.py").read_text() + (REPO / "tools/runs/submit.py"
                                                               ).read_text()
     real = set(re.findall(r"\"(approval_[a-z_]+)\"", source))
     real.discard("approval_claims_invalid")  # an operator-side signing error, not a refusal

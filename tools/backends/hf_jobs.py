@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict
 from tunestep.tools.atomic import atomic_open
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hub_errors import configure_client, hub_call, hub_timeout, scrub
+from tunestep.tools.repo_ids import repo_id_problem
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 JOB_HUB_TIMEOUT_S = 60
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _FLAVOR_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
@@ -205,8 +205,9 @@ def _check_id(value: str, what: str) -> str:
 
 
 def _check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
-        raise TunestepError("hf_bad_argument", "repo id must look like 'namespace/name'")
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise TunestepError("hf_bad_argument", problem)
     return repo_id
 
 

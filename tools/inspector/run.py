@@ -8,7 +8,6 @@ id while offline).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,11 @@ from tunestep.tools.inspector.report import (
 from tunestep.tools.inspector.stats import percentiles
 from tunestep.tools.next_step import NextAction, mcp_texts
 from tunestep.tools.plan import Plan, load_plan
+from tunestep.tools.repo_ids import repo_id_problem
 from tunestep.tools.workspace import Workspace
 
 MAPPING_MANIFEST = "manifest.json"  # apply_mapping's record inside a mapped folder
 HUB_PREFIX = "hf://datasets/"
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MAX_LISTED = 100_000  # max_errors: the most findings a report lists (all are counted)
 
 
@@ -390,8 +389,10 @@ def _inspect_hub(ws: Workspace, plan: Plan, path: str, tokens: bool, max_errors:
     """A Hub dataset, streamed with ``datasets``; never cached (no content hash)."""
     spec = path[len(HUB_PREFIX):]
     dataset, _, split = spec.partition(":")
-    if not HUB_ID.match(dataset):
-        raise TunestepError("hub_id", "give hf://datasets/<owner>/<name>[:<split>]", path=path)
+    problem = repo_id_problem(dataset)
+    if problem:
+        raise TunestepError("hub_id", f"give hf://datasets/<owner>/<name>[:<split>]: "
+                                      f"{problem}", path=path)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise TunestepError("hub_offline", f"cannot stream {dataset} from the Hub: "
                                            "HF_HUB_OFFLINE is set; download it into the "

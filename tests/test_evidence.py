@@ -24,6 +24,7 @@ from chain_helpers import (
 )
 from conftest import FAKE_TOKEN
 
+from tunestep.server.cli import main as cli
 from tunestep.tools import hf_poll, ledger, version_files
 from tunestep.tools.approval import (
     create_operator_key,
@@ -195,7 +196,7 @@ def test_a_genuine_token_copied_into_another_row_moves_nothing(two_steps, operat
 # --------------------------------------------------------------------------- the link
 
 
-def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator):
+def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator, capsys):
     ws = two_steps
     store = ws.resolve_model_store(LINK)
     ln_sfn(ws, f"versions/{V2}")  # the version the gate held back
@@ -214,6 +215,14 @@ def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator):
         job = conn.execute("SELECT job_id FROM steps WHERE step = 1").fetchone()["job_id"]
     status = job_status(ws, job)
     assert status.latest == V1 and V2 in status.latest_mismatch
+    assert status.next_steps[-1].tool == "promote_version"
+    assert status.next_steps[-1].args == {"version": V1}
+    assert status.next_actions[-1].endswith(f"promote_version(version='{V1}')")
+    # The CLI's status screen names it too, with the command that fixes it.
+    assert cli(["status", job, "--workspace", str(ws.root)]) == 0
+    shown = " ".join(capsys.readouterr().out.replace("\\\n", " ").split())
+    assert "latest_link_mismatch" in shown and f"versions/{V2}" in shown
+    assert f"tunestep promote {V1} --workspace {ws.root}" in shown
     synced = sync_model(ws)
     assert synced.latest == V1 and synced.latest_mismatch
     assert os.readlink(store / "latest") == f"versions/{V2}"  # reported, not repaired

@@ -257,6 +257,31 @@ def test_the_resume_point_is_the_recorded_version_not_what_the_folder_holds_now(
     assert draft_job(ws, DraftRequest()).job_config["resume_from"].endswith(V1)
 
 
+def test_whether_a_step_resumes_is_the_ledgers_answer_not_the_links(two_steps, tmp_path,
+                                                                   tiny_model_dir):
+    """The replay regime samples only when the step resumes: merge_datasets and preprocess
+    ask the ledger's latest (its files as recorded), as the draft's start point does."""
+    from tunestep.tools.merge import resumes
+
+    ws = two_steps
+    plan = load_plan(ws).plan
+    assert resumes(ws, plan)  # the ledger's latest is V1
+    ln_sfn(ws, "versions/0000_base")  # the link says: the base model
+    assert resumes(ws, plan)
+    v1 = ws.resolve_model_store(LINK) / "versions" / V1
+    (v1 / "config.json").write_text((v1 / "config.json").read_text() + " ")
+    err = refused(resumes, ws, plan)
+    assert err.code == "version_files_changed" and "config.json" in err.message
+
+    # The ledger's line is the base model; a trained-looking folder linked by hand is not
+    # a start.
+    fresh = local_base_workspace(tmp_path / "fresh", tiny_model_dir)
+    store = fresh.resolve_model_store(LINK)
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_mine")
+    ln_sfn(fresh, "versions/0001_mine")
+    assert not resumes(fresh, load_plan(fresh).plan)
+
+
 def test_a_version_without_a_record_is_refused_until_a_signed_promotion_records_it(
         two_steps, operator):
     ws = two_steps

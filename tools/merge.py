@@ -53,7 +53,6 @@ from tunestep.tools.atomic import atomic_open, atomic_write_bytes
 from tunestep.tools.datafiles import check_batch_name, list_data_files
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import canonical_json, sha256_file, sha256_json
-from tunestep.tools.model_store import trained_checkpoint
 from tunestep.tools.plan import LoadedPlan, Plan, load_plan
 from tunestep.tools.preflight import BatchInfo, discover_batches, pinned_validation
 from tunestep.tools.step_data import (  # re-exported: callers import them from here
@@ -396,11 +395,14 @@ def _holdout_keys(ws: Workspace, rel: str) -> dict[Any, int]:
 
 
 def resumes(ws: Workspace, plan: Plan) -> bool:
-    """Whether a step would start from trained weights (not the base model)."""
+    """Whether a step would start from trained weights (not the base model): the ledger's
+    latest, its files as recorded; never where the store's link points."""
     if plan.data.regime == "from_base":
         return False
-    store = ws.resolve_model_store(plan.model_link)
-    return trained_checkpoint(store, plan.model) is not None
+    from tunestep.tools.latest_check import trained_start
+
+    with ledger.open_ledger(ws) as conn:
+        return trained_start(ws, conn, plan.model_link, plan.model)
 
 
 def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None = None,

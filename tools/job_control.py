@@ -25,7 +25,7 @@ from tunestep.tools.next_step import NextAction
 from tunestep.tools.promotion_records import IgnoredPromotion
 from tunestep.tools.workspace import Workspace
 
-TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
+TERMINAL = set(ledger.JOB_ENDED)
 # submit_job records a job as 'starting' (with its approval) and then starts it: a local
 # job within a second, a remote one once its bundle is uploaded. A job still 'starting'
 # this long after it was recorded lost the process that submitted it (killed between the

@@ -22,6 +22,9 @@ from tunestep.tools.errors import TunestepError
 from tunestep.tools.workspace import Workspace
 
 LEDGER_FILE = "state.sqlite"
+# A job in one of these has ended: its row is written once more by nobody (record_outcome
+# in tools/backends/local.py updates only a row not in them).
+JOB_ENDED = ("succeeded", "failed", "cancelled", "lost")
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.

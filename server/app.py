@@ -372,9 +372,14 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         return promotion.promote(workspace(), version, approval_token, trusted_keys())
 
     @tool(server, "Job logs", REMOTE_READ)
-    def job_logs(job_id: str, tail: int = 50) -> job_control.JobLogs:
-        """The last `tail` lines (1-5000) of a job's output."""
-        return job_control.job_logs(workspace(), job_id, tail)
+    def job_logs(job_id: str, tail: int = 50, raw: bool = False) -> job_control.JobLogs:
+        """The last `tail` lines (1-5000) of a job's output.
+
+        By default only the job's own log lines and its last error, without escape codes
+        (`left_out` counts the rest); `raw=true` gives every line as the job wrote it
+        (progress bars, library output, escape codes), as the CLI's `logs --raw` does.
+        """
+        return job_control.job_logs(workspace(), job_id, tail, raw=raw)
 
     @tool(server, "Bring a pushed model home", FETCHES_MODEL)
     def sync_model(version: str | None = None) -> model_sync.SyncReport:

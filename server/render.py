@@ -460,6 +460,9 @@ def render_job(console: Console, status, view: View) -> None:
         prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
     if getattr(status, "ended", None):
         prose(console, f"ended       {status.ended}")
+    if getattr(status, "latest_mismatch", None):  # the fix is among the next steps
+        console.print("[bold red]latest_link_mismatch[/] (the model store's link)")
+        prose(console, status.latest_mismatch, indent=2)
     _model_sync(console, status)
     next_steps(console, status, view)
 

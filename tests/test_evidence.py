@@ -24,6 +24,7 @@ from chain_helpers import (
 )
 from conftest import FAKE_TOKEN
 
+from tunestep.server.cli import main as cli
 from tunestep.tools.core import ledger
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.plan import load_plan
@@ -192,7 +193,7 @@ def test_a_genuine_token_copied_into_another_row_moves_nothing(two_steps, operat
 # --------------------------------------------------------------------------- the link
 
 
-def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator):
+def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator, capsys):
     ws = two_steps
     store = ws.resolve_model_store(LINK)
     ln_sfn(ws, f"versions/{V2}")  # the version the gate held back
@@ -211,6 +212,14 @@ def test_a_link_moved_by_hand_is_named_and_never_followed(two_steps, operator):
         job = conn.execute("SELECT job_id FROM steps WHERE step = 1").fetchone()["job_id"]
     status = job_status(ws, job)
     assert status.latest == V1 and V2 in status.latest_mismatch
+    assert status.next_steps[-1].tool == "promote_version"
+    assert status.next_steps[-1].args == {"version": V1}
+    assert status.next_actions[-1].endswith(f"promote_version(version='{V1}')")
+    # The CLI's status screen names it too, with the command that fixes it.
+    assert cli(["status", job, "--workspace", str(ws.root)]) == 0
+    shown = " ".join(capsys.readouterr().out.replace("\\\n", " ").split())
+    assert "latest_link_mismatch" in shown and f"versions/{V2}" in shown
+    assert f"tunestep promote {V1} --workspace {ws.root}" in shown
     synced = sync_model(ws)
     assert synced.latest == V1 and synced.latest_mismatch
     assert os.readlink(store / "latest") == f"versions/{V2}"  # reported, not repaired
@@ -243,6 +252,31 @@ def test_the_resume_point_is_the_recorded_version_not_what_the_folder_holds_now(
     assert err.code == "version_files_changed" and "extra.bin" in err.message
     (v1 / "extra.bin").unlink()
     assert draft_job(ws, DraftRequest()).job_config["resume_from"].endswith(V1)
+
+
+def test_whether_a_step_resumes_is_the_ledgers_answer_not_the_links(two_steps, tmp_path,
+                                                                   tiny_model_dir):
+    """The replay regime samples only when the step resumes: merge_datasets and preprocess
+    ask the ledger's latest (its files as recorded), as the draft's start point does."""
+    from tunestep.tools.data.merge import resumes
+
+    ws = two_steps
+    plan = load_plan(ws).plan
+    assert resumes(ws, plan)  # the ledger's latest is V1
+    ln_sfn(ws, "versions/0000_base")  # the link says: the base model
+    assert resumes(ws, plan)
+    v1 = ws.resolve_model_store(LINK) / "versions" / V1
+    (v1 / "config.json").write_text((v1 / "config.json").read_text() + " ")
+    err = refused(resumes, ws, plan)
+    assert err.code == "version_files_changed" and "config.json" in err.message
+
+    # The ledger's line is the base model; a trained-looking folder linked by hand is not
+    # a start.
+    fresh = local_base_workspace(tmp_path / "fresh", tiny_model_dir)
+    store = fresh.resolve_model_store(LINK)
+    shutil.copytree(store / "versions/0000_base", store / "versions/0001_mine")
+    ln_sfn(fresh, "versions/0001_mine")
+    assert not resumes(fresh, load_plan(fresh).plan)
 
 
 def test_a_version_without_a_record_is_refused_until_a_signed_promotion_records_it(

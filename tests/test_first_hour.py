@@ -182,7 +182,8 @@ NOISY_LOG = (
 )
 
 
-def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
+def _noisy_job(sample_ws) -> None:
+    """A failed local job job-000000000001 whose output.log is NOISY_LOG."""
     from tunestep.tools.core import ledger
     from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
@@ -194,6 +195,10 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at, "
                      "log_path) VALUES ('job-000000000001', ?, 'local', 'failed', 0, ?)",
                      (draft.draft_id, sample_ws.relative(log)))
+
+
+def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
+    _noisy_job(sample_ws)
     ws = str(sample_ws.root)
     from tunestep.tools.runs.job_control import job_logs
 
@@ -217,6 +222,30 @@ def test_logs_show_the_jobs_own_lines_and_its_last_error(sample_ws, capsys):
     assert cli(["logs", "job-000000000001", "-w", ws, "--raw"]) == 0
     raw = capsys.readouterr().out
     assert "{'loss': '2.757'" in raw and "TUNESTEP_RESULT" in raw and "Trackio" in raw
+
+
+def test_mcp_job_logs_raw_keeps_every_line_as_the_cli_does(sample_ws):
+    """The MCP tool filters as the CLI does, and raw=true keeps what the filter drops."""
+    import anyio
+    from mcp import Client
+
+    from tunestep.server.app import ServerConfig, build_server
+
+    _noisy_job(sample_ws)
+
+    async def call(**args):
+        async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:
+            return (await client.call_tool("job_logs", {"job_id": "job-000000000001",
+                                                        **args})).structured_content
+
+    kept = anyio.run(lambda: call(tail=50))
+    assert kept["raw"] is False and kept["left_out"] > 0
+    assert not any("\x1b" in line or "TUNESTEP_RESULT" in line for line in kept["lines"])
+    raw = anyio.run(lambda: call(tail=50, raw=True))
+    assert raw["raw"] is True and raw["total_lines"] == len(NOISY_LOG.splitlines())
+    assert raw["lines"] == NOISY_LOG.splitlines()[-50:]
+    assert any("TUNESTEP_RESULT" in line for line in raw["lines"])
+    assert any("\x1b[38;5;208m" in line for line in raw["lines"])
 
 
 @pytest.mark.parametrize(("overlong", "both_say"), [

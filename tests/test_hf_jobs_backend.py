@@ -215,6 +215,8 @@ def test_submit_custom_command_and_env(api, fake_hub, bundle_sha):
         ({"labels": {"bad label": "x"}}, "hf_bad_argument"),
         ({"command": []}, "hf_bad_argument"),
         ({"draft_id": "../x"}, "hf_bad_argument"),
+        ({"repo_id": "tester/.."}, "hf_bad_argument"),
+        ({"repo_id": "tester/steps-"}, "hf_bad_argument"),
         ({"env": {"LEAK": f"token={TOKEN}"}}, "hf_secret_in_env"),
     ],
 )

@@ -23,6 +23,9 @@ from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import Workspace
 
 LEDGER_FILE = "state.sqlite"
+# A job in one of these has ended: its row is written once more by nobody (record_outcome
+# in tools/runs/local_backend.py updates only a row not in them).
+JOB_ENDED = ("succeeded", "failed", "cancelled", "lost")
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.

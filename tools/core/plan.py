@@ -56,6 +56,7 @@ from tunestep.tools.core.plan_values import (
     check_timeout,
     value_error,
 )
+from tunestep.tools.core.repo_ids import repo_id_problem
 from tunestep.tools.core.workspace import Workspace
 
 FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
@@ -125,6 +126,14 @@ class Hub(_Section):
     push: bool = False
     private: bool = True
     trackio_space_id: str | None = None
+
+    @field_validator("model_id", "dataset_repo")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        problem = None if value is None else repo_id_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Data(_Section):

@@ -40,7 +40,6 @@ from tunestep.tools.data.step_sources import (
     find_sources,
     require_ready,
 )
-from tunestep.tools.lineage.model_store import trained_checkpoint
 
 Progress = Callable[[int, int | None, str], None]
 
@@ -55,11 +54,14 @@ def _holdout_keys(ws: Workspace, rel: str) -> dict[Any, int]:
 
 
 def resumes(ws: Workspace, plan: Plan) -> bool:
-    """Whether a step would start from trained weights (not the base model)."""
+    """Whether a step would start from trained weights (not the base model): the ledger's
+    latest, its files as recorded; never where the store's link points."""
     if plan.data.regime == "from_base":
         return False
-    store = ws.resolve_model_store(plan.model_link)
-    return trained_checkpoint(store, plan.model) is not None
+    from tunestep.tools.lineage.latest_check import trained_start
+
+    with ledger.open_ledger(ws) as conn:
+        return trained_start(ws, conn, plan.model_link, plan.model)
 
 
 def select_rows(ws: Workspace, batch: str | None = None, *, strategy: str | None = None,

@@ -14,10 +14,10 @@ from pathlib import PurePosixPath
 from huggingface_hub import HfApi
 
 from tunestep.tools.core.errors import TunestepError
+from tunestep.tools.core.repo_ids import repo_id_problem
 from tunestep.tools.hub.errors import hub_call, hub_timeout
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
 def check_id(value: str, what: str) -> str:
@@ -29,8 +29,9 @@ def check_id(value: str, what: str) -> str:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
-        raise TunestepError("hf_bad_argument", "repo id must look like 'namespace/name'")
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise TunestepError("hf_bad_argument", problem)
     return repo_id
 
 

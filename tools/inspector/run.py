@@ -8,7 +8,6 @@ id while offline).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tunestep.tools.core.datafiles import DATA_SUFFIXES
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.next_step import NextAction, mcp_texts
 from tunestep.tools.core.plan import Plan, load_plan
+from tunestep.tools.core.repo_ids import repo_id_problem
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.inspector import leakage, verdict
 from tunestep.tools.inspector.engine import Engine, Progress
@@ -43,7 +43,6 @@ from tunestep.tools.inspector.sources import (
 from tunestep.tools.inspector.stats import percentiles
 
 HUB_PREFIX = "hf://datasets/"
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MAX_LISTED = 100_000  # max_errors: the most findings a report lists (all are counted)
 
 
@@ -274,8 +273,10 @@ def _inspect_hub(ws: Workspace, plan: Plan, path: str, tokens: bool, max_errors:
     """A Hub dataset, streamed with ``datasets``; never cached (no content hash)."""
     spec = path[len(HUB_PREFIX):]
     dataset, _, split = spec.partition(":")
-    if not HUB_ID.match(dataset):
-        raise TunestepError("hub_id", "give hf://datasets/<owner>/<name>[:<split>]", path=path)
+    problem = repo_id_problem(dataset)
+    if problem:
+        raise TunestepError("hub_id", f"give hf://datasets/<owner>/<name>[:<split>]: "
+                                      f"{problem}", path=path)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise TunestepError("hub_offline", f"cannot stream {dataset} from the Hub: "
                                            "HF_HUB_OFFLINE is set; download it into the "

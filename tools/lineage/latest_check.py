@@ -162,3 +162,23 @@ def resume_folder(ws: Workspace, conn: sqlite3.Connection, link: str,
                             tool="promote_version", args={"version": latest}))
     scan_version(folder, shown, recorded)
     return folder.resolve()  # through the store's own link (models/<name>), as a job sees it
+
+
+def trained_start(ws: Workspace, conn: sqlite3.Connection, link: str, model: str,
+                  store: Path | None = None) -> bool:
+    """Whether the next step starts from trained weights (not the base model), as the
+    ledger says: its latest version, that version's files checked against their record
+    (``resume_folder``), never the store's link. A remote step's version not in the store
+    yet counts (the next remote step resumes from its Hub commit); the base model's own
+    folder promoted as a version does not."""
+    store = store if store is not None else ws.resolve_model_store(link)
+    latest = lineage(conn, link).latest
+    if latest is None:
+        return False
+    if not (store / "versions" / latest).is_dir():
+        return conn.execute("SELECT 1 FROM steps WHERE version = ?",
+                            (latest,)).fetchone() is not None
+    folder = resume_folder(ws, conn, link, store)
+    base = _base_folder(ws, model)
+    return folder is not None and not (base is not None and folder == base)
+

@@ -3,6 +3,10 @@
 A store holds versioned folders ``versions/NNNN_<batch>/`` and a ``latest`` link that a
 job moves atomically after a successful step. A store that an operator synced by hand
 may instead hold the model files directly; then the store itself is the checkpoint.
+
+What is here describes the store as it looks (check_batch's checkpoint line). Where a
+step starts, and whether it resumes at all, is the ledger's answer
+(``tools/latest_check``): the link is never followed for that.
 """
 
 from __future__ import annotations
@@ -48,20 +52,6 @@ def latest_checkpoint(store: Path) -> Path | None:
         return store
     versions = list_versions(store)
     return versions[-1] if versions else None
-
-
-def trained_checkpoint(store: Path, base: str) -> Path | None:
-    """The latest checkpoint when it holds trained weights, i.e. a step would resume.
-
-    None when the store has no checkpoint, or when its latest is the base model itself
-    (a fresh store whose first version is the base).
-    """
-    latest = latest_checkpoint(store) if store.is_dir() else None
-    if latest is None:
-        return None
-    if Path(base).exists() and latest.resolve() == Path(base).resolve():
-        return None
-    return latest
 
 
 def list_versions(store: Path) -> list[Path]:

@@ -25,7 +25,7 @@ from tunestep.tools.lineage.model_sync import SyncedVersion
 from tunestep.tools.lineage.promotion_records import IgnoredPromotion
 from tunestep.tools.runs.job_progress import JobProgress, progress_fields
 
-TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
+TERMINAL = set(ledger.JOB_ENDED)
 # submit_job records a job as 'starting' (with its approval) and then starts it: a local
 # job within a second, a remote one once its bundle is uploaded. A job still 'starting'
 # this long after it was recorded lost the process that submitted it (killed between the
@@ -148,9 +148,15 @@ def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
             state = latest_state(ws, conn, plan.model_link, plan.model)
     except TunestepError:  # no plan or store to compare with: the job's status stands
         return status
-    return status.model_copy(update={
-        "latest": state.ledger_latest, "ignored_promotions": state.ignored,
-        "latest_mismatch": None if state.matches else state.message})
+    update: dict[str, Any] = {"latest": state.ledger_latest,
+                              "ignored_promotions": state.ignored,
+                              "latest_mismatch": None if state.matches else state.message}
+    if not state.matches and state.fix_action is not None:
+        # The fix among the next steps: each view says it in its own syntax (the CLI's
+        # `tunestep promote VERSION`, MCP's promote_version(version=...)).
+        steps = [*status.next_steps, state.fix_action]
+        update |= {"next_steps": steps, "next_actions": [a.mcp() for a in steps]}
+    return status.model_copy(update=update)
 
 
 def _after_the_end(ws: Workspace, status: JobStatus) -> JobStatus:

@@ -298,16 +298,25 @@ def _die_with_parent() -> None:
 
 
 def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | None,
-                   result: dict) -> None:
+                   result: dict) -> bool:
     """The job's end, and on success of a training draft the step, in one transaction.
 
     Only a ``train`` draft makes a step: an inspection (or any other kind) that succeeds
-    records its outcome and nothing else.
+    records its outcome and nothing else. A job ends once: when its row has ended already
+    (two job_status calls that both found its supervisor dead, or the supervisor that
+    recorded its end between a caller's look and its write) nothing is written and False
+    is returned; the first end recorded stands, with its one ``job.end`` event.
     """
+    ended = ", ".join("?" * len(ledger.JOB_ENDED))
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("UPDATE jobs SET status = ?, exit_code = ?, ended_at = ?, result = ?"
-                     " WHERE job_id = ?",
-                     (status, exit_code, time.time(), ledger.dumps(result), job_id))
+        # The check and the write are one statement under the write lock: no window.
+        changed = conn.execute(
+            "UPDATE jobs SET status = ?, exit_code = ?, ended_at = ?, result = ?"
+            f" WHERE job_id = ? AND status NOT IN ({ended})",
+            (status, exit_code, time.time(), ledger.dumps(result), job_id,
+             *ledger.JOB_ENDED)).rowcount
+        if changed != 1:
+            return False
         job = conn.execute("SELECT draft_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         ledger.audit(conn, "job.end", job_id, outcome=status,
                      detail={"exit_code": exit_code, "draft_id": job["draft_id"]})
@@ -315,6 +324,7 @@ def record_outcome(ws: Workspace, job_id: str, status: str, exit_code: int | Non
                              (job["draft_id"],)).fetchone()
         if status == "succeeded" and draft is not None and draft["kind"] == "train":
             record_step(conn, job_id, job["draft_id"], result)
+    return True
 
 
 def step_outcome(result: dict) -> tuple[str | None, str | None, str | None, bool]:

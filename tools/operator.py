@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from tunestep.tools import ledger
 from tunestep.tools.approval import (
     ACTION_PROMOTE,
+    ACTION_REPIN,
     ACTION_SUBMIT_JOB,
     default_operator_dir,
     load_private_key,
@@ -168,4 +169,16 @@ def sign_promotion(ws: Workspace, request, *, name: str, key_path: Path, passphr
     """
     return _sign(ws, request.request_id, request.digest, act=ACTION_PROMOTE,
                  audit_action="promotion.approve", audit_detail={"version": request.version},
+                 name=name, key_path=key_path, passphrase=passphrase, ttl=ttl)
+
+
+def sign_repin(ws: Workspace, request, *, name: str, key_path: Path, passphrase: bytes,
+               ttl: str) -> ApprovalGrant:
+    """Sign a hold-out re-pin request (act ``repin_holdout``): every later gate measures
+    the hold-out set as it is now. ``request`` is a reviewed
+    ``tunestep.tools.holdout_pin.RepinRequest``."""
+    return _sign(ws, request.request_id, request.digest, act=ACTION_REPIN,
+                 audit_action="validation.repin_approve",
+                 audit_detail={"old": request.subject.old_sha256,
+                               "new": request.subject.new_sha256},
                  name=name, key_path=key_path, passphrase=passphrase, ttl=ttl)

@@ -19,6 +19,13 @@ from tunestep.tools.datafiles import (
 )
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
+from tunestep.tools.holdout_pin import (
+    IgnoredRepin,
+    keep_snapshot,
+    pin_state,
+    repin_action,
+    snapshot_bytes,
+)
 from tunestep.tools.hf_token import token_status
 from tunestep.tools.lineage import lineage
 from tunestep.tools.model_store import CheckpointStatus, inspect_store
@@ -44,6 +51,10 @@ class ValidationStatus(BaseModel):
     pinned_at: float | None = None
     newly_pinned: bool = False
     changed: bool = False
+    # The pin in force was set by the operator's signed re-pin (its request id), not on
+    # first sight; re-pin records that do not verify are named and moved nothing.
+    repinned_by: str | None = None
+    ignored_repins: list[IgnoredRepin] = Field(default_factory=list)
 
 
 class BatchInfo(BaseModel):
@@ -130,6 +141,7 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
         "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
     ).fetchone()
     if pin is None:
+        kept = snapshot_bytes(path, digest)  # read before the lock: a re-pin's diff uses it
         # Read again under the write lock: a concurrent first use may have pinned it.
         with ledger.transaction(conn):
             pin = conn.execute(
@@ -140,14 +152,18 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
                 conn.execute(
                     "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
                     " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
+                keep_snapshot(conn, rel, digest, kept)
                 ledger.audit(conn, "validation.pin", rel,
                              detail={"sha256": digest, "rows": rows})
         if pin is None:
             return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
                                              "newly_pinned": True})
-    return status.model_copy(update={"pinned_sha256": pin["sha256"],
-                                     "pinned_at": pin["pinned_at"],
-                                     "changed": pin["sha256"] != digest})
+    state = pin_state(conn, rel, pin["sha256"])  # the operator's verified re-pins applied
+    return status.model_copy(update={"pinned_sha256": state.sha256,
+                                     "pinned_at": state.at or pin["pinned_at"],
+                                     "changed": state.sha256 != digest,
+                                     "repinned_by": state.repin,
+                                     "ignored_repins": state.ignored})
 
 
 def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
@@ -159,7 +175,9 @@ def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Vali
         raise TunestepError(
             "validation_changed",
             f"the hold-out set changed since it was pinned "
-            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]})", path=rel)
+            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]}): restore it, "
+            "or, if the change is intended, the operator re-pins it", path=rel,
+            hint=repin_action("if the change is intended:"))
     return status
 
 
@@ -184,7 +202,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         if chosen is not None:
             inspection = last_inspection(ws, conn, f"{plan.paths.mapped}/{chosen.name}",
                                          chosen.path, files)
-    _validation_problems(validation, problems)
+    _validation_problems(validation, problems, actions)
     last_step = None
     if last is not None:
         # Promoted = in the latest version's line (the gate's move or the operator's).
@@ -408,7 +426,14 @@ def _report_gaps(batches: list[BatchInfo], chosen: BatchInfo, problems: list[Pro
                                         f"step {chosen.step}", path=chosen.path))
 
 
-def _validation_problems(validation: ValidationStatus, problems: list[Problem]) -> None:
+def _validation_problems(validation: ValidationStatus, problems: list[Problem],
+                         actions: list[NextAction]) -> None:
+    for record in validation.ignored_repins:
+        problems.append(Problem(
+            code="repin_unverified", severity="warning",
+            message=f"a hold-out re-pin record ({record.request_id}) is ignored "
+                    f"({record.reason}: {record.detail}); the pin in force is what the "
+                    "verified records say", path=".tunestep/state.sqlite"))
     if not validation.present:
         problems.append(Problem(code="validation_missing", severity="error",
                                 message="the hold-out validation set is missing",
@@ -418,7 +443,10 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem]) 
             code="validation_changed", severity="error",
             message=f"the hold-out set changed since it was pinned: pinned sha256 "
                     f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
-                    "tunestep never writes it.", path=validation.path))
+                    "tunestep never writes it. If the change is intended, the operator "
+                    "re-pins it (signed; every later gate measures the new set).",
+            path=validation.path))
+        actions.append(repin_action())
 
 
 def _latest_evidence(ws: Workspace, shown: str, model: str, link, problems: list[Problem],

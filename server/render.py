@@ -550,13 +550,13 @@ def render_promotion_outcome(console: Console, outcome, view: View) -> None:
 
 def register_domain_renderers() -> None:
     """Bind the views above to their result types (imported lazily: heavy modules)."""
+    from tunestep.server.repin_screen import REPIN_RENDERERS
     from tunestep.tools.draft import JobDraft
     from tunestep.tools.inspector import InspectionReport
     from tunestep.tools.job_control import JobList, JobStatus
     from tunestep.tools.mapping import MappingResult
     from tunestep.tools.merge import MergeResult
     from tunestep.tools.preprocess import PreprocessResult
-    from tunestep.server.repin_screen import REPIN_RENDERERS
     from tunestep.tools.promotion import PromotionOutcome, PromotionRequest, PromotionResult
     from tunestep.tools.submit import JobHandle
 

@@ -101,6 +101,20 @@ def test_an_edited_holdout_is_refused_then_a_signed_repin_lets_the_draft_name_th
     measured = holdout_of_draft(ws, draft.draft_id)
     assert measured.short == new_sha[:12]
     assert measured.pinned_by == f"re-pinned by {request.request_id} ({operator.name})"
+    # A training job's status names the hold-out its gate measures, on screen too.
+    from chain_helpers import record_job_end
+    from rich.console import Console
+
+    from tunestep.server.render import render
+    from tunestep.tools.job_control import job_status
+
+    job = record_job_end(ws, draft.draft_id, "local", {"error": "stopped"}, status="failed")
+    status = job_status(ws, job)
+    assert status.holdout == measured
+    console = Console(width=80, record=True, highlight=False)
+    render(console, status, as_json=False)
+    assert f"hold-out    {new_sha[:12]} (re-pinned by {request.request_id}" in \
+        console.export_text()
 
     edit(ws, drop=0, add=[NEW_ROW])  # tampering after the re-pin: changed again
     again = check_batch(ws)

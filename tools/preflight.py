@@ -19,6 +19,7 @@ from tunestep.tools.datafiles import (
 )
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
+from tunestep.tools.hf_token import token_status
 from tunestep.tools.holdout_pin import (
     IgnoredRepin,
     keep_snapshot,
@@ -26,7 +27,6 @@ from tunestep.tools.holdout_pin import (
     repin_action,
     snapshot_bytes,
 )
-from tunestep.tools.hf_token import token_status
 from tunestep.tools.lineage import lineage
 from tunestep.tools.model_store import CheckpointStatus, inspect_store
 from tunestep.tools.next_step import NextAction, mcp_texts

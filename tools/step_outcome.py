@@ -4,9 +4,10 @@ The gate's decision and reason, the before/after hold-out metrics with their 95 
 intervals and the paired change, and the progression of every recorded step as a tree:
 each step hangs under the version its job trained from (``steps.parent``), the latest
 version's line is the trunk (``tools/lineage.py``), and a step that is not on it (held
-back by its gate, or rolled back by the operator) is a branch. The hold-out the gate
-measured: its sha256 from the signed draft, and whether an operator's re-pin set it. When the gate held this
+back by its gate, or rolled back by the operator) is a branch. When the gate held this
 step's version back and it is not latest, the operator's ``tunestep promote`` command.
+The hold-out the gate measured: its sha256 from the signed draft, and whether an
+operator's re-pin set it.
 
 Read-only: the ledger's ``jobs`` and ``steps`` rows as job_status last recorded them; it
 asks no backend (the card calls it after job_status said the job ended).

@@ -108,6 +108,10 @@ def test_an_edited_holdout_is_refused_then_a_signed_repin_lets_the_draft_name_th
     from tunestep.server.render import render
     from tunestep.tools.job_control import job_status
 
+    console = Console(width=80, record=True, highlight=False)
+    render(console, draft, as_json=False, approving=True, bound_to=str(ws.root))
+    signing = " ".join(console.export_text().split("You are signing", 1)[1].split())
+    assert f"hold-out rows (sha256 {new_sha[:12]})" in signing
     job = record_job_end(ws, draft.draft_id, "local", {"error": "stopped"}, status="failed")
     status = job_status(ws, job)
     assert status.holdout == measured

@@ -70,6 +70,11 @@ def test_an_edited_holdout_is_refused_then_a_signed_repin_lets_the_draft_name_th
         draft_job(ws, DraftRequest(batch="batch_100_01"))
     assert err.value.code == "draft_preflight_failed"
     assert err.value.hint is not None and err.value.hint.tool == "repin_holdout"
+    from tunestep.tools.merge import merge_datasets
+
+    with pytest.raises(TunestepError) as err:
+        merge_datasets(ws, "batch_100_01")
+    assert err.value.code == "validation_changed" and "repin_holdout()" in str(err.value)
 
     outcome = repin(ws, None, operator.trusted)  # what the assistant may do: prepare
     assert not outcome.repinned
@@ -316,3 +321,22 @@ async def test_the_mcp_tool_prepares_a_request_and_cannot_repin_without_a_token(
     assert "repin_holdout(approval_token=" in request["next_actions"][0]
     assert error_code(forged) == "approval_malformed"
     assert check_batch(sample_ws).validation.changed
+
+
+def test_a_genuine_repin_row_redated_outside_its_tokens_validity_is_ignored(
+        sample_ws, operator):
+    ws = sample_ws
+    pinned = check_batch(ws).validation.sha256
+    edit(ws)
+    request = request_repin(ws)
+    apply_repin(ws, sign(ws, operator, request.request_id), operator.trusted)
+    assert not check_batch(ws).validation.changed
+    import sqlite3
+
+    conn = sqlite3.connect(ws.root / ".tunestep" / "state.sqlite")  # the file, not the API
+    with conn:
+        conn.execute("UPDATE holdout_repins SET at = at + 30 * 86400")
+    conn.close()
+    report = check_batch(ws)
+    assert report.validation.changed and report.validation.pinned_sha256 == pinned
+    assert [r.reason for r in report.validation.ignored_repins] == ["outside_validity"]

@@ -15,18 +15,17 @@ gate as a job or a promotion: a token the operator signed (act ``repin_holdout``
 2. The operator signs it: ``tunestep approve repin-…``, or ``tunestep repin`` in one go.
 3. ``apply_repin(ws, token, trusted)`` checks, in order: the token (``verify_approval``,
    act ``repin_holdout``); the request exists (``repin_unknown``); the token's ledger is
-   this ledger (``approval_wrong_ledger``); its workspace is this one and its digest the
-   hash of the stored request bytes (``approval_wrong_draft``); its nonce unused
-   (``approval_replayed``); the plan's hold-out path is the request's, the file now hashes
-   to the request's new sha256 and the pin in force is its old one (``repin_stale``). One
+   this ledger (``approval_wrong_ledger``); its nonce unused (``approval_replayed``: before
+   the pin checks, since a used token's pin has moved on); its workspace is this one and
+   its digest the hash of the stored request bytes (``approval_wrong_draft``); the plan's
+   hold-out path is the request's, the file now hashes to the request's new sha256 and the
+   pin in force is its old one (``repin_stale``). One
    transaction inserts the ``holdout_repins`` row (nonce PRIMARY KEY, the token kept) and
    a copy of the new bytes.
 
-Every read of the pin (``pin_state``) replays the ``holdout_repins`` rows in ledger
-sequence order and believes a row only when its token verifies against the trusted keys
-(as of its issue), names this row, this ledger and a request whose bytes hash to the
-signed digest and move exactly this path from the pin in force to this sha256; any other
-row is ignored and named (``IgnoredRepin``; check_batch says ``repin_unverified``).
+Every read of the pin believes a re-pin only when its kept token verifies
+(``tools/holdout_records.py``); check_batch names a row that does not
+(``repin_unverified``).
 """
 
 from __future__ import annotations
@@ -35,47 +34,33 @@ import hashlib
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tunestep.tools import ledger
 from tunestep.tools.errors import TunestepError
+from tunestep.tools.holdout_records import (
+    SNAPSHOT_MAX,
+    RepinSubject,
+    keep_snapshot,
+    parse_subject,
+    pin_state,
+    raw_bytes,
+    snapshot,
+    subject_bytes,
+    subject_digest,
+)
 from tunestep.tools.holdout_rows import RowDiff, RowsUnreadable, diff, parse_rows, refs
 from tunestep.tools.next_step import NextAction, mcp_texts
-from tunestep.tools.promotion_records import CLOCK_SKEW_S, trusted_keys, trusting
+from tunestep.tools.promotion_records import trusted_keys, trusting
 from tunestep.tools.workspace import Workspace
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 REQUEST_PREFIX = "repin-"
-SNAPSHOT_MAX = 32 * 1024 * 1024  # bytes: a larger hold-out is pinned by sha256 alone
 TOOL = "repin_holdout"  # the MCP tool; `tunestep repin` on the CLI
-
-
-class RepinSubject(BaseModel):
-    """What the operator signs: this hold-out file, now these bytes, replaces that pin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    act: Literal["repin_holdout"] = "repin_holdout"
-    workspace: str
-    ledger: str  # the ledger's identity: a recreated ledger is another ledger
-    path: str  # the plan's paths.validation
-    old_sha256: str  # the pin in force when the request was made
-    new_sha256: str  # the file as it is now
-    new_size: int
-    rows: RowDiff
-
-
-def subject_bytes(subject: RepinSubject) -> bytes:
-    return orjson.dumps(subject.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-
-
-def subject_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class RepinRequest(BaseModel):
@@ -106,157 +91,9 @@ class RepinOutcome(BaseModel):
     result: RepinResult | None = None
 
 
-class IgnoredRepin(BaseModel):
-    """A ``holdout_repins`` row that does not verify: it moved no pin."""
-
-    nonce: str
-    request_id: str
-    reason: str  # no_token | unverified | bad_token | wrong_record | wrong_request | ...
-    detail: str
-
-
-class PinState(BaseModel):
-    """The pin in force for one hold-out path, and how it came to be."""
-
-    sha256: str
-    first_sha256: str  # pinned on first sight
-    repin: str | None = None  # the verified re-pin request that set the pin in force
-    operator: str | None = None
-    at: float | None = None
-    ignored: list[IgnoredRepin] = Field(default_factory=list)
-
-
 def repin_action(lead: str = "if the change is intended, the operator re-pins the "
                              "hold-out set (signed):") -> NextAction:
     return NextAction(lead=lead, tool=TOOL)
-
-
-# --------------------------------------------------------------------------- snapshots
-
-
-def snapshot_bytes(path: Path, sha256: str) -> bytes | None:
-    """The file's bytes when they still hash to ``sha256`` and are small enough to keep."""
-    try:
-        if path.stat().st_size > SNAPSHOT_MAX:
-            return None
-        data = path.read_bytes()
-    except OSError:
-        return None
-    return data if hashlib.sha256(data).hexdigest() == sha256 else None
-
-
-def keep_snapshot(conn: sqlite3.Connection, rel: str, sha256: str, data: bytes | None) -> None:
-    """Keep a copy of pinned bytes (inside the caller's write transaction)."""
-    if data is not None:
-        conn.execute("INSERT OR IGNORE INTO holdout_snapshots(sha256, path, size, content,"
-                     " kept_at) VALUES (?, ?, ?, ?, ?)",
-                     (sha256, rel, len(data), data, time.time()))
-
-
-def _snapshot(conn: sqlite3.Connection, sha256: str) -> bytes | None:
-    """The kept bytes of a pin; None when absent or when they no longer hash to it."""
-    row = conn.execute("SELECT content FROM holdout_snapshots WHERE sha256 = ?",
-                       (sha256,)).fetchone()
-    if row is None:
-        return None
-    data = bytes(row["content"])
-    return data if hashlib.sha256(data).hexdigest() == sha256 else None
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def pin_state(conn: sqlite3.Connection, rel: str, first_sha256: str) -> PinState:
-    """The pin in force: the first-sight pin moved by each verified re-pin, in order."""
-    state = PinState(sha256=first_sha256, first_sha256=first_sha256)
-    rows = conn.execute("SELECT * FROM holdout_repins WHERE path = ? ORDER BY seq, at",
-                        (rel,)).fetchall()
-    if not rows:
-        return state
-    identity = ledger.ledger_id(conn)
-    trusted = trusted_keys()
-    for row in rows:
-        checked = verify_repin(conn, row, trusted, identity)
-        if isinstance(checked, IgnoredRepin):
-            state.ignored.append(checked)
-        elif row["old_sha256"] != state.sha256:
-            state.ignored.append(IgnoredRepin(
-                nonce=str(row["nonce"]), request_id=str(row["request_id"]),
-                reason="not_in_force", detail="it re-pins a hold-out that was not the pin "
-                f"in force ({str(row['old_sha256'])[:12]}, the pin was {state.sha256[:12]})"))
-        else:
-            state.sha256, state.repin = row["new_sha256"], row["request_id"]
-            state.operator, state.at = row["operator"], row["at"]
-    return state
-
-
-def verify_repin(conn: sqlite3.Connection, row: sqlite3.Row,
-                 trusted: dict[str, Ed25519PublicKey] | None,
-                 ledger_id: str) -> IgnoredRepin | RepinSubject:
-    """The signed subject when the row is the operator's re-pin; else why it is ignored."""
-    from tunestep.tools.approval import ACTION_REPIN, parse_token, verify_approval
-
-    def ignored(reason: str, detail: str) -> IgnoredRepin:
-        return IgnoredRepin(nonce=str(row["nonce"]), request_id=str(row["request_id"]),
-                            reason=reason, detail=detail)
-
-    token = row["token"]
-    if not token:
-        return ignored("no_token", "the record keeps no signed token")
-    if not trusted:
-        return ignored("unverified", "no trusted operator key is known to this process, "
-                                     "so the record cannot be checked")
-    try:
-        _, unverified, _ = parse_token(token)
-        claims = verify_approval(token, trusted, act=ACTION_REPIN, now=unverified.iat)
-    except TunestepError as exc:
-        return ignored("bad_token", f"{exc.code}: {exc.message}")
-    if (claims.nonce != row["nonce"] or claims.draft_id != row["request_id"]
-            or claims.ledger != ledger_id):
-        return ignored("wrong_record", "the token was made for another record or ledger")
-    request = conn.execute("SELECT subject FROM holdout_repin_requests WHERE request_id = ?",
-                           (row["request_id"],)).fetchone()
-    subject = _subject(request["subject"]) if request is not None else None
-    if subject is None or subject_digest(_raw(request["subject"])) != claims.digest:
-        return ignored("wrong_request", "the request the token signs is not in the ledger "
-                                        "as signed")
-    if (subject.workspace != claims.workspace or subject.ledger != ledger_id
-            or (subject.path, subject.old_sha256, subject.new_sha256)
-            != (row["path"], row["old_sha256"], row["new_sha256"])):
-        return ignored("wrong_request", "the token re-pins another file or sha256")
-    at = row["at"]
-    if not isinstance(at, int | float) or not (
-            claims.iat - CLOCK_SKEW_S <= at <= claims.exp + CLOCK_SKEW_S):
-        return ignored("outside_validity", "the record is dated outside its token's validity")
-    return subject
-
-
-def _raw(value) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _subject(value) -> RepinSubject | None:
-    try:
-        return RepinSubject.model_validate_json(_raw(value))
-    except ValueError:
-        return None
-
-
-def measured_by(conn: sqlite3.Connection, rel: str, sha256: str) -> str:
-    """Which pin ``sha256`` was for ``rel``, in words: a verified re-pin's id, the
-    first-sight pin, or neither."""
-    first = conn.execute("SELECT sha256 FROM validation_pins WHERE path = ?",
-                         (rel,)).fetchone()
-    if first is None:
-        return "not pinned"
-    found = "pinned on first sight" if first["sha256"] == sha256 else None
-    identity = ledger.ledger_id(conn)
-    trusted = trusted_keys()
-    for row in conn.execute("SELECT * FROM holdout_repins WHERE path = ? AND new_sha256 = ?"
-                            " ORDER BY seq, at", (rel, sha256)).fetchall():
-        if isinstance(verify_repin(conn, row, trusted, identity), RepinSubject):
-            found = f"re-pinned by {row['request_id']} ({row['operator']})"
-    return found or "not a pin this ledger verifies"
 
 
 # --------------------------------------------------------------------------- requests
@@ -285,7 +122,7 @@ def build_request(ws: Workspace) -> RepinRequest:
                                 "next check pins it as it is", path=rel,
                                 hint=NextAction(tool="check_batch"))
         state = pin_state(conn, rel, first["sha256"])
-        old = _snapshot(conn, state.sha256)
+        old = snapshot(conn, state.sha256)
         identity = ledger.ledger_id(conn)
     if new_sha == state.sha256:
         raise TunestepError("repin_unchanged", f"the hold-out set is the pinned one "
@@ -346,12 +183,12 @@ def _stored(ws: Workspace, request_id: str) -> tuple[bytes, RepinSubject]:
     with ledger.open_ledger(ws) as conn:
         row = conn.execute("SELECT subject FROM holdout_repin_requests WHERE request_id = ?",
                            (request_id,)).fetchone()
-    subject = _subject(row["subject"]) if row is not None else None
+    subject = parse_subject(row["subject"]) if row is not None else None
     if row is None or subject is None:
         raise TunestepError("repin_unknown", f"no re-pin request {request_id!r} in this "
                             "workspace's ledger: request the re-pin first",
                             hint=NextAction(tool=TOOL))
-    return _raw(row["subject"]), subject
+    return raw_bytes(row["subject"]), subject
 
 
 def review_request(ws: Workspace, request_id: str) -> RepinRequest:
@@ -447,8 +284,9 @@ def repin(ws: Workspace, approval_token: str | None,
         return RepinOutcome(repinned=False, request=request_repin(ws))
     result = apply_repin(ws, approval_token, trusted)
     data, subject = _stored(ws, result.request_id)
-    request = RepinRequest(request_id=result.request_id, digest=subject_digest(data),
-                           subject=subject, old_pinned_by="-",
-                           approve_command=f"tunestep approve {result.request_id}",
-                           repin_command="tunestep repin")
+    request = RepinRequest(
+        request_id=result.request_id, digest=subject_digest(data), subject=subject,
+        old_pinned_by="the pin it replaced",
+        approve_command=f"tunestep approve {result.request_id} --workspace {ws.root}",
+        repin_command=f"tunestep repin --workspace {ws.root}")
     return RepinOutcome(repinned=True, request=request, result=result)

@@ -20,11 +20,11 @@ from tunestep.tools.datafiles import (
 from tunestep.tools.errors import TunestepError
 from tunestep.tools.hashing import sha256_file
 from tunestep.tools.hf_token import token_status
-from tunestep.tools.holdout_pin import (
+from tunestep.tools.holdout_pin import repin_action
+from tunestep.tools.holdout_records import (
     IgnoredRepin,
     keep_snapshot,
     pin_state,
-    repin_action,
     snapshot_bytes,
 )
 from tunestep.tools.lineage import lineage

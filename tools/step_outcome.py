@@ -72,7 +72,7 @@ def holdout_of_draft(ws: Workspace, draft_id: str) -> HoldoutMeasured | None:
     """The hold-out the draft's signed manifest names (None: no readable draft, or no
     hold-out in it, e.g. an inspection)."""
     from tunestep.tools.draft import load_draft
-    from tunestep.tools.holdout_pin import measured_by
+    from tunestep.tools.holdout_records import measured_by
 
     try:
         draft = load_draft(ws, draft_id)

@@ -26,8 +26,8 @@ from tunestep.server.assistant import register_prompts, register_resources
 from tunestep.tools import inspector
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.workspace import Workspace, find_workspace
+from tunestep.tools.data import holdout_repin, merge, preflight
 from tunestep.tools.data import mapping as mappings
-from tunestep.tools.data import merge, preflight
 from tunestep.tools.data import preprocess as preprocessing
 from tunestep.tools.drafts import draft as drafts
 from tunestep.tools.lineage import model_sync, promotion
@@ -370,6 +370,20 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         swaps `latest` atomically. You cannot move `latest` without that token.
         """
         return promotion.promote(workspace(), version, approval_token, trusted_keys())
+
+    @tool(server, "Re-pin the hold-out set", MOVES_LATEST, meta=ASK_THE_PERSON)
+    def repin_holdout(approval_token: str | None = None) -> holdout_repin.RepinOutcome:
+        """Pin the hold-out set as it is now, when the operator changed it on purpose.
+
+        Without `approval_token`: stores a re-pin request (old and new sha256, rows
+        added and removed), pins nothing, and returns `request.approve_command` for the
+        operator to review and sign. With the token the operator pasted (from `tunestep
+        approve repin-...`): checks it (signature, trusted key, act "repin_holdout", this
+        request, the file still the signed bytes, nonce unused) and pins the new sha256:
+        every later draft and gate measures it. You cannot re-pin without that token;
+        restoring the original file needs none.
+        """
+        return holdout_repin.repin(workspace(), approval_token, trusted_keys())
 
     @tool(server, "Job logs", REMOTE_READ)
     def job_logs(job_id: str, tail: int = 50, raw: bool = False) -> job_control.JobLogs:

@@ -300,6 +300,8 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     ws = _workspace(args)
     if args.draft_id.startswith("promote-"):  # a promotion request, not a job draft
         return _approve_promotion(args, ws, key)
+    if args.draft_id.startswith("repin-"):  # a hold-out re-pin request
+        return _approve_repin(args, ws, key)
     draft = review_draft(ws, args.draft_id)
     err = make_console(stderr=True)
     render(err, draft, as_json=False, approving=True, bound_to=str(ws.root))
@@ -383,6 +385,59 @@ def cmd_promote(args: argparse.Namespace, console: Console) -> int:
         token = grant.token
     ensure_keys_outside_workspace(paths, ws.root)
     _show(args, console, promote_version(ws, args.version, token, load_trusted_keys(paths)))
+    return EXIT_OK
+
+
+def _sign_repin(args: argparse.Namespace, ws, key, request):
+    """Render the re-pin request (old and new sha256, rows added and removed), ask, and
+    sign it (act repin_holdout)."""
+    from tunestep.server.render import make_console, render
+    from tunestep.tools.drafts.operator import sign_repin
+
+    err = make_console(stderr=True)
+    render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
+    if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
+        err.print("not approved")
+        return None
+    return sign_repin(ws, request, name=key.name, key_path=key.path,
+                      passphrase=_key_passphrase(key.path), ttl=args.ttl)
+
+
+def _approve_repin(args: argparse.Namespace, ws, key) -> int:
+    from tunestep.server.render import make_console, screen
+    from tunestep.tools.data.holdout_repin import review_request
+
+    grant = _sign_repin(args, ws, key, review_request(ws, args.draft_id))
+    if grant is None:
+        return EXIT_PROBLEM
+    if args.json:
+        print(grant.model_dump_json(indent=2))
+        return EXIT_OK
+    screen(make_console(stderr=True)).print(
+        f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
+    print(grant.token)
+    return EXIT_OK
+
+
+@command("repin")
+def cmd_repin(args: argparse.Namespace, console: Console) -> int:
+    """Pin the hold-out set as it is now: sign here and apply, or apply a pasted token."""
+    from tunestep.tools.data.holdout_repin import repin, request_repin
+    from tunestep.tools.drafts.operator import find_operator_key
+    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, load_trusted_keys
+
+    ws = _workspace(args)
+    paths = _trusted_key_paths(args)
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    if token is None:
+        key = find_operator_key(args.name, args.key, args.config_dir)
+        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
+        grant = _sign_repin(args, ws, key, request_repin(ws))
+        if grant is None:
+            return EXIT_PROBLEM
+        token = grant.token
+    ensure_keys_outside_workspace(paths, ws.root)
+    _show(args, console, repin(ws, token, load_trusted_keys(paths)))
     return EXIT_OK
 
 
@@ -538,7 +593,7 @@ BATCH_HELP = ("a batch folder name under datasets/incremental/, e.g. batch_100_0
 
 
 def _signing_key_arguments(p: argparse.ArgumentParser) -> None:
-    """Which operator key signs: the same three options for approve and promote."""
+    """Which operator key signs: the same three options for approve, promote, repin."""
     p.add_argument("--name", help="which operator key signs (default: the only key, or the "
                    "one operator init made the default)")
     p.add_argument("--key", type=Path, metavar="PATH",
@@ -653,6 +708,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "0002_batch_100_02")
     p.add_argument("--token", help="apply a token from `tunestep approve promote-...` "
                    "instead of signing here (- reads it from stdin)")
+    _signing_key_arguments(p)
+    p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
+    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
+    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
+                   help="trusted operator public key (repeatable; default: the signing "
+                   "key's own public half); also $TUNESTEP_OPERATOR_KEYS")
+
+    p = sub.add_parser("repin", parents=common, help="pin the hold-out set as it is now "
+                       "(every later gate measures it), signed by the operator")
+    p.add_argument("--token", help="apply a token from `tunestep approve repin-...` instead "
+                   "of signing here (- reads it from stdin)")
     _signing_key_arguments(p)
     p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
     p.add_argument("--yes", action="store_true", help="skip the confirmation question")

@@ -287,9 +287,11 @@ def _you_are_signing(console: Screen, facts: DraftReview) -> None:
         console.print(f"  starts from {start}", hang=14)
     train = [f for f in facts.inputs if f.role in ("train", "tokenized")]
     held = sum(f.rows or 0 for f in facts.inputs if f.role == "eval")
+    # Which hold-out: after a re-pin the operator sees the gate measures the new bytes.
+    held_sha = next((f.sha256[:12] for f in facts.inputs if f.role == "eval"), "")
     if facts.kind == "train":
         console.print(f"  trains on   {facts.train_rows:,} rows in {len(train)} file(s), "
-                      f"gates on {held:,} hold-out rows", hang=14)
+                      f"gates on {held:,} hold-out rows (sha256 {token(held_sha)})", hang=14)
     else:
         rows = sum(f.rows or 0 for f in facts.inputs if f.role == "inspect")
         console.print(f"  inspects    {rows:,} rows", hang=14)

@@ -158,6 +158,7 @@ CLI_COMMANDS = {
     "cancel_job": ("cancel", ["job_id"]),
     "list_jobs": ("status", []),
     "promote_version": ("promote", ["version"]),
+    "repin_holdout": ("repin", []),
     "sync_model": ("sync", []),
 }
 
@@ -271,6 +272,9 @@ def render_preflight(console: Console, report: PreflightReport, view: View) -> N
                                              "pinned now" if v.newly_pinned else "unchanged")
     rows = f", {v.rows:,} rows" if v.rows else ""
     console.print(f"hold-out    {state}{rows}: {token(v.path)}")
+    if v.repinned_by and v.pinned_sha256:  # the operator's signed re-pin set the pin
+        console.print(f"            pin {token(v.pinned_sha256[:12])}, re-pinned by "
+                      f"{token(v.repinned_by)}", hang=12)
     c = report.checkpoint
     where = f" -> {token(c.target)}" if c.is_link else ""
     latest = f"latest {w(c.latest)} ({c.kind})" if c.latest else "none"
@@ -458,6 +462,10 @@ def render_job(console: Console, status, view: View) -> None:
         moved = "latest moved to it" if status.promoted else \
             "[yellow]promoted: false[/], latest stayed"
         prose(console, f"gate        {moved}: {status.promotion_reason or '-'}")
+    if getattr(status, "holdout", None) is not None:  # what the gate measured
+        h = status.holdout
+        console.print(f"hold-out    {token(h.short)} ({w(h.pinned_by)}): {token(h.path)}",
+                      hang=12)
     if getattr(status, "ended", None):
         prose(console, f"ended       {status.ended}")
     if getattr(status, "latest_mismatch", None):  # the fix is among the next steps
@@ -545,6 +553,7 @@ def render_promotion_outcome(console: Console, outcome, view: View) -> None:
 
 def register_domain_renderers() -> None:
     """Bind the views above to their result types (imported lazily: heavy modules)."""
+    from tunestep.server.repin_screen import REPIN_RENDERERS
     from tunestep.tools.data.mapping import MappingResult
     from tunestep.tools.data.merge import MergeResult
     from tunestep.tools.data.preprocess import PreprocessResult
@@ -560,4 +569,4 @@ def register_domain_renderers() -> None:
                        PreprocessResult: render_preprocess, JobHandle: render_handle,
                        PromotionRequest: render_promotion_request,
                        PromotionResult: render_promotion_result,
-                       PromotionOutcome: render_promotion_outcome})
+                       PromotionOutcome: render_promotion_outcome, **REPIN_RENDERERS})

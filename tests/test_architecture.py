@@ -26,7 +26,7 @@ LAYERS: dict[str, set[str]] = {
     "inspector": {"core"},
     "demo": {"core"},
     "lineage": {"core", "signing", "hub", "jobs"},
-    "data": {"core", "hub", "inspector", "jobs", "lineage"},
+    "data": {"core", "signing", "hub", "inspector", "jobs", "lineage"},
     "drafts": {"core", "signing", "hub", "inspector", "jobs", "lineage", "data"},
     "runs": {"core", "signing", "hub", "inspector", "jobs", "lineage", "data", "drafts"},
 }

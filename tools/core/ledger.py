@@ -1,9 +1,10 @@
 """The ledger: every fact that must survive, in one SQLite file.
 
-``.tunestep/state.sqlite`` in WAL mode. Steps, hold-out pins, drafts, used approval
-nonces, jobs, cached inspections and an audit trail. Files that people read (plan,
-CSV, Markdown, PNG) are views written from it. Each migration below runs once, in
-order, inside a transaction; ``PRAGMA user_version`` records how far a file has come.
+``.tunestep/state.sqlite`` in WAL mode. Steps, hold-out pins (and their signed
+re-pins), drafts, used approval nonces, jobs, cached inspections and an audit trail.
+Files that people read (plan, CSV, Markdown, PNG) are views written from it. Each
+migration below runs once, in order, inside a transaction; ``PRAGMA user_version``
+records how far a file has come.
 """
 
 from __future__ import annotations
@@ -185,6 +186,41 @@ MIGRATIONS: list[str] = [
     # executed (estimate, warnings, run plan path). NULL: drafted before, never submitted.
     """
     ALTER TABLE drafts ADD COLUMN manifest BLOB;
+    """,
+    # migration: branch holdout_repin
+    # 8: re-pinning the hold-out set is the operator's signed act (tools/data/holdout_repin.py):
+    # the re-pin requests (their canonical bytes, what the token's digest is over), the
+    # signed re-pins (one row per token, the token kept and verified on every read), and
+    # a copy of each pinned hold-out's bytes, so a later re-pin can say which rows changed.
+    """
+    CREATE TABLE holdout_repin_requests (
+        request_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        path TEXT NOT NULL,
+        old_sha256 TEXT NOT NULL,
+        new_sha256 TEXT NOT NULL,
+        subject BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE holdout_repins (
+        nonce TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        old_sha256 TEXT NOT NULL,
+        new_sha256 TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        at REAL NOT NULL,
+        seq INTEGER,
+        token TEXT
+    );
+    CREATE TABLE holdout_snapshots (
+        sha256 TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        kept_at REAL NOT NULL
+    );
     """,
 ]
 

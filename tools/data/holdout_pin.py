@@ -1,4 +1,5 @@
-"""The hold-out set's pin: its sha256 recorded on first sight, any later change caught.
+"""The hold-out set's pin: its sha256 recorded on first sight, any later change caught,
+the operator's verified re-pins applied (``holdout_records``, ``holdout_repin``).
 
 Apart from preflight's report because the data tools need it too: the selection refuses
 to read rows against a hold-out set that is missing or changed (``pinned_validation``).
@@ -9,13 +10,20 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tunestep.tools.core import ledger
 from tunestep.tools.core.datafiles import count_rows
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.holdout_records import (
+    IgnoredRepin,
+    keep_snapshot,
+    pin_state,
+    snapshot_bytes,
+)
+from tunestep.tools.data.holdout_repin import repin_action
 
 
 class ValidationStatus(BaseModel):
@@ -28,6 +36,10 @@ class ValidationStatus(BaseModel):
     pinned_at: float | None = None
     newly_pinned: bool = False
     changed: bool = False
+    # The pin in force was set by the operator's signed re-pin (its request id), not on
+    # first sight; re-pin records that do not verify are named and moved nothing.
+    repinned_by: str | None = None
+    ignored_repins: list[IgnoredRepin] = Field(default_factory=list)
 
 
 def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
@@ -43,6 +55,7 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
         "SELECT sha256, pinned_at FROM validation_pins WHERE path = ?", (rel,)
     ).fetchone()
     if pin is None:
+        kept = snapshot_bytes(path, digest)  # read before the lock: a re-pin's diff uses it
         # Read again under the write lock: a concurrent first use may have pinned it.
         with ledger.transaction(conn):
             pin = conn.execute(
@@ -53,14 +66,18 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
                 conn.execute(
                     "INSERT INTO validation_pins(path, sha256, size, rows, pinned_at)"
                     " VALUES (?, ?, ?, ?, ?)", (rel, digest, size, rows or 0, now))
+                keep_snapshot(conn, rel, digest, kept)
                 ledger.audit(conn, "validation.pin", rel,
                              detail={"sha256": digest, "rows": rows})
         if pin is None:
             return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
                                              "newly_pinned": True})
-    return status.model_copy(update={"pinned_sha256": pin["sha256"],
-                                     "pinned_at": pin["pinned_at"],
-                                     "changed": pin["sha256"] != digest})
+    state = pin_state(conn, rel, pin["sha256"])  # the operator's verified re-pins applied
+    return status.model_copy(update={"pinned_sha256": state.sha256,
+                                     "pinned_at": state.at or pin["pinned_at"],
+                                     "changed": state.sha256 != digest,
+                                     "repinned_by": state.repin,
+                                     "ignored_repins": state.ignored})
 
 
 def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
@@ -72,5 +89,7 @@ def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Vali
         raise TunestepError(
             "validation_changed",
             f"the hold-out set changed since it was pinned "
-            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]})", path=rel)
+            f"(pinned {status.pinned_sha256[:12]}, now {status.sha256[:12]}): restore it, "
+            "or, if the change is intended, the operator re-pins it", path=rel,
+            hint=repin_action("if the change is intended:"))
     return status

@@ -28,6 +28,7 @@ from tunestep.tools.data.batch_folders import (
     last_inspection,
 )
 from tunestep.tools.data.holdout_pin import ValidationStatus, check_validation
+from tunestep.tools.data.holdout_repin import repin_action
 from tunestep.tools.hub.token import token_status
 from tunestep.tools.lineage.line import lineage
 from tunestep.tools.lineage.model_store import CheckpointStatus, inspect_store
@@ -100,7 +101,7 @@ def check_batch(ws: Workspace, batch: str | None = None) -> PreflightReport:
         if chosen is not None:
             inspection = last_inspection(ws, conn, f"{plan.paths.mapped}/{chosen.name}",
                                          chosen.path, files)
-    _validation_problems(validation, problems)
+    _validation_problems(validation, problems, actions)
     last_step = None
     if last is not None:
         # Promoted = in the latest version's line (the gate's move or the operator's).
@@ -296,7 +297,14 @@ def _report_gaps(batches: list[BatchInfo], chosen: BatchInfo, problems: list[Pro
                                         f"step {chosen.step}", path=chosen.path))
 
 
-def _validation_problems(validation: ValidationStatus, problems: list[Problem]) -> None:
+def _validation_problems(validation: ValidationStatus, problems: list[Problem],
+                         actions: list[NextAction]) -> None:
+    for record in validation.ignored_repins:
+        problems.append(Problem(
+            code="repin_unverified", severity="warning",
+            message=f"a hold-out re-pin record ({record.request_id}) is ignored "
+                    f"({record.reason}: {record.detail}); the pin in force is what the "
+                    "verified records say", path=".tunestep/state.sqlite"))
     if not validation.present:
         problems.append(Problem(code="validation_missing", severity="error",
                                 message="the hold-out validation set is missing",
@@ -306,7 +314,10 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem]) 
             code="validation_changed", severity="error",
             message=f"the hold-out set changed since it was pinned: pinned sha256 "
                     f"{validation.pinned_sha256}, now {validation.sha256}. Restore it; "
-                    "tunestep never writes it.", path=validation.path))
+                    "tunestep never writes it. If the change is intended, the operator "
+                    "re-pins it (signed; every later gate measures the new set).",
+            path=validation.path))
+        actions.append(repin_action())
 
 
 def _latest_evidence(ws: Workspace, shown: str, model: str, link, problems: list[Problem],

@@ -195,7 +195,11 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     errors = [p for p in report.problems if p.severity == "error"]
     if errors or report.batch is None:
         listed = "; ".join(f"{p.code}: {p.message}" for p in errors) or "no batch"
-        raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}")
+        from tunestep.tools.data.holdout_repin import repin_action
+
+        raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}",
+                            hint=repin_action("if the hold-out change is intended:")
+                            if any(p.code == "validation_changed" for p in errors) else None)
     _check_overrides(request.overrides, request.timeout)
     data = step_datasets(ws, report.batch, write=write,
                          max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]

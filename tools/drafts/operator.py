@@ -19,6 +19,7 @@ from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.drafts.draft import JobDraft, load_draft, recompute, what_changed
 from tunestep.tools.signing.approval import (
     ACTION_PROMOTE,
+    ACTION_REPIN,
     ACTION_SUBMIT_JOB,
     parse_ttl,
     sign_approval,
@@ -167,4 +168,16 @@ def sign_promotion(ws: Workspace, request, *, name: str, key_path: Path, passphr
     """
     return _sign(ws, request.request_id, request.digest, act=ACTION_PROMOTE,
                  audit_action="promotion.approve", audit_detail={"version": request.version},
+                 name=name, key_path=key_path, passphrase=passphrase, ttl=ttl)
+
+
+def sign_repin(ws: Workspace, request, *, name: str, key_path: Path, passphrase: bytes,
+               ttl: str) -> ApprovalGrant:
+    """Sign a hold-out re-pin request (act ``repin_holdout``): every later gate measures
+    the hold-out set as it is now. ``request`` is a reviewed
+    ``tunestep.tools.data.holdout_repin.RepinRequest``."""
+    return _sign(ws, request.request_id, request.digest, act=ACTION_REPIN,
+                 audit_action="validation.repin_approve",
+                 audit_detail={"old": request.subject.old_sha256,
+                               "new": request.subject.new_sha256},
                  name=name, key_path=key_path, passphrase=passphrase, ttl=ttl)

@@ -24,6 +24,7 @@ from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.lineage.model_sync import SyncedVersion
 from tunestep.tools.lineage.promotion_records import IgnoredPromotion
 from tunestep.tools.runs.job_progress import JobProgress, progress_fields
+from tunestep.tools.runs.step_outcome import HoldoutMeasured, holdout_of_draft
 
 TERMINAL = set(ledger.JOB_ENDED)
 # submit_job records a job as 'starting' (with its approval) and then starts it: a local
@@ -68,6 +69,9 @@ class JobStatus(BaseModel):
     latest: str | None = None
     latest_mismatch: str | None = None
     ignored_promotions: list[IgnoredPromotion] = []
+    # A training job: the hold-out its gate measures (the signed draft's eval file, and
+    # whether an operator's re-pin set it: tools/step_outcome.holdout_of_draft).
+    holdout: HoldoutMeasured | None = None
     # A job that did not succeed: how it ended, in words (a signal, a lost supervisor, an
     # exit code), for the operator who did not watch it end.
     ended: str | None = None
@@ -150,6 +154,7 @@ def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
         return status
     update: dict[str, Any] = {"latest": state.ledger_latest,
                               "ignored_promotions": state.ignored,
+                              "holdout": holdout_of_draft(ws, status.draft_id),
                               "latest_mismatch": None if state.matches else state.message}
     if not state.matches and state.fix_action is not None:
         # The fix among the next steps: each view says it in its own syntax (the CLI's

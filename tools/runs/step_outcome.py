@@ -6,6 +6,8 @@ each step hangs under the version its job trained from (``steps.parent``), the l
 version's line is the trunk (``tools/lineage/line.py``), and a step that is not on it (held
 back by its gate, or rolled back by the operator) is a branch. When the gate held this
 step's version back and it is not latest, the operator's ``tunestep promote`` command.
+The hold-out the gate measured: its sha256 from the signed draft, and whether an
+operator's re-pin set it.
 
 Read-only: the ledger's ``jobs`` and ``steps`` rows as job_status last recorded them; it
 asks no backend (the card calls it after job_status said the job ended).
@@ -54,6 +56,37 @@ class StepNode(BaseModel):
     after: float | None = None
 
 
+class HoldoutMeasured(BaseModel):
+    """The hold-out set a step's gate measured: the eval file its signed draft pinned."""
+
+    path: str
+    sha256: str
+    short: str  # the first 12 hex, as screens show it
+    rows: int | None = None
+    # How that sha256 came to be the pin: "pinned on first sight", "re-pinned by
+    # repin-… (operator)" (a verified signed re-pin), or that this ledger verifies neither.
+    pinned_by: str
+
+
+def holdout_of_draft(ws: Workspace, draft_id: str) -> HoldoutMeasured | None:
+    """The hold-out the draft's signed manifest names (None: no readable draft, or no
+    hold-out in it, e.g. an inspection)."""
+    from tunestep.tools.data.holdout_records import measured_by
+    from tunestep.tools.drafts.draft import load_draft
+
+    try:
+        draft = load_draft(ws, draft_id)
+    except TunestepError:
+        return None
+    ref = next((f for f in draft.files if f.role == "eval" and f.sha256), None)
+    if ref is None:
+        return None
+    with ledger.open_ledger(ws) as conn:
+        pinned_by = measured_by(conn, ref.path, ref.sha256)
+    return HoldoutMeasured(path=ref.path, sha256=ref.sha256, short=ref.sha256[:12],
+                           rows=ref.rows, pinned_by=pinned_by)
+
+
 class StepOutcome(BaseModel):
     job_id: str
     draft_id: str
@@ -71,6 +104,7 @@ class StepOutcome(BaseModel):
     moved_by: str | None = None  # "gate" or "operator": who made latest latest
     progression: list[StepNode] = Field(default_factory=list)
     promote_command: str | None = None  # when the gate held this version back
+    holdout: HoldoutMeasured | None = None  # what the gate measured (the signed eval file)
 
 
 def _measure(raw: Any) -> Measure:
@@ -120,7 +154,8 @@ def step_outcome(ws: Workspace, job_id: str) -> StepOutcome:
         graded_rows=evaluation.get("graded_rows"), rows=evaluation.get("rows"),
         latest=line.latest, moved_by=line.moved_by, progression=nodes,
         promote_command=(f"tunestep promote {version} --workspace {ws.root}"
-                         if held_back and step["version"] else None))
+                         if held_back and step["version"] else None),
+        holdout=holdout_of_draft(ws, job["draft_id"]))
 
 
 def _node(row, line: list[str], latest: str | None, metric: str | None) -> StepNode:

@@ -33,7 +33,8 @@ key        type    meaning
 =========  ======  ==============================================================
 v          int     format version, ``1``
 aud        str     audience, ``"tunestep"``
-act        str     action, ``"submit_job"`` or ``"promote"`` (a promotion request)
+act        str     action, ``"submit_job"``, ``"promote"`` (a promotion request) or
+                   ``"repin_holdout"`` (a hold-out re-pin request)
 draft_id   str     the draft this approval is for (1-128 chars ``[A-Za-z0-9._-]``)
 digest     str     sha256 of the draft as stored, 64 lowercase hex
 workspace  str     absolute path of the workspace root the draft lives in
@@ -100,7 +101,8 @@ TOKEN_VERSION = 1
 AUDIENCE = "tunestep"
 ACTION_SUBMIT_JOB = "submit_job"
 ACTION_PROMOTE = "promote"  # move a model store's latest to one recorded version
-ACTIONS = (ACTION_SUBMIT_JOB, ACTION_PROMOTE)
+ACTION_REPIN = "repin_holdout"  # pin the hold-out set as it is now (tools/data/holdout_repin.py)
+ACTIONS = (ACTION_SUBMIT_JOB, ACTION_PROMOTE, ACTION_REPIN)
 CLOCK_SKEW_SECONDS = 300
 MAX_TOKEN_CHARS = 8192
 MAX_TTL_SECONDS = 30 * 24 * 3600

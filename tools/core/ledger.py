@@ -3,8 +3,8 @@
 ``.tunestep/state.sqlite`` in WAL mode. Steps, hold-out pins (and their signed
 re-pins), drafts, used approval nonces, jobs, cached inspections and an audit trail.
 Files that people read (plan, CSV, Markdown, PNG) are views written from it. Each
-migration below runs once, in order, inside a transaction; ``PRAGMA user_version``
-records how far a file has come; the migrations themselves are in ``ledger_schema``.
+migration (``ledger_schema``) runs once, in order, inside a transaction; ``PRAGMA
+user_version`` records how far a file has come.
 """
 
 from __future__ import annotations

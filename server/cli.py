@@ -424,7 +424,7 @@ def cmd_repin(args: argparse.Namespace, console: Console) -> int:
     """Pin the hold-out set as it is now: sign here and apply, or apply a pasted token."""
     from tunestep.tools.data.holdout_repin import repin, request_repin
     from tunestep.tools.drafts.operator import find_operator_key
-    from tunestep.tools.signing.approval import ensure_keys_outside_workspace, load_trusted_keys
+    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
 
     ws = _workspace(args)
     paths = _trusted_key_paths(args)

@@ -258,7 +258,7 @@ def test_whether_a_step_resumes_is_the_ledgers_answer_not_the_links(two_steps, t
                                                                    tiny_model_dir):
     """The replay regime samples only when the step resumes: merge_datasets and preprocess
     ask the ledger's latest (its files as recorded), as the draft's start point does."""
-    from tunestep.tools.data.merge import resumes
+    from tunestep.tools.data.selection import resumes
 
     ws = two_steps
     plan = load_plan(ws).plan

@@ -223,7 +223,7 @@ def test_a_signed_repin_for_other_bytes_another_workspace_or_another_act_is_refu
     edit(ws, drop=0, add=[])  # request again for the bytes as they are now
     request = request_repin(ws)
     key = operator.info.private_key_path
-    from tunestep.tools.signing.approval import load_private_key
+    from tunestep.tools.signing.operator_keys import load_private_key
 
     private = load_private_key(key, operator.passphrase)
     elsewhere = sign_approval(private, draft_id=request.request_id, digest=request.digest,

@@ -119,6 +119,7 @@ def job_config(ws: Path, base_model: Path, *, step: int, batch: str, mode: str =
         "expect_gpu": False,
         "tokenized_files": [],
         "checkpoint": checkpoint_of(ws, resume_from),
+        "merge_adapter": None,
     }
 
 

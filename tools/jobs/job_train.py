@@ -197,7 +197,11 @@ def merge_adapter(model, adapter: Path, log: RunLog):
     from peft import PeftModel
 
     log(f"merging the LoRA adapter {adapter} into its base (merge_and_unload)")
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    # PEFT froze the base's weights for the adapter; a full step trains every one.
+    for parameter in merged.parameters():
+        parameter.requires_grad_(True)
+    return merged
 
 
 def _clean(value: Any) -> Any:

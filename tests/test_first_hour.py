@@ -353,6 +353,17 @@ def test_a_full_step_after_lora_merges_the_adapter_and_a_lost_base_names_the_way
                for line in out.getvalue().splitlines()), out.getvalue()
     assert "merged into its base 0001_batch_100_01" in (ws.root / third.run_plan).read_text()
 
+    # LoRA on LoRA attaches to the same base (the adapter's own config names a copy gone).
+    assert draft_job(ws, DraftRequest(batch="batch_100_03", mode="lora")).job_config[
+        "base_model"] == str(base)
+    # On HF Jobs the merge needs a Hub base: refused, naming the local way on.
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest(batch="batch_100_03", mode="full", backend="hf-jobs",
+                                   flavor="t4-medium"))
+    assert err.value.code == "remote_base_not_on_hub"
+    assert "`tunestep draft --mode full`" in err.value.message
+    assert "next: draft_job(mode='full', backend='local')" in str(err.value)
+
     # The base is gone: neither the adapter nor the ledger names one that is here.
     shutil.rmtree(store / "versions/0001_batch_100_01")
     with pytest.raises(TunestepError) as err:

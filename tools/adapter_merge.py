@@ -131,6 +131,8 @@ def remote_merge(ws: Workspace, start: StartPoint, base: str | None, link: str,
                  adapter: str) -> StartPoint:
     """A remote full step on an adapter (a Hub commit, or the bundle's ``start/``): its
     base must be a Hub id, which the job downloads."""
+    from tunestep.tools.next_step import NextAction
+
     if not base or not _usable(ws, base) or is_local_path(ws, base):
         raise TunestepError(
             "remote_base_not_on_hub",
@@ -138,7 +140,9 @@ def remote_merge(ws: Workspace, start: StartPoint, base: str | None, link: str,
             f"base is {base!r}, not a Hub model id an HF job can download: draft the full "
             "step locally (`tunestep draft --mode full`, after `tunestep sync` when the "
             "adapter was trained remotely), or go on in LoRA (`tunestep draft --mode lora "
-            "--backend hf-jobs`)", path=link)
+            "--backend hf-jobs`)", path=link,
+            hint=NextAction(tool="draft_job", args={"mode": "full", "backend": "local"},
+                            note="(the full step, merged and trained locally)"))
     start.base_model = base
     start.described = (f"{start.described}, merged into its base {base} (the job merges it, "
                        "then trains in full)")

@@ -190,6 +190,7 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
         log(f"LoRA trainable parameters: {trainable}")
     return model, tokenizer, label, resume
 
+
 def merge_adapter(model, adapter: Path, log: RunLog):
     """``model`` (the adapter's base, fp32) with the LoRA adapter in ``adapter`` applied and
     merged into its weights: a plain model again, trained in full from here. In place: the

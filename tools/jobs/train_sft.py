@@ -56,7 +56,8 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
     base_model        str   hub id or local path: start of a fresh full fine-tune, and the
                             model LoRA adapters attach to
     resume_from       str | null   latest checkpoint: a local full-model dir (full) or adapter
-                            dir (lora), e.g. "<model_store>/latest"; or "hf://owner/name[@rev]"
+                            dir (lora; full with merge_adapter), e.g. "<model_store>/latest";
+                            or "hf://owner/name[@rev]"
                             for a checkpoint pushed by an earlier step. null = fresh start
     train_files       [{"path", "sha256"}]   canonical chat JSONL {"messages": [...]}
     eval_file         {"path", "sha256"}     the hold-out set, same format

@@ -179,6 +179,12 @@ def _resume(console: Screen, facts: DraftReview) -> None:
                       "trained from)[/]")
     if r.path and not r.pinned and r.source != "base":  # where the unsigned files are
         console.print(f"            {token(r.path)}")
+    m = facts.merge
+    if m is not None:  # a full step after LoRA steps: the adapter is merged in first
+        pinned = (f"{m.files} files, content sha256 {token(m.identity)}" if m.files
+                  else "a Hub id")
+        console.print(f"merge       LoRA adapter [bold]{token(m.adapter)}[/] merged into its "
+                      f"base [bold]{token(m.base)}[/] ({pinned}), then trained in full")
 
 
 def _precision_note(draft, precision: str) -> str:
@@ -212,6 +218,11 @@ def _inputs(console: Screen, facts: DraftReview) -> None:
         folder = common_folder([f.path for f in facts.checkpoint])
         console.print(f"  checkpoint {len(facts.checkpoint)} files in {token(folder + '/')}")
         for f in facts.checkpoint:
+            console.print(f"    {f.sha256[:16]}  {token(f.path[len(folder) + 1:])}")
+    if facts.merge_base:
+        folder = common_folder([f.path for f in facts.merge_base])
+        console.print(f"  merge base {len(facts.merge_base)} files in {token(folder + '/')}")
+        for f in facts.merge_base:
             console.print(f"    {f.sha256[:16]}  {token(f.path[len(folder) + 1:])}")
 
 

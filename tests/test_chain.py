@@ -103,10 +103,15 @@ def test_lora_on_hf_jobs_names_a_hub_base(hub_ws, local_ws):
     nxt = draft_job(hub_ws, DraftRequest(mode="lora", **REMOTE))
     assert nxt.job_config["base_model"] == "tester/tiny-base"  # the adapter's base, from step 1
     assert nxt.job_config["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
-    # A full step cannot resume from an adapter.
-    with pytest.raises(TunestepError) as err:
-        draft_job(hub_ws, DraftRequest(mode="full", **REMOTE))
-    assert err.value.code == "checkpoint_mode_mismatch"
+    # A full step on the adapter: the job merges it into its Hub base, both signed.
+    full = draft_job(hub_ws, DraftRequest(mode="full", **REMOTE))
+    cfg = full.job_config
+    assert cfg["mode"] == "full" and cfg["resume_from"] == f"hf://{MODEL_REPO}@{SHA1}"
+    assert cfg["base_model"] == "tester/tiny-base"
+    assert cfg["merge_adapter"] == {"base_files": []}
+    assert full.start.merge is not None and full.start.merge.base == "tester/tiny-base"
+    assert full.start.merge.adapter == f"hf://{MODEL_REPO}@{SHA1}"
+    assert "merged into its base tester/tiny-base" in full.start.described
 
     # A local base path would reach the job as a path it does not have: refused, named.
     with pytest.raises(TunestepError) as err:

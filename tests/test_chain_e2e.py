@@ -140,3 +140,23 @@ def test_a_remote_lora_chain_resumes_its_adapter_on_the_hub_base(chain, fake_hub
     assert latest_checkpoint(store).name == "0002_batch_8_02"
     assert [s["hub_revision"] for s in steps(ws)] == [sha1,
                                                       fake_hub.repo(MODEL_REPO, "model").head]
+
+
+def test_a_remote_full_step_after_lora_merges_the_adapter_into_its_hub_base(chain, fake_hub):
+    """LoRA is not a one-way door on HF Jobs either: the full step's job downloads the
+    adapter's pinned commit and its Hub base, merges them and trains in full."""
+    ws, step = chain
+    step(batch="batch_8_01", backend="hf-jobs", mode="lora")
+    sha1 = fake_hub.repo(MODEL_REPO, "model").head
+    map_batch_2(ws, "batch_8_02")
+    second, _status = step(backend="hf-jobs", mode="full")
+    cfg = second.job_config
+    assert cfg["resume_from"] == f"hf://{MODEL_REPO}@{sha1}"
+    assert cfg["base_model"] == "tester/tiny-base" and cfg["merge_adapter"] == {"base_files": []}
+    assert second.start.merge.adapter == f"hf://{MODEL_REPO}@{sha1}"
+    store = ws.resolve_model_store("models/qwen3_webdev")
+    assert [checkpoint_kind(store / "versions" / n)
+            for n in ("0001_batch_8_01", "0002_batch_8_02")] == ["lora", "full"]
+    assert latest_checkpoint(store).name == "0002_batch_8_02"
+    log = (ws.root / "logs/train.log").read_text()
+    assert "merging the LoRA adapter" in log and "into its base" in log

@@ -3,6 +3,7 @@ workspace one folder off is named, and the CLI's submit finds the operator's key
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -321,13 +322,19 @@ def test_screens_to_a_pipe_carry_no_trailing_spaces_and_files_get_the_usual_mode
     assert mode == (tmp_path / "opened.txt").stat().st_mode & 0o777 == 0o644
 
 
-def test_a_full_step_after_lora_names_the_commands_that_get_on(tmp_path, tiny_model_dir,
-                                                                capsys):
+def test_a_full_step_after_lora_merges_the_adapter_and_a_lost_base_names_the_way_on(
+        tmp_path, tiny_model_dir, capsys):
     """Step 1 full, step 2 LoRA (recorded as the local jobs leave them, without
-    training): a full step 3 is refused with the commands that get the user on."""
+    training): a full step 3 merges the adapter into step 1's version, both signed and
+    shown; with that base gone it is refused with the commands that get the user on."""
+    import io
+    import shutil
+
     from chain_helpers import fake_local_version, local_base_workspace, record_job_end
+    from rich.console import Console
     from test_lineage import local_result, map_batch
 
+    from tunestep.server.render import View, render_draft
     from tunestep.tools.core.errors import TunestepError
     from tunestep.tools.drafts.draft import DraftRequest, draft_job
 
@@ -340,18 +347,61 @@ def test_a_full_step_after_lora_names_the_commands_that_get_on(tmp_path, tiny_mo
     second = draft_job(ws, DraftRequest(batch="batch_100_02", mode="lora"))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
+    # as a job leaves it: the base named is the job's private copy, long gone
     (adapter / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": str(store / "versions/0001_batch_100_01"),
+        {"base_model_name_or_path": "/tmp/tunestep-inputs-gone/checkpoint",
          "peft_type": "LORA"}))
     fake_local_version(ws, adapter, "0002_batch_100_02")
     record_job_end(ws, second.draft_id, "local", local_result(ws, second))
     map_batch(ws, "batch_100_03")
+
+    third = draft_job(ws, DraftRequest(batch="batch_100_03", mode="full"))
+    base = (store / "versions/0001_batch_100_01").resolve()
+    cfg = third.job_config
+    assert cfg["mode"] == "full" and cfg["base_model"] == str(base)  # from the ledger
+    assert cfg["resume_from"].endswith("0002_batch_100_02")
+    assert cfg["checkpoint"] == {"of": "resume_from", "files": [
+        {"path": "adapter_config.json",
+         "sha256": hashlib.sha256((adapter / "adapter_config.json").read_bytes()).hexdigest()}]}
+    signed = {f["path"] for f in cfg["merge_adapter"]["base_files"]}
+    assert "config.json" in signed and signed == {
+        p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()}
+    assert {f.path for f in third.files if f.role == "merge_base"} == {
+        f"models/qwen3_webdev/versions/0001_batch_100_01/{p}" for p in signed}
+    assert third.start.merge.adapter == "0002_batch_100_02"
+    assert third.parent_version == "0002_batch_100_02"  # the LoRA batches stay learned
+    out = io.StringIO()
+    render_draft(Console(file=out, width=80), third, View(approving=True))
+    screen = " ".join(out.getvalue().split())
+    assert ("merge LoRA adapter 0002_batch_100_02 merged into its base "
+            "models/qwen3_webdev/versions/0001_batch_100_01") in screen
+    assert f"({len(signed)} files, content sha256" in screen
+    assert f"merge base {len(signed)} files in" in screen
+    # 80 columns, but for a path too long for any line (it is never broken)
+    assert all(len(line) <= 80 or len(line.split()) == 1
+               for line in out.getvalue().splitlines()), out.getvalue()
+    assert "merged into its base 0001_batch_100_01" in (ws.root / third.run_plan).read_text()
+
+    # LoRA on LoRA attaches to the same base (the adapter's own config names a copy gone).
+    assert draft_job(ws, DraftRequest(batch="batch_100_03", mode="lora")).job_config[
+        "base_model"] == str(base)
+    # On HF Jobs the merge needs a Hub base: refused, naming the local way on.
+    with pytest.raises(TunestepError) as err:
+        draft_job(ws, DraftRequest(batch="batch_100_03", mode="full", backend="hf-jobs",
+                                   flavor="t4-medium"))
+    assert err.value.code == "remote_base_not_on_hub"
+    assert "`tunestep draft --mode full`" in err.value.message
+    assert "next: draft_job(mode='full', backend='local')" in str(err.value)
+
+    # The base is gone: neither the adapter nor the ledger names one that is here.
+    shutil.rmtree(store / "versions/0001_batch_100_01")
     with pytest.raises(TunestepError) as err:
         draft_job(ws, DraftRequest(batch="batch_100_03", mode="full"))
-    assert err.value.code == "checkpoint_mode_mismatch", err.value.message
+    assert err.value.code == "adapter_base_missing", err.value.message
     said = err.value.message
     assert "0002_batch_100_02" in said and "tunestep draft --mode lora" in said
-    assert "tunestep promote 0001_batch_100_01" in said
+    assert "tunestep promote 0000_base" in said
+    assert err.value.hint.mcp().startswith("draft_job(mode='lora')")
     assert cli(["draft", "batch_100_03", "--mode", "full", "-w", str(ws.root)]) == 1
     err_text = " ".join(capsys.readouterr().err.split())
-    assert "tunestep draft --mode lora" in err_text
+    assert "adapter_base_missing" in err_text and "tunestep draft --mode lora" in err_text

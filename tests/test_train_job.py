@@ -119,6 +119,7 @@ def job_config(ws: Path, base_model: Path, *, step: int, batch: str, mode: str =
         "expect_gpu": False,
         "tokenized_files": [],
         "checkpoint": checkpoint_of(ws, resume_from),
+        "merge_adapter": None,
     }
 
 
@@ -302,6 +303,15 @@ def test_load_chat_rows_drops_extra_keys_and_names_bad_lines(tmp_path):
      "gate.margin must be a finite number"),
     (lambda c: c["evaluation"].update(batch_size=0), "evaluation.batch_size must be >= 1"),
     (lambda c: c.update(expect_gpu="yes"), "config.expect_gpu must be bool"),
+    (lambda c: c.update(merge_adapter={"base_files": []}),
+     "merge_adapter needs resume_from (the adapter)"),
+    (lambda c: c.update(merge_adapter={"base_files": [{"path": "../x", "sha256": "0" * 64}]},
+                        resume_from="hf://a/b@c"), "merge_adapter.base_files[0].path must be"),
+    (lambda c: c.update(merge_adapter={"base": "x"}), "unknown key(s) ['base']"),
+    (lambda c: c.update(merge_adapter={"base_files": []}, resume_from="hf://a/b@c",
+                        mode="lora", lora={"r": 8, "alpha": 16, "dropout": 0.0,
+                                           "target_modules": "all-linear"}),
+     "merge_adapter needs mode 'full'"),
 ])
 def test_config_contract_is_enforced(tmp_path, change, message):
     ws = make_workspace(tmp_path, tmp_path / "store")
@@ -310,6 +320,29 @@ def test_config_contract_is_enforced(tmp_path, change, message):
     with pytest.raises(train_sft.JobError, match=re.escape(message)) as info:
         train_sft.validate_config(cfg)
     assert info.value.code == 2
+
+
+def test_a_full_step_merges_an_adapter_only_when_its_signed_config_says_so(tmp_path):
+    """A full job whose resume_from holds an adapter refuses it unless merge_adapter is
+    set, and merge_adapter on a folder without an adapter is refused: never a silent
+    merge, nor a full model trained where an adapter merge was signed."""
+    from tunestep.tools.jobs import job_config as jc
+    from tunestep.tools.jobs import job_train
+
+    ws = make_workspace(tmp_path, tmp_path / "store")
+    adapter, full = tmp_path / "adapter", tmp_path / "full"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    for resume, merge, said in [(adapter, None, "asks for no merge (merge_adapter)"),
+                                (full, {"base_files": []}, "resume_from holds no LoRA")]:
+        cfg = job_config(ws, tmp_path / "model", step=1, batch="b1")
+        cfg.update(draft_id="d", resume_from=str(resume), merge_adapter=merge,
+                   checkpoint={"of": "resume_from", "files": files_of(resume)})
+        paths = jc.resolve_paths(train_sft.validate_config(cfg), ws)
+        with pytest.raises(train_sft.JobError, match=re.escape(said)):
+            job_train.load_model_and_tokenizer(cfg, paths, lambda line: None)
 
 
 def test_parse_grade_and_metrics():

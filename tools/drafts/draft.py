@@ -73,6 +73,7 @@ from tunestep.tools.drafts.eval_estimate import (
 from tunestep.tools.drafts.run_plan import write_run_plan
 from tunestep.tools.hub.ids import resolve_hub_ids
 from tunestep.tools.jobs import JOB_FILES, JOB_SCRIPT
+from tunestep.tools.lineage.adapter_merge import merge_base_files as merge_base_folder
 from tunestep.tools.lineage.chain import (
     START_DIR,
     StartPoint,
@@ -249,8 +250,17 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
     start_files = [] if folder is None else [(p, sha256_file(p)) for p in checkpoint_files(folder)]
     files += [FileRef(role="checkpoint", path=shown_path(ws, plan, p), sha256=sha)
               for p, sha in start_files]
+    # A full step on a LoRA adapter: the base it merges into, every file when local.
+    base_folder = merge_base_folder(start)
+    base_files = [] if base_folder is None else [
+        (p, sha256_file(p)) for p in checkpoint_files(base_folder)]
+    files += [FileRef(role="merge_base", path=shown_path(ws, plan, p), sha256=sha)
+              for p, sha in base_files]
     config = _job_config(plan, request, report, files, mode, start, backend,
                          data.tokenized_dir, flavor)
+    config["merge_adapter"] = None if start.merge is None else {
+        "base_files": [{"path": p.relative_to(base_folder).as_posix(), "sha256": sha}
+                       for p, sha in base_files] if base_folder is not None else []}
     config["tokenized_files"] = [
         {"path": Path(f.path).relative_to(config["tokenized_dir"]).as_posix(),
          "sha256": f.sha256} for f in files if f.role == "tokenized"] \
@@ -443,6 +453,7 @@ def _job_config(plan: Plan, request: DraftRequest, report: PreflightReport,
         "hyperparameters": _hyperparameters(plan, request, mode,
                                             resuming=start.resume_from is not None),
         "lora": lora,
+        "merge_adapter": None,  # a full step on a LoRA adapter: set by draft_job
         "outputs": {
             "model_store": f"store/{plan.model_name}" if remote else plan.model_link,
             "model_name": plan.model_name,

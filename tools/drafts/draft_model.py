@@ -42,8 +42,10 @@ class FileRef(BaseModel):
     # inspect drafts: "inspect" (the files inspected), "reference" (base train set and
     # earlier batches, for duplicates), "plan" (the plan document); eval is the hold-out.
     # "checkpoint": a file of a local start that an hf-jobs bundle carries (chain.py).
+    # "merge_base": a file of the local base a LoRA start adapter is merged into (a full
+    # step after LoRA steps, tools/lineage/adapter_merge.py).
     role: Literal["train", "eval", "script", "tokenized", "inspect", "reference", "plan",
-                  "checkpoint"]
+                  "checkpoint", "merge_base"]
     path: str  # workspace-relative (job scripts: their name in the bundle; a checkpoint
     # file outside the workspace: its absolute path, never sent to the job)
     sha256: str

@@ -44,6 +44,15 @@ class ResumePoint(BaseModel):
     pinned: bool  # False: nothing signed pins the weights' content
 
 
+class MergeReview(BaseModel):
+    """A full step on a LoRA adapter: the job merges it into ``base`` before training."""
+
+    adapter: str  # the start adapter (its version name, or hf://id@sha)
+    base: str  # the base it merges into: a Hub id or a local folder
+    files: int = 0  # the base's files the signature covers (0: a Hub id, by name)
+    identity: str | None = None  # sha256 over (file, sha256) of those files
+
+
 class DraftReview(BaseModel):
     draft_id: str
     digest: str
@@ -77,6 +86,8 @@ class DraftReview(BaseModel):
     inputs: list[FileRef]  # data and plan files (rows, sha256)
     scripts: list[FileRef]  # the job's own files
     checkpoint: list[FileRef]  # the resume point's files
+    merge: MergeReview | None = None  # a LoRA start adapter merged into its base first
+    merge_base: list[FileRef] = Field(default_factory=list)  # that base's files (local)
     train_rows: int  # sum of the signed rows of the training inputs
     # shown, not signed
     estimate_usd: float
@@ -142,6 +153,19 @@ def resume_point(draft: JobDraft) -> ResumePoint | None:
     return ResumePoint(source="base", name=base, said=said, pinned=False)
 
 
+def merge_review(draft: JobDraft) -> MergeReview | None:
+    """The merge the signed config asks for (``merge_adapter``), in people's words."""
+    cfg = draft.job_config
+    if draft.kind != "train" or cfg.get("merge_adapter") is None:
+        return None
+    said = draft.start.merge if draft.start is not None else None
+    base = [f for f in draft.files if f.role == "merge_base"]
+    folder = common_folder([f.path for f in base]) if base else ""
+    return MergeReview(adapter=said.adapter if said else str(cfg.get("resume_from")),
+                       base=folder or str(cfg.get("base_model")), files=len(base),
+                       identity=files_identity(base, folder) if base else None)
+
+
 def review(draft: JobDraft, workspace: str) -> DraftReview:
     """``draft`` as the operator signs it, for the token bound to ``workspace`` (the
     signed manifest's own workspace when the draft carries one)."""
@@ -190,6 +214,8 @@ def review(draft: JobDraft, workspace: str) -> DraftReview:
         regime=draft.regime, data=cfg.get("data") or {}, inputs=inputs,
         scripts=[f for f in draft.files if f.role == "script"],
         checkpoint=[f for f in draft.files if f.role == "checkpoint"],
+        merge=merge_review(draft),
+        merge_base=[f for f in draft.files if f.role == "merge_base"],
         train_rows=sum(f.rows or 0 for f in draft.files if f.role == "train"),
         estimate_usd=float(est.usd), estimate_minutes=float(est.minutes),
         warnings=[w for w in draft.warnings if not w.startswith(NEAR_MATCH)],

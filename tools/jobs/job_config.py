@@ -52,6 +52,7 @@ _SPEC: dict[str, Any] = {
     "outputs": dict, "samples": dict, "grade_pattern": str, "trackio": dict, "hub": dict,
     "data": dict, "evaluation": dict, "gate": (dict, type(None)), "expect_gpu": bool,
     "tokenized_files": list, "checkpoint": (dict, type(None)),
+    "merge_adapter": (dict, type(None)),
 }
 _NESTED: dict[str, dict[str, Any]] = {
     "hyperparameters": {
@@ -76,6 +77,7 @@ _NESTED: dict[str, dict[str, Any]] = {
     "evaluation": {"batch_size": int, "max_new_tokens": (int, type(None))},
     "gate": {"metric": str, "margin": (int, float)},
     "checkpoint": {"of": str, "files": list},
+    "merge_adapter": {"base_files": list},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -159,6 +161,13 @@ def validate_config(cfg: Any) -> dict:
     _require(resume is None or resume.startswith("hf://") or
              (checkpoint is not None and checkpoint["of"] == "resume_from"),
              "a local resume_from needs checkpoint.files (every file of it by sha256)")
+    merge = cfg["merge_adapter"]
+    if merge is not None:  # a full step that merges its start adapter into base_model
+        _require(cfg["mode"] == "full", "merge_adapter needs mode 'full'")
+        _require(resume is not None, "merge_adapter needs resume_from (the adapter)")
+        _check_file_list(merge["base_files"], "merge_adapter.base_files")
+        _require(not merge["base_files"] or not cfg["base_model"].startswith("hf://"),
+                 "merge_adapter.base_files needs base_model to be a local folder")
     hp = cfg["hyperparameters"]
     _require(hp["per_device_train_batch_size"] >= 1, "per_device_train_batch_size must be >= 1")
     _require(hp["gradient_accumulation_steps"] >= 1, "gradient_accumulation_steps must be >= 1")
@@ -348,6 +357,14 @@ def snapshot_inputs(cfg: dict, paths: Paths, snapshot: Path) -> Paths:
             resume_from, resume_label = folder, str(paths.resume_from)
         else:
             base_model = str(folder)
+    merge = cfg["merge_adapter"]
+    if merge is not None and merge["base_files"]:  # the base the adapter merges into
+        folder = snapshot / "merge_base"
+        source = Path(paths.base_model)
+        for entry in merge["base_files"]:
+            _copy_hashed(source / entry["path"], folder / entry["path"], entry["sha256"],
+                         f"{cfg['base_model']}/{entry['path']}")
+        base_model = str(folder)
     pause("after_inputs")
     return replace(paths, train_files=train, eval_file=eval_file, tokenized_dir=tokenized,
                    resume_from=resume_from, base_model=base_model, resume_label=resume_label)

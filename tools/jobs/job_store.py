@@ -57,13 +57,16 @@ def move_latest(store: Path, name: str) -> None:
     os.replace(tmp, latest)
 
 
+KEPT_IN_REPO = (".gitattributes", "README.md")  # the repo's own files, not a version's
+
+
 def push_version(cfg: dict, folder: Path, log: RunLog, promotion: dict | None = None) -> dict:
     """Upload the version folder to the Hub repo root as one commit, private by default.
 
     The returned commit sha pins this step: a later job resumes from
     ``hf://<model_id>@<sha>``.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     hub = cfg["hub"]
     api = HfApi(token=os.environ.get("HF_TOKEN") or None)  # read only here; never logged
@@ -74,6 +77,13 @@ def push_version(cfg: dict, folder: Path, log: RunLog, promotion: dict | None = 
     ops = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p))
            for p in sorted(folder.rglob("*"))
            if p.is_file() and p.relative_to(folder).parts[0] not in ("checkpoints", "README.md")]
+    # The commit is exactly this version: files an earlier step left at the repo root go
+    # (a full model pushed after a LoRA adapter must not keep adapter_config.json, or
+    # whoever downloads the commit loads the old adapter instead).
+    pushed = {op.path_in_repo for op in ops}
+    ops += [CommitOperationDelete(path) for path in sorted(
+        api.list_repo_files(repo.repo_id, repo_type="model"))
+        if path not in pushed and path not in KEPT_IN_REPO]
     info = api.create_commit(
         repo.repo_id, operations=ops, repo_type="model",
         commit_message=f"tunestep step {cfg['step']:04d} ({cfg['batch']}), draft {cfg['draft_id']}"

@@ -149,8 +149,13 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
         label = f"hf://{paths.resume_hub}"
     mode = cfg["mode"]
     is_adapter = resume is not None and (resume / "adapter_config.json").is_file()
-    if resume is not None and mode == "full" and is_adapter:
-        raise JobError("resume_from holds a LoRA adapter but mode is 'full'", EXIT_BAD_INPUT)
+    merge = cfg["merge_adapter"] is not None
+    if resume is not None and mode == "full" and is_adapter and not merge:
+        raise JobError("resume_from holds a LoRA adapter but mode is 'full' and the config "
+                       "asks for no merge (merge_adapter)", EXIT_BAD_INPUT)
+    if merge and not is_adapter:
+        raise JobError("merge_adapter: resume_from holds no LoRA adapter "
+                       "(adapter_config.json)", EXIT_BAD_INPUT)
     if resume is not None and mode == "lora" and not is_adapter:
         raise JobError("mode 'lora' resumes from an adapter dir (adapter_config.json)",
                        EXIT_BAD_INPUT)
@@ -162,9 +167,12 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    model_source = str(resume) if (resume is not None and mode == "full") else paths.base_model
+    model_source = (str(resume) if (resume is not None and mode == "full" and not merge)
+                    else paths.base_model)
     log(f"loading model from {model_source}")
     model = AutoModelForCausalLM.from_pretrained(model_source, dtype=torch.float32)
+    if merge:
+        model = merge_adapter(model, resume, log)
 
     if mode == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -181,6 +189,21 @@ def load_model_and_tokenizer(cfg: dict, paths: Paths, log: RunLog):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(f"LoRA trainable parameters: {trainable}")
     return model, tokenizer, label, resume
+
+
+def merge_adapter(model, adapter: Path, log: RunLog):
+    """``model`` (the adapter's base, fp32) with the LoRA adapter in ``adapter`` applied and
+    merged into its weights: a plain model again, trained in full from here. In place: the
+    peak is the base plus the adapter's small matrices."""
+    from peft import PeftModel
+
+    log(f"merging the LoRA adapter {adapter} into its base (merge_and_unload)")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    # PEFT froze the base's weights for the adapter; a full step trains every one.
+    for parameter in merged.parameters():
+        parameter.requires_grad_(True)
+    return merged
+
 
 def _clean(value: Any) -> Any:
     """Floats that JSON can carry (NaN/inf become None)."""

@@ -56,7 +56,8 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
     base_model        str   hub id or local path: start of a fresh full fine-tune, and the
                             model LoRA adapters attach to
     resume_from       str | null   latest checkpoint: a local full-model dir (full) or adapter
-                            dir (lora), e.g. "<model_store>/latest"; or "hf://owner/name[@rev]"
+                            dir (lora; full with merge_adapter), e.g. "<model_store>/latest";
+                            or "hf://owner/name[@rev]"
                             for a checkpoint pushed by an earlier step. null = fresh start
     train_files       [{"path", "sha256"}]   canonical chat JSONL {"messages": [...]}
     eval_file         {"path", "sha256"}     the hold-out set, same format
@@ -74,6 +75,12 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
                             resume_from, or by base_model for LoRA on a full fine-tune),
                             paths relative to it; required when resume_from is a local
                             path. Only these files are loaded
+    merge_adapter     {"base_files": [{"path", "sha256"}]} | null   a full step whose
+                            resume_from is a LoRA adapter: base_model is loaded, the adapter
+                            applied with PEFT and merged (merge_and_unload), and the merged
+                            weights trained in full. base_files: every file of a local
+                            base_model (relative to it; only these are loaded), [] for a Hub
+                            id. null: a full step refuses an adapter (exit 2)
     hyperparameters   {per_device_train_batch_size, gradient_accumulation_steps,
                        learning_rate, num_train_epochs, max_length, seed, save_total_limit,
                        precision: "auto"|"fp16"|"bf16"|"fp32", max_steps (-1 = by epochs),
@@ -103,7 +110,8 @@ Job config (JSON, ``schema`` 1). Every key is required; an unknown key is refuse
 
 What it does, in order: check job.json's bytes against ``--config-sha256``; validate
 the config; copy every input (the train files, the hold-out set, the tokenized dataset's
-files, the local start checkpoint's files) into a private snapshot folder outside the
+files, the local start checkpoint's files, the local base a start adapter is merged
+into) into a private snapshot folder outside the
 workspace (``tempfile.mkdtemp``: 0700, removed at the end) while hashing the very bytes
 copied, refusing any mismatch with its sha256 (``input_changed``, exit 2; nothing
 trained), and from then on read only the snapshot: a file swapped after the check

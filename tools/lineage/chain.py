@@ -21,19 +21,19 @@ than silently training on an older checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tunestep.tools.core import ledger
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.plan import Plan
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.lineage.adapter_merge import adapter_base_of, local_merge, remote_merge
+from tunestep.tools.lineage.adapter_merge import is_local_path as is_local_path
+from tunestep.tools.lineage.adapter_merge import local_path as _local_path
 from tunestep.tools.lineage.model_store import checkpoint_kind
 from tunestep.tools.lineage.start_point import StartPoint
 
@@ -47,19 +47,6 @@ def version_step(name: str) -> int | None:
     """The step number of a version folder ``NNNN_<batch>``."""
     head = name.split("_", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def is_local_path(ws: Workspace, value: str) -> bool:
-    """True when ``value`` names a folder on this machine rather than a Hub model id."""
-    path = Path(value).expanduser()
-    if path.is_absolute() or value.startswith((".", "~")):
-        return True
-    return (ws.root / value).exists()
-
-
-def _local_path(ws: Workspace, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else ws.root / value
 
 
 def record_version(conn: sqlite3.Connection, *, store: str, version: str, step: int | None,
@@ -134,23 +121,6 @@ def _draft_base(conn: sqlite3.Connection, draft_id: str | None) -> str | None:
     return config["base_model"]
 
 
-def _adapter_base(folder: Path) -> str | None:
-    path = folder / "adapter_config.json"
-    try:
-        config = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise TunestepError("adapter_config_invalid", f"the adapter config cannot be read as "
-                            f"JSON: {exc}", path=str(path)) from None
-    if not isinstance(config, dict):
-        raise TunestepError("adapter_config_invalid", "the adapter config must be a JSON "
-                            f"object, not {type(config).__name__}", path=str(path))
-    base = config.get("base_model_name_or_path")
-    if base is not None and not isinstance(base, str):
-        raise TunestepError("adapter_config_invalid", "base_model_name_or_path must be a "
-                            "string", path=str(path))
-    return base
-
-
 def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
                    mount: str) -> StartPoint:
     """The start of the next step for ``backend``; ``mount`` is the remote bundle's path."""
@@ -167,6 +137,9 @@ def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
         origin = (version_origin(conn, plan.model_link, latest.name)
                   if latest is not None and latest.parent.name == "versions" else None)
         pending_base = _draft_base(conn, pending["draft_id"]) if pending else None
+        # A LoRA adapter's base: a LoRA step attaches to it, a full step merges into it.
+        latest_base = (adapter_base_of(ws, conn, latest, latest.name)
+                       if latest is not None and checkpoint_kind(latest) == "lora" else None)
     if backend == "local":
         if pending is not None:
             raise TunestepError(
@@ -175,8 +148,9 @@ def starting_point(ws: Workspace, plan: Plan, mode: str, backend: str,
                 f"model ({pending['hub_model_id']}@{pending['hub_revision'][:12]}) is not in "
                 "the model store yet; a local step would start from an older checkpoint. "
                 "Run `tunestep sync` (MCP: sync_model) first", path=plan.model_link)
-        return _local_start(ws, plan, mode, latest)
-    return _remote_start(ws, plan, mode, latest, pending, pending_base, origin, mount)
+        return _local_start(ws, plan, mode, latest, latest_base)
+    return _remote_start(ws, plan, mode, latest, pending, pending_base, origin, mount,
+                         latest_base)
 
 
 def _is_base(ws: Workspace, plan: Plan, latest: Path | None) -> bool:
@@ -186,46 +160,24 @@ def _is_base(ws: Workspace, plan: Plan, latest: Path | None) -> bool:
     return base.exists() and latest.resolve() == base.resolve()
 
 
-def _local_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None) -> StartPoint:
+def _local_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
+                 latest_base: str | None) -> StartPoint:
     base = plan.model
     if latest is None or _is_base(ws, plan, latest):
         return StartPoint(base_model=base, resume_from=None, source="base",
                           described=f"the base model {base}")
     kind = checkpoint_kind(latest)
     if mode == "full":
-        if kind == "lora":
-            raise _full_after_lora(latest, plan.model_link)
+        if kind == "lora":  # LoRA is no one-way door: the job merges the adapter first
+            return local_merge(ws, plan.model_link, latest, latest_base)
         return StartPoint(base_model=base, resume_from=str(latest), source="local",
                           described=f"the local checkpoint {latest.name}")
     if kind == "lora":
-        return StartPoint(base_model=_adapter_base(latest) or base, resume_from=str(latest),
+        return StartPoint(base_model=latest_base or base, resume_from=str(latest),
                           source="local", described=f"the local adapter {latest.name}")
     # LoRA on top of a fully fine-tuned checkpoint: that checkpoint is the new base.
     return StartPoint(base_model=str(latest), resume_from=None, source="local",
                       described=f"new adapters on the local checkpoint {latest.name}")
-
-
-def _full_after_lora(latest: Path, link: str) -> TunestepError:
-    """The refusal of a full step on a LoRA adapter, with the commands that get on: go on
-    in LoRA, or move latest back to the newest full version (a signed promote) and draft
-    the full step from there, which retrains the LoRA steps' batches in full."""
-    from tunestep.tools.core.next_step import NextAction
-
-    versions = latest.resolve().parent
-    full = None
-    with contextlib.suppress(OSError):
-        full = next((v.name for v in sorted(versions.iterdir(), reverse=True)
-                     if v.is_dir() and v.resolve() != latest.resolve()
-                     and checkpoint_kind(v) == "full"), None)
-    back = (f", or move latest back to the newest full version, {full} (`tunestep promote "
-            f"{full}`), and draft the full step from it: the LoRA steps' batches are then "
-            "trained again, in full" if full else "")
-    return TunestepError(
-        "checkpoint_mode_mismatch",
-        f"the latest checkpoint ({latest.resolve().name}) is a LoRA adapter and a full step "
-        "cannot resume from an adapter: go on in LoRA (`tunestep draft --mode lora`)" + back,
-        path=link, hint=NextAction(tool="draft_job", args={"mode": "lora"},
-                                   note="(go on in LoRA)"))
 
 
 def _remote_base(ws: Workspace, plan: Plan, base: str | None, what: str) -> str:
@@ -250,7 +202,7 @@ def _full_label(ws: Workspace, plan: Plan) -> str:
 
 def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
                   pending: Any, pending_base: str | None, origin: Any,
-                  mount: str) -> StartPoint:
+                  mount: str, latest_base: str | None = None) -> StartPoint:
     hub: tuple[str, str, str | None, str | None] | None = None  # id, sha, kind, adapter base
     if pending is not None:
         hub = (pending["hub_model_id"], pending["hub_revision"],
@@ -258,7 +210,7 @@ def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
     elif latest is not None and origin is not None and origin["hub_revision"]:
         kind = checkpoint_kind(latest)
         hub = (origin["hub_model_id"], origin["hub_revision"], kind,
-               _adapter_base(latest) if kind == "lora" else None)
+               latest_base if kind == "lora" else None)
     if hub is not None:
         model_id, sha, kind, adapter_base = hub
         if not COMMIT_SHA.fullmatch(sha or ""):
@@ -267,10 +219,11 @@ def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
         resume = f"hf://{model_id}@{sha}"
         described = f"{model_id} at commit {sha} (pushed by an earlier step)"
         if mode == "full":
-            if kind == "lora":
-                raise TunestepError("checkpoint_mode_mismatch",
-                                    "the latest checkpoint is a LoRA adapter: draft with mode "
-                                    "'lora'", path=plan.model_link)
+            if kind == "lora":  # merged into its Hub base inside the job
+                return remote_merge(ws, StartPoint(
+                    base_model="", resume_from=resume, source="hub", described=described,
+                    hub_model_id=model_id, hub_revision=sha), adapter_base, plan.model_link,
+                    resume)
             return StartPoint(base_model=_full_label(ws, plan), resume_from=resume,
                               source="hub", described=described, hub_model_id=model_id,
                               hub_revision=sha)
@@ -289,10 +242,11 @@ def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
         described = (f"the local checkpoint {latest.name}, uploaded in the step's bundle "
                      "(it is on no Hub commit yet)")
         if mode == "full":
-            if kind == "lora":
-                raise TunestepError("checkpoint_mode_mismatch",
-                                    "the latest checkpoint is a LoRA adapter: draft with mode "
-                                    "'lora'", path=plan.model_link)
+            if kind == "lora":  # merged into its Hub base inside the job
+                return remote_merge(ws, StartPoint(
+                    base_model="", resume_from=f"{mount}/{START_DIR}", source="bundle",
+                    described=described, checkpoint=str(latest)), latest_base,
+                    plan.model_link, latest.name)
             return StartPoint(base_model=_full_label(ws, plan),
                               resume_from=f"{mount}/{START_DIR}", source="bundle",
                               described=described, checkpoint=str(latest))
@@ -302,7 +256,7 @@ def _remote_start(ws: Workspace, plan: Plan, mode: str, latest: Path | None,
                 "LoRA on HF Jobs attaches to a Hub base model, but the latest checkpoint is "
                 f"the local full fine-tune {latest.name}: draft mode 'full', or train the "
                 "LoRA step with backend 'local'", path=plan.model_link)
-        return StartPoint(base_model=_remote_base(ws, plan, _adapter_base(latest) or plan.model,
+        return StartPoint(base_model=_remote_base(ws, plan, latest_base or plan.model,
                                                   "the adapter's base"),
                           resume_from=f"{mount}/{START_DIR}", source="bundle",
                           described=described, checkpoint=str(latest))

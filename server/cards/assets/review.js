@@ -96,6 +96,13 @@ function renderDraft(card) {
       : point.identity ? "sha256 " + point.identity + " over its " + point.files + " signed files"
       : "nothing signed pins its content", "resume_pinned"]);
   }
+  if (rv.merge) {  // a full step on a LoRA adapter: merged into its base first
+    startRows.push(["merges", "LoRA adapter " + rv.merge.adapter + " into its base "
+      + rv.merge.base + ", then trains in full", "merge"]);
+    startRows.push(["base pinned by", rv.merge.files ? "sha256 " + rv.merge.identity
+      + " over its " + rv.merge.files + " signed files"
+      : "its Hub id (a base is named, not hashed)", "merge_pinned"]);
+  }
   const checkpoint = (d.files || []).filter((f) => f.role === "checkpoint");
   parts.push(section("start", "Where it starts", signed.has("job_config"), pairs(startRows),
     checkpoint.length ? grid(["checkpoint file", "sha256"],

@@ -23,6 +23,8 @@ JOB_FILES = (
     "job_gate.py",
     "job_report.py",
     "job_store.py",
+    "job_outcome.py",
+    "job_process.py",
     "sft_data.py",
     "qwen3_training.jinja",
     # The exact dependency versions the HF job installs (`uv run --locked`): regenerated

@@ -72,14 +72,14 @@ def test_gpu_flavor_without_cuda_stops(expect, env, stops):
 def test_time_before_training_counts_from_the_job_start(monkeypatch):
     import time
 
-    from tunestep.tools.jobs import train_sft
+    from tunestep.tools.jobs import job_process, train_sft
 
     monkeypatch.delenv("TUNESTEP_OUTPUT_REPO", raising=False)
     monkeypatch.delenv("TUNESTEP_JOB_STARTED", raising=False)
-    alone = train_sft._startup_seconds()
+    alone = job_process.startup_seconds(train_sft.T_PROCESS)
     assert alone["process_to_training"] > 0 and alone["job_to_training"] is None
     monkeypatch.setenv("TUNESTEP_JOB_STARTED", str(time.time() - 100))
-    launched = train_sft._startup_seconds()
+    launched = job_process.startup_seconds(train_sft.T_PROCESS)
     assert 100 <= launched["job_to_training"] < 200
 
 

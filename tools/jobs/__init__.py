@@ -23,6 +23,8 @@ JOB_FILES = (
     "job_gate.py",
     "job_report.py",
     "job_store.py",
+    "job_outcome.py",
+    "job_process.py",
     "sft_data.py",
     "sft_batched.py",
     "qwen3_training.jinja",

@@ -28,6 +28,8 @@ contract), ``job_data`` (datasets, over-long rows), ``job_train`` (precision, GP
 model, memory estimate, SFTConfig), ``job_evaluate`` (whole hold-out generation and
 grading), ``job_answers`` (hold-out answers kept with a version and reused, continuous
 batching where faster), ``job_stats`` (intervals and tests), ``job_gate`` (the promotion decision),
+``job_outcome`` (the new version scored, the gate asked, the reports written),
+``job_process`` (SIGTERM, the failure lines, the multi-GPU relaunch, startup time),
 ``job_report`` (CSV, Markdown, plots, history), ``job_store`` (versions, ``latest``, Hub
 pushes) and ``sft_data`` (loading, tokenization and grade parsing, which tunestep's
 preprocess imports too, as ``tunestep.tools.jobs.sft_data``).
@@ -215,6 +217,9 @@ Several GPUs: ``accelerate launch train_sft.py ...`` runs the same code on every
 only rank 0 evaluates and writes files.
 """
 
+# Long for its docstring: the job's contract, which .specs/job_config.md holds verbatim
+# (tests/test_specs.py). The code is the step's flow; its parts are the job_*.py siblings.
+
 from __future__ import annotations
 
 import argparse
@@ -222,11 +227,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +242,8 @@ if __package__:  # imported as tunestep.tools.jobs.train_sft: the same sibling m
         job_config,
         job_data,
         job_evaluate,
-        job_gate,
-        job_report,
+        job_outcome,
+        job_process,
         job_store,
         job_train,
         sft_data,
@@ -251,8 +254,9 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
 
     _HERE = Path(__file__).resolve().parent
     _SIBLINGS = frozenset({"job_answers", "job_common", "job_config", "job_data",
-                           "job_evaluate", "job_gate", "job_report", "job_stats", "job_store",
-                           "job_train", "sft_data", "sft_batched"})
+                           "job_evaluate", "job_gate", "job_outcome", "job_process",
+                           "job_report", "job_stats", "job_store", "job_train", "sft_data",
+                           "sft_batched"})
 
     class _Siblings(importlib.abc.MetaPathFinder):
         """The job's own modules, each loaded from its exact file beside this script.
@@ -276,8 +280,8 @@ else:  # run as a script (locally or on HF Jobs): its siblings, stdlib-only at i
     import job_config
     import job_data
     import job_evaluate
-    import job_gate
-    import job_report
+    import job_outcome
+    import job_process
     import job_store
     import job_train
     import sft_data
@@ -290,24 +294,9 @@ validate_config = job_config.validate_config
 resolve_precision = job_train.resolve_precision
 Paths = job_config.Paths
 
-RESULT_PREFIX = "TUNESTEP_RESULT"
-ERROR_PREFIX = "TUNESTEP_ERROR"
-
 
 # ---------------------------------------------------------------------------------------
 # The run
-
-
-def _install_cancel_handler(state: dict) -> None:
-    def handler(signum, frame):
-        # Once the version is being committed the step is done; while unwinding a first
-        # cancel, a second SIGTERM must not interrupt the cleanup.
-        if state.get("committed") or state.get("cancelling"):
-            return
-        state["cancelling"] = True
-        raise Cancelled()
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _config_summary(cfg: dict, paths: Paths, precision: str) -> str:
@@ -326,36 +315,6 @@ def _config_summary(cfg: dict, paths: Paths, precision: str) -> str:
         f"hub_model={cfg['hub']['model_id']} push={cfg['hub']['push']} "
         f"private={cfg['hub']['private']}"
     )
-
-
-def _process_age(pid: str = "self") -> float | None:
-    """Seconds since a process started, from /proc (Linux); None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _startup_seconds() -> dict:
-    """Wall time before training starts: since this process began (interpreter start and
-    imports included), and since the job began: ``TUNESTEP_JOB_STARTED`` (epoch seconds)
-    when a launcher sets it, else on Hugging Face Jobs (``TUNESTEP_OUTPUT_REPO`` set) the
-    age of the container's first process, ``uv run``, so the dependency install counts."""
-    own = _process_age()
-    out = {"process_to_training": round(own if own is not None
-                                        else time.monotonic() - T_PROCESS, 2),
-           "job_to_training": None}
-    started = os.environ.get("TUNESTEP_JOB_STARTED", "").strip()
-    try:
-        if started:
-            out["job_to_training"] = round(time.time() - float(started), 2)
-        elif os.environ.get("TUNESTEP_OUTPUT_REPO") and (first := _process_age("1")):
-            out["job_to_training"] = round(first, 2)
-    except ValueError:
-        pass
-    return out
 
 
 @dataclass
@@ -393,10 +352,6 @@ def prepare(cfg: dict, paths: Paths, log: RunLog) -> Prepared:
                                      tokenizer.chat_template, cfg["base_model"], cfg["mode"])
     return Prepared(model, tokenizer, tokenizer.chat_template, template, data, holdout,
                     budget, longest, resumed_from, warnings, folder, key)
-
-
-def _last(rows: list[dict], key: str):
-    return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
 
 
 def run(cfg: dict, paths: Paths, state: dict) -> dict:
@@ -477,7 +432,7 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         callbacks=[recorder.callback],
     )
     trainer.evaluate()  # hold-out loss of the starting point: the CSV's epoch-0 row
-    startup = _startup_seconds()
+    startup = job_process.startup_seconds(T_PROCESS)
     log(f"training (started {startup['process_to_training']}s after the process"
         + (f", {startup['job_to_training']}s after the job" if startup["job_to_training"]
            is not None else "") + ")")
@@ -498,124 +453,15 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
         return {}
     tokenizer.save_pretrained(str(staging))
 
-    ev = cfg["evaluation"]
-    t_after = time.monotonic()
-    after, how_after = job_answers.answer_holdout(trained, tokenizer, prep.holdout.prompts,
-                                                  prep.budget, ev["batch_size"], precision)
-    seconds_after = time.monotonic() - t_after
-    log(f"evaluated the new version on {len(after)} hold-out rows in {seconds_after:.1f}s "
-        f"({how_after})")
-    previous, after_label = ctx["previous"], f"versions/{paths.version_name}"
-    best = previous["line_best"]
-    report = job_evaluate.score_evaluation(
-        prep.holdout, ctx["before"], after, cfg["grade_pattern"], hp["seed"],
-        best=best["answers"] if best else None, best_label=best["version"] if best else None)
-    rows_total = len(after) * (1 if ctx["previous"]["reused"] else 2)  # generated ones
-    report.update({
-        "step": cfg["step"], "batch": cfg["batch"], "draft_id": cfg["draft_id"],
-        "before_version": prep.resumed_from or f"base model {cfg['base_model']}",
-        "after_version": f"versions/{paths.version_name}",
-        "max_new_tokens": prep.budget, "longest_reference_tokens": prep.longest_reference,
-        "batch_size": ev["batch_size"],
-        "seconds": {"before": round(ctx["seconds_before"], 2), "after": round(seconds_after, 2)},
-        "before_reused": previous["reused"], "before_not_reused": previous["why"],
-        "generation": {"before": previous["how"], "after": how_after},
-        "rows_per_second": round(rows_total / max(ctx["seconds_before"] + seconds_after, 1e-9),
-                                 2),
-    })
-    promotion = job_gate.decide_promotion(cfg["gate"], report)
-    report["promotion"] = promotion
-    # The new version's answers travel with it: the next step's "before", and the line's best.
-    job_answers.keep_answers(staging, prep.answers_key, after_label, after,
-                             job_answers.next_line_best(
-                                 (cfg["gate"] or {}).get("metric", "grade_within_1"),
-                                 promotion["promoted"], report, report["before_version"],
-                                 ctx["before"], after_label, after, best, prep.answers_key))
-    job_common.atomic_write_text(paths.eval_json, json.dumps(report, indent=2) + "\n")
-    job_common.atomic_write_text(paths.eval_md, job_report.render_eval_md(
-        cfg, report, promotion, report["before_version"]))
-    log(f"promotion: {'promoted' if promotion['promoted'] else 'NOT promoted'}: "
-        f"{promotion['reason']}")
-
-    m_before = job_evaluate.legacy_metrics(report, "before")
-    m_after = job_evaluate.legacy_metrics(report, "after")
-    samples = job_evaluate.sample_rows(prep.holdout, ctx["before"], after, cfg["samples"]["n"],
-                                       cfg["grade_pattern"])
-    job_common.atomic_write_text(paths.samples_md, job_report.render_samples_md(
-        cfg, samples, m_before, m_after, prep.budget))
-
-    rows = recorder.rows
-    baseline = {"epoch": 0, "step": 0, "eval_loss": recorder.eval_loss_before,
-                **job_report.eval_columns(report, "before")}
-    if rows:
-        rows[-1].update(job_report.eval_columns(report, "after"))
-    rows = [baseline, *rows]
-    job_common.atomic_write_text(paths.metrics_csv, job_report.metrics_csv_text(rows))
-    final_train, final_eval = _last(rows, "train_loss"), _last(rows, "eval_loss")
-    train_tokens = _last(rows, "tokens")
-    epochs = len(recorder.rows)
-    finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    evaluation = {k: report[k] for k in (
-        "rows", "graded_rows", "max_new_tokens", "longest_reference_tokens", "batch_size",
-        "seconds", "rows_per_second", "before", "after", "delta", "paired", "versus_best",
-        "before_reused", "generation")}
-    evaluation["report"] = str(paths.eval_json)
-    summary = {
-        "draft_id": cfg["draft_id"], "step": cfg["step"], "batch": cfg["batch"],
-        "mode": cfg["mode"], "model_name": cfg["outputs"]["model_name"],
-        "base_model": cfg["base_model"], "resume_from": prep.resumed_from, "precision": precision,
-        "saved_dtype": str(save_dtype).removeprefix("torch."),
-        "metrics_before": m_before, "metrics_after": m_after,
-        "eval_loss_before": recorder.eval_loss_before,
-        "final_train_loss": final_train, "final_eval_loss": final_eval,
-        "train_runtime": round(train_out.metrics.get("train_runtime", 0.0), 2),
-        "train_tokens": train_tokens, "epochs": epochs, "promotion": promotion,
-        "datasets": {"train_files": cfg["train_files"], "eval_file": cfg["eval_file"],
-                     "tokenized_dir": cfg["tokenized_dir"]},
-        "finished_at": finished_at,
-    }
-    job_common.atomic_write_text(staging / "tunestep_version.json",
-                                 json.dumps(summary, indent=2) + "\n")
-
-    job_report.plot_losses(rows, cfg["batch"], paths.plots_dir / f"loss_step_{cfg['batch']}.png")
-    history = job_report.update_history(paths.history_json, {
-        "step": cfg["step"], "batch": cfg["batch"], "draft_id": cfg["draft_id"],
-        "mode": cfg["mode"], "eval_loss": final_eval, "eval_loss_before": recorder.eval_loss_before,
-        "train_loss": final_train, **job_report.eval_columns(report, "after"),
-        **{f"{k}_before": v for k, v in job_report.eval_columns(report, "before").items()
-           if k != "eval_rows"},
-        "promoted": promotion["promoted"], "parent": job_answers.version_label(prep.resume_folder),
-        "train_tokens": train_tokens, "version": f"versions/{paths.version_name}",
-        "finished_at": finished_at,
-    })
-    job_report.plot_history(history, paths.plots_dir / "val_progression.png")
-
+    # Rank 0 from here: the new version answers the hold-out, the gate decides, the
+    # reports are written; then the push and the commit.
+    scored = job_outcome.score_new_version(cfg, paths, prep, ctx, trained, staging, log)
+    promotion = scored.promotion
+    result = job_outcome.write_reports(
+        cfg, paths, prep, ctx, scored, staging=staging, recorder=recorder, train_out=train_out,
+        save_dtype=save_dtype, train_seconds=train_seconds, startup=startup, memory=memory)
     final = paths.store / "versions" / paths.version_name
-    wall = max(time.monotonic() - T_PROCESS, _process_age() or 0.0)
-    result = {
-        "ok": True,
-        **{k: summary[k] for k in ("draft_id", "step", "batch", "mode", "model_name", "precision",
-                                   "saved_dtype")},
-        "precision_requested": ctx["requested"], "precision_fallback": ctx["fallback"],
-        "model_path": str(final), "version": f"versions/{paths.version_name}",
-        "latest": str(paths.store / "latest"), "resume_from": prep.resumed_from,
-        "promoted": promotion["promoted"], "promotion": promotion, "evaluation": evaluation,
-        "metrics_before": m_before, "metrics_after": m_after,
-        "eval_loss_before": recorder.eval_loss_before,
-        "final_train_loss": final_train, "final_eval_loss": final_eval,
-        "train_tokens": train_tokens, "epochs": epochs, "hub": None,
-        "warnings": prep.warnings + ([ctx["fallback"]] if ctx["fallback"] else []),
-        "rows_shortened": prep.data.rows_shortened, "rows_dropped": prep.data.rows_dropped,
-        "eval_rows_shortened": prep.data.eval_rows_shortened,
-        "eval_rows_dropped": prep.data.eval_rows_dropped,
-        "timing": {**startup, "training": round(train_seconds, 2),
-                   "evaluation": round(ctx["seconds_before"] + seconds_after, 2)},
-        "memory": memory,
-        "outputs": {"metrics_csv": str(paths.metrics_csv), "samples_md": str(paths.samples_md),
-                    "train_log": str(paths.train_log), "history_json": str(paths.history_json),
-                    "eval_json": str(paths.eval_json), "eval_md": str(paths.eval_md),
-                    "plots_dir": str(paths.plots_dir)},
-    }
+    wall = max(time.monotonic() - T_PROCESS, job_process.process_age() or 0.0)
     # Pushes come before the local commit: on HF Jobs they are the only lasting copy, so a
     # failed push fails the step instead of leaving a version nobody can reach.
     if cfg["hub"]["push"]:
@@ -637,31 +483,6 @@ def _train_and_publish(cfg, paths, state, log, prep: Prepared, staging: Path, ct
     return result
 
 
-def _fail(message: str, code: int, log_path: Path | None, reason: str | None = None) -> int:
-    message = " ".join(job_common.scrub(message).split())  # one line
-    if log_path is not None:
-        RunLog(log_path, "train_sft", echo=False)(f"FAILED ({code}): {message}")
-    print(f"train_sft: error: {message}", file=sys.stderr, flush=True)
-    error = {"ok": False, "error": message, "exit_code": code}
-    if reason:
-        error["code"] = reason
-    print(f"{ERROR_PREFIX} {json.dumps(error)}", flush=True)
-    return code
-
-
-def _relaunch(command: list[str], num_processes: int) -> int:
-    """Become accelerate's launcher over ``num_processes`` GPUs, or fail clearly."""
-    import torch
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if visible < num_processes:
-        return _fail(f"the flavor promised {num_processes} GPUs but CUDA sees {visible}",
-                     EXIT_FAILED, None)
-    print(f"train_sft: launching {num_processes} processes (one per GPU)", flush=True)
-    os.execv(command[0], command)
-    return EXIT_FAILED  # not reached: execv replaced this process
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one tunestep SFT step from a job config.")
     parser.add_argument("--config", required=True, type=Path, help="job config JSON")
@@ -677,10 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     relaunch = job_common.launch_argv(sys.argv[0], list(sys.argv[1:] if argv is None else argv),
                                       args.num_processes, dict(os.environ))
     if relaunch is not None:
-        return _relaunch(relaunch, args.num_processes)
+        return job_process.relaunch(relaunch, args.num_processes)
 
     state: dict = {}
-    _install_cancel_handler(state)
+    job_process.install_cancel_handler(state)
     log_path = None
     snapshot = None
     try:
@@ -699,19 +520,19 @@ def main(argv: list[str] | None = None) -> int:
         paths = job_config.snapshot_inputs(cfg, paths, snapshot)
         result = run(cfg, paths, state)
     except JobError as exc:
-        return _fail(str(exc), exc.code, log_path, exc.reason)
+        return job_process.fail(str(exc), exc.code, log_path, exc.reason)
     except Cancelled:
-        return _fail("cancelled (SIGTERM); latest not moved", EXIT_CANCELLED, log_path)
+        return job_process.fail("cancelled (SIGTERM); latest not moved", EXIT_CANCELLED, log_path)
     except Exception as exc:  # one clear line for the operator; the traceback goes to stderr
         import traceback
 
         print(job_common.scrub(traceback.format_exc()), file=sys.stderr, flush=True)
-        return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, log_path)
+        return job_process.fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED, log_path)
     finally:
         if snapshot is not None:
             shutil.rmtree(snapshot, ignore_errors=True)
     if result:
-        print(f"{RESULT_PREFIX} {json.dumps(result, default=str)}", flush=True)
+        print(f"{job_process.RESULT_PREFIX} {json.dumps(result, default=str)}", flush=True)
     return 0
 
 

@@ -4,13 +4,11 @@ The ledger is the record; a status call refreshes it from the backend (a local p
 that vanished without recording its end is marked ``lost``; an HF job's stage is asked
 of the Hub, and on completion its pushed outputs are fetched into the workspace and the
 step is recorded; a remote inspection's report is fetched into its job folder instead,
-and no step is recorded).
+and no step is recorded: ``hf_status``). ``job_logs`` reads a log through ``log_filter``.
 """
 
 from __future__ import annotations
 
-import re
-import sqlite3
 import time
 from collections import deque
 from typing import Any
@@ -23,7 +21,10 @@ from tunestep.tools.core.next_step import NextAction
 from tunestep.tools.core.workspace import Workspace
 from tunestep.tools.lineage.model_sync import SyncedVersion
 from tunestep.tools.lineage.promotion_records import IgnoredPromotion
+from tunestep.tools.runs.hf_status import HF_STAGES, hf_api, refresh_hf, split_external
 from tunestep.tools.runs.job_progress import JobProgress, progress_fields
+from tunestep.tools.runs.job_rows import draft_kind, job_row
+from tunestep.tools.runs.log_filter import LogFilter
 from tunestep.tools.runs.step_outcome import HoldoutMeasured, holdout_of_draft
 
 TERMINAL = set(ledger.JOB_ENDED)
@@ -32,8 +33,6 @@ TERMINAL = set(ledger.JOB_ENDED)
 # this long after it was recorded lost the process that submitted it (killed between the
 # two); without this it would stay 'starting' for ever.
 STARTING_GRACE_S = {"local": 120.0, "hf-jobs": 3600.0}
-HF_STAGES = {"COMPLETED": "succeeded", "ERROR": "failed", "CANCELED": "cancelled",
-             "DELETED": "cancelled"}
 
 
 class JobStatus(BaseModel):
@@ -92,14 +91,6 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
-def _row(ws: Workspace, job_id: str):
-    with ledger.open_ledger(ws) as conn:
-        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise TunestepError("job_unknown", f"no job '{job_id}' in this workspace's ledger")
-    return row
-
-
 def _status(row) -> JobStatus:
     result = ledger.loads(row["result"]) or {}
     promotion = result.get("promotion") if isinstance(result.get("promotion"), dict) else None
@@ -115,21 +106,21 @@ def _status(row) -> JobStatus:
 
 def job_status(ws: Workspace, job_id: str) -> JobStatus:
     """Where the job is now: running, succeeded, failed, cancelled or lost."""
-    row = _row(ws, job_id)
+    row = job_row(ws, job_id)
     if row["status"] == "starting":  # nothing to ask a backend yet: no pid, no remote id
         _settle_starting(ws, row)
-        row = _row(ws, job_id)
+        row = job_row(ws, job_id)
     elif row["status"] == "submitting":  # hf-jobs: the Hub may have its job (hf_submit.py)
         from tunestep.tools.runs.hf_submit import settle_submitting
 
         settle_submitting(ws, row)
-        row = _row(ws, job_id)
+        row = job_row(ws, job_id)
     elif row["status"] not in TERMINAL:
         if row["backend"] == "local":
             _refresh_local(ws, row)
         else:
-            _refresh_hf(ws, row)
-        row = _row(ws, job_id)
+            refresh_hf(ws, row)
+        row = job_row(ws, job_id)
     status = _status(row)
     if status.status == "succeeded" and status.backend == "hf-jobs":
         status = _bring_model_home(ws, status)
@@ -144,7 +135,7 @@ def _with_latest(ws: Workspace, status: JobStatus) -> JobStatus:
     from tunestep.tools.core.plan import load_plan
     from tunestep.tools.lineage.latest_check import latest_state
 
-    if _draft_kind(ws, status.draft_id) != "train":
+    if draft_kind(ws, status.draft_id) != "train":
         return status
     try:
         plan = load_plan(ws).plan
@@ -219,7 +210,7 @@ def _refresh_local(ws: Workspace, row) -> None:
 
     # The supervisor records its own end; re-read in case it just did.
     if (row["status"] == "running" and not local.is_alive(row["pid"])
-            and _row(ws, row["job_id"])["status"] == "running"):
+            and job_row(ws, row["job_id"])["status"] == "running"):
         # Killed outright (SIGKILL, out of memory): what it left of the job is stopped now.
         left = local.stop_leftovers(row["pid"], row["job_id"]) if row["pid"] else 0
         local.record_outcome(ws, row["job_id"], "lost", None, {
@@ -229,198 +220,21 @@ def _refresh_local(ws: Workspace, row) -> None:
                                     if left else "")})
 
 
-def _hf_api():
-    from tunestep.tools.hub import jobs_api as hf_jobs
-    from tunestep.tools.hub.token import read_token
-
-    return hf_jobs.hub_api(read_token())
-
-
-def _split_external(external_id: str) -> tuple[str | None, str]:
-    namespace, _, job = external_id.rpartition("/")
-    return namespace or None, job
-
-
-def _refresh_hf(ws: Workspace, row) -> None:
-    from tunestep.tools.hub import jobs_api as hf_jobs
-    from tunestep.tools.hub import poll as hf_poll
-    from tunestep.tools.hub.errors import HubError
-    from tunestep.tools.runs import local_backend as local
-
-    if not hf_poll.due(ledger.loads(row["result"])):
-        return  # asked less than 10 s ago (or told to wait): the ledger's answer stands
-    namespace, job = _split_external(row["external_id"])
-    api = _hf_api()
-    try:
-        remote = hf_jobs.hf_job_status(api, job, namespace=namespace)
-    except HubError as exc:  # the job's state stays as the ledger has it
-        hf_poll.schedule(ws, row["job_id"], exc.retry_after)
-        raise
-    hf_poll.schedule(ws, row["job_id"])
-    row = _row(ws, row["job_id"])
-    status = HF_STAGES.get(remote.stage)
-    if status is None:
-        return
-    result = ledger.loads(row["result"]) or {}
-    if not isinstance(result, dict):
-        result = {}
-    try:
-        if status == "succeeded" and not isinstance(result.get("repo"), str):
-            raise TunestepError("remote_result_invalid", "the ledger names no repo the "
-                                "job's outputs were pushed to")
-        if status == "succeeded" and _draft_kind(ws, row["draft_id"]) == "inspect":
-            fetched = _fetch_inspection(ws, api, row, result["repo"])
-            if "error" in fetched:
-                status = "failed"
-            result.update(fetched)
-        elif status == "succeeded":
-            result.update(_fetch_outputs(ws, api, row, result["repo"]))
-    except HubError:
-        raise  # the Hub did not answer: the job stays as it is and is asked again later
-    except TunestepError as exc:
-        # Outputs that cannot be believed end the job here, saying why; no step is
-        # recorded and nothing moves (tools/lineage/remote_result.py).
-        status = "failed"
-        result.update({"error": exc.message, "error_code": exc.code,
-                       "remote_result_rejected": True})
-    local.record_outcome(ws, row["job_id"], status, None, result)
-
-
-def _draft_kind(ws: Workspace, draft_id: str) -> str | None:
-    with ledger.open_ledger(ws) as conn:
-        found = conn.execute("SELECT kind FROM drafts WHERE draft_id = ?",
-                             (draft_id,)).fetchone()
-    return found["kind"] if found else None
-
-
-def _fetch_inspection(ws: Workspace, api, row, repo: str) -> dict:
-    """A remote inspection's report, fetched into its job folder (nothing else is taken).
-
-    The job pushed ``result.json``, an InspectionReport; it lands at
-    ``.tunestep/jobs/<job_id>/result.json`` and its verdict goes into the job's result.
-    """
-    from pydantic import ValidationError
-
-    from tunestep.tools.hub.bundle import output_path
-    from tunestep.tools.hub.job_outputs import fetch_job_outputs
-    from tunestep.tools.inspector import InspectionReport
-    from tunestep.tools.runs.local_backend import job_dir
-
-    folder = job_dir(ws, row["job_id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    outputs = fetch_job_outputs(api, repo, output_path(row["draft_id"]),
-                                folder, allow=["result.json"])
-    item = next((f for f in outputs.files if f.name == "result.json"), None)
-    if item is None:
-        return {"error": "the job completed without pushing its report (result.json)"}
-    try:
-        report = InspectionReport.model_validate_json(item.local_path.read_bytes())
-    except ValidationError:
-        return {"error": "the pushed result.json is not an inspection report",
-                "report_path": ws.relative(item.local_path)}
-    return {"kind": "inspect", "report_path": ws.relative(item.local_path),
-            "inspected": report.path, "status": report.status, "summary": report.summary,
-            "error_count": report.error_count, "warning_count": report.warning_count,
-            "counts": report.counts, "outputs_revision": outputs.revision}
-
-
-def _fetch_outputs(ws: Workspace, api, row, repo: str) -> dict:
-    """Download what the job pushed into the job folder, then bring the known outputs in.
-
-    Only the plan's log and plot folders reach the workspace (a job must not be able to
-    overwrite the plan, a dataset or the hold-out set by pushing a file), and the
-    cumulative files are merged, not replaced (outputs_merge.py): the history by step,
-    train.log appended once, the progression plot redrawn from the merged history, the
-    job's Trackio store merged by run into ``.tunestep/trackio``. Per-step files (metrics
-    CSV, samples, the step's loss plot) are copied. A merge that fails is reported in
-    ``merge_errors``; it never loses the job's outcome.
-    """
-    import shutil
-
-    from tunestep.tools.core.plan import load_plan
-    from tunestep.tools.drafts.draft import load_draft
-    from tunestep.tools.hub.bundle import output_path
-    from tunestep.tools.hub.job_outputs import fetch_job_outputs
-    from tunestep.tools.lineage import outputs_merge
-    from tunestep.tools.lineage.remote_result import check_result, read_result
-    from tunestep.tools.runs.local_backend import job_dir
-
-    paths = load_plan(ws).plan.paths
-    draft = load_draft(ws, row["draft_id"])
-    out = draft.job_config["outputs"]
-    progression = f"{out['plots_dir']}/val_progression.png"
-    allowed = [f"{paths.logs}/", f"{paths.plots}/"]
-    staging = job_dir(ws, row["job_id"]) / "outputs"
-    outputs = fetch_job_outputs(api, repo, output_path(row["draft_id"]),
-                                staging, allow=[*allowed, "result.json", "trackio/"])
-    errors: list[str] = []
-    history = None
-    reported = next((f for f in outputs.files if f.name == "result.json"), None)
-    if reported is None:
-        raise TunestepError("remote_result_missing", "the job completed without pushing its "
-                            "result (result.json): nothing it made is recorded")
-    # Checked before anything of the job's reaches the workspace: this draft's step, the
-    # start the ledger expects, and the gate decided here (tools/lineage/remote_result.py). The
-    # lists of what was fetched come after: the job's own "outputs" (its paths in the
-    # container) must not stand in for them.
-    summary: dict = {**check_result(draft.job_config, row["draft_id"],
-                                    read_result(reported.local_path)),
-                     "outputs": [], "merged": []}
-    config = draft.job_config
-    for item in outputs.files:
-        try:
-            if item.name == "result.json":
-                continue
-            elif item.name.startswith("trackio/"):
-                if item.name.endswith(".db") and item.name.count("/") == 1:
-                    runs = outputs_merge.merge_trackio(ws.state_dir / "trackio",
-                                                       item.local_path)
-                    summary["merged"].append(f".tunestep/{item.name} ({len(runs)} run(s))")
-            elif item.name == out["history_json"]:
-                history = outputs_merge.merge_history(ws.resolve(item.name), item.local_path,
-                                                      config["step"], config["batch"])
-                summary["merged"].append(item.name)
-            elif item.name == out["train_log"]:
-                outputs_merge.append_log_once(ws.resolve(item.name), item.local_path,
-                                              row["draft_id"])
-                summary["merged"].append(item.name)
-            elif item.name != progression:  # redrawn below from the whole history
-                target = ws.resolve(item.name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.with_name(f".{target.name}.fetch")
-                shutil.copyfile(item.local_path, temp)
-                temp.replace(target)
-                summary["outputs"].append(item.name)
-        except TunestepError as exc:
-            errors.append(str(exc))
-        except (OSError, ValueError, sqlite3.Error) as exc:  # a malformed output file
-            errors.append(f"{item.name}: {type(exc).__name__}: {exc}")
-    if history is not None:
-        try:
-            outputs_merge.redraw_progression(history, ws.resolve(progression))
-            summary["merged"].append(progression)
-        except Exception as exc:  # a plot of odd values must not lose the job's outcome
-            errors.append(f"{progression} not redrawn: {type(exc).__name__}: {exc}")
-    if errors:
-        summary["merge_errors"] = errors
-    return summary
-
-
 def job_logs(ws: Workspace, job_id: str, tail: int = 50, raw: bool = False) -> JobLogs:
     """The last ``tail`` lines of the job's output: its own log lines and its last error
     (``LogFilter``), or with ``raw`` every line as written."""
     if tail < 1 or tail > 5000:
         raise TunestepError("bad_argument", "tail must be between 1 and 5000 lines")
-    row = _row(ws, job_id)
+    row = job_row(ws, job_id)
     if row["backend"] == "hf-jobs":
         from tunestep.tools.hub import jobs_api as hf_jobs
 
         if not row["external_id"]:  # still submitting: no Hub job is known yet
             return JobLogs(job_id=job_id, lines=[], total_lines=0, raw=raw)
-        namespace, job = _split_external(row["external_id"])
+        namespace, job = split_external(row["external_id"])
         # The Hub gives the last lines only: ask for more when most will be left out.
         asked = tail if raw else min(5000, tail * 4)
-        logs = hf_jobs.hf_job_logs(_hf_api(), job, asked, namespace=namespace)
+        logs = hf_jobs.hf_job_logs(hf_api(), job, asked, namespace=namespace)
         if raw:
             return JobLogs(job_id=job_id, lines=logs.lines)
         kept = LogFilter(tail)
@@ -447,59 +261,9 @@ def job_logs(ws: Workspace, job_id: str, tail: int = 50, raw: bool = False) -> J
                    left_out=kept.left_out)
 
 
-# The job's own lines (train_sft.py's log(): what train.log holds) start with a UTC stamp;
-# the supervisor's start with "tunestep:".
-_OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ |^tunestep: ")
-_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
-MAX_ERROR_LINES = 60
-
-
-class LogFilter:
-    """The readable view of a job log, kept in bounded memory while it streams by.
-
-    Keeps the job's own stamped lines (the last ``tail``) and the last Python traceback
-    (its last ``MAX_ERROR_LINES`` lines), escape codes removed; counts what it leaves out.
-    """
-
-    def __init__(self, tail: int) -> None:
-        self.own: deque[str] = deque(maxlen=tail)
-        self.error: deque[str] = deque(maxlen=MAX_ERROR_LINES)
-        self._in_traceback = False
-        self._error_at = -1  # how many own lines came before the last error
-        self._own_seen = 0
-        self.left_out = 0
-
-    def add(self, raw_line: str) -> None:
-        # A progress bar redraws with \r: only what follows the last one was the line.
-        line = _ESCAPE.sub("", raw_line.rstrip("\n").rsplit("\r", 1)[-1]).rstrip()
-        if line.startswith("Traceback (most recent call last):"):
-            self._in_traceback = True
-            self.error.clear()
-            self._error_at = self._own_seen
-        if self._in_traceback:
-            self.error.append(line)
-            if _ERROR_LINE.match(line):  # the exception itself closes the traceback
-                self._in_traceback = False
-            return
-        if _OWN_LINE.match(line):
-            self.own.append(line)
-            self._own_seen += 1
-        else:
-            self.left_out += 1
-
-    def lines(self) -> list[str]:
-        own = list(self.own)
-        if not self.error:
-            return own
-        # The error where it happened among the job's lines (when they still show it).
-        cut = max(0, len(own) - (self._own_seen - self._error_at))
-        return [*own[:cut], *self.error, *own[cut:]]
-
-
 def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
     """Stop a running job. Stopping spends nothing, so it needs no approval."""
-    row = _row(ws, job_id)
+    row = job_row(ws, job_id)
     if row["status"] == "submitting":
         row = _cancel_submitting(ws, row)
     if row["status"] in TERMINAL:
@@ -514,12 +278,12 @@ def cancel_job(ws: Workspace, job_id: str) -> JobStatus:
         from tunestep.tools.hub import poll as hf_poll
         from tunestep.tools.runs import local_backend as local
 
-        namespace, job = _split_external(row["external_id"])
-        remote = hf_jobs.hf_job_cancel(_hf_api(), job, namespace=namespace)
+        namespace, job = split_external(row["external_id"])
+        remote = hf_jobs.hf_job_cancel(hf_api(), job, namespace=namespace)
         hf_poll.schedule(ws, job_id)
         if remote.terminal and HF_STAGES.get(remote.stage) == "cancelled":
             local.record_outcome(ws, job_id, "cancelled", None,
-                                 ledger.loads(_row(ws, job_id)["result"]) or {})
+                                 ledger.loads(job_row(ws, job_id)["result"]) or {})
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
         ledger.audit(conn, "job.cancel", job_id)
     return wait_for_job(ws, job_id, timeout=30) if row["backend"] == "local" else job_status(
@@ -532,7 +296,7 @@ def _cancel_submitting(ws: Workspace, row):
     from tunestep.tools.runs.hf_submit import settle_submitting
 
     settle_submitting(ws, row)
-    row = _row(ws, row["job_id"])
+    row = job_row(ws, row["job_id"])
     if row["status"] != "submitting":
         return row  # the Hub had it: cancel that job
     lease = ((ledger.loads(row["result"]) or {}).get("submit") or {}).get("lease_until", 0)
@@ -542,7 +306,7 @@ def _cancel_submitting(ws: Workspace, row):
     local.record_outcome(ws, row["job_id"], "cancelled", None, {
         "note": "cancelled before the Hub had a job; its approval token can no longer "
                 "start one"})
-    return _row(ws, row["job_id"])
+    return job_row(ws, row["job_id"])
 
 
 def wait_for_job(ws: Workspace, job_id: str, timeout: float, poll: float = 0.5,

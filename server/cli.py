@@ -16,7 +16,7 @@ This module is the command line itself: the argument parser, the command table
 
 A new command: its function in the module of its subject, its arguments in
 ``build_parser`` below, its row in ``COMMANDS``; if an MCP tool's next step should be
-printed as this command, its row in ``CLI_COMMANDS`` (server/render.py).
+printed as this command, its row in ``CLI_COMMANDS`` (server/next_steps.py).
 """
 
 from __future__ import annotations
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint is not None:  # in CLI syntax, not the MCP call str(exc) carries
             from types import SimpleNamespace
 
-            from tunestep.server.render import View, make_console, next_steps
+            from tunestep.server.next_steps import next_steps
+            from tunestep.server.render import make_console
+            from tunestep.server.screen import View
 
             next_steps(make_console(stderr=True), SimpleNamespace(next_steps=[exc.hint]),
                        View(workspace=getattr(args, "hint_workspace", None)))

@@ -113,7 +113,8 @@ def _progress_lines(ws):
 
 def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
     """Ctrl-C while waiting ends the wait, not the job: say so, and how to stop it."""
-    from tunestep.server.render import View, cli_command
+    from tunestep.server.next_steps import cli_command
+    from tunestep.server.screen import View
     from tunestep.tools.core.next_step import NextAction
 
     view = View(workspace=getattr(args, "hint_workspace", None))

@@ -1,1 +1,6 @@
-"""Adapters only: the MCP server and the CLI, thin views of tunestep.tools."""
+"""Adapters only: the MCP server and the CLI, thin views of tunestep.tools.
+
+app.py is the MCP server; cli.py the `tunestep` command (its docstring says which
+cli_*.py module a command lives in); render.py prints a result in a terminal (its
+docstring says which *_screen.py module draws which result).
+"""

@@ -3,6 +3,20 @@
 Exit codes: 0 success (for `check`: ready), 1 a problem the user can fix (the message
 names its code, file and line), 2 usage errors. No traceback reaches the user; an
 unexpected failure prints one line and asks for a bug report.
+
+This module is the command line itself: the argument parser, the command table
+(``COMMANDS``) and ``main`` (the console script). The commands live by subject:
+
+  cli_data.py      check, inspect, map, merge, preprocess
+  cli_approval.py  draft, approve, promote, repin (what the operator signs)
+  cli_jobs.py      submit, status, logs, cancel, sync
+  cli_operator.py  serve, operator init, demo (the operator's own setup)
+  cli_common.py    what the commands share: the workspace, printing, keys, exit codes
+  cli_prompts.py   what a command asks at the terminal: passphrases, yes/no
+
+A new command: its function in the module of its subject, its arguments in
+``build_parser`` below, its row in ``COMMANDS``; if an MCP tool's next step should be
+printed as this command, its row in ``CLI_COMMANDS`` (server/next_steps.py).
 """
 
 from __future__ import annotations
@@ -11,578 +25,32 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tunestep.server import cli_approval, cli_data, cli_jobs, cli_operator
+from tunestep.server.cli_common import EXIT_PROBLEM, Command
 from tunestep.tools.core.errors import TunestepError
 
-if TYPE_CHECKING:  # rich loads only for commands that print to a person
-    from rich.console import Console
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-
-Command = Callable[[argparse.Namespace, "Console"], int]
-_COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str) -> Callable[[Command], Command]:
-    def register(fn: Command) -> Command:
-        _COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-def _workspace(args: argparse.Namespace):
-    from tunestep.tools.core.workspace import find_workspace
-
-    # The command's one context: the workspace, the keys every read of the ledger's line
-    # checks signed promotion records with, the plan and hash memo.
-    ws = find_workspace(args.workspace)
-    args.hint_workspace = _hint_workspace(ws.root)
-    return ws.for_call(_reader_keys(args, ws.root))
-
-
-def _hint_workspace(root: Path) -> str | None:
-    """The --workspace a printed command needs: none when it would find this one anyway."""
-    from tunestep.tools.core.workspace import WORKSPACE_ENV
-
-    implicit = os.environ.get(WORKSPACE_ENV) or os.getcwd()
-    try:
-        if Path(implicit).expanduser().resolve() == root:
-            return None
-    except OSError:
-        pass
-    return str(root)
-
-
-def _show(args: argparse.Namespace, console: Console, result) -> None:
-    from tunestep.server.render import render
-
-    render(console, result, args.json, workspace=getattr(args, "hint_workspace", None))
-
-
-@command("serve")
-def cmd_serve(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.server.app import ServerConfig, build_server
-
-    # stdout is the protocol channel in stdio mode: logs go to stderr only.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from tunestep.tools.core.workspace import find_workspace
-
-    keys = _trusted_key_paths(args)
-    # A missing or wrong workspace fails now too, not at every tool call.
-    workspace = find_workspace(args.workspace).root
-    # The keys are read (and checked against the fingerprints) now, once: a wrong path
-    # fails at start, and a key file changed later is never trusted.
-    server = build_server(ServerConfig(workspace=workspace, operator_keys=keys,
-                                       operator_key_fingerprints=_fingerprints(args)))
-    if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
-            raise TunestepError("bind_refused", f"binding to {args.host} exposes the server "
-                                "beyond this machine; pass --allow-remote to mean it")
-        server.run("streamable-http", host=args.host, port=args.port)
-    return EXIT_OK
-
-
-@command("check")
-def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.data.preflight import check_batch
-
-    report = check_batch(_workspace(args), args.batch)
-    _show(args, console, report)
-    return EXIT_OK if report.ready else EXIT_PROBLEM
-
-
-def _trusted_key_paths(args: argparse.Namespace) -> list:
-    from tunestep.tools.signing.trusted_keys import is_inline_pem, trusted_key_paths_from_env
-
-    keys = [p if is_inline_pem(p) else Path(p).expanduser().resolve()
-            for p in (args.operator_key or [])]
-    return keys + trusted_key_paths_from_env(os.environ.get("TUNESTEP_OPERATOR_KEYS", ""))
-
-
-def _reader_keys(args: argparse.Namespace, root: Path) -> dict:
-    """The keys every read of the ledger's line checks signed promotion records with (as
-    `tunestep promote` trusts keys): --operator-key, $TUNESTEP_OPERATOR_KEYS, else the
-    public halves in the operator's key folder; none from inside the workspace."""
-    from tunestep.tools.lineage.promotion_records import reader_keys
-
-    sources = _trusted_key_paths(args if hasattr(args, "operator_key")
-                                 else argparse.Namespace(operator_key=None))
-    return reader_keys(sources, getattr(args, "config_dir", None), root)
-
-
-def _fingerprints(args: argparse.Namespace) -> list[str]:
-    env = os.environ.get("TUNESTEP_OPERATOR_KEY_FINGERPRINTS", "")
-    return list(getattr(args, "operator_key_fingerprint", None) or []) + [
-        f for f in env.replace(",", " ").split() if f]
-
-
-@command("inspect")
-def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.inspector import run_inspector
-
-    report = run_inspector(_workspace(args), args.path, tokens=args.tokens,
-                           max_errors=args.max_errors, progress=_progress(console, args))
-    _show(args, console, report)
-    return EXIT_OK if report.status == "READY" else EXIT_PROBLEM
-
-
-@command("map")
-def cmd_map(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.data.mapping import apply_mapping, suggest_mapping
-    from tunestep.tools.inspector.spec import parse_mapping_spec
-
-    ws = _workspace(args)
-    if args.spec:
-        try:
-            data = Path(args.spec).expanduser().read_bytes()
-        except OSError as exc:
-            raise TunestepError("mapping_spec_invalid", f"cannot read the spec file: "
-                                f"{exc.strerror or exc}", path=args.spec) from None
-        spec = parse_mapping_spec(data, args.spec)
-    else:
-        suggestion = suggest_mapping(ws, args.source)
-        if suggestion.mapping is None:
-            raise TunestepError("mapping_none", suggestion.reason, path=args.source)
-        spec = suggestion.mapping
-    _show(args, console, apply_mapping(ws, args.source, spec, progress=_progress(console, args)))
-    return EXIT_OK
-
-
-@command("merge")
-def cmd_merge(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.data.merge import merge_datasets
-
-    _show(args, console, merge_datasets(_workspace(args), args.batch, args.strategy, args.dedup,
-                                        progress=_progress(console, args)))
-    return EXIT_OK
-
-
-@command("preprocess")
-def cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.data.preprocess import preprocess
-
-    _show(args, console, preprocess(_workspace(args), args.batch, args.max_length,
-                                    progress=_progress(console, args)))
-    return EXIT_OK
-
-
-def _progress(console: Console, args: argparse.Namespace):
-    """A progress callback printing to stderr (never into --json output)."""
-    from tunestep.server.render import make_console
-
-    err = make_console(stderr=True)
-
-    def report(done: int, total: int | None, message: str) -> None:
-        if not args.json and err.is_terminal:
-            from tunestep.server.render import safe_text  # messages name workspace files
-
-            err.print(f"  {safe_text(message)} ({done}{f'/{total}' if total else ''})")
-
-    return report
-
-
-@command("draft")
-def cmd_draft(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.drafts.draft import DraftRequest, draft_job
-
-    overrides = {}
-    for item in args.set or []:
-        key, _, raw = item.partition("=")
-        overrides[key] = _number(raw)
-    request = DraftRequest(kind=args.kind, batch=args.batch, mode=args.mode,
-                           backend=args.backend, flavor=args.flavor, timeout=args.timeout,
-                           overrides=overrides)
-    _show(args, console, draft_job(_workspace(args), request))
-    return EXIT_OK
-
-
-def _number(raw: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-@command("operator")
-def cmd_operator(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.drafts.operator import check_new_passphrase, remember_default
-    from tunestep.tools.signing.operator_keys import create_operator_key
-
-    passphrase = _passphrase(confirm=True, new=True)
-    check_new_passphrase(passphrase)
-    info = create_operator_key(args.name, passphrase, args.config_dir)
-    is_default = remember_default(info.name, info.private_key_path.parent)
-    _show(args, console, info)
-    if not args.json:
-        from tunestep.server.render import screen
-
-        out = screen(console)
-        out.print("")
-        out.print("Give the server the public key, e.g. in the MCP client config:")
-        out.command(f"tunestep serve --operator-key {_quote(info.public_key_path)} "
-                    f"--operator-key-fingerprint {info.fingerprint}")
-        if is_default:
-            out.print(f"`tunestep approve DRAFT_ID` signs with this key ({info.name}) "
-                      "unless you pass --name.")
-        else:
-            out.print("Sign with it:")
-            out.command(f"tunestep approve DRAFT_ID --name {info.name}")
-    return EXIT_OK
-
-
-def _quote(value) -> str:
-    import shlex
-
-    return shlex.quote(str(value))
-
-
-def _passphrase(confirm: bool = False, new: bool = False) -> bytes:
-    import getpass
-
-    from tunestep.tools.drafts.operator import MIN_PASSPHRASE, passphrase_from_env
-
-    env = passphrase_from_env()
-    if env is not None:
-        return env
-    if not sys.stdin.isatty():
-        raise TunestepError("passphrase_missing", "no terminal to ask for the passphrase: set "
-                            "TUNESTEP_OPERATOR_PASSPHRASE for automation")
-    prompt = (f"new passphrase for the operator key (at least {MIN_PASSPHRASE} characters): "
-              if new else "operator key passphrase: ")
-    first = getpass.getpass(prompt).encode()
-    if new:
-        from tunestep.tools.drafts.operator import check_new_passphrase
-
-        check_new_passphrase(first)  # before asking again: say it at once
-    if confirm and getpass.getpass("again: ").encode() != first:
-        raise TunestepError("passphrase_mismatch", "the two passphrases differ")
-    return first
-
-
-PASSPHRASE_TRIES = 3
-
-
-def _key_passphrase(key_path: Path) -> bytes:
-    """The passphrase that unlocks ``key_path``: a mistyped one is asked again (up to
-    three tries at a terminal; one from TUNESTEP_OPERATOR_PASSPHRASE is tried once)."""
-    from tunestep.tools.drafts.operator import passphrase_from_env
-    from tunestep.tools.signing.operator_keys import load_private_key
-
-    for attempt in range(1, PASSPHRASE_TRIES + 1):
-        passphrase = _passphrase()
-        try:
-            load_private_key(key_path, passphrase)
-            return passphrase
-        except TunestepError as exc:
-            if (exc.code != "operator_key_locked" or passphrase_from_env() is not None
-                    or attempt == PASSPHRASE_TRIES):
-                raise
-        print(f"wrong passphrase for {key_path.name}; try again "
-              f"({PASSPHRASE_TRIES - attempt} left)", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-@command("approve")
-def cmd_approve(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.server.render import make_console, render, screen
-    from tunestep.tools.drafts.operator import find_operator_key, review_draft, sign_draft
-
-    # Which key first: a wrong or ambiguous choice is said before any passphrase is typed.
-    key = find_operator_key(args.name, args.key, args.config_dir)
-    ws = _workspace(args)
-    if args.draft_id.startswith("promote-"):  # a promotion request, not a job draft
-        return _approve_promotion(args, ws, key)
-    if args.draft_id.startswith("repin-"):  # a hold-out re-pin request
-        return _approve_repin(args, ws, key)
-    draft = review_draft(ws, args.draft_id)
-    err = make_console(stderr=True)
-    render(err, draft, as_json=False, approving=True, bound_to=str(ws.root))
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
-                                "draft and pass --yes")
-        # Right under "You are signing": the question names only what the summary shows.
-        answer = input(f"Sign {draft.draft_id} with key {key.name}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            err.print("not approved")
-            return EXIT_PROBLEM
-    grant = sign_draft(ws, draft, name=key.name, key_path=key.path,
-                       passphrase=_key_passphrase(key.path), ttl=args.ttl)
-    if args.json:
-        print(grant.model_dump_json(indent=2))
-        return EXIT_OK
-    screen(err).print(f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste "
-                      "this token:")
-    print(grant.token)  # alone on the last line of stdout, whole, for copy or a pipe
-    return EXIT_OK
-
-
-def _confirm(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        raise TunestepError("confirmation_missing", "no terminal to confirm on: review the "
-                            "request and pass --yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
-def _sign_promotion(args: argparse.Namespace, ws, key, request):
-    """Render the request as the store holds it now, ask, and sign it (act promote)."""
-    from tunestep.server.render import make_console, render
-    from tunestep.tools.drafts.operator import sign_promotion
-
-    err = make_console(stderr=True)
-    render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
-    if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
-        err.print("not approved")
-        return None
-    return sign_promotion(ws, request, name=key.name, key_path=key.path,
-                          passphrase=_key_passphrase(key.path), ttl=args.ttl)
-
-
-def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
-    from tunestep.server.render import make_console, screen
-    from tunestep.tools.lineage.promotion import review_request
-
-    grant = _sign_promotion(args, ws, key, review_request(ws, args.draft_id))
-    if grant is None:
-        return EXIT_PROBLEM
-    if args.json:
-        print(grant.model_dump_json(indent=2))
-        return EXIT_OK
-    screen(make_console(stderr=True)).print(
-        f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
-    print(grant.token)
-    return EXIT_OK
-
-
-@command("promote")
-def cmd_promote(args: argparse.Namespace, console: Console) -> int:
-    """Move latest to a recorded version: sign here and apply, or apply a pasted token."""
-    from tunestep.tools.drafts.operator import find_operator_key
-    from tunestep.tools.lineage.promotion import promote_version, request_promotion
-    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
-
-    ws = _workspace(args)
-    paths = _trusted_key_paths(args)
-    token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    if token is None:
-        key = find_operator_key(args.name, args.key, args.config_dir)
-        # Without --operator-key the key that signs here is the one trusted: its public
-        # half beside it (outside the workspace, which is checked below).
-        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
-        grant = _sign_promotion(args, ws, key, request_promotion(ws, args.version))
-        if grant is None:
-            return EXIT_PROBLEM
-        token = grant.token
-    ensure_keys_outside_workspace(paths, ws.root)
-    _show(args, console, promote_version(ws, args.version, token, load_trusted_keys(paths)))
-    return EXIT_OK
-
-
-def _sign_repin(args: argparse.Namespace, ws, key, request):
-    """Render the re-pin request (old and new sha256, rows added and removed), ask, and
-    sign it (act repin_holdout)."""
-    from tunestep.server.render import make_console, render
-    from tunestep.tools.drafts.operator import sign_repin
-
-    err = make_console(stderr=True)
-    render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
-    if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
-        err.print("not approved")
-        return None
-    return sign_repin(ws, request, name=key.name, key_path=key.path,
-                      passphrase=_key_passphrase(key.path), ttl=args.ttl)
-
-
-def _approve_repin(args: argparse.Namespace, ws, key) -> int:
-    from tunestep.server.render import make_console, screen
-    from tunestep.tools.data.holdout_repin import review_request
-
-    grant = _sign_repin(args, ws, key, review_request(ws, args.draft_id))
-    if grant is None:
-        return EXIT_PROBLEM
-    if args.json:
-        print(grant.model_dump_json(indent=2))
-        return EXIT_OK
-    screen(make_console(stderr=True)).print(
-        f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
-    print(grant.token)
-    return EXIT_OK
-
-
-@command("repin")
-def cmd_repin(args: argparse.Namespace, console: Console) -> int:
-    """Pin the hold-out set as it is now: sign here and apply, or apply a pasted token."""
-    from tunestep.tools.data.holdout_repin import repin, request_repin
-    from tunestep.tools.drafts.operator import find_operator_key
-    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
-
-    ws = _workspace(args)
-    paths = _trusted_key_paths(args)
-    token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    if token is None:
-        key = find_operator_key(args.name, args.key, args.config_dir)
-        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
-        grant = _sign_repin(args, ws, key, request_repin(ws))
-        if grant is None:
-            return EXIT_PROBLEM
-        token = grant.token
-    ensure_keys_outside_workspace(paths, ws.root)
-    _show(args, console, repin(ws, token, load_trusted_keys(paths)))
-    return EXIT_OK
-
-
-@command("submit")
-def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.runs.submit import submit_job
-    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, pin_trusted_keys
-
-    ws = _workspace(args)
-    token = args.token if args.token != "-" else sys.stdin.readline().strip()
-    paths = _trusted_key_paths(args) or _default_public_key(args)
-    ensure_keys_outside_workspace(paths, ws.root)
-    trusted = pin_trusted_keys(paths, _fingerprints(args))
-    try:
-        handle = submit_job(ws, args.draft_id, token, trusted)
-    except TunestepError as exc:
-        if exc.code != "approval_untrusted_key":
-            raise
-        shown = ", ".join(str(p) for p in paths)
-        raise TunestepError(exc.code, f"the token was signed by a key this command does not "
-                            f"trust (it trusts {shown}): give the signer's public key with "
-                            "--operator-key PUBKEY or TUNESTEP_OPERATOR_KEYS") from None
-    _show(args, console, handle)
-    return EXIT_OK
-
-
-def _default_public_key(args: argparse.Namespace) -> list:
-    """Without --operator-key or TUNESTEP_OPERATOR_KEYS: the public half of the key
-    `tunestep approve` would sign with (the default made by `operator init`, or the only
-    one), found the same way, else a refusal that names the flag and the variable."""
-    from tunestep.tools.drafts.operator import find_operator_key
-
-    try:
-        key = find_operator_key(None, None, args.config_dir)
-    except TunestepError as exc:
-        raise TunestepError("approval_untrusted_key", "no operator public key to check the "
-                            "token with: give it with --operator-key PUBKEY or "
-                            f"TUNESTEP_OPERATOR_KEYS=PUBKEY ({exc.message})") from None
-    public = key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))
-    if not public.is_file():
-        raise TunestepError("approval_untrusted_key", f"the default operator key has no public "
-                            f"half beside it ({public}): give it with --operator-key PUBKEY "
-                            "or TUNESTEP_OPERATOR_KEYS=PUBKEY")
-    return [public.resolve()]
-
-
-@command("status")
-def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.runs.job_control import job_status, list_jobs, wait_for_job
-
-    ws = _workspace(args)
-    if args.job_id is None:
-        _show(args, console, list_jobs(ws))
-        return EXIT_OK
-    if args.wait:
-        try:
-            status = wait_for_job(ws, args.job_id, timeout=args.wait,
-                                  on_poll=None if args.json else _progress_lines(ws))
-        except KeyboardInterrupt:
-            return _stopped_waiting(args, ws, args.job_id)
-    else:
-        status = job_status(ws, args.job_id)
-    _show(args, console, status)
-    return EXIT_OK if status.status != "failed" else EXIT_PROBLEM
-
-
-def _progress_lines(ws):
-    """While `status --wait` waits: a line on stderr whenever the job's stage or epoch
-    changes (stage, epoch, elapsed; tools/runs/job_progress.py), and one a minute otherwise."""
-    import time
-
-    last = {"said": None, "at": 0.0}
-
-    def on_poll(status) -> None:
-        if status.terminal:
-            return
-        progress = getattr(status, "progress", None)
-        parts = [status.status]
-        if progress is not None and progress.stage:
-            parts[0] += f": {progress.stage}"
-        if progress is not None and progress.epoch is not None:
-            parts.append(f"epoch {progress.epoch:.3g}" + (f"/{progress.epochs:g}"
-                                                          if progress.epochs else ""))
-        key = ", ".join(parts)
-        if status.started_at:
-            minutes, seconds = divmod(int(time.time() - status.started_at), 60)
-            parts.append(f"{minutes}:{seconds:02d} elapsed")
-        if key != last["said"] or time.monotonic() - last["at"] >= 60:
-            print(f"  {', '.join(parts)}", file=sys.stderr, flush=True)
-            last.update(said=key, at=time.monotonic())
-
-    return on_poll
-
-
-def _stopped_waiting(args: argparse.Namespace, ws, job_id: str) -> int:
-    """Ctrl-C while waiting ends the wait, not the job: say so, and how to stop it."""
-    from tunestep.server.render import View, cli_command
-    from tunestep.tools.core.next_step import NextAction
-
-    view = View(workspace=getattr(args, "hint_workspace", None))
-    cancel = cli_command(NextAction(tool="cancel_job", args={"job_id": job_id}), view)
-    again = cli_command(NextAction(tool="job_status", args={"job_id": job_id}), view)
-    print(f"\nstopped waiting; {job_id} keeps running.\n  to stop it:   {cancel}\n"
-          f"  to wait again: {again} --wait {args.wait:g}", file=sys.stderr)
-    return 130
-
-
-@command("logs")
-def cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.runs.job_control import job_logs
-
-    logs = job_logs(_workspace(args), args.job_id, args.tail, raw=args.raw)
-    if args.json:
-        _show(args, console, logs)
-    else:
-        from tunestep.server.render import visible_text
-
-        print("\n".join(visible_text(line) for line in logs.lines))
-        if logs.left_out:
-            print(f"({logs.left_out} line(s) of progress bars and library output left out; "
-                  "--raw shows every line)", file=sys.stderr)
-    return EXIT_OK
-
-
-@command("cancel")
-def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.runs.job_control import cancel_job
-
-    _show(args, console, cancel_job(_workspace(args), args.job_id))
-    return EXIT_OK
-
-
-@command("sync")
-def cmd_sync(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.tools.lineage.model_sync import sync_model
-
-    _show(args, console, sync_model(_workspace(args), args.version))
-    return EXIT_OK
-
-
-@command("demo")
-def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from tunestep.server.demo import run_demo
-
-    return run_demo(args, console)
+# Command name (as typed) -> its function; serve is main's special case (no console).
+COMMANDS: dict[str, Command] = {
+    "serve": cli_operator.cmd_serve,
+    "check": cli_data.cmd_check,
+    "inspect": cli_data.cmd_inspect,
+    "map": cli_data.cmd_map,
+    "merge": cli_data.cmd_merge,
+    "preprocess": cli_data.cmd_preprocess,
+    "draft": cli_approval.cmd_draft,
+    "operator": cli_operator.cmd_operator,
+    "approve": cli_approval.cmd_approve,
+    "promote": cli_approval.cmd_promote,
+    "repin": cli_approval.cmd_repin,
+    "submit": cli_jobs.cmd_submit,
+    "status": cli_jobs.cmd_status,
+    "logs": cli_jobs.cmd_logs,
+    "cancel": cli_jobs.cmd_cancel,
+    "sync": cli_jobs.cmd_sync,
+    "demo": cli_operator.cmd_demo,
+}
 
 
 WORKSPACE_HELP = ("the workspace root (default: $TUNESTEP_WORKSPACE, else the current folder); "
@@ -770,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":  # stdout is the protocol there: no console, no rich
-            return cmd_serve(args, None)
+            return cli_operator.cmd_serve(args, None)
         from tunestep.server.render import make_console
 
-        return _COMMANDS[args.command](args, make_console())
+        return COMMANDS[args.command](args, make_console())
     except TunestepError as exc:
         if getattr(args, "json", False):  # --json: a refusal is JSON on stdout too
             import json
@@ -787,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint is not None:  # in CLI syntax, not the MCP call str(exc) carries
             from types import SimpleNamespace
 
-            from tunestep.server.render import View, make_console, next_steps
+            from tunestep.server.next_steps import next_steps
+            from tunestep.server.render import make_console
+            from tunestep.server.screen import View
 
             next_steps(make_console(stderr=True), SimpleNamespace(next_steps=[exc.hint]),
                        View(workspace=getattr(args, "hint_workspace", None)))

@@ -48,7 +48,7 @@ def render_repin_request(console: Screen, request, view: View) -> None:
     _examples(console, "+", "added", s.rows.added_rows, s.rows.added)
     _examples(console, "-", "removed", s.rows.removed_rows, s.rows.removed)
     if not view.approving:
-        from tunestep.server.render import next_steps
+        from tunestep.server.next_steps import next_steps
 
         next_steps(console, request, view)
         return

@@ -168,7 +168,8 @@ def test_keys_pinned_by_fingerprint_and_given_inline(tmp_path):
 
 
 def test_serve_takes_an_inline_key_and_a_fingerprint_flag(tmp_path):
-    from tunestep.server.cli import _fingerprints, _trusted_key_paths, build_parser
+    from tunestep.server.cli import build_parser
+    from tunestep.server.cli_common import _fingerprints, _trusted_key_paths
     from tunestep.tools.signing.operator_keys import create_operator_key
     from tunestep.tools.signing.trusted_keys import pin_trusted_keys
 

@@ -2,7 +2,7 @@
 
 Results carry these so that each view can say them in its own syntax: the MCP view as a
 tool call (``run_inspector(path='...')``), the CLI as the command a person types
-(``tunestep inspect ...``, rendered in ``server/render.py``). The ``next_actions``
+(``tunestep inspect ...``, rendered in ``server/next_steps.py``). The ``next_actions``
 strings of a result are the MCP form, kept for clients that read text.
 """
 

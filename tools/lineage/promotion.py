@@ -167,7 +167,7 @@ def build_request(ws: Workspace, version: str) -> PromotionRequest:
     request_id = f"{REQUEST_PREFIX}{digest[:12]}"
     evaluation = ledger.loads(step["evaluation"]) if step is not None else {}
     # The token goes to promote_version over MCP, to `tunestep promote --token -` on the CLI
-    # (server/render.py says each in its own syntax).
+    # (server/next_steps.py says each in its own syntax).
     actions = [NextAction(lead=f"the operator signs it in their terminal: tunestep approve "
                                f"{request_id} --workspace {ws.root}; then apply the token:",
                           tool="promote_version", args={"version": name},

@@ -24,7 +24,8 @@ from mcp.client.extension import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
 from tunestep.server import cards
-from tunestep.server.app import MAX_WAIT_S, ServerConfig, build_server, error_code
+from tunestep.server.app import MAX_WAIT_S, ServerConfig, build_server
+from tunestep.server.mcp_tools import error_code
 from tunestep.tools.core import ledger
 from tunestep.tools.runs.job_progress import LOCAL_POLL_S, ask_again_after, read_progress
 

@@ -23,7 +23,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tunestep.server.app import ServerConfig, build_server, error_code
+from tunestep.server.app import ServerConfig, build_server
+from tunestep.server.mcp_tools import error_code
 from tunestep.tools.demo.sample_workspace import build_sample_workspace, make_row
 
 pytestmark = pytest.mark.anyio

@@ -866,7 +866,8 @@ def test_hostile_mcp_arguments_get_named_errors(mcp_ws, tool, args, code):
     import anyio
     from mcp import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     async def call():
         async with Client(build_server(ServerConfig(workspace=mcp_ws.root))) as client:

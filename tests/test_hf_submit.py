@@ -203,7 +203,8 @@ def test_over_mcp_a_hub_fault_is_a_named_tool_error(ws, approved, fake_hub):
     import anyio
     from mcp import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     draft, token, trusted = approved
     handle = submit_job(ws, draft.draft_id, token, trusted)

@@ -305,7 +305,8 @@ async def test_the_mcp_tool_prepares_a_request_and_cannot_repin_without_a_token(
         sample_ws, anyio_backend):
     from mcp.client import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     check_batch(sample_ws)
     edit(sample_ws)

@@ -129,7 +129,8 @@ def _call(server, tool: str, args: dict):
 def test_a_key_file_replaced_under_the_server_is_refused(sample_ws, tmp_path):
     """Case: the trusted key file is overwritten with the assistant's own key after the
     server started, and a token signed by that key is submitted -> operator_key_changed."""
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
     from tunestep.tools.core import ledger
     from tunestep.tools.signing.approval import sign_approval
     from tunestep.tools.signing.operator_keys import create_operator_key, load_private_key
@@ -567,7 +568,8 @@ def test_concurrent_apply_mapping_results_name_what_is_on_disk(sample_ws):
 def test_the_mcp_server_answers_a_fifo_and_a_link_loop_by_name(sample_ws):
     """Case: run_inspector / apply_mapping over MCP on a FIFO and a link loop -> the named
     code in the tool error, never the SDK's generic error or a hang."""
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     batch = sample_ws.root / "datasets/incremental/batch_100_03"
     _fifo(batch / "pipe.jsonl")

@@ -88,7 +88,7 @@ async def test_check_batch_over_streamable_http(http_server):
 
 
 async def test_tool_errors_keep_their_code_over_http(http_server):
-    from tunestep.server.app import error_code
+    from tunestep.server.mcp_tools import error_code
 
     with anyio.fail_after(30):
         async with Client(http_server) as client:

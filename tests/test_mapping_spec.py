@@ -65,7 +65,8 @@ def test_over_mcp_a_bad_spec_reads_the_same_and_the_schema_is_mappingspec(sample
     import anyio
     from mcp import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     async def main():
         async with Client(build_server(ServerConfig(workspace=sample_ws.root))) as client:

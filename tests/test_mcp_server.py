@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO_ROOT
 from mcp import Client, StdioServerParameters
 
-from tunestep.server.app import ServerConfig, build_server, error_code
+from tunestep.server.app import ServerConfig, build_server
+from tunestep.server.mcp_tools import error_code
 
 pytestmark = pytest.mark.anyio
 

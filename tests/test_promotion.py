@@ -145,7 +145,8 @@ def test_promote_and_roll_back_refuse_without_a_valid_token(held_back, operator,
 def test_promote_version_over_mcp_needs_the_operators_token(held_back, operator):
     from mcp import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
+    from tunestep.server.mcp_tools import error_code
 
     ws = held_back
     server = build_server(ServerConfig(workspace=ws.root,

@@ -229,8 +229,9 @@ def test_cli_and_mcp_draft_an_inspection(ws, operator, capsys, monkeypatch):
     import anyio
     from mcp import Client
 
-    from tunestep.server.app import ServerConfig, build_server, error_code
+    from tunestep.server.app import ServerConfig, build_server
     from tunestep.server.cli import main
+    from tunestep.server.mcp_tools import error_code
 
     assert main(["draft", BATCH, "--kind", "inspect", "--backend", "hf-jobs",
                  "--workspace", str(ws.root)]) == 0

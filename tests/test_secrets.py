@@ -31,8 +31,9 @@ import pytest
 from conftest import FAKE_TOKEN, scan_for
 from mcp import Client
 
-from tunestep.server.app import ServerConfig, build_server, error_code
+from tunestep.server.app import ServerConfig, build_server
 from tunestep.server.cli import main as cli
+from tunestep.server.mcp_tools import error_code
 from tunestep.tools.demo.sample_workspace import build_sample_workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]

@@ -161,7 +161,7 @@ async def mcp_call(client, channel: str, kind: str, tool: str, args: dict,
                    rec: Recorder) -> tuple[Call, object]:
     import anyio
 
-    from tunestep.server.app import error_code
+    from tunestep.server.mcp_tools import error_code
 
     started = time.monotonic()
     result = None

@@ -60,6 +60,18 @@ BATCH_HELP = ("a batch folder name under datasets/incremental/, e.g. batch_100_0
               "(default: the next untrained batch)")
 
 
+def _signed_act_arguments(p: argparse.ArgumentParser, request_prefix: str) -> None:
+    """What promote and repin share: sign here, or apply a token from `tunestep approve`."""
+    p.add_argument("--token", help=f"apply a token from `tunestep approve {request_prefix}-...` "
+                   "instead of signing here (- reads it from stdin)")
+    _signing_key_arguments(p)
+    p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
+    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
+    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
+                   help="trusted operator public key (repeatable; default: the signing "
+                   "key's own public half); also $TUNESTEP_OPERATOR_KEYS")
+
+
 def _signing_key_arguments(p: argparse.ArgumentParser) -> None:
     """Which operator key signs: the same three options for approve, promote, repin."""
     p.add_argument("--name", help="which operator key signs (default: the only key, or the "
@@ -174,25 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "latest (promote or roll back), signed by the operator")
     p.add_argument("version", help="a folder under the store's versions/, e.g. "
                    "0002_batch_100_02")
-    p.add_argument("--token", help="apply a token from `tunestep approve promote-...` "
-                   "instead of signing here (- reads it from stdin)")
-    _signing_key_arguments(p)
-    p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
-    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
-    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
-                   help="trusted operator public key (repeatable; default: the signing "
-                   "key's own public half); also $TUNESTEP_OPERATOR_KEYS")
+    _signed_act_arguments(p, "promote")
 
     p = sub.add_parser("repin", parents=common, help="pin the hold-out set as it is now "
                        "(every later gate measures it), signed by the operator")
-    p.add_argument("--token", help="apply a token from `tunestep approve repin-...` instead "
-                   "of signing here (- reads it from stdin)")
-    _signing_key_arguments(p)
-    p.add_argument("--ttl", default="10m", help="how long the token stays valid (default 10m)")
-    p.add_argument("--yes", action="store_true", help="skip the confirmation question")
-    p.add_argument("--operator-key", action="append", type=Path, metavar="PUBKEY",
-                   help="trusted operator public key (repeatable; default: the signing "
-                   "key's own public half); also $TUNESTEP_OPERATOR_KEYS")
+    _signed_act_arguments(p, "repin")
 
     p = sub.add_parser("submit", parents=common, help="submit an approved draft")
     p.add_argument("draft_id", help="the approved draft, e.g. draft-3f9a0c1d2e4b")

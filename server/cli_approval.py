@@ -55,9 +55,15 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     key = find_operator_key(args.name, args.key, args.config_dir)
     ws = _workspace(args)
     if args.draft_id.startswith("promote-"):  # a promotion request, not a job draft
-        return _approve_promotion(args, ws, key)
+        from tunestep.tools.drafts.operator import sign_promotion
+        from tunestep.tools.lineage.promotion import review_request
+
+        return _approve_request(args, ws, key, review_request, sign_promotion)
     if args.draft_id.startswith("repin-"):  # a hold-out re-pin request
-        return _approve_repin(args, ws, key)
+        from tunestep.tools.data.holdout_repin import review_request as review_repin
+        from tunestep.tools.drafts.operator import sign_repin
+
+        return _approve_request(args, ws, key, review_repin, sign_repin)
     draft = review_draft(ws, args.draft_id)
     err = make_console(stderr=True)
     render(err, draft, as_json=False, approving=True, bound_to=str(ws.root))
@@ -81,25 +87,25 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _sign_promotion(args: argparse.Namespace, ws, key, request):
-    """Render the request as the store holds it now, ask, and sign it (act promote)."""
+def _sign_request(args: argparse.Namespace, ws, key, request, sign):
+    """Render a request (a promotion, a hold-out re-pin) as the ledger holds it now, ask,
+    and sign it with ``sign`` (operator.sign_promotion or operator.sign_repin)."""
     from tunestep.server.render import make_console, render
-    from tunestep.tools.drafts.operator import sign_promotion
 
     err = make_console(stderr=True)
     render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
     if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
         err.print("not approved")
         return None
-    return sign_promotion(ws, request, name=key.name, key_path=key.path,
-                          passphrase=_key_passphrase(key.path), ttl=args.ttl)
+    return sign(ws, request, name=key.name, key_path=key.path,
+                passphrase=_key_passphrase(key.path), ttl=args.ttl)
 
 
-def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
+def _approve_request(args: argparse.Namespace, ws, key, review, sign) -> int:
+    """`tunestep approve promote-...|repin-...`: sign the stored request, print the token."""
     from tunestep.server.render import make_console, screen
-    from tunestep.tools.lineage.promotion import review_request
 
-    grant = _sign_promotion(args, ws, key, review_request(ws, args.draft_id))
+    grant = _sign_request(args, ws, key, review(ws, args.draft_id), sign)
     if grant is None:
         return EXIT_PROBLEM
     if args.json:
@@ -108,79 +114,46 @@ def _approve_promotion(args: argparse.Namespace, ws, key) -> int:
     screen(make_console(stderr=True)).print(
         f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
     print(grant.token)
+    return EXIT_OK
+
+
+def _apply_signed_act(args: argparse.Namespace, console: Console, make_request, sign,
+                      apply) -> int:
+    """`tunestep promote` / `tunestep repin`: sign here (or take --token) and apply it.
+
+    Without --operator-key the key that signs here is the one trusted: its public half
+    beside it (outside the workspace, which is checked before anything is applied)."""
+    from tunestep.tools.drafts.operator import find_operator_key
+    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
+
+    ws = _workspace(args)
+    paths = _trusted_key_paths(args)
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    if token is None:
+        key = find_operator_key(args.name, args.key, args.config_dir)
+        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
+        grant = _sign_request(args, ws, key, make_request(ws), sign)
+        if grant is None:
+            return EXIT_PROBLEM
+        token = grant.token
+    ensure_keys_outside_workspace(paths, ws.root)
+    _show(args, console, apply(ws, token, load_trusted_keys(paths)))
     return EXIT_OK
 
 
 def cmd_promote(args: argparse.Namespace, console: Console) -> int:
     """Move latest to a recorded version: sign here and apply, or apply a pasted token."""
-    from tunestep.tools.drafts.operator import find_operator_key
+    from tunestep.tools.drafts.operator import sign_promotion
     from tunestep.tools.lineage.promotion import promote_version, request_promotion
-    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
 
-    ws = _workspace(args)
-    paths = _trusted_key_paths(args)
-    token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    if token is None:
-        key = find_operator_key(args.name, args.key, args.config_dir)
-        # Without --operator-key the key that signs here is the one trusted: its public
-        # half beside it (outside the workspace, which is checked below).
-        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
-        grant = _sign_promotion(args, ws, key, request_promotion(ws, args.version))
-        if grant is None:
-            return EXIT_PROBLEM
-        token = grant.token
-    ensure_keys_outside_workspace(paths, ws.root)
-    _show(args, console, promote_version(ws, args.version, token, load_trusted_keys(paths)))
-    return EXIT_OK
-
-
-def _sign_repin(args: argparse.Namespace, ws, key, request):
-    """Render the re-pin request (old and new sha256, rows added and removed), ask, and
-    sign it (act repin_holdout)."""
-    from tunestep.server.render import make_console, render
-    from tunestep.tools.drafts.operator import sign_repin
-
-    err = make_console(stderr=True)
-    render(err, request, as_json=False, approving=True, bound_to=str(ws.root))
-    if not _confirm(f"Sign {request.request_id} with key {key.name}?", args.yes):
-        err.print("not approved")
-        return None
-    return sign_repin(ws, request, name=key.name, key_path=key.path,
-                      passphrase=_key_passphrase(key.path), ttl=args.ttl)
-
-
-def _approve_repin(args: argparse.Namespace, ws, key) -> int:
-    from tunestep.server.render import make_console, screen
-    from tunestep.tools.data.holdout_repin import review_request
-
-    grant = _sign_repin(args, ws, key, review_request(ws, args.draft_id))
-    if grant is None:
-        return EXIT_PROBLEM
-    if args.json:
-        print(grant.model_dump_json(indent=2))
-        return EXIT_OK
-    screen(make_console(stderr=True)).print(
-        f"approved {grant.draft_id} for {grant.expires_in_seconds} s; paste this token:")
-    print(grant.token)
-    return EXIT_OK
+    return _apply_signed_act(
+        args, console, lambda ws: request_promotion(ws, args.version), sign_promotion,
+        lambda ws, token, keys: promote_version(ws, args.version, token, keys))
 
 
 def cmd_repin(args: argparse.Namespace, console: Console) -> int:
     """Pin the hold-out set as it is now: sign here and apply, or apply a pasted token."""
     from tunestep.tools.data.holdout_repin import repin, request_repin
-    from tunestep.tools.drafts.operator import find_operator_key
-    from tunestep.tools.signing.trusted_keys import ensure_keys_outside_workspace, load_trusted_keys
+    from tunestep.tools.drafts.operator import sign_repin
 
-    ws = _workspace(args)
-    paths = _trusted_key_paths(args)
-    token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    if token is None:
-        key = find_operator_key(args.name, args.key, args.config_dir)
-        paths = paths or [key.path.with_name(key.path.name.replace(".key.pem", ".pub.pem"))]
-        grant = _sign_repin(args, ws, key, request_repin(ws))
-        if grant is None:
-            return EXIT_PROBLEM
-        token = grant.token
-    ensure_keys_outside_workspace(paths, ws.root)
-    _show(args, console, repin(ws, token, load_trusted_keys(paths)))
-    return EXIT_OK
+    return _apply_signed_act(args, console, request_repin, sign_repin, repin)

@@ -32,9 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunestep.tools.core import ledger
-from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.data.holdout_rows import RowDiff
-from tunestep.tools.lineage.promotion_records import CLOCK_SKEW_S
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -148,26 +146,16 @@ def verify_repin(conn: sqlite3.Connection, row: sqlite3.Row,
                  trusted: dict[str, Ed25519PublicKey] | None,
                  ledger_id: str) -> IgnoredRepin | RepinSubject:
     """The signed subject when the row is the operator's re-pin; else why it is ignored."""
-    from tunestep.tools.signing.approval import ACTION_REPIN, parse_token, verify_approval
+    from tunestep.tools.signing.approval import ACTION_REPIN
+    from tunestep.tools.signing.kept_tokens import verify_kept_token, within_validity
 
     def ignored(reason: str, detail: str) -> IgnoredRepin:
         return IgnoredRepin(nonce=str(row["nonce"]), request_id=str(row["request_id"]),
                             reason=reason, detail=detail)
 
-    token = row["token"]
-    if not token:
-        return ignored("no_token", "the record keeps no signed token")
-    if not trusted:
-        return ignored("unverified", "no trusted operator key is known to this process, "
-                                     "so the record cannot be checked")
-    try:
-        _, unverified, _ = parse_token(token)
-        claims = verify_approval(token, trusted, act=ACTION_REPIN, now=unverified.iat)
-    except TunestepError as exc:
-        return ignored("bad_token", f"{exc.code}: {exc.message}")
-    if (claims.nonce != row["nonce"] or claims.draft_id != row["request_id"]
-            or claims.ledger != ledger_id):
-        return ignored("wrong_record", "the token was made for another record or ledger")
+    claims = verify_kept_token(row, trusted, ACTION_REPIN, ledger_id)
+    if isinstance(claims, tuple):
+        return ignored(*claims)
     request = conn.execute("SELECT subject FROM holdout_repin_requests WHERE request_id = ?",
                            (row["request_id"],)).fetchone()
     subject = parse_subject(request["subject"]) if request is not None else None
@@ -178,9 +166,7 @@ def verify_repin(conn: sqlite3.Connection, row: sqlite3.Row,
             or (subject.path, subject.old_sha256, subject.new_sha256)
             != (row["path"], row["old_sha256"], row["new_sha256"])):
         return ignored("wrong_request", "the token re-pins another file or sha256")
-    at = row["at"]
-    if not isinstance(at, int | float) or not (
-            claims.iat - CLOCK_SKEW_S <= at <= claims.exp + CLOCK_SKEW_S):
+    if not within_validity(row["at"], claims):
         return ignored("outside_validity", "the record is dated outside its token's validity")
     return subject
 

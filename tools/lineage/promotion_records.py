@@ -3,7 +3,8 @@
 A row of ``promotions`` says "the operator made this version latest". The ledger is a
 file the assistant can write, so a row alone proves nothing: each row keeps the ``tsa1``
 token it was made with, and every read of the ledger's line (``tools/lineage``) checks it
-here before the row counts:
+here before the row counts (steps 1-4 and 6 are the ones every kept token goes through,
+``signing/kept_tokens``):
 
 1. a token is there (``no_token``: a row from before schema 6, or forged without one);
 2. trusted keys are known to this process (``unverified``: say so, never trust silently);
@@ -39,7 +40,6 @@ from tunestep.tools.core.hashing import sha256_json
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-CLOCK_SKEW_S = 300  # the approval protocol's allowance
 
 
 class IgnoredPromotion(BaseModel):
@@ -63,26 +63,16 @@ def verify_record(conn: sqlite3.Connection, row: sqlite3.Row,
                   ledger_id: str) -> IgnoredPromotion | int:
     """The token's expiry (unix s) when the row is the operator's signed move; else why
     it is ignored."""
-    from tunestep.tools.signing.approval import ACTION_PROMOTE, parse_token, verify_approval
+    from tunestep.tools.signing.approval import ACTION_PROMOTE
+    from tunestep.tools.signing.kept_tokens import verify_kept_token, within_validity
 
     def ignored(reason: str, detail: str) -> IgnoredPromotion:
         return IgnoredPromotion(nonce=str(row["nonce"]), version=str(row["version"]),
                                 reason=reason, detail=detail)
 
-    token = row["token"]
-    if not token:
-        return ignored("no_token", "the record keeps no signed token")
-    if not trusted:
-        return ignored("unverified", "no trusted operator key is known to this process, "
-                                     "so the record cannot be checked")
-    try:
-        _, unverified, _ = parse_token(token)
-        claims = verify_approval(token, trusted, act=ACTION_PROMOTE, now=unverified.iat)
-    except TunestepError as exc:
-        return ignored("bad_token", f"{exc.code}: {exc.message}")
-    if (claims.nonce != row["nonce"] or claims.draft_id != row["request_id"]
-            or claims.ledger != ledger_id):
-        return ignored("wrong_record", "the token was made for another record or ledger")
+    claims = verify_kept_token(row, trusted, ACTION_PROMOTE, ledger_id)
+    if isinstance(claims, tuple):
+        return ignored(*claims)
     request = conn.execute("SELECT store, version, payload FROM promotion_requests"
                            " WHERE request_id = ?", (row["request_id"],)).fetchone()
     payload: Any = _payload(request["payload"]) if request is not None else None
@@ -93,9 +83,7 @@ def verify_record(conn: sqlite3.Connection, row: sqlite3.Row,
     if (digest != claims.digest or request["version"] != row["version"]
             or request["store"] != row["store"]):
         return ignored("wrong_request", "the token approves another version or content")
-    at = row["at"]
-    if not isinstance(at, int | float) or not (
-            claims.iat - CLOCK_SKEW_S <= at <= claims.exp + CLOCK_SKEW_S):
+    if not within_validity(row["at"], claims):
         return ignored("outside_validity", "the record is dated outside its token's "
                                            "validity")
     return claims.exp

@@ -72,7 +72,7 @@ def tokens_in(value) -> set[str]:
         for item in value:
             found |= tokens_in(item)
     elif isinstance(value, str) and " " not in value and len(value) >= 8 and (
-            "/" in value or HEX.match(value) or re.match(r"^(draft|job|promote)-", value)):
+            "/" in value or HEX.match(value) or re.match(r"^(draft|job|promote|repin)-", value)):
         found.add(value)
     return found
 
@@ -155,6 +155,13 @@ def test_every_cli_command_fits_80_columns(model_ws, capsys, eighty, monkeypatch
     shutil.copytree(store / "versions/0000_base", store / "versions/0001_batch_100_01")
     code, screen = s.run("promote", "0001_batch_100_01", "--yes")
     assert code == 0 and "You are signing" in screen
+    holdout = model_ws.root / "datasets/processed_webdev_coding/validation.jsonl"
+    holdout.write_text("".join(holdout.read_text().splitlines(keepends=True)[1:]))
+    code, screen, _ = s.run_both("check")  # validation_changed, naming `tunestep repin`
+    assert "tunestep repin" in screen
+    code, screen = s.run("repin", "--yes")  # the review (both shas whole), signed, applied
+    assert code == 0, screen
+    s.run_both("check")  # the pin, re-pinned by repin-...
     job = record_job_end(model_ws, draft["draft_id"], "local",
                          {"error": "the trainer stopped: " + "x" * 120}, status="failed")
     log = model_ws.root / ".tunestep" / "jobs" / job / "output.log"

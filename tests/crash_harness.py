@@ -168,16 +168,20 @@ def _install(rec: _Recorder) -> None:
     wrap(os, "link", "link", target)
     wrap(atomic, "_exchange", "exchange", target)  # the one-step swap of a replaced folder
 
-    class Connection(sqlite3.Connection):
+    class CountedExecute:  # mixed into whatever connection class the ledger asks for
         def execute(self, sql, *args):
             rec.hit("execute", "before", " ".join(sql.split())[:60])
             cursor = super().execute(sql, *args)
             rec.hit("execute", "after")
             return cursor
 
+    def connect(*args, factory=sqlite3.Connection, **kwargs):
+        counted = type("Counted" + factory.__name__, (CountedExecute, factory), {})
+        return sqlite3.connect(*args, factory=counted, **kwargs)
+
     shim = types.ModuleType("sqlite3")
     shim.__dict__.update(vars(sqlite3))
-    shim.connect = lambda *a, **k: sqlite3.connect(*a, factory=Connection, **k)
+    shim.connect = connect
     ledger.sqlite3 = shim  # only the ledger's connections: every write tunestep makes
 
 

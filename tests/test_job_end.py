@@ -92,3 +92,50 @@ def test_the_first_end_recorded_stands(orphaned, monkeypatch):
     # Later writers find it ended: nothing changes, nothing more is audited.
     assert local.record_outcome(orphaned, JOB, "succeeded", 0, {"ok": True}) is False
     assert len(_ends(orphaned)) == 1 and _status(orphaned) in ("lost", "cancelled")
+
+
+@pytest.fixture
+def settled(orphaned):
+    """A job job_status already settled as lost, its folder there as submit left it."""
+    with ledger.open_ledger(orphaned) as conn, ledger.transaction(conn):
+        conn.execute("UPDATE jobs SET status = 'lost', pid = NULL WHERE job_id = ?", (JOB,))
+    local.job_dir(orphaned, JOB).mkdir(parents=True)
+    return orphaned
+
+
+def test_a_start_that_comes_after_the_job_was_settled_stops_what_it_started(
+        settled, monkeypatch):
+    # The start grace ran out before the supervisor was launched (a stalled machine):
+    # the row keeps its end, and the process just launched is stopped, not left running.
+    from tunestep.tools.core.errors import TunestepError
+
+    started: list[subprocess.Popen] = []
+    real = local.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(local.subprocess, "Popen", popen)
+    with pytest.raises(TunestepError) as refused:
+        local.start(settled, JOB, digest="0" * 64, config_sha256="0" * 64)
+    assert refused.value.code == "job_settled"
+    assert _status(settled) == "lost"
+    (proc,) = started
+    assert proc.wait(timeout=30) is not None  # stopped: nothing of it keeps running
+
+
+def test_a_failed_start_does_not_overwrite_an_end_already_recorded(settled, monkeypatch):
+    from types import SimpleNamespace
+
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.runs import submit
+
+    def broken(*args):
+        raise RuntimeError("the backend fell over")
+
+    monkeypatch.setattr(submit, "_start_local", broken)
+    with pytest.raises(TunestepError) as refused:
+        submit._start(settled, SimpleNamespace(backend="local"), JOB)
+    assert refused.value.code == "backend_failed"
+    assert _status(settled) == "lost"

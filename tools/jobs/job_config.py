@@ -81,7 +81,15 @@ _NESTED: dict[str, dict[str, Any]] = {
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HF_RESUME = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# hf://owner/name[@revision], each part as huggingface_hub's validate_repo_id has it (the
+# job imports no tunestep, so tools/core/repo_ids.py is restated here): no "." or ".."
+# part, no "--", nothing that climbs out of a Hub path.
+_HF_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HF_RESUME = re.compile(rf"^hf://{_HF_PART}/{_HF_PART}(@[\w./-]+)?$")
+
+
+def _hf_address_ok(address: str) -> bool:
+    return bool(_HF_RESUME.match(address)) and ".." not in address and "--" not in address
 
 
 def _check_keys(obj: dict, spec: dict[str, Any], where: str) -> None:
@@ -134,7 +142,7 @@ def validate_config(cfg: Any) -> dict:
     _require(bool(cfg["base_model"].strip()), "base_model must not be empty")
     resume = cfg["resume_from"]
     _require(resume is None or (bool(resume.strip()) and
-                                (not resume.startswith("hf://") or bool(_HF_RESUME.match(resume)))),
+                                (not resume.startswith("hf://") or _hf_address_ok(resume))),
              "resume_from must be a path, hf://owner/name[@revision] or null")
     _require(bool(cfg["train_files"]), "train_files must list at least one file")
     for i, entry in enumerate(cfg["train_files"]):

@@ -67,9 +67,19 @@ def start(ws: Workspace, job_id: str, *, pass_token: bool = False, digest: str =
             cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True)
     with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
-        conn.execute("UPDATE jobs SET pid = ?, status = 'running', started_at = ?,"
-                     " log_path = ? WHERE job_id = ?",
-                     (proc.pid, time.time(), ws.relative(folder / "output.log"), job_id))
+        # Only a row still starting becomes running: one that job_status settled meanwhile
+        # (lost after the start grace, cancelled) keeps its end, and its job is stopped.
+        moved = conn.execute(
+            "UPDATE jobs SET pid = ?, status = 'running', started_at = ?, log_path = ?"
+            " WHERE job_id = ? AND status = 'starting'",
+            (proc.pid, time.time(), ws.relative(folder / "output.log"), job_id)).rowcount
+    if not moved:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the whole job
+        from tunestep.tools.core.errors import TunestepError
+
+        raise TunestepError("job_settled", f"{job_id} was settled while it started (see "
+                            "`tunestep status`): the process just started was stopped")
     return proc.pid
 
 

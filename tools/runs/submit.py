@@ -177,8 +177,10 @@ def _start(ws: Workspace, draft: JobDraft, job_id: str) -> JobHandle:
     except Exception as exc:
         code = exc.code if isinstance(exc, TunestepError) else "backend_failed"
         with ledger.open_ledger(ws) as conn, ledger.transaction(conn):
+            # a job already ended (settled by job_status meanwhile) keeps its first end
+            ended = ", ".join(f"'{s}'" for s in ledger.JOB_ENDED)
             conn.execute("UPDATE jobs SET status = 'failed', ended_at = ?, result = ?"
-                         " WHERE job_id = ?",
+                         f" WHERE job_id = ? AND status NOT IN ({ended})",
                          (time.time(), ledger.dumps({"error": code}), job_id))
             ledger.audit(conn, "job.start", job_id, outcome="failed", detail={"code": code})
         if isinstance(exc, TunestepError):

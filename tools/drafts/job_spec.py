@@ -152,7 +152,7 @@ def job_launcher(plan: Plan) -> list[str]:
     ``locked``: ``uv run --locked`` installs exactly ``train_sft.py.lock`` (beside the
     script in the bundle; in the digest) and refuses to run if the script's header no
     longer matches it. ``image``: the image's own ``python3 -I`` (isolated), nothing
-    installed. Either way the job's environment sets ``PYTHONSAFEPATH`` (hf_jobs.py).
+    installed. Either way the job's environment sets ``PYTHONSAFEPATH`` (hub/jobs_api.py).
     """
     return ["uv", "run", "--locked"] if plan.job.install == "locked" else ["python3", "-I"]
 

@@ -23,7 +23,7 @@ else:  # beside the job script (its folder is on sys.path)
     from job_evaluate import METRICS
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-# Where HF Jobs mounts a step's bundle (tools/backends/hf_jobs.STEP_MOUNT_PATH): a remote
+# Where HF Jobs mounts a step's bundle (tools/hub/jobs_api.STEP_MOUNT_PATH): a remote
 # job config names its data files under it.
 STEP_MOUNT = "/tunestep/step"
 

@@ -1,6 +1,6 @@
 """What a local job runs, verified by its launcher before it starts.
 
-The supervisor (``backends/local.py``) is started by ``submit_job`` with the draft's
+The supervisor (``runs/local_backend.py``) is started by ``submit_job`` with the draft's
 digest and the sha256 of ``job.json`` on its command line. Before the job script runs,
 the supervisor reads the draft's manifest from the ledger and refuses unless its bytes
 hash to that digest, then copies every job script from the job folder (which lies inside

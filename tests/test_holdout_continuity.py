@@ -77,7 +77,7 @@ def test_a_rewritten_holdout_and_pin_row_are_refused_after_a_signed_draft(
     assert not report.validation.changed  # the ledger row alone would say all is well
     assert codes(report)["validation_pin_unverified"] == "error"
     message = next(p.message for p in report.problems if p.code == "validation_pin_unverified")
-    assert first in message and job in message and "tunestep repin" in message
+    assert first in message and job in message and "re-pins it" in message
     assert "repin_holdout()" in " ".join(report.next_actions)
     with pytest.raises(TunestepError) as err:
         draft_job(ws, DraftRequest(batch="batch_100_01"))
@@ -191,3 +191,23 @@ def test_forged_approvals_rows_are_not_evidence(model_ws, operator, no_start):
     report = check_batch(ws)
     assert "validation_pin_unverified" not in codes(report)
     assert report.validation.signed_sha256 == new
+
+
+def test_the_check_screen_says_how_the_pin_stands_at_80_columns(
+        model_ws, operator, no_start, capsys, monkeypatch):
+    from test_cli_screens import flat, run
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TUNESTEP_OPERATOR_KEYS", str(operator.info.public_key_path))
+    ws = str(model_ws.root)
+    _, out, _ = run(capsys, "check", "-w", ws)
+    assert UNCONFIRMED in flat(out)
+    job = submitted(model_ws, operator)
+    _, out, _ = run(capsys, "check", "-w", ws)
+    assert f"confirmed by {job}" in flat(out)
+    rewrite_both(model_ws)
+    code, out, _ = run(capsys, "check", "-w", ws)
+    assert code == 1 and "validation_pin_unverified" in out
+    assert "next: if the change is intended" in out and "tunestep repin" in flat(out)
+    tmp = str(model_ws.root.parent)  # a pytest path is one token longer than 80 columns
+    assert max(len(line) for line in out.splitlines() if tmp not in line) <= 80

@@ -137,8 +137,11 @@ def continuity(ws: Workspace, conn: sqlite3.Connection, rel: str,
                            "operator signed since moved it")
 
 
-def unverified_message(pinned: str, expected: str, note: str) -> str:
-    return (f"the hold-out pin ({pinned[:12]}) is not what the operator signed: {note}. "
+def unverified_message(expected: str, note: str) -> str:
+    """``validation_pin_unverified``'s text: the pin (in ``note``), what was expected, the
+    fix."""
+    return (f"the hold-out pin is not what the operator signed: {note}. "
             f"Expected sha256 {expected}. Restore the hold-out set to those bytes; or, if "
-            "the change is intended, the operator re-pins it (signed: tunestep repin)")
+            "the change is intended, the operator re-pins it as it is (signed; the next "
+            "step names the command for this surface)")
 

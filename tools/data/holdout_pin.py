@@ -103,7 +103,7 @@ def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Vali
         raise TunestepError("validation_missing", "the hold-out set is missing", path=rel)
     if status.pin_unverified:
         raise TunestepError("validation_pin_unverified", unverified_message(
-            status.pinned_sha256 or "", status.signed_sha256 or "", status.pin_note or ""),
+            status.signed_sha256 or "", status.pin_note or ""),
             path=rel, hint=repin_action("if the change is intended:"))
     if status.changed:
         raise TunestepError(

@@ -314,8 +314,7 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem],
 
         problems.append(Problem(
             code="validation_pin_unverified", severity="error",
-            message=unverified_message(validation.pinned_sha256 or "",
-                                       validation.signed_sha256 or "",
+            message=unverified_message(validation.signed_sha256 or "",
                                        validation.pin_note or ""), path=validation.path))
         actions.append(repin_action())
     if validation.present and validation.changed:

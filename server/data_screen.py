@@ -53,6 +53,8 @@ def render_preflight(console: Console, report: PreflightReport, view: View) -> N
     if v.repinned_by and v.pinned_sha256:  # the operator's signed re-pin set the pin
         console.print(f"            pin {token(v.pinned_sha256[:12])}, re-pinned by "
                       f"{token(v.repinned_by)}", hang=12)
+    elif v.present and v.pin_note and not v.pin_unverified:  # first sight: confirmed by
+        console.print(f"            {v.pin_note}", hang=12)  # a signed draft, or not yet
     c = report.checkpoint
     where = f" -> {token(c.target)}" if c.is_link else ""
     latest = f"latest {w(c.latest)} ({c.kind})" if c.latest else "none"

@@ -29,9 +29,11 @@ def test_nonce_is_unique(sample_ws):
         # migrations add columns to drafts
         conn.execute("INSERT INTO jobs(job_id, draft_id, backend, status, created_at)"
                      " VALUES ('j1', 'd', 'local', 'queued', 0)")
-        conn.execute("INSERT INTO approvals VALUES ('n1', 'd', 'k', 'op', 'j1', 0)")
+        conn.execute("INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
+                     " VALUES ('n1', 'd', 'k', 'op', 'j1', 0)")
     with ledger.open_ledger(sample_ws) as conn, pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO approvals VALUES ('n1', 'd', 'k', 'op', 'j1', 0)")
+        conn.execute("INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
+                     " VALUES ('n1', 'd', 'k', 'op', 'j1', 0)")
 
 
 def test_a_newer_ledger_is_refused(sample_ws):

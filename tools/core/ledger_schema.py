@@ -199,6 +199,14 @@ MIGRATIONS: list[str] = [
         kept_at REAL NOT NULL
     );
     """,
+    # migration: branch pin_continuity
+    # 9: each used approval keeps the token it was submitted with, so the hold-out pin can
+    # be checked against what the operator signed (tools/data/holdout_continuity.py): the
+    # latest submitted training draft names the hold-out's sha256 it measured. NULL: used
+    # before tokens were kept (no evidence, the pin stands on first sight as before).
+    """
+    ALTER TABLE approvals ADD COLUMN token TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

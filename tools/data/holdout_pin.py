@@ -17,8 +17,10 @@ from tunestep.tools.core.datafiles import count_rows
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.hashing import sha256_file
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.holdout_continuity import continuity, unverified_message
 from tunestep.tools.data.holdout_records import (
     IgnoredRepin,
+    PinState,
     keep_snapshot,
     pin_state,
     snapshot_bytes,
@@ -40,6 +42,11 @@ class ValidationStatus(BaseModel):
     # first sight; re-pin records that do not verify are named and moved nothing.
     repinned_by: str | None = None
     ignored_repins: list[IgnoredRepin] = Field(default_factory=list)
+    # The pin in force against the operator's latest signed, submitted training draft
+    # (holdout_continuity): how it stands, in words, and whether it disagrees.
+    pin_note: str | None = None
+    pin_unverified: bool = False
+    signed_sha256: str | None = None  # the hold-out the latest signed draft measured
 
 
 def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
@@ -69,15 +76,24 @@ def check_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Valid
                 keep_snapshot(conn, rel, digest, kept)
                 ledger.audit(conn, "validation.pin", rel,
                              detail={"sha256": digest, "rows": rows})
-        if pin is None:
-            return status.model_copy(update={"pinned_sha256": digest, "pinned_at": now,
-                                             "newly_pinned": True})
+        if pin is None:  # a deleted pin row is pinned afresh: the evidence still holds
+            return _continued(ws, conn, rel, PinState(sha256=digest, first_sha256=digest),
+                              status.model_copy(update={"pinned_sha256": digest,
+                                                        "pinned_at": now,
+                                                        "newly_pinned": True}))
     state = pin_state(conn, rel, pin["sha256"])  # the operator's verified re-pins applied
-    return status.model_copy(update={"pinned_sha256": state.sha256,
-                                     "pinned_at": state.at or pin["pinned_at"],
-                                     "changed": state.sha256 != digest,
-                                     "repinned_by": state.repin,
-                                     "ignored_repins": state.ignored})
+    return _continued(ws, conn, rel, state, status.model_copy(update={
+        "pinned_sha256": state.sha256, "pinned_at": state.at or pin["pinned_at"],
+        "changed": state.sha256 != digest, "repinned_by": state.repin,
+        "ignored_repins": state.ignored}))
+
+
+def _continued(ws: Workspace, conn: sqlite3.Connection, rel: str, state: PinState,
+               status: ValidationStatus) -> ValidationStatus:
+    result = continuity(ws, conn, rel, state)
+    return status.model_copy(update={
+        "pin_note": result.note, "pin_unverified": not result.agrees,
+        "signed_sha256": result.evidence.sha256 if result.evidence else None})
 
 
 def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> ValidationStatus:
@@ -85,6 +101,10 @@ def pinned_validation(ws: Workspace, conn: sqlite3.Connection, rel: str) -> Vali
     status = check_validation(ws, conn, rel)
     if not status.present:
         raise TunestepError("validation_missing", "the hold-out set is missing", path=rel)
+    if status.pin_unverified:
+        raise TunestepError("validation_pin_unverified", unverified_message(
+            status.signed_sha256 or "", status.pin_note or ""),
+            path=rel, hint=repin_action("if the change is intended:"))
     if status.changed:
         raise TunestepError(
             "validation_changed",

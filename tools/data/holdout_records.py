@@ -80,6 +80,7 @@ class PinState(BaseModel):
     repin: str | None = None  # the verified re-pin request that set the pin in force
     operator: str | None = None
     at: float | None = None
+    signed_at: int | None = None  # its token's iat: signed, unlike ``at`` (holdout_continuity)
     ignored: list[IgnoredRepin] = Field(default_factory=list)
 
 
@@ -139,7 +140,20 @@ def pin_state(conn: sqlite3.Connection, rel: str, first_sha256: str) -> PinState
         else:
             state.sha256, state.repin = row["new_sha256"], row["request_id"]
             state.operator, state.at = row["operator"], row["at"]
+            state.signed_at = signed_iat(row["token"])
     return state
+
+
+def signed_iat(token: str) -> int | None:
+    """The issue time of a kept token that already verified (its claims are the signed
+    ones)."""
+    from tunestep.tools.core.errors import TunestepError
+    from tunestep.tools.signing.approval import parse_token
+
+    try:
+        return parse_token(token)[1].iat
+    except TunestepError:
+        return None
 
 
 def verify_repin(conn: sqlite3.Connection, row: sqlite3.Row,

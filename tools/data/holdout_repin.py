@@ -42,6 +42,7 @@ from tunestep.tools.core import ledger
 from tunestep.tools.core.errors import TunestepError
 from tunestep.tools.core.next_step import NextAction, mcp_texts
 from tunestep.tools.core.workspace import Workspace
+from tunestep.tools.data.holdout_continuity import continuity
 from tunestep.tools.data.holdout_records import (
     SNAPSHOT_MAX,
     RepinSubject,
@@ -123,7 +124,10 @@ def build_request(ws: Workspace) -> RepinRequest:
         state = pin_state(conn, rel, first["sha256"])
         old = snapshot(conn, state.sha256)
         identity = ledger.ledger_id(conn)
-    if new_sha == state.sha256:
+        # the file is the pin, but the pin is not what the operator signed: signing it
+        # as it is settles that (validation_pin_unverified)
+        settled = new_sha != state.sha256 or continuity(ws, conn, rel, state).agrees
+    if new_sha == state.sha256 and settled:
         raise TunestepError("repin_unchanged", f"the hold-out set is the pinned one "
                             f"({new_sha[:12]}): nothing to re-pin", path=rel)
     rows = _rows(path.suffix, old, data, first["rows"] if state.repin is None else None)

@@ -309,7 +309,15 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem],
         problems.append(Problem(code="validation_missing", severity="error",
                                 message="the hold-out validation set is missing",
                                 path=validation.path))
-    elif validation.changed:
+    elif validation.pin_unverified:
+        from tunestep.tools.data.holdout_continuity import unverified_message
+
+        problems.append(Problem(
+            code="validation_pin_unverified", severity="error",
+            message=unverified_message(validation.signed_sha256 or "",
+                                       validation.pin_note or ""), path=validation.path))
+        actions.append(repin_action())
+    if validation.present and validation.changed:
         problems.append(Problem(
             code="validation_changed", severity="error",
             message=f"the hold-out set changed since it was pinned: pinned sha256 "
@@ -317,7 +325,8 @@ def _validation_problems(validation: ValidationStatus, problems: list[Problem],
                     "tunestep never writes it. If the change is intended, the operator "
                     "re-pins it (signed; every later gate measures the new set).",
             path=validation.path))
-        actions.append(repin_action())
+        if not validation.pin_unverified:  # one re-pin action is enough
+            actions.append(repin_action())
 
 
 def _latest_evidence(ws: Workspace, shown: str, model: str, link, problems: list[Problem],

@@ -136,7 +136,8 @@ def build_draft(ws: Workspace, request: DraftRequest, report: PreflightReport, *
 
         raise TunestepError("draft_preflight_failed", f"preflight has errors: {listed}",
                             hint=repin_action("if the hold-out change is intended:")
-                            if any(p.code == "validation_changed" for p in errors) else None)
+                            if any(p.code in ("validation_changed", "validation_pin_unverified")
+                                   for p in errors) else None)
     check_draft_overrides(request.overrides, request.timeout)
     data = step_datasets(ws, report.batch, write=write,
                          max_length=request.overrides.get("max_length"))  # type: ignore[arg-type]

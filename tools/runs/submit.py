@@ -76,7 +76,7 @@ def submit_job(ws: Workspace, draft_id: str, approval_token: str | None,
         fresh = job_id is None
         if job_id is None:
             job_id = f"job-{secrets.token_hex(6)}"
-            _claim_nonce(ws, draft, claims, job_id)
+            _claim_nonce(ws, draft, claims, job_id, approval_token or "")
     except TunestepError as exc:
         _audit_refusal(ws, draft_id, exc)
         raise
@@ -137,7 +137,8 @@ def _refuse_used_nonce(ws: Workspace, nonce: str, draft_id: str) -> None:
                             "token starts one job")
 
 
-def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id: str) -> None:
+def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id: str,
+                 token: str) -> None:
     with ledger.open_ledger(ws) as conn:
         try:
             with ledger.transaction(conn):
@@ -150,9 +151,12 @@ def _claim_nonce(ws: Workspace, draft: JobDraft, claims: ApprovalClaims, job_id:
                     (job_id, draft.draft_id, draft.backend, "submitting" if hf else "starting",
                      time.time(), ledger.dumps(initial_result() if hf else {})))
                 conn.execute(
-                    "INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (claims.nonce, draft.draft_id, claims.kid, claims.op, job_id, time.time()))
+                    # the token kept: the hold-out pin is checked against the eval
+                    # sha256 the operator signed (tools/data/holdout_continuity.py)
+                    "INSERT INTO approvals(nonce, draft_id, kid, operator, job_id, used_at,"
+                    " token) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (claims.nonce, draft.draft_id, claims.kid, claims.op, job_id, time.time(),
+                     token))
                 ledger.audit(conn, "job.submit", job_id,
                              detail={"draft_id": draft.draft_id, "digest": draft.digest,
                                      "operator": claims.op, "kid": claims.kid,
